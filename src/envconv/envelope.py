@@ -1,0 +1,191 @@
+r"""``GaussianEnvelope``: the channel-wise Gaussian envelope as a module (paper eq. (3), (9))."""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence, Union
+
+import torch
+from torch import nn
+
+from . import functional as EF
+
+__all__ = ["GaussianEnvelope"]
+
+
+def _check_channels(channels: int) -> int:
+    if isinstance(channels, bool) or not isinstance(channels, int):
+        raise TypeError(f"channels must be a positive int, got {type(channels).__name__} {channels!r}")
+    if channels < 1:
+        raise ValueError(f"channels must be a positive int, got {channels}")
+    return channels
+
+
+class GaussianEnvelope(nn.Module):
+    r"""Channel-wise Gaussian envelope with a learned scale per channel.
+
+    Smooths channel :math:`c` of the input with the separable discrete Gaussian of
+    eq. (9), :math:`\mathbf g_{\sigma_c} = \operatorname{softmax}(\{-x^2 / 2\sigma_c^2\}_{x=-r}^{r})`,
+    applied along the width and then along the height (eq. (3)):
+
+    .. math::
+
+        \bar X(\cdot, \cdot, c) = \mathbf g_{\sigma_c}(y) * \big(\mathbf g_{\sigma_c}(x) * X(\cdot, \cdot, c)\big),
+        \qquad \sigma_c^2 = \operatorname{softplus}(\tilde\sigma_c).
+
+    The trainable parameter is ``raw_sigma`` (:math:`\tilde\sigma`), one per channel,
+    or a single one when ``shared=True`` (the paper's "single sigma", Table 1d). The
+    paper initialises it at 0, i.e. :math:`\sigma = \sqrt{\log 2} \approx 0.833`.
+
+    ``size`` (:math:`k_g`) is a plain attribute, not a parameter: it can be changed
+    after training (see :func:`envconv.shrink`, the paper's Table 1e) without touching
+    the learned scales.
+
+    Args:
+        channels: number of channels :math:`C`.
+        size: envelope size :math:`k_g = 2r + 1` (odd, positive; the paper uses 9).
+        shared: one sigma for all channels instead of one per channel.
+        init: initial raw value :math:`\tilde\sigma` (finite).
+        learnable: if ``False``, ``raw_sigma`` is a buffer, not a parameter (fixed
+            sigma, Table 1h); the forward code path is the same.
+        padding_mode: ``"zeros"`` (default, as a convolution pads), ``"reflect"``,
+            ``"replicate"`` or ``"circular"``; the spatial size is always kept.
+
+    Shape:
+        - Input: :math:`(N, C, H, W)` or :math:`(C, H, W)`.
+        - Output: same shape as the input.
+
+    Example:
+        >>> env = GaussianEnvelope(8, size=9)
+        >>> env(torch.randn(2, 8, 32, 32)).shape
+        torch.Size([2, 8, 32, 32])
+        >>> round(float(env.sigma.detach()[0]), 4)  # sqrt(softplus(0)) = sqrt(log 2)
+        0.8326
+        >>> fixed = GaussianEnvelope.fixed(8, sigma=0.0)  # sigma = 0: the identity
+        >>> x = torch.randn(1, 8, 5, 5)
+        >>> bool(torch.equal(fixed(x), x))
+        True
+    """
+
+    raw_sigma: torch.Tensor
+
+    def __init__(
+        self,
+        channels: int,
+        size: int = 9,
+        *,
+        shared: bool = False,
+        init: float = 0.0,
+        learnable: bool = True,
+        padding_mode: str = "zeros",
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__()
+        self.channels = _check_channels(channels)
+        self.size = size  # validated by the setter
+        self.shared = bool(shared)
+        self.padding_mode = EF.check_padding_mode(padding_mode)
+        if isinstance(init, bool) or not isinstance(init, (int, float)) or not math.isfinite(init):
+            raise ValueError(f"init (raw sigma) must be a finite number, got {init!r}")
+        raw = torch.full((1 if shared else channels,), float(init), device=device, dtype=dtype)
+        if learnable:
+            self.raw_sigma = nn.Parameter(raw)
+        else:
+            self.register_buffer("raw_sigma", raw)
+
+    @classmethod
+    def fixed(
+        cls,
+        channels: int,
+        sigma: Union[float, Sequence[float], torch.Tensor],
+        size: int = 9,
+        *,
+        padding_mode: str = "zeros",
+        device=None,
+        dtype=None,
+    ) -> "GaussianEnvelope":
+        r"""An envelope with a given, non-trainable sigma (the paper's Table 1h).
+
+        Args:
+            channels: number of channels.
+            sigma: the scale :math:`\sigma \ge 0` (not its square, not the raw value):
+                one number shared by all channels, or one per channel.
+                ``sigma = 0`` is the identity (a delta kernel).
+            size: envelope size :math:`k_g`.
+            padding_mode: as in the constructor.
+        """
+        raw = EF.raw_from_sigma(sigma)
+        if raw.dim() > 1 or (raw.dim() == 1 and raw.numel() not in (1, channels)):
+            raise ValueError(
+                f"sigma must be a number or have {channels} entries (one per channel), "
+                f"got shape {tuple(raw.shape)}"
+            )
+        env = cls(
+            channels,
+            size,
+            shared=raw.numel() == 1,
+            learnable=False,
+            padding_mode=padding_mode,
+            device=device,
+            dtype=dtype,
+        )
+        env.raw_sigma.copy_(raw.reshape(-1))
+        return env
+
+    @property
+    def size(self) -> int:
+        """Envelope size :math:`k_g` (odd, positive)."""
+        return self._size
+
+    @size.setter
+    def size(self, value: int) -> None:
+        self._size = EF.check_envelope_size(value, "size")
+
+    @property
+    def learnable(self) -> bool:
+        """Whether sigma is a trainable parameter."""
+        return isinstance(self.raw_sigma, nn.Parameter)
+
+    @property
+    def sigma2(self) -> torch.Tensor:
+        r"""Per-channel :math:`\sigma_c^2 = \operatorname{softplus}(\tilde\sigma_c)`, shape :math:`(C,)`."""
+        return EF.sigma2_from_raw(self.raw_sigma).expand(self.channels)
+
+    @property
+    def sigma(self) -> torch.Tensor:
+        r"""Per-channel :math:`\sigma_c`, shape :math:`(C,)` (differentiable; ``.detach()`` for logging)."""
+        return self.sigma2.sqrt()
+
+    def kernel1d(self) -> torch.Tensor:
+        """The 1-D kernels of eq. (9) at the current size, shape :math:`(C, k_g)`."""
+        return EF.gaussian_kernel1d(self.raw_sigma, self.size).expand(self.channels, self.size)
+
+    def kernel2d(self) -> torch.Tensor:
+        """The 2-D envelopes (outer products, for analysis only), shape :math:`(C, k_g, k_g)`."""
+        k = self.kernel1d()
+        return k[:, :, None] * k[:, None, :]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 3:
+            return self.forward(x.unsqueeze(0)).squeeze(0)
+        if x.dim() != 4:
+            raise ValueError(
+                f"GaussianEnvelope expects input of shape (N, C, H, W) or (C, H, W), "
+                f"got {x.dim()} dims {tuple(x.shape)}"
+            )
+        if x.shape[1] != self.channels:
+            raise ValueError(
+                f"GaussianEnvelope has {self.channels} channels but the input has {x.shape[1]} "
+                f"(shape {tuple(x.shape)})"
+            )
+        return EF.gaussian_envelope(x, self.raw_sigma, self.size, self.padding_mode)
+
+    def extra_repr(self) -> str:
+        mode = "shared" if self.shared else "per-channel"
+        s = f"{self.channels}, size={self.size}, sigma={mode}"
+        if not self.learnable:
+            s += ", learnable=False"
+        if self.padding_mode != "zeros":
+            s += f", padding_mode={self.padding_mode!r}"
+        return s

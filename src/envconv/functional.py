@@ -1,0 +1,182 @@
+r"""The Gaussian envelope as pure functions of tensors.
+
+This module is the single place where the envelope's math lives (paper, Sec. 2.3):
+
+.. math::
+
+    \sigma_c^2 = \operatorname{softplus}(\tilde\sigma_c), \qquad
+    \mathbf g_{\sigma_c}[x] = \operatorname{softmax}_x\!\Big(-\frac{x^2}{2\sigma_c^2}\Big),
+    \quad x = -r, \dots, r, \quad k_g = 2r + 1,
+
+    \bar X(\cdot, \cdot, c) = \mathbf g_{\sigma_c}(y) * \big(\mathbf g_{\sigma_c}(x) * X(\cdot, \cdot, c)\big).
+
+The 2-D envelope is the outer product of the 1-D kernel with itself; it is always
+applied as two depthwise 1-D passes (along the width, then along the height), never
+as a dense ``k_g x k_g`` kernel. Gradients come from autograd through the softmax
+kernel; ``tests/test_functional.py`` checks them against the paper's eq. (7)-(8).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence, Union
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "PADDING_MODES",
+    "MIN_SIGMA2",
+    "check_envelope_size",
+    "check_padding_mode",
+    "sigma2_from_raw",
+    "raw_from_sigma",
+    "gaussian_kernel1d",
+    "gaussian_envelope",
+]
+
+#: Padding modes of the envelope; all keep the spatial size. ``"zeros"`` is what a
+#: convolution does; the others follow :func:`torch.nn.functional.pad`.
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+
+#: Lower bound on sigma^2 inside the kernel. At sigma^2 = 1e-4 the first off-centre
+#: logit is -5000, so ``exp`` underflows to exactly 0 in every float dtype: the kernel
+#: is the delta, as sigma = 0 must be. The bound keeps ``-x^2 / (2 sigma^2)`` and its
+#: derivative finite (no 0/0 at x = 0, no inf * 0 in backward) and changes the kernel
+#: by less than exp(-5000) relative to the unbounded formula.
+MIN_SIGMA2 = 1e-4
+
+
+def check_envelope_size(size: int, name: str = "size") -> int:
+    """Return ``size`` if it is a valid envelope size (odd int >= 1), else raise."""
+    if isinstance(size, bool) or not isinstance(size, int):
+        raise TypeError(f"{name} must be an odd positive int, got {type(size).__name__} {size!r}")
+    if size < 1 or size % 2 == 0:
+        raise ValueError(f"{name} must be an odd positive int (k_g = 2r + 1), got {size}")
+    return size
+
+
+def check_padding_mode(padding_mode: str, name: str = "padding_mode") -> str:
+    """Return ``padding_mode`` if it is one of :data:`PADDING_MODES`, else raise."""
+    if padding_mode not in PADDING_MODES:
+        raise ValueError(f"{name} must be one of {PADDING_MODES}, got {padding_mode!r}")
+    return padding_mode
+
+
+def sigma2_from_raw(raw_sigma: torch.Tensor) -> torch.Tensor:
+    r"""Map the raw parameter to the variance: :math:`\sigma^2 = \log(1 + e^{\tilde\sigma})`."""
+    return F.softplus(raw_sigma)
+
+
+def raw_from_sigma(sigma: Union[float, Sequence[float], torch.Tensor]) -> torch.Tensor:
+    r"""Inverse of :func:`sigma2_from_raw` applied to ``sigma**2``, in float64.
+
+    :math:`\tilde\sigma = \log(e^{\sigma^2} - 1)`; ``sigma = 0`` maps to ``-inf``,
+    which :func:`gaussian_kernel1d` turns into the delta kernel.
+
+    Raises:
+        ValueError: if any sigma is negative or not finite.
+    """
+    s = torch.as_tensor(sigma, dtype=torch.float64)
+    if not bool(torch.isfinite(s).all()) or bool((s < 0).any()):
+        raise ValueError(f"sigma must be finite and >= 0, got {sigma!r}")
+    s2 = s * s
+    # log(expm1(s2)) overflows for large s2, where it equals s2 + log1p(-exp(-s2)).
+    return torch.where(s2 > 30, s2 + torch.log1p(-torch.exp(-s2)), torch.log(torch.expm1(s2)))
+
+
+def gaussian_kernel1d(raw_sigma: torch.Tensor, size: int) -> torch.Tensor:
+    r"""Discrete 1-D Gaussian envelope of eq. (9), one row per entry of ``raw_sigma``.
+
+    .. math::
+
+        \mathbf g[c, x] = \frac{\exp(-x^2 / 2\sigma_c^2)}{\sum_{\xi=-r}^{r}\exp(-\xi^2 / 2\sigma_c^2)},
+        \qquad \sigma_c^2 = \operatorname{softplus}(\tilde\sigma_c).
+
+    Each row sums to one. Very negative ``raw_sigma`` (sigma -> 0) gives the delta
+    kernel, very large ``raw_sigma`` the uniform (box) kernel; neither produces NaN or
+    Inf, in forward or backward.
+
+    Args:
+        raw_sigma: raw parameters :math:`\tilde\sigma`, shape :math:`(C,)`.
+        size: kernel size :math:`k_g = 2r + 1`, odd and positive.
+
+    Returns:
+        Tensor of shape :math:`(C, k_g)`, dtype and device of ``raw_sigma``.
+
+    Example:
+        >>> k = gaussian_kernel1d(torch.zeros(2), 5)
+        >>> k.shape, bool(torch.allclose(k.sum(1), torch.ones(2)))
+        (torch.Size([2, 5]), True)
+    """
+    check_envelope_size(size)
+    if raw_sigma.dim() != 1:
+        raise ValueError(f"raw_sigma must have shape (C,), got {tuple(raw_sigma.shape)}")
+    r = size // 2
+    x2 = torch.arange(-r, r + 1, device=raw_sigma.device, dtype=raw_sigma.dtype).square()
+    sigma2 = sigma2_from_raw(raw_sigma).clamp_min(MIN_SIGMA2)
+    return torch.softmax(-x2 / (2.0 * sigma2[:, None]), dim=1)
+
+
+def _pass(x: torch.Tensor, kernel: torch.Tensor, dim: int, padding_mode: str) -> torch.Tensor:
+    """One depthwise 1-D pass of ``kernel`` (C, k) along ``dim`` (2: height, 3: width)."""
+    channels, size = kernel.shape
+    r = size // 2
+    if dim == 3:
+        weight = kernel.view(channels, 1, 1, size)
+        pad, conv_padding = (r, r, 0, 0), (0, r)
+    else:
+        weight = kernel.view(channels, 1, size, 1)
+        pad, conv_padding = (0, 0, r, r), (r, 0)
+    if padding_mode == "zeros":
+        return F.conv2d(x, weight, padding=conv_padding, groups=channels)
+    return F.conv2d(F.pad(x, pad, mode=padding_mode), weight, groups=channels)
+
+
+def gaussian_envelope(
+    x: torch.Tensor,
+    raw_sigma: torch.Tensor,
+    size: int,
+    padding_mode: str = "zeros",
+) -> torch.Tensor:
+    r"""Channel-wise Gaussian envelope filtering, eq. (3) with the kernel of eq. (9).
+
+    Smooths each channel ``c`` of ``x`` with the separable Gaussian of scale
+    :math:`\sigma_c` (1-D pass along the width, then along the height). The spatial
+    size is kept.
+
+    Args:
+        x: input of shape :math:`(N, C, H, W)`.
+        raw_sigma: raw scale :math:`\tilde\sigma`, shape :math:`(C,)`, or :math:`(1,)`
+            for one sigma shared by all channels.
+        size: envelope size :math:`k_g = 2r + 1` (odd, positive).
+        padding_mode: one of :data:`PADDING_MODES`. ``"reflect"`` needs
+            :math:`r < H` and :math:`r < W`.
+
+    Returns:
+        Tensor of shape :math:`(N, C, H, W)`.
+
+    Example:
+        >>> x = torch.randn(2, 3, 16, 16)
+        >>> gaussian_envelope(x, torch.zeros(3), 9).shape
+        torch.Size([2, 3, 16, 16])
+    """
+    check_padding_mode(padding_mode)
+    if x.dim() != 4:
+        raise ValueError(f"x must have shape (N, C, H, W), got {x.dim()} dims {tuple(x.shape)}")
+    channels = x.shape[1]
+    if raw_sigma.dim() != 1 or raw_sigma.shape[0] not in (1, channels):
+        raise ValueError(
+            f"raw_sigma must have shape ({channels},) or (1,) for x with {channels} channels, "
+            f"got {tuple(raw_sigma.shape)}"
+        )
+    r = size // 2
+    if padding_mode == "reflect" and min(x.shape[2], x.shape[3]) <= r:
+        raise ValueError(
+            f"padding_mode='reflect' needs height and width > r = {r} (size {size}), "
+            f"got {tuple(x.shape[2:])}"
+        )
+    kernel = gaussian_kernel1d(raw_sigma, size).to(x.dtype)
+    if kernel.shape[0] != channels:
+        kernel = kernel.expand(channels, size).contiguous()
+    return _pass(_pass(x, kernel, 3, padding_mode), kernel, 2, padding_mode)

@@ -1,0 +1,56 @@
+"""The envconv command line."""
+
+import math
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import envconv
+from envconv import DisentangledConv2d
+from envconv.cli import main
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"envconv {envconv.__version__}"
+
+
+def test_demo_prints_progress_and_final_error(capsys):
+    assert main(["demo", "--sigma", "1.3", "--steps", "200", "--seed", "1"]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines() if re.match(r"\s+\d+\s+\d\.\d+e", line)]
+    assert [int(r[0]) for r in rows] == [1] + list(range(20, 201, 20))
+    final = re.search(r"max relative sigma error (\S+)%", out)
+    assert final and float(final.group(1)) < 2.0
+    assert float(rows[-1][2]) == pytest.approx(1.3, rel=0.02)
+
+
+def test_envelopes_summary(tmp_path, capsys):
+    layer = DisentangledConv2d(3, 4, 3)
+    with torch.no_grad():
+        layer.envelope.raw_sigma.copy_(torch.tensor([0.0, 1.0, 2.0]))
+    path = tmp_path / "model.pt"
+    torch.save({"model": torch.nn.Sequential(layer).state_dict()}, path)
+    assert main(["envelopes", str(path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split() == ["layer", "sigmas", "mean", "min", "max"]
+    sig = [math.sqrt(math.log1p(math.exp(v))) for v in (0.0, 1.0, 2.0)]
+    assert out[1].split() == ["0", "3", f"{sum(sig) / 3:.4f}", f"{sig[0]:.4f}", f"{sig[2]:.4f}"]
+
+
+def test_envelopes_errors_are_clear(tmp_path, capsys):
+    assert main(["envelopes", str(tmp_path / "missing.pt")]) == 2
+    assert "no such checkpoint file" in capsys.readouterr().err
+    (tmp_path / "bad.pt").write_text("garbage")
+    assert main(["envelopes", str(tmp_path / "bad.pt")]) == 2
+    assert "not a readable PyTorch checkpoint" in capsys.readouterr().err
+
+
+def test_python_dash_m_entry_point():
+    done = subprocess.run([sys.executable, "-m", "envconv", "--version"], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == f"envconv {envconv.__version__}"

@@ -1,0 +1,206 @@
+"""DisentangledConv2d against plain conv2d on scipy-smoothed inputs, from_conv, export."""
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import reference as ref
+from envconv import DisentangledConv2d, shrink
+
+CONFIGS = [
+    # (kernel, stride, padding, dilation, groups, bias)
+    (3, 1, 0, 1, 1, True),
+    (3, 1, 1, 1, 1, False),
+    (3, 2, 1, 1, 1, True),
+    (1, 2, 0, 1, 1, False),
+    (3, 2, 0, 1, 2, True),
+    (3, 1, 1, 2, 1, False),
+    (3, 2, 1, 2, 2, False),
+    ((3, 1), 2, (1, 0), 1, 4, True),
+]
+
+
+def _random_layer(order, kernel, stride, padding, dilation, groups, bias, size=5):
+    torch.manual_seed(0)
+    conv = DisentangledConv2d(
+        4, 8, kernel, stride=stride, padding=padding, dilation=dilation, groups=groups, bias=bias,
+        envelope_size=size, order=order, dtype=torch.float64,
+    )
+    with torch.no_grad():
+        conv.envelope.raw_sigma.uniform_(-2, 3)
+    return conv
+
+
+@pytest.mark.parametrize("order", ["env-conv", "conv-env"])
+@pytest.mark.parametrize("config", CONFIGS)
+def test_layer_matches_reference(order, config):
+    layer = _random_layer(order, *config)
+    kernel, stride, padding, dilation, groups, bias = config
+    x = torch.randn(2, 4, 13, 12, dtype=torch.float64)
+    raw = layer.envelope.raw_sigma.detach().numpy()
+
+    def conv(t):
+        return F.conv2d(t, layer.weight, layer.bias, stride, padding, dilation, groups)
+
+    if order == "env-conv":
+        expected = conv(torch.from_numpy(ref.envelope(x.numpy(), raw, 5)))
+    else:
+        expected = torch.from_numpy(ref.envelope(conv(x).detach().numpy(), raw, 5))
+    out = layer(x)
+    assert out.shape == expected.shape
+    np.testing.assert_allclose(out.detach().numpy(), expected.detach().numpy(), atol=1e-10)
+
+
+def test_envelope_channels_follow_order():
+    assert DisentangledConv2d(4, 8, 3).envelope.channels == 4
+    assert DisentangledConv2d(4, 8, 3, order="conv-env").envelope.channels == 8
+    assert DisentangledConv2d(4, 8, 3, shared_sigma=True).envelope.raw_sigma.shape == (1,)
+
+
+def test_gradcheck_full_layer():
+    for order in ("env-conv", "conv-env"):
+        layer = _random_layer(order, 3, 2, 1, 1, 2, True, size=5)
+        x = torch.randn(1, 4, 7, 7, dtype=torch.float64, requires_grad=True)
+        raw = layer.envelope.raw_sigma
+        assert torch.autograd.gradcheck(lambda inp, r: layer(inp), (x, raw))
+
+
+def test_is_a_conv2d_with_its_state_dict_keys():
+    layer = DisentangledConv2d(3, 5, 3, bias=True)
+    assert isinstance(layer, nn.Conv2d)
+    assert set(layer.state_dict()) == {"weight", "bias", "envelope.raw_sigma"}
+    plain = nn.Conv2d(3, 5, 3)
+    # a plain Conv2d's state loads into the conv part (envelope keys missing only)
+    missing, unexpected = layer.load_state_dict(plain.state_dict(), strict=False)
+    assert missing == ["envelope.raw_sigma"] and unexpected == []
+    assert torch.equal(layer.weight, plain.weight)
+
+
+def test_unbatched_input():
+    layer = DisentangledConv2d(3, 4, 3, padding=1)
+    x = torch.randn(3, 9, 9)
+    torch.testing.assert_close(layer(x), layer(x[None])[0])
+
+
+CONVS = [
+    nn.Conv2d(3, 8, 7, stride=2, padding=3, bias=False),
+    nn.Conv2d(8, 16, 3, stride=2, padding=1, groups=4),
+    nn.Conv2d(8, 8, 3, padding="same", dilation=2, padding_mode="reflect"),
+    nn.Conv2d(8, 16, 1, stride=2, bias=False),
+]
+
+
+@pytest.mark.parametrize("conv", CONVS, ids=lambda c: repr(c))
+@pytest.mark.parametrize("order", ["env-conv", "conv-env"])
+def test_from_conv_equals_conv_when_sigma_is_zero(conv, order):
+    new = DisentangledConv2d.from_conv(conv, order=order, sigma_init=-100.0)
+    x = torch.randn(2, conv.in_channels, 16, 16)
+    assert torch.equal(new(x), conv(x))
+    assert new.padding_mode == conv.padding_mode and new.padding == conv.padding
+    assert new.weight.data_ptr() != conv.weight.data_ptr()  # a copy, not shared storage
+
+
+def test_from_conv_keeps_dtype_requires_grad_and_mode():
+    conv = nn.Conv2d(4, 6, 3, dtype=torch.float64).eval()
+    conv.weight.requires_grad_(False)
+    new = DisentangledConv2d.from_conv(conv, envelope_size=5, shared_sigma=True)
+    assert new.weight.dtype == torch.float64 and new.envelope.raw_sigma.dtype == torch.float64
+    assert not new.weight.requires_grad and new.bias.requires_grad
+    assert not new.training
+    assert new.envelope.size == 5 and new.envelope.shared
+    with pytest.raises(TypeError, match="already disentangled"):
+        DisentangledConv2d.from_conv(new)
+    with pytest.raises(TypeError, match="nn.Conv2d"):
+        DisentangledConv2d.from_conv(nn.Linear(3, 3))
+
+
+def test_repr_shows_envelope_size_order_and_sigma_mode():
+    text = repr(DisentangledConv2d(3, 8, 3, stride=2, envelope_size=9, order="conv-env", shared_sigma=True))
+    assert "envelope_size=9" in text and "order=conv-env" in text and "sigma=shared" in text
+    assert "stride=(2, 2)" in text
+
+
+def test_shrink_changes_only_the_size():
+    model = nn.Sequential(DisentangledConv2d(3, 8, 3), nn.ReLU(), DisentangledConv2d(8, 8, 3, order="conv-env"))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert shrink(model, 3) is model
+    assert [m.envelope_size for m in (model[0], model[2])] == [3, 3]
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    # the shrunk layer is exactly the 3-tap envelope of the same sigma
+    x = torch.randn(1, 3, 10, 10, dtype=torch.float64)
+    layer = DisentangledConv2d(3, 4, 3, dtype=torch.float64, sigma_init=0.5)
+    shrink(layer, 3)
+    expected = F.conv2d(torch.from_numpy(ref.envelope(x.numpy(), [0.5] * 3, 3)), layer.weight, layer.bias)
+    np.testing.assert_allclose(layer(x).detach().numpy(), expected.detach().numpy(), atol=1e-12)
+    with pytest.raises(ValueError, match="odd"):
+        shrink(model, 2)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="order"):
+        DisentangledConv2d(3, 4, 3, order="before")
+    with pytest.raises(ValueError, match="size"):
+        DisentangledConv2d(3, 4, 3, envelope_size=6)
+    with pytest.raises(ValueError, match="padding_mode"):
+        DisentangledConv2d(3, 4, 3, envelope_padding_mode="same")
+    with pytest.raises(ValueError, match="init"):
+        DisentangledConv2d(3, 4, 3, sigma_init=float("nan"))
+    layer = DisentangledConv2d(3, 4, 3)
+    with pytest.raises(ValueError, match="in_channels=3 but the input has 5"):
+        layer(torch.randn(1, 5, 8, 8))
+    with pytest.raises(ValueError, match="dims"):
+        layer(torch.randn(1, 1, 3, 8, 8))
+    with pytest.raises(ValueError, match="in_channels=3 but the input has 5"):
+        DisentangledConv2d(3, 4, 3, order="conv-env")(torch.randn(1, 5, 8, 8))
+
+
+def _exportable_layer():
+    layer = DisentangledConv2d(4, 6, 3, stride=2, padding=1).eval()
+    with torch.no_grad():
+        layer.envelope.raw_sigma.copy_(torch.tensor([-1.0, 0.0, 1.0, 2.0]))
+    return layer
+
+
+def test_torch_compile_matches_eager():
+    layer = _exportable_layer()
+    x = torch.randn(2, 4, 16, 16, requires_grad=True)
+    compiled = torch.compile(layer)
+    out = compiled(x)
+    torch.testing.assert_close(out, layer(x), atol=1e-5, rtol=1e-5)
+    out.sum().backward()
+    grad_compiled = layer.envelope.raw_sigma.grad.clone()
+    layer.zero_grad()
+    layer(x).sum().backward()
+    torch.testing.assert_close(grad_compiled, layer.envelope.raw_sigma.grad, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning", "ignore::DeprecationWarning")
+@pytest.mark.parametrize("dynamo", [False, True])
+def test_onnx_export_runs_in_onnxruntime(tmp_path, dynamo):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    if dynamo:
+        pytest.importorskip("onnxscript")
+    layer = _exportable_layer()
+    x = torch.randn(2, 4, 16, 16)
+    path = tmp_path / "layer.onnx"
+    torch.onnx.export(layer, (x,), str(path), dynamo=dynamo, input_names=["x"], output_names=["y"])
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (y,) = session.run(None, {"x": x.numpy()})
+    np.testing.assert_allclose(y, layer(x).detach().numpy(), atol=1e-5)
+
+
+def test_layer_under_bfloat16_autocast_close_to_float32():
+    layer = _exportable_layer().train()
+    x = torch.randn(2, 4, 16, 16)
+    expected = layer(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(x)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), expected, atol=5e-2, rtol=3e-2)
+    out.float().square().sum().backward()
+    assert torch.isfinite(layer.envelope.raw_sigma.grad).all() and layer.envelope.raw_sigma.grad.abs().sum() > 0

@@ -1,0 +1,122 @@
+"""GaussianEnvelope: parameters, sigma, fixed envelopes, sizes, errors."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import reference as ref
+from envconv import GaussianEnvelope
+
+
+def test_parameter_shapes_and_paper_init():
+    env = GaussianEnvelope(5)
+    assert isinstance(env.raw_sigma, torch.nn.Parameter) and env.raw_sigma.shape == (5,)
+    assert env.raw_sigma.eq(0).all()
+    # raw 0 -> sigma^2 = log 2 (paper's initialisation)
+    np.testing.assert_allclose(env.sigma.detach().numpy(), math.sqrt(math.log(2)), rtol=1e-7)
+    shared = GaussianEnvelope(5, shared=True, init=1.5)
+    assert shared.raw_sigma.shape == (1,)
+    assert shared.sigma.shape == (5,)
+    np.testing.assert_allclose(shared.sigma.detach().numpy(), math.sqrt(math.log1p(math.exp(1.5))), rtol=1e-7)
+
+
+def test_forward_matches_scipy_per_channel_and_shared():
+    x = torch.randn(2, 3, 10, 9, dtype=torch.float64)
+    env = GaussianEnvelope(3, size=7, dtype=torch.float64)
+    with torch.no_grad():
+        env.raw_sigma.copy_(torch.tensor([-1.0, 0.5, 2.0]))
+    np.testing.assert_allclose(env(x).detach().numpy(), ref.envelope(x.numpy(), [-1.0, 0.5, 2.0], 7), atol=1e-10)
+    shared = GaussianEnvelope(3, size=5, shared=True, init=0.8, dtype=torch.float64, padding_mode="reflect")
+    np.testing.assert_allclose(
+        shared(x).detach().numpy(), ref.envelope(x.numpy(), [0.8], 5, "reflect"), atol=1e-10
+    )
+
+
+def test_unbatched_input_matches_batched():
+    env = GaussianEnvelope(3, init=0.4)
+    x = torch.randn(3, 8, 8)
+    torch.testing.assert_close(env(x), env(x[None])[0])
+
+
+def test_fixed_sigma_is_a_buffer_and_exact():
+    env = GaussianEnvelope.fixed(4, sigma=0.7, size=9, dtype=torch.float64)
+    assert not env.learnable and list(env.parameters()) == []
+    assert "raw_sigma" in dict(env.named_buffers())
+    np.testing.assert_allclose(env.sigma.numpy(), 0.7, rtol=1e-12)
+    k = ref.kernel1d(float(env.raw_sigma), 9)[0]
+    w = np.exp(-np.arange(-4, 5) ** 2 / (2 * 0.49))
+    np.testing.assert_allclose(k, w / w.sum(), atol=1e-14)
+    per_channel = GaussianEnvelope.fixed(3, sigma=[0.3, 1.0, 2.0], dtype=torch.float64)
+    np.testing.assert_allclose(per_channel.sigma.numpy(), [0.3, 1.0, 2.0], rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fixed_sigma_zero_is_identity_without_nan(dtype):
+    env = GaussianEnvelope.fixed(3, sigma=0.0, size=9, dtype=dtype)
+    x = torch.randn(2, 3, 6, 6, dtype=dtype, requires_grad=True)
+    y = env(x)
+    assert torch.equal(y, x)
+    y.sum().backward()
+    assert torch.equal(x.grad, torch.ones_like(x))
+    assert env.sigma.eq(0).all()
+
+
+def test_size_change_keeps_parameters():
+    env = GaussianEnvelope(3, size=9, init=0.3)
+    before = {k: v.clone() for k, v in env.state_dict().items()}
+    env.size = 3
+    assert env.size == 3 and env.kernel1d().shape == (3, 3)
+    after = env.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    with pytest.raises(ValueError, match="odd"):
+        env.size = 4
+
+
+def test_kernel2d_is_outer_product_summing_to_one():
+    env = GaussianEnvelope(2, size=5, init=-0.3, dtype=torch.float64)
+    k2 = env.kernel2d().detach().numpy()
+    k1 = ref.kernel1d([-0.3], 5)[0]
+    np.testing.assert_allclose(k2[1], np.outer(k1, k1), atol=1e-15)
+    np.testing.assert_allclose(k2.sum(axis=(1, 2)), 1.0, atol=1e-14)
+
+
+def test_state_dict_round_trip():
+    a = GaussianEnvelope(6, init=0.0)
+    with torch.no_grad():
+        a.raw_sigma.uniform_(-2, 2)
+    b = GaussianEnvelope(6)
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(1, 6, 12, 12)
+    assert torch.equal(a(x), b(x))
+
+
+def test_repr_names_size_and_mode():
+    assert repr(GaussianEnvelope(4, 9)) == "GaussianEnvelope(4, size=9, sigma=per-channel)"
+    assert "sigma=shared" in repr(GaussianEnvelope(4, shared=True))
+    assert "learnable=False" in repr(GaussianEnvelope.fixed(4, 0.5))
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="size"):
+        GaussianEnvelope(3, size=8)
+    with pytest.raises(ValueError, match="size"):
+        GaussianEnvelope(3, size=0)
+    with pytest.raises(ValueError, match="padding_mode"):
+        GaussianEnvelope(3, padding_mode="mirror")
+    with pytest.raises(ValueError, match="init"):
+        GaussianEnvelope(3, init=float("nan"))
+    with pytest.raises(ValueError, match="init"):
+        GaussianEnvelope(3, init=float("inf"))
+    with pytest.raises(ValueError, match="channels"):
+        GaussianEnvelope(0)
+    with pytest.raises(TypeError, match="channels"):
+        GaussianEnvelope(3.0)
+    with pytest.raises(ValueError, match="one per channel"):
+        GaussianEnvelope.fixed(3, sigma=[0.1, 0.2])
+    env = GaussianEnvelope(3)
+    with pytest.raises(ValueError, match="3 channels but the input has 4"):
+        env(torch.randn(1, 4, 8, 8))
+    with pytest.raises(ValueError, match="dims"):
+        env(torch.randn(8, 8))
