@@ -1,6 +1,5 @@
 """DisentangledConv2d against plain conv2d on scipy-smoothed inputs, from_conv, export."""
 
-import itertools
 
 import numpy as np
 import pytest
@@ -66,7 +65,7 @@ def test_gradcheck_full_layer():
         layer = _random_layer(order, 3, 2, 1, 1, 2, True, size=5)
         x = torch.randn(1, 4, 7, 7, dtype=torch.float64, requires_grad=True)
         raw = layer.envelope.raw_sigma
-        assert torch.autograd.gradcheck(lambda inp, r: layer(inp), (x, raw))
+        assert torch.autograd.gradcheck(lambda inp, r, f=layer: f(inp), (x, raw))
 
 
 def test_is_a_conv2d_with_its_state_dict_keys():
@@ -204,3 +203,14 @@ def test_layer_under_bfloat16_autocast_close_to_float32():
     torch.testing.assert_close(out.float(), expected, atol=5e-2, rtol=3e-2)
     out.float().square().sum().backward()
     assert torch.isfinite(layer.envelope.raw_sigma.grad).all() and layer.envelope.raw_sigma.grad.abs().sum() > 0
+
+
+def test_state_dict_round_trip_and_output_memory_format():
+    a = _random_layer("env-conv", 3, 2, 1, 1, 1, True)
+    b = DisentangledConv2d(4, 8, 3, stride=2, padding=1, envelope_size=5, dtype=torch.float64)
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(2, 4, 12, 12, dtype=torch.float64)
+    assert torch.equal(a(x), b(x))
+    # channels_last input: same values (layout is an implementation detail, values are not)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(a(x_cl), a(x), atol=1e-12, rtol=0)

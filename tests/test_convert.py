@@ -12,7 +12,8 @@ from envconv import DisentangledConv2d, GaussianEnvelope, envelopes
 def test_envelopes_lists_layers_with_sigma_statistics():
     model = nn.Sequential()
     model.add_module("stem", DisentangledConv2d(3, 8, 3, envelope_size=9))
-    model.add_module("body", nn.Sequential(nn.ReLU(), DisentangledConv2d(8, 16, 3, order="conv-env", shared_sigma=True)))
+    body = nn.Sequential(nn.ReLU(), DisentangledConv2d(8, 16, 3, order="conv-env", shared_sigma=True))
+    model.add_module("body", body)
     model.add_module("blur", GaussianEnvelope.fixed(16, sigma=0.7, size=5))
     with torch.no_grad():
         model.stem.envelope.raw_sigma.copy_(torch.tensor([-1.0, 0.0, 2.0]))
@@ -36,3 +37,14 @@ def test_envelopes_lists_layers_with_sigma_statistics():
 
 def test_envelopes_of_a_plain_model_is_empty():
     assert envelopes(nn.Sequential(nn.Conv2d(3, 3, 3))) == []
+
+
+def test_layer_name_strips_the_envelope_attribute():
+    from envconv.convert import layer_name
+
+    assert layer_name("layer2.0.conv2.envelope") == "layer2.0.conv2"
+    assert layer_name("envelope") == "(root)"
+    assert layer_name("") == "(root)"
+    assert layer_name("blur") == "blur"
+    # a root DisentangledConv2d reports its envelope under "(root)"
+    assert [r.name for r in envelopes(DisentangledConv2d(3, 4, 3))] == ["(root)"]

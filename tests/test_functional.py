@@ -59,7 +59,7 @@ def test_gradcheck_input_and_raw_sigma():
     x = torch.randn(2, 3, 7, 6, generator=g, dtype=torch.float64, requires_grad=True)
     raw = torch.tensor([-1.0, 0.0, 1.5], dtype=torch.float64, requires_grad=True)
     for mode in EF.PADDING_MODES:
-        assert torch.autograd.gradcheck(lambda a, b: EF.gaussian_envelope(a, b, 5, mode), (x, raw))
+        assert torch.autograd.gradcheck(lambda a, b, m=mode: EF.gaussian_envelope(a, b, 5, m), (x, raw))
     shared = torch.tensor([0.3], dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda a, b: EF.gaussian_envelope(a, b, 9), (x, shared))
 
@@ -177,3 +177,14 @@ def test_bad_arguments_name_the_problem():
         EF.gaussian_envelope(x, torch.zeros(2), 3)
     with pytest.raises(ValueError, match="reflect"):
         EF.gaussian_envelope(torch.randn(1, 3, 4, 8), raw, 9, "reflect")
+    with pytest.raises(ValueError, match="circular"):
+        EF.gaussian_envelope(torch.randn(1, 3, 3, 8), raw, 9, "circular")
+    # the largest sizes each mode accepts still match scipy
+    small = torch.randn(1, 3, 4, 5, dtype=torch.float64)
+    raw64 = torch.tensor([0.1, 0.5, 2.0], dtype=torch.float64)
+    for mode, size in (("reflect", 7), ("circular", 9)):
+        np.testing.assert_allclose(
+            EF.gaussian_envelope(small, raw64, size, mode).numpy(),
+            ref.envelope(small.numpy(), raw64.numpy(), size, mode),
+            atol=1e-10,
+        )

@@ -8,6 +8,7 @@ from typing import Dict, Mapping, Union
 
 import torch
 
+from .convert import layer_name
 from .functional import sigma2_from_raw
 
 __all__ = ["load_state_dict_file", "envelope_sigmas_from_file"]
@@ -53,7 +54,5 @@ def envelope_sigmas_from_file(path: Union[str, os.PathLike]) -> Dict[str, torch.
     sigmas: Dict[str, torch.Tensor] = OrderedDict()
     for key, value in load_state_dict_file(path).items():
         if key == _RAW_SIGMA or key.endswith("." + _RAW_SIGMA):
-            name = key[: -len(_RAW_SIGMA)].rstrip(".")
-            name = name[: -len(".envelope")] if name.endswith(".envelope") else name
-            sigmas[name or "(root)"] = sigma2_from_raw(value.double()).sqrt()
+            sigmas[layer_name(key[: -len(_RAW_SIGMA)].rstrip("."))] = sigma2_from_raw(value.double()).sqrt()
     return sigmas

@@ -10,7 +10,18 @@ from torch import nn
 from .envelope import GaussianEnvelope
 from .functional import check_envelope_size
 
-__all__ = ["EnvelopeInfo", "shrink", "envelopes"]
+__all__ = ["EnvelopeInfo", "shrink", "envelopes", "layer_name"]
+
+
+def layer_name(envelope_name: str) -> str:
+    """Name of the layer that owns an envelope: ``"layer2.0.conv2.envelope"`` -> ``"layer2.0.conv2"``.
+
+    A free-standing envelope keeps its own name; the root module is ``"(root)"``.
+    """
+    if envelope_name == "envelope":
+        return "(root)"
+    name = envelope_name[: -len(".envelope")] if envelope_name.endswith(".envelope") else envelope_name
+    return name or "(root)"
 
 
 def shrink(module: nn.Module, size: int = 3) -> nn.Module:
@@ -60,11 +71,10 @@ def envelopes(model: nn.Module) -> List[EnvelopeInfo]:
     rows = []
     for name, m in model.named_modules():
         if isinstance(m, GaussianEnvelope):
-            owner = name[: -len(".envelope")] if name.endswith(".envelope") else name
             sigma = m.sigma.detach().double()
             rows.append(
                 EnvelopeInfo(
-                    name=owner or "(root)",
+                    name=layer_name(name),
                     channels=m.channels,
                     size=m.size,
                     shared=m.shared,

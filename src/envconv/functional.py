@@ -18,7 +18,6 @@ kernel; ``tests/test_functional.py`` checks them against the paper's eq. (7)-(8)
 
 from __future__ import annotations
 
-import math
 from typing import Sequence, Union
 
 import torch
@@ -151,7 +150,7 @@ def gaussian_envelope(
             for one sigma shared by all channels.
         size: envelope size :math:`k_g = 2r + 1` (odd, positive).
         padding_mode: one of :data:`PADDING_MODES`. ``"reflect"`` needs
-            :math:`r < H` and :math:`r < W`.
+            :math:`r < \min(H, W)`, ``"circular"`` :math:`r \le \min(H, W)`.
 
     Returns:
         Tensor of shape :math:`(N, C, H, W)`.
@@ -161,6 +160,7 @@ def gaussian_envelope(
         >>> gaussian_envelope(x, torch.zeros(3), 9).shape
         torch.Size([2, 3, 16, 16])
     """
+    check_envelope_size(size)
     check_padding_mode(padding_mode)
     if x.dim() != 4:
         raise ValueError(f"x must have shape (N, C, H, W), got {x.dim()} dims {tuple(x.shape)}")
@@ -171,9 +171,12 @@ def gaussian_envelope(
             f"got {tuple(raw_sigma.shape)}"
         )
     r = size // 2
-    if padding_mode == "reflect" and min(x.shape[2], x.shape[3]) <= r:
+    # F.pad's limits: reflect needs r < H, W; circular needs r <= H, W.
+    too_small = {"reflect": min(x.shape[2:]) <= r, "circular": min(x.shape[2:]) < r}
+    if too_small.get(padding_mode, False):
+        relation = ">" if padding_mode == "reflect" else ">="
         raise ValueError(
-            f"padding_mode='reflect' needs height and width > r = {r} (size {size}), "
+            f"padding_mode={padding_mode!r} needs height and width {relation} r = {r} (size {size}), "
             f"got {tuple(x.shape[2:])}"
         )
     kernel = gaussian_kernel1d(raw_sigma, size).to(x.dtype)
