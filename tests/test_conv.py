@@ -117,6 +117,30 @@ def test_from_conv_keeps_dtype_requires_grad_and_mode():
         DisentangledConv2d.from_conv(nn.Linear(3, 3))
 
 
+class _DynamicPadConv(nn.Conv2d):
+    """Like timm's Conv2dSame: pads in forward, so its constructor arguments do not describe it."""
+
+    def forward(self, x):
+        return super().forward(F.pad(x, (1, 1, 1, 1)))
+
+
+class _TaggedConv(nn.Conv2d):
+    """A subclass that keeps Conv2d's computation."""
+
+
+def test_from_conv_refuses_subclasses_that_change_forward():
+    with pytest.raises(TypeError, match="overrides nn.Conv2d's forward"):
+        DisentangledConv2d.from_conv(_DynamicPadConv(3, 4, 3))
+    tagged = _TaggedConv(3, 4, 3)
+    x = torch.randn(1, 3, 8, 8)
+    assert torch.equal(DisentangledConv2d.from_conv(tagged, sigma_init=-100.0)(x), tagged(x))
+    lazy = nn.LazyConv2d(4, 3)
+    with pytest.raises(ValueError, match="lazy"):
+        DisentangledConv2d.from_conv(lazy)
+    lazy(x)  # materialised: now an nn.Conv2d that converts
+    assert torch.equal(DisentangledConv2d.from_conv(lazy, sigma_init=-100.0)(x), lazy(x))
+
+
 def test_repr_shows_envelope_size_order_and_sigma_mode():
     text = repr(DisentangledConv2d(3, 8, 3, stride=2, envelope_size=9, order="conv-env", shared_sigma=True))
     assert "envelope_size=9" in text and "order=conv-env" in text and "sigma=shared" in text

@@ -125,14 +125,23 @@ class DisentangledConv2d(nn.Conv2d):
         ``shared_sigma``, ``sigma_init``, ``envelope_padding_mode``).
 
         Raises:
-            TypeError: if ``conv`` is not a plain ``nn.Conv2d`` (an already
-                disentangled one, or another type).
+            TypeError: if ``conv`` is not an ``nn.Conv2d``, is already disentangled,
+                or is a subclass with its own ``forward`` (e.g. timm's ``Conv2dSame``,
+                which pads dynamically: copying its arguments would change its output).
+            ValueError: if ``conv`` is a lazy module whose weight is not materialised.
         """
         if not isinstance(conv, nn.Conv2d) or isinstance(conv, DisentangledConv2d):
             raise TypeError(
                 f"from_conv expects an nn.Conv2d that is not already disentangled, "
                 f"got {type(conv).__name__}"
             )
+        if type(conv).forward is not nn.Conv2d.forward or type(conv)._conv_forward is not nn.Conv2d._conv_forward:
+            raise TypeError(
+                f"from_conv cannot convert {type(conv).__name__}: it overrides nn.Conv2d's forward, "
+                f"so a DisentangledConv2d with the same arguments would compute something else"
+            )
+        if isinstance(conv.weight, nn.parameter.UninitializedParameter):
+            raise ValueError("from_conv got a lazy convolution with uninitialised weights; run one forward first")
         new = cls(
             conv.in_channels,
             conv.out_channels,
