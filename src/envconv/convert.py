@@ -18,9 +18,7 @@ def layer_name(envelope_name: str) -> str:
 
     A free-standing envelope keeps its own name; the root module is ``"(root)"``.
     """
-    if envelope_name == "envelope":
-        return "(root)"
-    name = envelope_name[: -len(".envelope")] if envelope_name.endswith(".envelope") else envelope_name
+    name = "" if envelope_name == "envelope" else envelope_name.removesuffix(".envelope")
     return name or "(root)"
 
 
