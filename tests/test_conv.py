@@ -111,7 +111,7 @@ def test_from_conv_keeps_dtype_requires_grad_and_mode():
     assert not new.weight.requires_grad and new.bias.requires_grad
     assert not new.training
     assert new.envelope.size == 5 and new.envelope.shared
-    with pytest.raises(TypeError, match="already disentangled"):
+    with pytest.raises(TypeError, match="already converted"):
         DisentangledConv2d.from_conv(new)
     with pytest.raises(TypeError, match="nn.Conv2d"):
         DisentangledConv2d.from_conv(nn.Linear(3, 3))

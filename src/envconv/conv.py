@@ -1,22 +1,149 @@
-r"""``DisentangledConv2d``: a Conv2d preceded (or followed) by a learned Gaussian envelope."""
+r"""Convolutions with extra machinery, built from a plain ``nn.Conv2d`` by name.
+
+* :class:`ConvVariant` - base of every replacement convolution: an ``nn.Conv2d``
+  subclass (so ``weight``/``bias`` keep their state-dict keys) with ``from_conv``.
+* :class:`EnvelopeConv2d` - a channel-wise envelope module before (or after) the conv.
+* :class:`DisentangledConv2d` - the paper's method: the envelope is a learned Gaussian.
+"""
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Dict
 
 import torch
 from torch import nn
 
 from .envelope import GaussianEnvelope
 
-__all__ = ["ORDERS", "DisentangledConv2d"]
+__all__ = ["ORDERS", "ConvVariant", "EnvelopeConv2d", "DisentangledConv2d", "conv_arguments"]
 
 #: Processing orders: envelope then convolution (eq. (3)-(4), the paper's choice) or
 #: convolution then envelope (eq. (5)-(6)).
 ORDERS = ("env-conv", "conv-env")
 
 
-class DisentangledConv2d(nn.Conv2d):
+def conv_arguments(conv: nn.Conv2d) -> Dict[str, Any]:
+    """The constructor arguments of ``conv`` (including device and dtype), by name.
+
+    Raises:
+        TypeError: if ``conv`` is not an ``nn.Conv2d``, is already a :class:`ConvVariant`,
+            or is a subclass with its own ``forward`` (e.g. timm's ``Conv2dSame``, which
+            pads dynamically: copying its arguments would change its output).
+        ValueError: if ``conv`` is a lazy module whose weight is not materialised.
+    """
+    if not isinstance(conv, nn.Conv2d):
+        raise TypeError(f"expected an nn.Conv2d, got {type(conv).__name__}")
+    if isinstance(conv, ConvVariant):
+        raise TypeError(f"this convolution is already converted ({type(conv).__name__}); convert a plain nn.Conv2d")
+    if type(conv).forward is not nn.Conv2d.forward or type(conv)._conv_forward is not nn.Conv2d._conv_forward:
+        raise TypeError(
+            f"cannot convert {type(conv).__name__}: it overrides nn.Conv2d's forward, "
+            f"so a replacement with the same arguments would compute something else"
+        )
+    if isinstance(conv.weight, nn.parameter.UninitializedParameter):
+        raise ValueError("got a lazy convolution with uninitialised weights; run one forward first")
+    return dict(
+        in_channels=conv.in_channels,
+        out_channels=conv.out_channels,
+        kernel_size=conv.kernel_size,
+        stride=conv.stride,
+        padding=conv.padding,
+        dilation=conv.dilation,
+        groups=conv.groups,
+        bias=conv.bias is not None,
+        padding_mode=conv.padding_mode,
+        device=conv.weight.device,
+        dtype=conv.weight.dtype,
+    )
+
+
+class ConvVariant(nn.Conv2d):
+    """Base class of the convolutions that replace an ``nn.Conv2d`` in a model.
+
+    Subclasses add parameters or buffers and override ``forward``; ``weight`` and
+    ``bias`` stay where ``nn.Conv2d`` keeps them, so a converted model's state dict is
+    the original's plus the new entries.
+    """
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d, **kwargs):
+        """Build this variant from an existing :class:`torch.nn.Conv2d`.
+
+        The new module has the same Conv2d arguments, ``weight`` and ``bias`` (copied by
+        name), device, dtype, ``requires_grad`` flags and train/eval mode; ``kwargs`` are
+        the variant's own constructor options.
+
+        Raises:
+            TypeError, ValueError: see :func:`conv_arguments`.
+        """
+        new = cls(**conv_arguments(conv), **kwargs)
+        with torch.no_grad():
+            for name in ("weight", "bias"):
+                source = getattr(conv, name)
+                if source is not None:
+                    target = getattr(new, name)
+                    target.copy_(source)
+                    target.requires_grad_(source.requires_grad)
+        return new.train(conv.training)
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.dim() not in (3, 4):
+            raise ValueError(
+                f"{type(self).__name__} expects input of shape (N, C, H, W) or (C, H, W), "
+                f"got {x.dim()} dims {tuple(x.shape)}"
+            )
+        if x.shape[-3] != self.in_channels:
+            raise ValueError(
+                f"{type(self).__name__} has in_channels={self.in_channels} but the input has "
+                f"{x.shape[-3]} channels (shape {tuple(x.shape)})"
+            )
+
+
+class EnvelopeConv2d(ConvVariant):
+    r"""A convolution with a channel-wise envelope module before or after it.
+
+    ``order="env-conv"``: :math:`Y = \mathbf F * E(X)`, where ``envelope`` :math:`E` acts
+    on the :math:`C` input channels; ``order="conv-env"``: :math:`Y = E(\mathbf F * X)` on
+    the :math:`D` output channels. :math:`E` must keep the shape of its input. The
+    comparison methods of :mod:`envconv.methods` (depth-wise filters, attention maps,
+    ensembles, curriculum smoothing) are envelopes of this kind;
+    :class:`DisentangledConv2d` is the case of a learned Gaussian.
+
+    Args:
+        in_channels, ..., padding_mode: as in :class:`torch.nn.Conv2d`.
+        envelope: the envelope module (already on the right device and dtype).
+        order: ``"env-conv"`` or ``"conv-env"``.
+
+    Example:
+        >>> env = GaussianEnvelope.fixed(4, sigma=0.5, size=5)
+        >>> conv = EnvelopeConv2d(4, 8, 3, padding=1, envelope=env)
+        >>> conv(torch.randn(1, 4, 6, 6)).shape
+        torch.Size([1, 8, 6, 6])
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
+                 groups: int = 1, bias: bool = True, padding_mode: str = "zeros", *, envelope: nn.Module,
+                 order: str = "env-conv", device=None, dtype=None) -> None:
+        if order not in ORDERS:
+            raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+        if not isinstance(envelope, nn.Module):
+            raise TypeError(f"envelope must be an nn.Module, got {type(envelope).__name__}")
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding, dilation=dilation,
+                         groups=groups, bias=bias, padding_mode=padding_mode, device=device, dtype=dtype)
+        self.order = order
+        self.envelope = envelope
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x)
+        if self.order == "env-conv":
+            return self._conv_forward(self.envelope(x), self.weight, self.bias)
+        return self.envelope(self._conv_forward(x, self.weight, self.bias))
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, order={self.order}"
+
+
+class DisentangledConv2d(EnvelopeConv2d):
     r"""Disentangled convolution: Gaussian envelope :math:`\mathbf g` and discrete filter :math:`\mathbf F`.
 
     The filter is :math:`w = \mathbf g(\cdot;\sigma) * \mathbf F` (eq. (1)), applied as
@@ -82,21 +209,7 @@ class DisentangledConv2d(nn.Conv2d):
     ) -> None:
         if order not in ORDERS:
             raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
-        super().__init__(
-            in_channels,
-            out_channels,
-            kernel_size,
-            stride=stride,
-            padding=padding,
-            dilation=dilation,
-            groups=groups,
-            bias=bias,
-            padding_mode=padding_mode,
-            device=device,
-            dtype=dtype,
-        )
-        self.order = order
-        self.envelope = GaussianEnvelope(
+        envelope = GaussianEnvelope(
             in_channels if order == "env-conv" else out_channels,
             envelope_size,
             shared=shared_sigma,
@@ -105,6 +218,9 @@ class DisentangledConv2d(nn.Conv2d):
             device=device,
             dtype=dtype,
         )
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding, dilation=dilation,
+                         groups=groups, bias=bias, padding_mode=padding_mode, envelope=envelope, order=order,
+                         device=device, dtype=dtype)
 
     @property
     def envelope_size(self) -> int:
@@ -115,74 +231,6 @@ class DisentangledConv2d(nn.Conv2d):
     def envelope_size(self, value: int) -> None:
         self.envelope.size = value
 
-    @classmethod
-    def from_conv(cls, conv: nn.Conv2d, **kwargs) -> "DisentangledConv2d":
-        """Build a disentangled convolution from an existing :class:`torch.nn.Conv2d`.
-
-        The new module has the same Conv2d arguments, ``weight`` and ``bias`` (copied by
-        name), device, dtype, ``requires_grad`` flags and train/eval mode; ``kwargs`` are
-        the envelope options of the constructor (``envelope_size``, ``order``,
-        ``shared_sigma``, ``sigma_init``, ``envelope_padding_mode``).
-
-        Raises:
-            TypeError: if ``conv`` is not an ``nn.Conv2d``, is already disentangled,
-                or is a subclass with its own ``forward`` (e.g. timm's ``Conv2dSame``,
-                which pads dynamically: copying its arguments would change its output).
-            ValueError: if ``conv`` is a lazy module whose weight is not materialised.
-        """
-        if not isinstance(conv, nn.Conv2d) or isinstance(conv, DisentangledConv2d):
-            raise TypeError(
-                f"from_conv expects an nn.Conv2d that is not already disentangled, "
-                f"got {type(conv).__name__}"
-            )
-        if type(conv).forward is not nn.Conv2d.forward or type(conv)._conv_forward is not nn.Conv2d._conv_forward:
-            raise TypeError(
-                f"from_conv cannot convert {type(conv).__name__}: it overrides nn.Conv2d's forward, "
-                f"so a DisentangledConv2d with the same arguments would compute something else"
-            )
-        if isinstance(conv.weight, nn.parameter.UninitializedParameter):
-            raise ValueError("from_conv got a lazy convolution with uninitialised weights; run one forward first")
-        new = cls(
-            conv.in_channels,
-            conv.out_channels,
-            conv.kernel_size,
-            stride=conv.stride,
-            padding=conv.padding,
-            dilation=conv.dilation,
-            groups=conv.groups,
-            bias=conv.bias is not None,
-            padding_mode=conv.padding_mode,
-            device=conv.weight.device,
-            dtype=conv.weight.dtype,
-            **kwargs,
-        )
-        with torch.no_grad():
-            for name in ("weight", "bias"):
-                source: Optional[torch.Tensor] = getattr(conv, name)
-                if source is not None:
-                    target = getattr(new, name)
-                    target.copy_(source)
-                    target.requires_grad_(source.requires_grad)
-        return new.train(conv.training)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() not in (3, 4):
-            raise ValueError(
-                f"DisentangledConv2d expects input of shape (N, C, H, W) or (C, H, W), "
-                f"got {x.dim()} dims {tuple(x.shape)}"
-            )
-        if x.shape[-3] != self.in_channels:
-            raise ValueError(
-                f"DisentangledConv2d has in_channels={self.in_channels} but the input has "
-                f"{x.shape[-3]} channels (shape {tuple(x.shape)})"
-            )
-        if self.order == "env-conv":
-            return self._conv_forward(self.envelope(x), self.weight, self.bias)
-        return self.envelope(self._conv_forward(x, self.weight, self.bias))
-
     def extra_repr(self) -> str:
         sigma = "shared" if self.envelope.shared else "per-channel"
-        return (
-            f"{super().extra_repr()}, envelope_size={self.envelope.size}, "
-            f"order={self.order}, sigma={sigma}"
-        )
+        return f"{nn.Conv2d.extra_repr(self)}, envelope_size={self.envelope.size}, order={self.order}, sigma={sigma}"

@@ -1,16 +1,237 @@
-"""Whole-model operations on envelopes: shrinking them and listing what they learned."""
+"""Whole-model operations: converting a CNN (``disentangle``), shrinking envelopes, listing sigmas.
+
+The converter decides *where* replacements go; *what* goes there is a method of
+:mod:`envconv.methods`. Modules are replaced by attribute name, never by position, and
+every layer that is not selected is left exactly as it was.
+"""
 
 from __future__ import annotations
 
+import fnmatch
+import logging
 from dataclasses import asdict, dataclass
-from typing import List
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
+import torch
 from torch import nn
 
+from . import functional as EF
 from .envelope import GaussianEnvelope
-from .functional import check_envelope_size
+from .methods import build_replacement, check_options, get_method
 
-__all__ = ["EnvelopeInfo", "shrink", "envelopes", "layer_name"]
+__all__ = [
+    "EnvelopeInfo",
+    "STEMS",
+    "WHERE_RULES",
+    "SHORTCUT_NAMES",
+    "disentangle",
+    "select_layers",
+    "modify_stem",
+    "shrink",
+    "auto_envelope_size",
+    "envelopes",
+    "layer_name",
+]
+
+log = logging.getLogger("envconv")
+
+#: Rule-based placements: every strided convolution, or only those of one path (Table 1a).
+WHERE_RULES = ("downsample", "residual", "identity")
+#: Stem handling: the stem conv converted (Fig. 5b), left alone, or the modified stem of Fig. 5c.
+STEMS = ("paper", "none", "modified")
+#: A strided convolution whose name has one of these components is on the identity (shortcut) path.
+SHORTCUT_NAMES = ("downsample", "shortcut", "skip", "proj", "projection")
+
+Where = Union[str, Sequence[str], Callable[[str, nn.Module], bool]]
+
+
+def _convolutions(model: nn.Module) -> List[Tuple[str, nn.Conv2d]]:
+    convs = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        raise ValueError(f"{type(model).__name__} has no nn.Conv2d to convert")
+    return convs
+
+
+def _on_shortcut(name: str) -> bool:
+    return any(part in SHORTCUT_NAMES for part in name.split("."))
+
+
+def _strided(conv: nn.Conv2d) -> bool:
+    return any(s > 1 for s in conv.stride)
+
+
+def select_layers(model: nn.Module, where: Where = "downsample", stem: str = "paper") -> List[str]:
+    """Names of the convolutions ``disentangle`` converts, in ``named_modules`` order.
+
+    The stem is the first ``nn.Conv2d`` of ``model.named_modules()`` (the one that sees
+    the image in torchvision, timm and envconv models). ``where`` chooses among the others:
+
+    * ``"downsample"`` - every strided convolution. On a ResNet these are the paper's
+      layers (Fig. 5a): in the first block of stages 2-4, the strided 3x3 conv of the
+      residual path and the strided 1x1 conv of the identity path. The same rule finds
+      the downsampling convolutions of any other CNN (MobileNet, RegNet, ...).
+    * ``"residual"`` / ``"identity"`` - only the strided convs off / on a shortcut path
+      (a name component among :data:`SHORTCUT_NAMES`, e.g. ``layer2.0.downsample.0``).
+    * a list of module names or glob patterns (``"layer*.0.conv2"``); each must match
+      at least one convolution.
+    * a predicate ``where(name, module) -> bool`` called for every convolution.
+
+    The stem conv is then added unless ``stem == "none"`` (so a list that names the stem
+    keeps it either way).
+
+    Raises:
+        ValueError: unknown ``where`` or ``stem``, a pattern or rule that selects nothing,
+            or a model without convolutions.
+    """
+    if stem not in STEMS:
+        raise ValueError(f"stem must be one of {STEMS}, got {stem!r}")
+    convs = _convolutions(model)
+    stem_name = convs[0][0]
+    if isinstance(where, str):
+        if where not in WHERE_RULES:
+            raise ValueError(
+                f"where must be one of {WHERE_RULES}, a list of module names/patterns or a predicate, got {where!r}"
+            )
+        keep = {"downsample": lambda n: True, "residual": lambda n: not _on_shortcut(n), "identity": _on_shortcut}
+        chosen = {n for n, m in convs[1:] if _strided(m) and keep[where](n)}
+        if not chosen:
+            raise ValueError(f"where={where!r} selects no convolution of {type(model).__name__} (besides the stem)")
+    elif callable(where):
+        chosen = {n for n, m in convs if where(n, m)}
+        if not chosen:
+            raise ValueError("the where predicate selected no convolution")
+    elif isinstance(where, (list, tuple)) and where and all(isinstance(p, str) for p in where):
+        chosen = set()
+        for pattern in where:
+            hits = {n for n, _ in convs if fnmatch.fnmatchcase(n, pattern)}
+            if not hits:
+                sample = ", ".join(n for n, _ in convs[:6])
+                raise ValueError(
+                    f"where pattern {pattern!r} matches no convolution (convolutions are named like: {sample}, ...)"
+                )
+            chosen |= hits
+    else:
+        raise ValueError(f"where must be a rule name, a non-empty list of names/patterns or a predicate, got {where!r}")
+    if stem != "none":
+        chosen.add(stem_name)
+    return [n for n, _ in convs if n in chosen]
+
+
+def modify_stem(model: nn.Module) -> List[str]:
+    """The modified first layer of Fig. 5c, in place; returns the names of the two new strided convs.
+
+    The max-pool after the stem is replaced by ``nn.Identity`` and the first block of
+    stage 1 downsamples instead: its first convolution with a kernel larger than 1x1
+    gets stride 2, and so does the 1x1 convolution of its identity path; a block without
+    one (ResNet-18/34) gets a new identity projection, a 1x1 stride-2 conv + BatchNorm
+    (freshly initialised). The output shape of stage 1 is unchanged.
+
+    Raises:
+        ValueError: if the model is not a ResNet with ``maxpool`` and ``layer1``
+            attributes (torchvision and timm ResNets are).
+    """
+    maxpool, layer1 = getattr(model, "maxpool", None), getattr(model, "layer1", None)
+    if not isinstance(maxpool, nn.MaxPool2d) or not isinstance(layer1, nn.Sequential) or len(layer1) == 0:
+        raise ValueError(
+            "stem='modified' (Fig. 5c) needs a ResNet with a max-pool `maxpool` after the stem and a "
+            f"stage `layer1` (torchvision and timm ResNets have them); {type(model).__name__} does not"
+        )
+    block = layer1[0]
+    residual = [(n, m) for n, m in block.named_children() if isinstance(m, nn.Conv2d)]
+    spatial = [(n, m) for n, m in residual if m.kernel_size != (1, 1)]
+    if not hasattr(block, "downsample") or not spatial or any(_strided(m) for _, m in residual):
+        raise ValueError(f"stem='modified': cannot make {type(block).__name__} `layer1.0` strided")
+    downsample = block.downsample
+    if downsample is not None:
+        shortcut = [(n, m) for n, m in downsample.named_modules() if isinstance(m, nn.Conv2d)]
+        if len(shortcut) != 1 or shortcut[0][1].kernel_size != (1, 1) or _strided(shortcut[0][1]):
+            raise ValueError("stem='modified': layer1.0.downsample is not a single stride-1 1x1 convolution")
+    model.maxpool = nn.Identity()
+    spatial[0][1].stride = (2, 2)
+    if hasattr(block, "stride"):
+        block.stride = 2
+    if downsample is None:
+        ref = residual[0][1].weight
+        dd = {"device": ref.device, "dtype": ref.dtype}
+        block.downsample = nn.Sequential(
+            nn.Conv2d(residual[0][1].in_channels, residual[-1][1].out_channels, 1, stride=2, bias=False, **dd),
+            nn.BatchNorm2d(residual[-1][1].out_channels, **dd),
+        ).train(block.training)
+        shortcut_name = "downsample.0"
+    else:
+        shortcut[0][1].stride = (2, 2)
+        shortcut_name = "downsample." + shortcut[0][0]
+    return [f"layer1.0.{spatial[0][0]}", f"layer1.0.{shortcut_name}"]
+
+
+def disentangle(
+    model: nn.Module,
+    *,
+    where: Where = "downsample",
+    stem: str = "paper",
+    method: str = "gaussian",
+    envelope_size: Optional[int] = None,
+    order: Optional[str] = None,
+    shared_sigma: bool = False,
+    **method_options,
+) -> nn.Module:
+    """Put ``method`` into ``model`` at the paper's places (or yours), in place; returns ``model``.
+
+    Every selected ``nn.Conv2d`` (see :func:`select_layers` for ``where`` and ``stem``) is
+    replaced, by attribute name, with the method's module built from it: weights, bias,
+    device, dtype, ``requires_grad`` and train/eval mode are kept, and nothing else in
+    the model changes. ``stem="modified"`` first rebuilds the first layer as in Fig. 5c
+    (:func:`modify_stem`); its two new strided convolutions are then converted too
+    (for ``where`` rules that select them).
+
+    Args:
+        model: any module holding ``nn.Conv2d`` layers (torchvision, timm, envconv models).
+        where: ``"downsample"`` (the paper), ``"residual"``, ``"identity"``, a list of
+            names/glob patterns, or a predicate ``(name, module) -> bool``.
+        stem: ``"paper"``, ``"none"`` or ``"modified"``.
+        method: a name of :data:`envconv.methods.METHODS` (``"gaussian"``: ours; ``"none"``:
+            the baseline, which still validates ``where`` and applies ``stem="modified"``).
+        envelope_size: :math:`k_g`; ``None`` uses the method's default (9; 3 for ``cbs``).
+        order: ``"env-conv"`` or ``"conv-env"`` for envelope methods; ``None``: default.
+        shared_sigma: one sigma per layer instead of one per channel (``gaussian`` only).
+        **method_options: the method's own options, e.g. ``sigma=0.6`` for ``fixed``,
+            ``initial_sigma=1.0, decay=0.9, every=5`` for ``cbs``.
+
+    Raises:
+        ValueError: unknown method, ``where`` or ``stem``; an option the method does not
+            take; a pattern that matches nothing; a model without convolutions.
+        TypeError: a selected convolution that cannot be converted (already converted,
+            or a subclass with its own ``forward``).
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
+        ...                     nn.Conv2d(8, 16, 3, stride=2, padding=1))
+        >>> net = disentangle(net)
+        >>> [type(m).__name__ for m in net]
+        ['DisentangledConv2d', 'ReLU', 'DisentangledConv2d']
+    """
+    get_method(method)
+    options = dict(method_options)
+    for name, value in (("envelope_size", envelope_size), ("order", order), ("shared_sigma", shared_sigma or None)):
+        if value is not None:
+            options[name] = value
+    check_options(method, options)
+    if isinstance(model, nn.Conv2d):
+        raise ValueError("model is itself a convolution; convert it with the method's module, e.g. "
+                         "DisentangledConv2d.from_conv(conv)")
+    if stem == "modified":
+        modify_stem(model)
+    names = select_layers(model, where, stem)
+    if method == "none":
+        return model
+    replacements = {name: build_replacement(method, model.get_submodule(name), **options) for name in names}
+    for name, new in replacements.items():
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, new)
+    log.info("envconv: %s at %d layers: %s", method, len(names), ", ".join(names))
+    return model
 
 
 def layer_name(envelope_name: str) -> str:
@@ -22,7 +243,27 @@ def layer_name(envelope_name: str) -> str:
     return name or "(root)"
 
 
-def shrink(module: nn.Module, size: int = 3) -> nn.Module:
+def auto_envelope_size(envelope: GaussianEnvelope, eps: float = 1e-2) -> int:
+    r"""Smallest odd size whose truncation keeps at least ``1 - eps`` of the envelope's 2-D mass.
+
+    The mass is measured on the envelope at its current size and for its largest sigma
+    (the widest channel): the central :math:`s` taps of the 1-D kernel of eq. (9) hold
+    :math:`m_s`, the separable 2-D envelope :math:`m_s^2`. Never larger than the current size.
+    """
+    if not 0 < eps < 1:
+        raise ValueError(f"eps must be in (0, 1), got {eps!r}")
+    size = envelope.size
+    raw = envelope.raw_sigma.detach().double().max().reshape(1)
+    kernel = EF.gaussian_kernel1d(raw, size)[0]
+    r = size // 2
+    for s in range(1, size + 1, 2):
+        mass = float(kernel[r - s // 2 : r + s // 2 + 1].sum()) ** 2
+        if mass >= 1 - eps:
+            return s
+    return size
+
+
+def shrink(module: nn.Module, size: Union[int, str] = 3, *, eps: float = 1e-2) -> nn.Module:
     """Set the size :math:`k_g` of every :class:`GaussianEnvelope` inside ``module``.
 
     This is the paper's "shrinking envelope filter at inference" (Sec. 3.1, Table 1e):
@@ -30,16 +271,24 @@ def shrink(module: nn.Module, size: int = 3) -> nn.Module:
     sigmas. Only the size changes; no parameter or buffer is touched. Works in place
     and returns ``module``.
 
+    ``size="auto"`` (beyond the paper) picks a size per envelope with
+    :func:`auto_envelope_size`: the smallest odd size keeping at least ``1 - eps`` of
+    the envelope's mass for its widest channel (default ``eps = 1e-2``, i.e. 99%).
+
     Example:
         >>> from envconv import DisentangledConv2d
         >>> m = nn.Sequential(DisentangledConv2d(3, 8, 3), DisentangledConv2d(8, 8, 3))
         >>> [c.envelope.size for c in shrink(m, 3)]
         [3, 3]
+        >>> m = nn.Sequential(DisentangledConv2d(3, 8, 3, envelope_size=9))  # sigma = 0.83 at init
+        >>> [c.envelope.size for c in shrink(m, "auto")]  # 5 taps keep 99.7% of the mass, 3 taps 89%
+        [5]
     """
-    check_envelope_size(size)
+    if size != "auto":
+        EF.check_envelope_size(size)
     for m in module.modules():
         if isinstance(m, GaussianEnvelope):
-            m.size = size
+            m.size = auto_envelope_size(m, eps) if size == "auto" else size
     return module
 
 

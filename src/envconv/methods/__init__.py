@@ -1,0 +1,196 @@
+r"""The paper's comparison methods (Sec. 2.4, Table 1g-1h) and a registry name -> builder.
+
+Every method turns one ``nn.Conv2d`` into a replacement module with the same weights;
+:func:`envconv.disentangle` places it with its ``where`` rule. A builder is called as
+``build(conv, **options)``; the options each method takes are listed by
+:func:`method_options`.
+
+=====================  =======================================================  ===========================
+name                   what replaces the convolution                            extra parameters per layer
+=====================  =======================================================  ===========================
+``gaussian``           learned Gaussian envelope, eq. (9) (ours)                :math:`C` (1 if shared)
+``fixed``              Gaussian envelope with a given sigma (Table 1h)          0
+``none``               nothing (the baseline)                                   0
+``dw``                 free depth-wise 1 x k_g and k_g x 1 filters              :math:`2 k_g C`
+``proj``               eq. (15): conv + w_d * mean_c(avg-pool(X))               :math:`D`
+``se``                 eq. (16): local SE gate per input channel                :math:`C`
+``param-attention``    eq. (12): softmax of a learned k_g x k_g map             :math:`k_g^2 C`
+``adaptive-attention`` eqs. (13)-(14): input-dependent local softmax            :math:`2C`
+``multiplicative``     eq. (10): filter times a Gaussian window                 :math:`C`
+``ensemble``           eq. (11): m fixed Gaussians mixed through BatchNorm      :math:`2mC` (+ BN stats)
+``cbs``                Curriculum by Smoothing: scheduled blur after the conv   0
+=====================  =======================================================  ===========================
+
+(:math:`C` input channels, :math:`D` output channels of the converted convolution.)
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Tuple
+
+from torch import nn
+
+from ..conv import DisentangledConv2d, EnvelopeConv2d, conv_arguments
+from ..envelope import GaussianEnvelope
+from .cbs import CBS_DEFAULTS, CurriculumSmoothing, cbs_sigma, set_curriculum_epoch
+from .convs import LocalSEConv2d, MultiplicativeEnvelopeConv2d, ProjectionConv2d
+from .envelopes import AdaptiveAttentionEnvelope, DepthwiseEnvelope, EnsembleEnvelope, ParametricAttentionEnvelope
+
+__all__ = [
+    "METHODS",
+    "Method",
+    "register_method",
+    "build_replacement",
+    "check_options",
+    "get_method",
+    "method_options",
+    "CurriculumSmoothing",
+    "cbs_sigma",
+    "set_curriculum_epoch",
+    "CBS_DEFAULTS",
+    "DepthwiseEnvelope",
+    "ParametricAttentionEnvelope",
+    "AdaptiveAttentionEnvelope",
+    "EnsembleEnvelope",
+    "ProjectionConv2d",
+    "LocalSEConv2d",
+    "MultiplicativeEnvelopeConv2d",
+]
+
+
+@dataclass(frozen=True)
+class Method:
+    """A registered method: ``build(conv, **options)`` returns the replacement (``None``: no change)."""
+
+    name: str
+    build: Optional[Callable[..., nn.Module]]
+    reference: str
+    summary: str
+
+
+METHODS: Dict[str, Method] = {}
+
+
+def register_method(name: str, build: Optional[Callable[..., nn.Module]], reference: str = "",
+                    summary: str = "") -> Method:
+    """Register a method under ``name`` (usable as ``disentangle(model, method=name)``)."""
+    if name in METHODS:
+        raise ValueError(f"method {name!r} is already registered")
+    METHODS[name] = Method(name, build, reference, summary)
+    return METHODS[name]
+
+
+def _envelope_channels(conv: nn.Conv2d, order: str) -> int:
+    return conv.in_channels if order == "env-conv" else conv.out_channels
+
+
+def _on(conv: nn.Conv2d) -> dict:
+    args = conv_arguments(conv)  # also refuses what cannot be converted, before anything is built
+    return {"device": args["device"], "dtype": args["dtype"]}
+
+
+def _gaussian(conv, *, envelope_size: int = 9, order: str = "env-conv", shared_sigma: bool = False,
+              sigma_init: float = 0.0, envelope_padding_mode: str = "zeros"):
+    return DisentangledConv2d.from_conv(conv, envelope_size=envelope_size, order=order, shared_sigma=shared_sigma,
+                                        sigma_init=sigma_init, envelope_padding_mode=envelope_padding_mode)
+
+
+def _fixed(conv, *, sigma, envelope_size: int = 9, order: str = "env-conv", envelope_padding_mode: str = "zeros"):
+    env = GaussianEnvelope.fixed(_envelope_channels(conv, order), sigma, envelope_size,
+                                 padding_mode=envelope_padding_mode, **_on(conv))
+    return EnvelopeConv2d.from_conv(conv, envelope=env, order=order)
+
+
+def _envelope_builder(cls):
+    def build(conv, *, envelope_size: int = 9, order: str = "env-conv", **options):
+        env = cls(_envelope_channels(conv, order), envelope_size, **options, **_on(conv))
+        return EnvelopeConv2d.from_conv(conv, envelope=env, order=order)
+
+    build.__signature__ = _merged_signature(cls)
+    return build
+
+
+def _merged_signature(cls) -> inspect.Signature:
+    """(conv, *, envelope_size, order, <the envelope's own keyword options>) for option checking."""
+    kw = inspect.Parameter.KEYWORD_ONLY
+    params = [inspect.Parameter("conv", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+              inspect.Parameter("envelope_size", kw, default=9), inspect.Parameter("order", kw, default="env-conv")]
+    params += [p for p in inspect.signature(cls).parameters.values()
+               if p.kind == kw and p.name not in ("device", "dtype")]
+    return inspect.Signature(params)
+
+
+def _pooled_builder(cls):
+    def build(conv, *, envelope_size: int = 9):
+        return cls.from_conv(conv, pool_size=envelope_size)
+
+    return build
+
+
+def _multiplicative(conv, *, sigma_init: float = 0.0):
+    return MultiplicativeEnvelopeConv2d.from_conv(conv, sigma_init=sigma_init)
+
+
+def _cbs(conv, *, envelope_size: int = CBS_DEFAULTS["size"], initial_sigma: float = CBS_DEFAULTS["initial_sigma"],
+         decay: float = CBS_DEFAULTS["decay"], every: int = CBS_DEFAULTS["every"]):
+    env = CurriculumSmoothing(conv.out_channels, envelope_size, initial_sigma=initial_sigma, decay=decay,
+                              every=every, **_on(conv))
+    return EnvelopeConv2d.from_conv(conv, envelope=env, order="conv-env")
+
+
+register_method("gaussian", _gaussian, "eq. (9)", "learned Gaussian envelope (the paper's method)")
+register_method("fixed", _fixed, "Table 1h", "Gaussian envelope with a fixed sigma (sigma=0: identity)")
+register_method("none", None, "Table 1a", "baseline: no change")
+register_method("dw", _envelope_builder(DepthwiseEnvelope), "Sec. 2.4", "free depth-wise 1xk and kx1 filters")
+register_method("proj", _pooled_builder(ProjectionConv2d), "eq. (15)", "projection of the pooled channel mean")
+register_method("se", _pooled_builder(LocalSEConv2d), "eq. (16)", "local squeeze-excitation per input channel")
+register_method("param-attention", _envelope_builder(ParametricAttentionEnvelope), "eq. (12)",
+                "softmax of a learned k x k map per channel")
+register_method("adaptive-attention", _envelope_builder(AdaptiveAttentionEnvelope), "eqs. (13)-(14)",
+                "input-dependent local attention")
+register_method("multiplicative", _multiplicative, "eq. (10)", "filter multiplied by a Gaussian window")
+register_method("ensemble", _envelope_builder(EnsembleEnvelope), "eq. (11)",
+                "m fixed Gaussians combined through BatchNorm")
+register_method("cbs", _cbs, "Sinha et al. 2020", "Curriculum by Smoothing: scheduled blur after the conv")
+
+
+def get_method(name: str) -> Method:
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; choose one of {sorted(METHODS)}")
+    return METHODS[name]
+
+
+def method_options(name: str) -> Tuple[List[str], List[str]]:
+    """The (required, optional) option names of method ``name``."""
+    build = get_method(name).build
+    if build is None:
+        return [], []
+    params = [p for p in inspect.signature(build).parameters.values() if p.kind == inspect.Parameter.KEYWORD_ONLY]
+    return ([p.name for p in params if p.default is inspect.Parameter.empty],
+            [p.name for p in params if p.default is not inspect.Parameter.empty])
+
+
+def check_options(method: str, options: Dict[str, object]) -> None:
+    """Raise ``ValueError`` if ``options`` has a name ``method`` does not take or lacks a required one."""
+    required, optional = method_options(method)
+    unknown = sorted(set(options) - set(required) - set(optional))
+    if unknown:
+        raise ValueError(f"method {method!r} does not take option(s) {unknown}; it takes {required + optional}")
+    missing = [name for name in required if name not in options]
+    if missing:
+        raise ValueError(f"method {method!r} needs option(s) {missing}")
+
+
+def build_replacement(method: str, conv: nn.Conv2d, **options) -> nn.Module:
+    """Build ``method``'s replacement of ``conv`` (``conv`` itself for ``"none"``).
+
+    Raises:
+        ValueError: unknown method, an option the method does not take, or a missing one.
+    """
+    spec = get_method(method)
+    check_options(method, options)
+    if spec.build is None:
+        return conv
+    return spec.build(conv, **options)
