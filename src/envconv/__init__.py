@@ -1,18 +1,30 @@
 """envconv: Disentangled Convolution for Optimizing Receptive Field (Kobayashi, PRL 2023) in PyTorch."""
 
-from . import functional
-from .conv import DisentangledConv2d
-from .convert import EnvelopeInfo, envelopes, shrink
+from . import functional, methods
+from .conv import ConvVariant, DisentangledConv2d, EnvelopeConv2d
+from .convert import EnvelopeInfo, disentangle, envelopes, select_layers, shrink
 from .envelope import GaussianEnvelope
+from .methods import METHODS, set_curriculum_epoch
+from .models import create_model, list_models, register_timm_models
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ConvVariant",
     "DisentangledConv2d",
+    "EnvelopeConv2d",
     "EnvelopeInfo",
     "GaussianEnvelope",
+    "METHODS",
+    "create_model",
+    "disentangle",
     "envelopes",
     "functional",
+    "list_models",
+    "methods",
+    "register_timm_models",
+    "select_layers",
+    "set_curriculum_epoch",
     "shrink",
     "__version__",
 ]

@@ -26,6 +26,7 @@ __all__ = [
     "SHORTCUT_NAMES",
     "disentangle",
     "select_layers",
+    "stem_name",
     "modify_stem",
     "shrink",
     "auto_envelope_size",
@@ -50,6 +51,11 @@ def _convolutions(model: nn.Module) -> List[Tuple[str, nn.Conv2d]]:
     if not convs:
         raise ValueError(f"{type(model).__name__} has no nn.Conv2d to convert")
     return convs
+
+
+def stem_name(model: nn.Module) -> str:
+    """Name of the stem: the first ``nn.Conv2d`` in ``model.named_modules()`` order."""
+    return _convolutions(model)[0][0]
 
 
 def _on_shortcut(name: str) -> bool:

@@ -1,0 +1,16 @@
+"""Models: envconv's small-image ResNets, ``create_model`` and the timm registration."""
+
+from .factory import create_model, list_models
+from .small_resnet import SMALL_RESNETS, BasicBlock, SmallResNet, small_resnet
+from .timm_models import TIMM_BASES, register_timm_models
+
+__all__ = [
+    "create_model",
+    "list_models",
+    "SMALL_RESNETS",
+    "BasicBlock",
+    "SmallResNet",
+    "small_resnet",
+    "TIMM_BASES",
+    "register_timm_models",
+]

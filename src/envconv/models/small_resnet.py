@@ -1,0 +1,120 @@
+"""ResNets for small images (28-32 px), so that real experiments run on a CPU.
+
+He et al. (2016) built these for CIFAR: a 3x3 stride-1 stem without max-pool, three
+stages of basic blocks with widths 16/32/64 (ResNet-20/32/44/56/110, depth = 6n + 2),
+downsampling by the first 3x3 conv of a stage, identity projection by a 1x1 stride-2
+conv + BatchNorm (their option B). ``small_resnet18`` / ``small_resnet34`` are the
+ImageNet ResNet-18/34 stages (widths 64-512) behind the same small-image stem.
+
+Attribute names follow torchvision (``conv1``, ``bn1``, ``layer1``..., ``conv1``/``conv2``/
+``downsample`` inside blocks, ``fc``), so :func:`envconv.disentangle` finds the paper's
+places with the same rule, and ``forward_features`` / ``forward_head`` follow timm.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Sequence, Tuple
+
+import torch
+from torch import nn
+
+__all__ = ["BasicBlock", "SmallResNet", "SMALL_RESNETS", "small_resnet"]
+
+
+def _conv3x3(in_planes: int, planes: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convs with BatchNorm and a residual connection (projection when the shape changes)."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = _conv3x3(in_planes, planes, stride)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = _conv3x3(planes, planes)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = None
+        if stride != 1 or in_planes != planes:
+            self.downsample = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False),
+                                            nn.BatchNorm2d(planes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+class SmallResNet(nn.Module):
+    """A ResNet of basic blocks for small images.
+
+    Args:
+        blocks: number of blocks per stage.
+        widths: channels per stage (the stem has ``widths[0]``).
+        num_classes: size of the classifier output.
+        in_chans: input channels (1 for Fashion-MNIST).
+
+    Example:
+        >>> net = SmallResNet((1, 1, 1), (16, 32, 64), num_classes=10, in_chans=1)
+        >>> net(torch.randn(2, 1, 28, 28)).shape
+        torch.Size([2, 10])
+        >>> net.forward_features(torch.randn(2, 1, 28, 28)).shape
+        torch.Size([2, 64, 7, 7])
+    """
+
+    def __init__(self, blocks: Sequence[int], widths: Sequence[int], num_classes: int = 10, in_chans: int = 3) -> None:
+        super().__init__()
+        if len(blocks) != len(widths) or not blocks or min(blocks) < 1:
+            raise ValueError(f"blocks and widths need one positive entry per stage, got {blocks} and {widths}")
+        self.num_classes, self.num_features = num_classes, widths[-1]
+        self.num_stages = len(blocks)
+        self.conv1 = _conv3x3(in_chans, widths[0])
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        self.relu = nn.ReLU(inplace=True)
+        in_planes = widths[0]
+        for i, (n, planes) in enumerate(zip(blocks, widths)):
+            stride = 1 if i == 0 else 2
+            layers = [BasicBlock(in_planes, planes, stride)] + [BasicBlock(planes, planes) for _ in range(n - 1)]
+            self.add_module(f"layer{i + 1}", nn.Sequential(*layers))
+            in_planes = planes
+        self.global_pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(in_planes, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last stage's feature map, shape :math:`(N, \\text{num\\_features}, H/2^{S-1}, W/2^{S-1})`."""
+        x = self.relu(self.bn1(self.conv1(x)))
+        for i in range(self.num_stages):
+            x = getattr(self, f"layer{i + 1}")(x)
+        return x
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Global average pooling and the classifier (or the pooled features if ``pre_logits``)."""
+        x = self.global_pool(x).flatten(1)
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+#: name -> (blocks per stage, widths)
+SMALL_RESNETS: Dict[str, Tuple[Tuple[int, ...], Tuple[int, ...]]] = {
+    **{f"small_resnet{6 * n + 2}": ((n, n, n), (16, 32, 64)) for n in (3, 5, 7, 9, 18)},
+    "small_resnet18": ((2, 2, 2, 2), (64, 128, 256, 512)),
+    "small_resnet34": ((3, 4, 6, 3), (64, 128, 256, 512)),
+}
+
+
+def small_resnet(name: str, num_classes: int = 10, in_chans: int = 3) -> SmallResNet:
+    """Build one of :data:`SMALL_RESNETS` by name."""
+    if name not in SMALL_RESNETS:
+        raise ValueError(f"unknown small ResNet {name!r}; choose one of {sorted(SMALL_RESNETS)}")
+    blocks, widths = SMALL_RESNETS[name]
+    return SmallResNet(blocks, widths, num_classes=num_classes, in_chans=in_chans)
