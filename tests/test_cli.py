@@ -54,3 +54,19 @@ def test_envelopes_errors_are_clear(tmp_path, capsys):
 def test_python_dash_m_entry_point():
     done = subprocess.run([sys.executable, "-m", "envconv", "--version"], capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.strip() == f"envconv {envconv.__version__}"
+
+
+def test_methods_table_counts_parameters_on_the_model(capsys):
+    assert main(["methods", "--model", "small_resnet20"]) == 0
+    rows = [re.match(r"^(\S+)\s+.*?\s{2,}(\d+)\s+([\d,]+)\s\s", line) for line in capsys.readouterr().out.splitlines()]
+    table = {m.group(1): (int(m.group(2)), int(m.group(3).replace(",", ""))) for m in rows if m}
+    assert len(table) == len(envconv.METHODS)
+    channels = 3 + 16 + 16 + 32 + 32  # envelope inputs of the five converted layers
+    assert table["gaussian"] == (5, channels) and table["none"] == (0, 0) and table["cbs"] == (5, 0)
+    assert table["dw"] == (5, 2 * 9 * channels) and table["param-attention"] == (5, 81 * channels)
+    assert table["proj"] == (5, 16 + 32 + 32 + 64 + 64)  # one weight per output channel
+
+
+def test_methods_unknown_model_is_a_clear_error(capsys):
+    assert main(["methods", "--model", "not_a_model"]) == 2
+    assert "unknown model 'not_a_model'" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""The ``envconv`` command line: ``envconv --version``, ``envconv demo``, ``envconv envelopes``.
+"""The ``envconv`` command line: ``--version``, ``demo``, ``envelopes``, ``methods``.
 
 Subcommands only parse arguments and call library functions.
 """
@@ -75,6 +75,34 @@ def _cmd_envelopes(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_methods(args: argparse.Namespace) -> int:
+    from .conv import ConvVariant
+    from .methods import METHODS
+    from .models import create_model
+
+    def build(method: str, **options):
+        return create_model(args.model, num_classes=args.num_classes, in_chans=args.in_chans, method=method,
+                            **options)
+
+    base = sum(p.numel() for p in build("none").parameters())
+    print(f"Comparison methods on {args.model} (num_classes={args.num_classes}, in_chans={args.in_chans}), "
+          f"placed by where='downsample', stem='paper'; parameters counted on the built models.\n")
+    rows = []
+    for name, spec in METHODS.items():
+        model = build(name, **({"sigma": 0.0} if name == "fixed" else {}))
+        layers = sum(isinstance(m, ConvVariant) for m in model.modules())
+        extra = sum(p.numel() for p in model.parameters()) - base
+        rows.append([name, spec.reference, str(layers), f"{extra:,}", spec.summary])
+    widths = [max(len(r[i]) for r in rows + [["method", "paper", "layers", "extra params", ""]]) for i in range(4)]
+    header = ["method".ljust(widths[0]), "paper".ljust(widths[1]), "layers".rjust(widths[2]),
+              "extra params".rjust(widths[3]), "what replaces the convolution"]
+    print("  ".join(header))
+    for r in rows:
+        print("  ".join([r[0].ljust(widths[0]), r[1].ljust(widths[1]), r[2].rjust(widths[2]), r[3].rjust(widths[3]),
+                         r[4]]))
+    return 0
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="envconv",
@@ -98,6 +126,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     env.add_argument("path", type=Path, help="a file written by torch.save(model.state_dict()) "
                      "or a checkpoint dict with a 'model' entry")
     env.set_defaults(func=_cmd_envelopes)
+
+    methods = sub.add_parser("methods", help="list the comparison methods with their extra parameters on a model")
+    methods.add_argument("--model", default="small_resnet20",
+                         help="model name for create_model (default: small_resnet20; e.g. resnet50)")
+    methods.add_argument("--num-classes", type=int, default=10, help="classifier outputs (default: 10)")
+    methods.add_argument("--in-chans", type=int, default=3, help="image channels (default: 3)")
+    methods.set_defaults(func=_cmd_methods)
     return parser
 
 
@@ -109,7 +144,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, ImportError) as err:
         print(f"envconv {args.command}: error: {err}", file=sys.stderr)
         return 2
 

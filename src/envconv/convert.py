@@ -10,9 +10,8 @@ from __future__ import annotations
 import fnmatch
 import logging
 from dataclasses import asdict, dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
-import torch
 from torch import nn
 
 from . import functional as EF

@@ -148,12 +148,9 @@ class AdaptiveAttentionEnvelope(nn.Module):
         center = torch.einsum("c,nchw->nhw", self.w_center, x).unsqueeze(1)
         neighbor = F.pad(torch.einsum("c,nchw->nhw", self.w_neighbor, x).unsqueeze(1), (r, r, r, r))
         inside = F.pad(torch.ones(1, 1, h, w, device=x.device, dtype=torch.bool), (r, r, r, r))
+        windows = [(slice(i, i + h), slice(j, j + w)) for i in range(k) for j in range(k)]
         logits = torch.cat(
-            [
-                (neighbor[..., i : i + h, j : j + w] + center).masked_fill(~inside[..., i : i + h, j : j + w], -torch.inf)
-                for i in range(k)
-                for j in range(k)
-            ],
+            [(neighbor[..., hs, ws] + center).masked_fill(~inside[..., hs, ws], -torch.inf) for hs, ws in windows],
             dim=1,
         )
         return logits.softmax(dim=1)
@@ -177,7 +174,8 @@ class EnsembleEnvelope(nn.Module):
 
     .. math::
 
-        \bar X(\cdot,\cdot,c) = \sum_{i=1}^{m} \operatorname{BN}_{c,i}\big(\mathbf g(\cdot,\cdot;\hat\sigma_i) * X(\cdot,\cdot,c)\big)
+        \bar X(\cdot,\cdot,c) = \sum_{i=1}^{m}
+            \operatorname{BN}_{c,i}\big(\mathbf g(\cdot,\cdot;\hat\sigma_i) * X(\cdot,\cdot,c)\big)
 
     Each channel is smoothed by the :math:`m` fixed separable Gaussians of eq. (9) with
     scales :math:`\hat\sigma_i` (default 0, 0.5, 1, 1.5, 2: the identity up to a blur as
@@ -196,7 +194,8 @@ class EnsembleEnvelope(nn.Module):
         if not self.scales or any(s < 0 for s in self.scales):
             raise ValueError(f"scales must be a non-empty list of sigmas >= 0, got {scales!r}")
         m = len(self.scales)
-        kernels = EF.gaussian_kernel1d(EF.raw_from_sigma(self.scales).to(device=device, dtype=dtype or torch.get_default_dtype()), size)
+        raw = EF.raw_from_sigma(self.scales).to(device=device, dtype=dtype or torch.get_default_dtype())
+        kernels = EF.gaussian_kernel1d(raw, size)
         self.register_buffer("kernels", kernels.repeat(channels, 1), persistent=False)  # (C*m, k), channel-major
         self.bn = nn.BatchNorm2d(channels * m, device=device, dtype=dtype)
         nn.init.constant_(self.bn.weight, 1.0 / m)
