@@ -208,6 +208,10 @@ def disentangle(
         TypeError: a selected convolution that cannot be converted (already converted,
             or a subclass with its own ``forward``).
 
+    Every check runs before the first layer is replaced, so an error leaves the model as
+    it was, except that ``stem="modified"`` has already rebuilt the first layer when a
+    later check (a ``where`` pattern, say) fails.
+
     Example:
         >>> import torch
         >>> from torch import nn

@@ -117,3 +117,28 @@ def test_cbs_schedule_defaults_and_resume():
     assert float(fresh[0].envelope.sigma[0]) == pytest.approx(0.81, rel=1e-6)
     assert not any(p.requires_grad for n, p in model.named_parameters() if "envelope" in n)
     assert math.isclose(cbs_sigma(7, initial_sigma=2.0, decay=0.5, every=3), 0.5)
+
+
+@pytest.mark.parametrize("name", ["dw", "param-attention", "adaptive-attention", "ensemble"])
+def test_envelope_methods_after_the_convolution_act_on_output_channels(name):
+    conv = conv3x3(torch.float64)
+    new = build_replacement(name, conv, envelope_size=3, order="conv-env").train()
+    x = torch.randn(2, C, 6, 6, dtype=torch.float64)
+    assert new.envelope.channels == D
+    torch.testing.assert_close(new(x), new.envelope(conv(x)))
+
+
+def test_a_registered_method_is_usable_by_name():
+    from envconv.methods import register_method
+
+    def double(conv, *, factor: float = 2.0):
+        return nn.Sequential(conv, nn.Identity()) if factor == 2.0 else conv
+
+    try:
+        register_method("wrap-test", double, "test", "wraps the conv")
+        assert method_options("wrap-test") == ([], ["factor"])
+        assert isinstance(build_replacement("wrap-test", conv3x3()), nn.Sequential)
+        with pytest.raises(ValueError, match="already registered"):
+            register_method("wrap-test", double)
+    finally:
+        METHODS.pop("wrap-test", None)
