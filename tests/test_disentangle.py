@@ -89,24 +89,47 @@ def test_sigma_zero_gives_the_original_logits(name):
     assert float((got - want).abs().max()) <= 1e-5
 
 
-def envelope_macs(k):
-    # envelope input (C, H, W) at each of ResNet-50's converted layers, at 224 x 224
-    shapes = [(3, 224, 224), (128, 56, 56), (256, 56, 56), (256, 28, 28), (512, 28, 28), (512, 14, 14),
-              (1024, 14, 14)]
-    return sum(2 * k * c * h * w for c, h, w in shapes)  # two 1-D passes of k multiply-adds per element
+# envelope input (C, H, W) at each of ResNet-50's converted layers at 224 x 224: stem, residual, identity
+STEM_AND_RESIDUAL = [(3, 224, 224), (128, 56, 56), (256, 28, 28), (512, 14, 14)]
+IDENTITY = [(256, 56, 56), (512, 28, 28), (1024, 14, 14)]
 
 
-def count_flops(model):
+def paper_macs(k):
+    """The paper's count: two 1-D passes of k multiply-adds per element, 2 k C H W per layer."""
+    return sum(2 * k * c * h * w for c, h, w in STEM_AND_RESIDUAL + IDENTITY)
+
+
+def sampled_macs(k):
+    """What envconv runs with 1-D passes: the identity envelope only where the 1x1 stride-2 conv reads.
+
+    Width pass at every 2nd column (k C H W / 2), height pass at every 2nd row of that (k C H W / 4).
+    """
+    return sum(2 * k * c * h * w for c, h, w in STEM_AND_RESIDUAL) + sum(
+        k * c * h * w * 3 // 4 for c, h, w in IDENTITY)
+
+
+def count_flops(fn, *args):
     with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model.eval()(torch.randn(1, 3, 224, 224))
+        fn(*args)
     return counter.get_total_flops()
 
 
 @pytest.mark.parametrize("k, paper_gmacs", [(9, 0.041), (3, 0.0135)])
 def test_flops_of_the_envelopes_on_resnet50(k, paper_gmacs):
-    extra_macs = (count_flops(disentangle(tv("resnet50"), envelope_size=k)) - count_flops(tv("resnet50"))) / 2
-    assert extra_macs == pytest.approx(envelope_macs(k), rel=0.03)
-    assert extra_macs / 1e9 == pytest.approx(paper_gmacs, rel=0.03)  # Table 1f: 3.84 -> 3.89 / 3.86 GFLOPs
+    x = torch.randn(1, 3, 224, 224)
+    plain = count_flops(tv("resnet50").eval(), x)
+    model = disentangle(tv("resnet50"), envelope_size=k).eval()
+    inputs = {}
+    for row in envelopes(model):
+        layer = model.get_submodule(row.name)
+        layer.envelope.impl = "separable"  # the paper's algorithm; "auto" may pick a k x k conv
+        layer.register_forward_pre_hook(lambda m, i, name=row.name: inputs.update({name: i[0]}))
+    converted = count_flops(model, x)
+    assert (converted - plain) / 2 == pytest.approx(sampled_macs(k), rel=0.03)
+    # each envelope at full resolution, as the paper counts it (Table 1f: 3.84 -> 3.89 / 3.86 GFLOPs)
+    full = sum(count_flops(model.get_submodule(n).envelope, t) for n, t in inputs.items()) / 2
+    assert full == pytest.approx(paper_macs(k), rel=0.03)
+    assert full / 1e9 == pytest.approx(paper_gmacs, rel=0.03)
 
 
 def stage1_output_shape(model):

@@ -13,6 +13,11 @@ from . import functional as EF
 __all__ = ["GaussianEnvelope"]
 
 
+def _is_compiling() -> bool:
+    compiler = getattr(torch, "compiler", None)
+    return bool(compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling())
+
+
 def _check_channels(channels: int) -> int:
     if isinstance(channels, bool) or not isinstance(channels, int):
         raise TypeError(f"channels must be a positive int, got {type(channels).__name__} {channels!r}")
@@ -88,6 +93,8 @@ class GaussianEnvelope(nn.Module):
         self.padding_mode = EF.check_padding_mode(padding_mode)
         if isinstance(init, bool) or not isinstance(init, (int, float)) or not math.isfinite(init):
             raise ValueError(f"init (raw sigma) must be a finite number, got {init!r}")
+        self.impl = "auto"  # see envconv.functional.choose_impl; "separable" / "full" force one
+        self._cache = None
         raw = torch.full((1 if shared else channels,), float(init), device=device, dtype=dtype)
         if learnable:
             self.raw_sigma = nn.Parameter(raw)
@@ -166,9 +173,22 @@ class GaussianEnvelope(nn.Module):
         k = self.kernel1d()
         return k[:, :, None] * k[:, None, :]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _kernel_for(self, x: torch.Tensor) -> torch.Tensor:
+        """The (C, k) kernel; cached while no gradient can flow to sigma (eval, frozen or fixed sigma)."""
+        raw = self.raw_sigma
+        tracing = torch.jit.is_tracing() or _is_compiling()
+        if tracing or (torch.is_grad_enabled() and raw.requires_grad):
+            return EF.gaussian_kernel1d(raw, self.size).to(x.dtype).expand(self.channels, self.size)
+        key = (raw._version, raw.data_ptr(), raw.device, self.size, x.dtype)
+        if self._cache is None or self._cache[0] != key:
+            kernel = EF.gaussian_kernel1d(raw.detach(), self.size).to(x.dtype).expand(self.channels, self.size)
+            self._cache = (key, kernel.contiguous())
+        return self._cache[1]
+
+    def forward(self, x: torch.Tensor, stride: Union[int, Sequence[int]] = 1) -> torch.Tensor:
+        """Smooth ``x``; with ``stride > 1`` only at the positions a strided 1x1 conv reads."""
         if x.dim() == 3:
-            return self.forward(x.unsqueeze(0)).squeeze(0)
+            return self.forward(x.unsqueeze(0), stride).squeeze(0)
         if x.dim() != 4:
             raise ValueError(
                 f"GaussianEnvelope expects input of shape (N, C, H, W) or (C, H, W), "
@@ -179,7 +199,8 @@ class GaussianEnvelope(nn.Module):
                 f"GaussianEnvelope has {self.channels} channels but the input has {x.shape[1]} "
                 f"(shape {tuple(x.shape)})"
             )
-        return EF.gaussian_envelope(x, self.raw_sigma, self.size, self.padding_mode)
+        EF.check_padding_size(x, self.size, self.padding_mode)
+        return EF.apply_envelope(x, self._kernel_for(x), self.padding_mode, stride, self.impl)
 
     def extra_repr(self) -> str:
         mode = "shared" if self.shared else "per-channel"

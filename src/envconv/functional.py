@@ -10,10 +10,13 @@ This module is the single place where the envelope's math lives (paper, Sec. 2.3
 
     \bar X(\cdot, \cdot, c) = \mathbf g_{\sigma_c}(y) * \big(\mathbf g_{\sigma_c}(x) * X(\cdot, \cdot, c)\big).
 
-The 2-D envelope is the outer product of the 1-D kernel with itself; it is always
-applied as two depthwise 1-D passes (along the width, then along the height), never
-as a dense ``k_g x k_g`` kernel. Gradients come from autograd through the softmax
-kernel; ``tests/test_functional.py`` checks them against the paper's eq. (7)-(8).
+The 2-D envelope is the outer product of the 1-D kernel with itself.
+:func:`gaussian_envelope_reference` applies it the plain way, as two depthwise 1-D
+passes (width, then height); :func:`gaussian_envelope` computes the same thing by
+whichever implementation is fastest for the case (:func:`choose_impl`), and can
+evaluate it only at strided positions. Gradients come from autograd through the
+softmax kernel; ``tests/test_functional.py`` checks them against the paper's
+eq. (7)-(8) and every implementation against the reference.
 """
 
 from __future__ import annotations
@@ -28,11 +31,20 @@ __all__ = [
     "MIN_SIGMA2",
     "check_envelope_size",
     "check_padding_mode",
+    "check_padding_size",
     "sigma2_from_raw",
     "raw_from_sigma",
     "gaussian_kernel1d",
     "gaussian_envelope",
+    "gaussian_envelope_reference",
+    "apply_envelope",
+    "choose_impl",
+    "IMPLS",
 ]
+
+#: Implementations of :func:`apply_envelope`: two depthwise 1-D passes, or one
+#: depthwise ``k x k`` conv with the outer-product kernel.
+IMPLS = ("auto", "separable", "full")
 
 #: Padding modes of the envelope; all keep the spatial size. ``"zeros"`` is what a
 #: convolution does; the others follow :func:`torch.nn.functional.pad`.
@@ -117,61 +129,38 @@ def gaussian_kernel1d(raw_sigma: torch.Tensor, size: int) -> torch.Tensor:
     return torch.softmax(-x2 / (2.0 * sigma2[:, None]), dim=1)
 
 
-def _pass(x: torch.Tensor, kernel: torch.Tensor, dim: int, padding_mode: str) -> torch.Tensor:
-    """One depthwise 1-D pass of ``kernel`` (C, k) along ``dim`` (2: height, 3: width)."""
+def _pass(x: torch.Tensor, kernel: torch.Tensor, dim: int, padding_mode: str, stride: int = 1) -> torch.Tensor:
+    """One depthwise 1-D pass of ``kernel`` (C, k) along ``dim`` (2: height, 3: width), output every ``stride``."""
     channels, size = kernel.shape
     r = size // 2
     if dim == 3:
         weight = kernel.view(channels, 1, 1, size)
-        pad, conv_padding = (r, r, 0, 0), (0, r)
+        pad, conv_padding, conv_stride = (r, r, 0, 0), (0, r), (1, stride)
     else:
         weight = kernel.view(channels, 1, size, 1)
-        pad, conv_padding = (0, 0, r, r), (r, 0)
+        pad, conv_padding, conv_stride = (0, 0, r, r), (r, 0), (stride, 1)
     if padding_mode == "zeros":
-        return F.conv2d(x, weight, padding=conv_padding, groups=channels)
-    return F.conv2d(F.pad(x, pad, mode=padding_mode), weight, groups=channels)
+        return F.conv2d(x, weight, stride=conv_stride, padding=conv_padding, groups=channels)
+    return F.conv2d(F.pad(x, pad, mode=padding_mode), weight, stride=conv_stride, groups=channels)
 
 
-def gaussian_envelope(
-    x: torch.Tensor,
-    raw_sigma: torch.Tensor,
-    size: int,
-    padding_mode: str = "zeros",
-) -> torch.Tensor:
-    r"""Channel-wise Gaussian envelope filtering, eq. (3) with the kernel of eq. (9).
-
-    Smooths each channel ``c`` of ``x`` with the separable Gaussian of scale
-    :math:`\sigma_c` (1-D pass along the width, then along the height). The spatial
-    size is kept.
-
-    Args:
-        x: input of shape :math:`(N, C, H, W)`.
-        raw_sigma: raw scale :math:`\tilde\sigma`, shape :math:`(C,)`, or :math:`(1,)`
-            for one sigma shared by all channels.
-        size: envelope size :math:`k_g = 2r + 1` (odd, positive).
-        padding_mode: one of :data:`PADDING_MODES`. ``"reflect"`` needs
-            :math:`r < \min(H, W)`, ``"circular"`` :math:`r \le \min(H, W)`.
-
-    Returns:
-        Tensor of shape :math:`(N, C, H, W)`.
-
-    Example:
-        >>> x = torch.randn(2, 3, 16, 16)
-        >>> gaussian_envelope(x, torch.zeros(3), 9).shape
-        torch.Size([2, 3, 16, 16])
-    """
+def _check_envelope_args(x: torch.Tensor, size: int, padding_mode: str, channels_of_param: int) -> None:
     check_envelope_size(size)
     check_padding_mode(padding_mode)
     if x.dim() != 4:
         raise ValueError(f"x must have shape (N, C, H, W), got {x.dim()} dims {tuple(x.shape)}")
     channels = x.shape[1]
-    if raw_sigma.dim() != 1 or raw_sigma.shape[0] not in (1, channels):
+    if channels_of_param not in (1, channels):
         raise ValueError(
             f"raw_sigma must have shape ({channels},) or (1,) for x with {channels} channels, "
-            f"got {tuple(raw_sigma.shape)}"
+            f"got ({channels_of_param},)"
         )
+    check_padding_size(x, size, padding_mode)
+
+
+def check_padding_size(x: torch.Tensor, size: int, padding_mode: str) -> None:
+    """F.pad's limits: reflect needs r < H, W; circular needs r <= H, W."""
     r = size // 2
-    # F.pad's limits: reflect needs r < H, W; circular needs r <= H, W.
     too_small = {"reflect": min(x.shape[2:]) <= r, "circular": min(x.shape[2:]) < r}
     if too_small.get(padding_mode, False):
         relation = ">" if padding_mode == "reflect" else ">="
@@ -179,7 +168,119 @@ def gaussian_envelope(
             f"padding_mode={padding_mode!r} needs height and width {relation} r = {r} (size {size}), "
             f"got {tuple(x.shape[2:])}"
         )
+
+
+def _channel_kernel(x: torch.Tensor, raw_sigma: torch.Tensor, size: int, padding_mode: str) -> torch.Tensor:
+    """Check the arguments; the (C, k) kernel in x's dtype, one row per channel of x."""
+    if raw_sigma.dim() != 1:
+        raise ValueError(f"raw_sigma must have shape (C,) or (1,), got {tuple(raw_sigma.shape)}")
+    _check_envelope_args(x, size, padding_mode, raw_sigma.shape[0])
     kernel = gaussian_kernel1d(raw_sigma, size).to(x.dtype)
-    if kernel.shape[0] != channels:
-        kernel = kernel.expand(channels, size).contiguous()
+    if kernel.shape[0] != x.shape[1]:
+        kernel = kernel.expand(x.shape[1], size).contiguous()
+    return kernel
+
+
+def gaussian_envelope_reference(
+    x: torch.Tensor,
+    raw_sigma: torch.Tensor,
+    size: int,
+    padding_mode: str = "zeros",
+) -> torch.Tensor:
+    """The plain implementation of :func:`gaussian_envelope` (two depthwise 1-D passes), kept for tests."""
+    kernel = _channel_kernel(x, raw_sigma, size, padding_mode)
     return _pass(_pass(x, kernel, 3, padding_mode), kernel, 2, padding_mode)
+
+
+def choose_impl(x: torch.Tensor, size: int, needs_grad: bool) -> str:
+    """The implementation :func:`apply_envelope` uses for ``impl="auto"``.
+
+    Chosen from measurements on CPU (``benchmarks/layer_speed.py``; oneDNN kernels):
+
+    * ``size <= 3``: ``"full"`` - one 3x3 depthwise conv beats two 1-D passes in
+      forward and backward, in both memory layouts.
+    * few channels (the stem, ``C < 8``) in NCHW: ``"full"`` - grouped 1-D convs with
+      3 groups are pathologically slow there.
+    * inference (no gradient) on small maps (``H * W <= 28 * 28``): ``"full"``.
+    * otherwise ``"separable"``: the 1-D passes' backward is far cheaper than the
+      ``k x k`` depthwise weight gradient.
+    """
+    if size <= 3:
+        return "full"
+    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    if x.shape[1] < 8 and not channels_last:
+        return "full"
+    if not needs_grad and x.shape[2] * x.shape[3] <= 28 * 28:
+        return "full"
+    return "separable"
+
+
+def apply_envelope(
+    x: torch.Tensor,
+    kernel: torch.Tensor,
+    padding_mode: str = "zeros",
+    stride: Union[int, Sequence[int]] = 1,
+    impl: str = "auto",
+) -> torch.Tensor:
+    """Filter ``x`` (N, C, H, W) with the separable envelope of 1-D kernels ``kernel`` (C, k).
+
+    The output is the envelope at positions ``(i * stride, j * stride)`` only (all
+    positions for ``stride=1``): exactly what a strided 1x1 convolution after the
+    envelope reads, at a fraction of the cost. ``impl`` picks the implementation
+    (:data:`IMPLS`; ``"auto"``: :func:`choose_impl`); all give the same result up to
+    float rounding. Works in the input's memory format (NCHW or channels_last).
+    """
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    sh, sw = (stride, stride) if isinstance(stride, int) else tuple(stride)
+    channels, size = kernel.shape
+    if size == 1:  # the 1-tap envelope is the identity, whatever sigma
+        return x[..., ::sh, ::sw] if (sh, sw) != (1, 1) else x
+    if impl == "auto":
+        impl = choose_impl(x, size, torch.is_grad_enabled() and (x.requires_grad or kernel.requires_grad))
+    if impl == "full":
+        r = size // 2
+        weight = (kernel[:, :, None] * kernel[:, None, :]).unsqueeze(1)
+        if padding_mode == "zeros":
+            return F.conv2d(x, weight, stride=(sh, sw), padding=r, groups=channels)
+        return F.conv2d(F.pad(x, (r, r, r, r), mode=padding_mode), weight, stride=(sh, sw), groups=channels)
+    return _pass(_pass(x, kernel, 3, padding_mode, sw), kernel, 2, padding_mode, sh)
+
+
+def gaussian_envelope(
+    x: torch.Tensor,
+    raw_sigma: torch.Tensor,
+    size: int,
+    padding_mode: str = "zeros",
+    stride: Union[int, Sequence[int]] = 1,
+    impl: str = "auto",
+) -> torch.Tensor:
+    r"""Channel-wise Gaussian envelope filtering, eq. (3) with the kernel of eq. (9).
+
+    Smooths each channel ``c`` of ``x`` with the separable Gaussian of scale
+    :math:`\sigma_c`. The spatial size is kept (``stride=1``), or the result is read
+    only every ``stride`` pixels, as a strided 1x1 convolution after it would.
+
+    Args:
+        x: input of shape :math:`(N, C, H, W)`, NCHW or channels_last.
+        raw_sigma: raw scale :math:`\tilde\sigma`, shape :math:`(C,)`, or :math:`(1,)`
+            for one sigma shared by all channels.
+        size: envelope size :math:`k_g = 2r + 1` (odd, positive).
+        padding_mode: one of :data:`PADDING_MODES`. ``"reflect"`` needs
+            :math:`r < \min(H, W)`, ``"circular"`` :math:`r \le \min(H, W)`.
+        stride: output every ``stride`` pixels (int or (sh, sw)).
+        impl: ``"auto"`` (fastest known), ``"separable"`` or ``"full"``.
+
+    Returns:
+        Tensor of shape :math:`(N, C, \lceil H / s_h \rceil, \lceil W / s_w \rceil)`.
+
+    Example:
+        >>> x = torch.randn(2, 3, 16, 16)
+        >>> gaussian_envelope(x, torch.zeros(3), 9).shape
+        torch.Size([2, 3, 16, 16])
+        >>> y = gaussian_envelope(x, torch.zeros(3), 9, stride=2)
+        >>> bool(torch.allclose(y, gaussian_envelope(x, torch.zeros(3), 9)[..., ::2, ::2], atol=1e-6))
+        True
+    """
+    kernel = _channel_kernel(x, raw_sigma, size, padding_mode)
+    return apply_envelope(x, kernel, padding_mode, stride, impl)

@@ -1,0 +1,95 @@
+"""Every implementation of the envelope equals the reference, forward and backward, in both layouts."""
+
+import itertools
+
+import pytest
+import torch
+from torch import nn
+
+from envconv import DisentangledConv2d, GaussianEnvelope
+from envconv import functional as EF
+
+TOL = {torch.float64: dict(rtol=1e-12, atol=1e-12), torch.float32: dict(rtol=1e-5, atol=1e-5)}
+CASES = list(itertools.product(["separable", "full", "auto"], [False, True], [1, 2, (2, 1)], [1, 3, 9]))
+
+
+def inputs(channels, dtype, channels_last, shape=(2, 11, 13)):
+    torch.manual_seed(0)
+    x = torch.randn(shape[0], channels, *shape[1:], dtype=dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    raw = (torch.randn(channels, dtype=dtype) * 0.7).requires_grad_()
+    return x.requires_grad_(), raw
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("impl, channels_last, stride, size", CASES)
+@pytest.mark.parametrize("padding_mode", ["zeros", "reflect"])
+def test_impl_matches_reference(dtype, impl, channels_last, stride, size, padding_mode):
+    for channels in (3, 16):
+        x, raw = inputs(channels, dtype, channels_last)
+        sh, sw = (stride, stride) if isinstance(stride, int) else stride
+        want = EF.gaussian_envelope_reference(x, raw, size, padding_mode)[..., ::sh, ::sw]
+        got = EF.gaussian_envelope(x, raw, size, padding_mode, stride=stride, impl=impl)
+        torch.testing.assert_close(got, want, **TOL[dtype])
+        upstream = torch.randn_like(want)
+        want_grads = torch.autograd.grad(want, (x, raw), upstream)
+        got_grads = torch.autograd.grad(got, (x, raw), upstream, allow_unused=True)
+        for g, w in zip(got_grads, want_grads):
+            torch.testing.assert_close(g if g is not None else torch.zeros_like(w), w, **TOL[dtype])
+
+
+@pytest.mark.parametrize("impl", ["separable", "full"])
+def test_gradcheck_strided(impl):
+    x, raw = inputs(3, torch.float64, True, shape=(1, 7, 8))
+    assert torch.autograd.gradcheck(lambda a, b: EF.gaussian_envelope(a, b, 5, stride=2, impl=impl), (x, raw))
+
+
+def test_channels_last_is_kept():
+    x, raw = inputs(16, torch.float32, True)
+    for impl in ("separable", "full"):
+        out = EF.gaussian_envelope(x, raw, 9, impl=impl)
+        assert out.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_choose_impl_rules():
+    nchw = torch.empty(1, 3, 224, 224)
+    assert EF.choose_impl(nchw, 9, needs_grad=True) == "full"  # the stem in NCHW
+    assert EF.choose_impl(nchw.contiguous(memory_format=torch.channels_last), 9, needs_grad=True) == "separable"
+    assert EF.choose_impl(torch.empty(1, 128, 56, 56), 3, needs_grad=True) == "full"
+    assert EF.choose_impl(torch.empty(1, 128, 56, 56), 9, needs_grad=True) == "separable"
+    assert EF.choose_impl(torch.empty(1, 512, 14, 14), 9, needs_grad=False) == "full"
+    with pytest.raises(ValueError, match="impl must be one of"):
+        EF.gaussian_envelope(nchw, torch.zeros(3), 3, impl="fft")
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_strided_identity_conv_samples_the_envelope(channels_last):
+    torch.manual_seed(0)
+    plain = nn.Conv2d(8, 16, 1, stride=2, bias=True).double()
+    conv = DisentangledConv2d.from_conv(plain, envelope_size=9)
+    with torch.no_grad():
+        conv.envelope.raw_sigma.normal_()
+    x, _ = inputs(8, torch.float64, channels_last, shape=(2, 15, 12))
+    want = plain(EF.gaussian_envelope_reference(x, conv.envelope.raw_sigma, 9))
+    torch.testing.assert_close(conv(x), want, rtol=1e-12, atol=1e-12)
+    gw = torch.autograd.grad(want.sum(), conv.envelope.raw_sigma)[0]
+    gc = torch.autograd.grad(conv(x).sum(), conv.envelope.raw_sigma)[0]
+    torch.testing.assert_close(gc, gw, rtol=1e-12, atol=1e-12)
+
+
+def test_kernel_cache_follows_sigma_and_size_in_eval():
+    env = GaussianEnvelope(4, size=9).eval()
+    x = torch.randn(1, 4, 10, 10)
+    with torch.no_grad():
+        first = env(x)
+        torch.testing.assert_close(first, EF.gaussian_envelope_reference(x, env.raw_sigma, 9))
+        env.raw_sigma.add_(1.0)  # an optimizer step changes the parameter in place
+        torch.testing.assert_close(env(x), EF.gaussian_envelope_reference(x, env.raw_sigma, 9))
+        env.size = 3
+        torch.testing.assert_close(env(x), EF.gaussian_envelope_reference(x, env.raw_sigma, 3))
+        env.load_state_dict({"raw_sigma": torch.zeros(4)})
+        torch.testing.assert_close(env(x), EF.gaussian_envelope_reference(x, torch.zeros(4), 3))
+    # with gradients enabled the kernel is rebuilt, so sigma gets its gradient
+    env(x).sum().backward()
+    assert env.raw_sigma.grad is not None and float(env.raw_sigma.grad.abs().sum()) > 0
