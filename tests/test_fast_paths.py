@@ -93,3 +93,58 @@ def test_kernel_cache_follows_sigma_and_size_in_eval():
     # with gradients enabled the kernel is rebuilt, so sigma gets its gradient
     env(x).sum().backward()
     assert env.raw_sigma.grad is not None and float(env.raw_sigma.grad.abs().sum()) > 0
+
+
+CONV_CASES = [dict(kernel_size=3, stride=2, padding=1, bias=True), dict(kernel_size=1, stride=2, padding=0, bias=False),
+              dict(kernel_size=3, stride=1, padding=2, dilation=2, groups=2, bias=True)]
+
+
+@pytest.mark.parametrize("cfg", CONV_CASES)
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("input_grad", [True, False])
+def test_recomputing_backward_equals_autograd(cfg, channels_last, input_grad):
+    torch.manual_seed(0)
+    conv = DisentangledConv2d(4, 6, envelope_size=5, dtype=torch.float64, **cfg)
+    with torch.no_grad():
+        conv.envelope.raw_sigma.normal_()
+    x = torch.randn(2, 4, 9, 8, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(input_grad)
+    params = [p for p in conv.parameters()]
+    wanted = params + ([x] if input_grad else [])
+    grads = {}
+    for recompute in (False, True):
+        conv.recompute_envelope = recompute
+        y = conv(x)
+        upstream = torch.ones_like(y) * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)
+        grads[recompute] = (y, torch.autograd.grad(y, wanted, upstream))
+    torch.testing.assert_close(grads[True][0], grads[False][0], rtol=1e-12, atol=1e-12)
+    for a, b in zip(grads[True][1], grads[False][1]):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_recomputing_backward_gradcheck_and_saves_only_the_input():
+    conv = DisentangledConv2d(8, 4, 3, stride=2, padding=1, envelope_size=5, dtype=torch.float64)
+    x = torch.randn(1, 8, 7, 7, dtype=torch.float64, requires_grad=True)  # 8 channels: the separable path
+    names = ["weight", "bias", "envelope.raw_sigma"]
+
+    def f(inp, *values):
+        return torch.func.functional_call(conv, dict(zip(names, values)), (inp,))
+
+    assert torch.autograd.gradcheck(f, (x, *[conv.get_parameter(n).detach().requires_grad_() for n in names]))
+    sizes = {}
+    for recompute in (False, True):
+        conv.recompute_envelope = recompute
+        saved = {}
+
+        def pack(t):
+            saved[t.untyped_storage().data_ptr()] = t.numel()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            conv(x)
+        sizes[recompute] = sum(saved.values())
+    feature_map = x.numel()
+    assert sizes[True] <= feature_map + 8 + 4 * 8 * 9  # the input, sigma and the weight
+    assert sizes[False] >= sizes[True] + 2 * feature_map - 1  # autograd also keeps two smoothed maps

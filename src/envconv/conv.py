@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import functional as EF
 from .envelope import GaussianEnvelope
 
 __all__ = ["ORDERS", "ConvVariant", "EnvelopeConv2d", "DisentangledConv2d", "conv_arguments"]
@@ -144,6 +145,67 @@ class EnvelopeConv2d(ConvVariant):
         return f"{super().extra_repr()}, order={self.order}"
 
 
+def _is_compiling() -> bool:
+    compiler = getattr(torch, "compiler", None)
+    return bool(compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling())
+
+
+class _EnvelopeThenConv(torch.autograd.Function):
+    """Envelope then convolution, saving only the input: the envelope is recomputed in backward.
+
+    Autograd through the two ops would keep the envelope's intermediate and its output
+    (the conv's input) alive until backward: two extra feature maps per layer. Here the
+    backward rebuilds the envelope from the saved input (one cheap depth-wise pass pair),
+    takes the conv's gradients with ``aten.convolution_backward`` and the envelope's with
+    autograd. Double backward is not supported.
+    """
+
+    @staticmethod
+    def forward(ctx, x, raw_sigma, weight, bias, size, padding_mode, env_stride, impl, conv_args):
+        with torch.no_grad():
+            kernel = EF.gaussian_kernel1d(raw_sigma, size).to(x.dtype).expand(x.shape[1], size)
+            smoothed = EF.apply_envelope(x, kernel, padding_mode, env_stride, impl)
+            out = F.conv2d(smoothed, weight, bias, *conv_args)
+        ctx.save_for_backward(x, raw_sigma, weight)
+        ctx.config = (size, padding_mode, env_stride, impl, conv_args, None if bias is None else bias.shape)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        x, raw_sigma, weight = ctx.saved_tensors
+        size, padding_mode, env_stride, impl, (stride, padding, dilation, groups), bias_shape = ctx.config
+        need_x, need_raw, need_w, need_b = ctx.needs_input_grad[:4]
+        with torch.enable_grad():
+            x_ = x.detach().requires_grad_(need_x)
+            raw_ = raw_sigma.detach().requires_grad_(need_raw)
+            kernel = EF.gaussian_kernel1d(raw_, size).to(x.dtype).expand(x.shape[1], size)
+            smoothed = EF.apply_envelope(x_, kernel, padding_mode, env_stride, impl)
+        def as_pair(v):
+            return [v, v] if isinstance(v, int) else list(v)
+
+        # under autocast the forward conv ran in grad_out's dtype: take its gradients in that dtype too
+        dtype = grad_out.dtype
+        grad_smoothed, grad_w, grad_b = torch.ops.aten.convolution_backward(
+            grad_out.contiguous(memory_format=_memory_format(smoothed)), smoothed.detach().to(dtype),
+            weight.to(dtype), list(bias_shape) if bias_shape is not None else None, as_pair(stride),
+            as_pair(padding), as_pair(dilation), False, [0, 0], groups, [need_x or need_raw, need_w, need_b])
+        grad_w = grad_w.to(weight.dtype) if grad_w is not None else None
+        grad_b = grad_b.to(weight.dtype) if grad_b is not None else None
+        if grad_smoothed is not None:
+            grad_smoothed = grad_smoothed.to(smoothed.dtype)
+        wanted = [t for t, need in ((x_, need_x), (raw_, need_raw)) if need]
+        grads = iter(torch.autograd.grad(smoothed, wanted, grad_smoothed) if wanted else ())
+        grad_x = next(grads) if need_x else None
+        grad_raw = next(grads) if need_raw else None
+        return grad_x, grad_raw, grad_w, grad_b, None, None, None, None, None
+
+
+def _memory_format(t: torch.Tensor) -> torch.memory_format:
+    channels_last = t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
 class DisentangledConv2d(EnvelopeConv2d):
     r"""Disentangled convolution: Gaussian envelope :math:`\mathbf g` and discrete filter :math:`\mathbf F`.
 
@@ -222,16 +284,32 @@ class DisentangledConv2d(EnvelopeConv2d):
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding, dilation=dilation,
                          groups=groups, bias=bias, padding_mode=padding_mode, envelope=envelope, order=order,
                          device=device, dtype=dtype)
+        #: In training, keep only the input for the backward pass and recompute the envelope
+        #: there (saves two feature maps per layer; costs one envelope forward).
+        self.recompute_envelope = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.order == "env-conv" and self.kernel_size == (1, 1) and self.padding in ((0, 0), "valid") \
-                and self.stride != (1, 1):
-            # A strided 1x1 conv reads one pixel in stride^2: smooth only at those (exact, and
-            # 2-4x cheaper on the identity path of a ResNet).
-            self._check_input(x)
-            sampled = self.envelope(x, stride=self.stride)
-            return F.conv2d(sampled, self.weight, self.bias, 1, 0, self.dilation, self.groups)
-        return super().forward(x)
+        self._check_input(x)
+        if self.order != "env-conv":
+            return super().forward(x)
+        if x.dim() == 3:
+            return self.forward(x.unsqueeze(0)).squeeze(0)
+        # A strided 1x1 conv reads one pixel in stride^2: smooth only at those (exact, and
+        # 2-4x cheaper on the identity path of a ResNet).
+        sampled = self.kernel_size == (1, 1) and self.padding in ((0, 0), "valid") and self.stride != (1, 1)
+        if sampled and isinstance(self.padding, str):
+            return F.conv2d(self.envelope(x, stride=self.stride), self.weight, self.bias, 1, 0, self.dilation,
+                            self.groups)
+        env = self.envelope
+        recompute = (self.recompute_envelope and self.padding_mode == "zeros" and not isinstance(self.padding, str)
+                     and torch.is_grad_enabled() and not torch.jit.is_tracing() and not _is_compiling())
+        if recompute:
+            conv_args = (1 if sampled else self.stride, 0 if sampled else self.padding, self.dilation, self.groups)
+            return _EnvelopeThenConv.apply(x, env.raw_sigma, self.weight, self.bias, env.size, env.padding_mode,
+                                           self.stride if sampled else 1, env.impl, conv_args)
+        if sampled:
+            return F.conv2d(env(x, stride=self.stride), self.weight, self.bias, 1, 0, self.dilation, self.groups)
+        return self._conv_forward(env(x), self.weight, self.bias)
 
     @property
     def envelope_size(self) -> int:

@@ -1,0 +1,171 @@
+"""Model level: a plain CNN vs the same CNN converted by ``envconv.disentangle``, same weights.
+
+* inference: forward under ``torch.inference_mode`` with the envelopes shrunk to ``k_g = 3``
+  (the paper's Table 1e setting);
+* training step: forward, cross-entropy, backward and an SGD step (momentum 0.9,
+  weight decay 1e-4) with ``k_g = 9``;
+* memory of the training step.
+
+Both models run in the same memory layout; every layout is measured, and the headline is
+the layout where the plain model is fastest. Times are paired ratios (converted / plain).
+
+Memory: on CUDA, the allocator's peak (``torch.cuda.max_memory_allocated``). On CPU,
+where PyTorch keeps no allocator statistics, the training step's memory is counted
+exactly from the tensors it must hold: parameters, gradients, optimizer state, and every
+tensor autograd saves for the backward pass (deduplicated by storage, through
+``torch.autograd.graph.saved_tensors_hooks``) - the activation memory that makes the
+peak. Transient workspaces inside single kernels are not in it.
+
+    python -m benchmarks.model_speed [--model resnet50] [--batch 16] [--image-size 224] [--repeats 9]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+from typing import Callable, Dict, List
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import envconv
+
+from .timing import paired_ratio
+
+
+def _build(name: str, num_classes: int, in_chans: int):
+    torch.manual_seed(0)
+    plain = envconv.create_model(name, num_classes=num_classes, in_chans=in_chans, method="none")
+    converted = envconv.disentangle(copy.deepcopy(plain), envelope_size=9)
+    return plain, converted
+
+
+def _training_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+    model.train()
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    step.optimizer = opt
+    return step
+
+
+def _inference(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
+    model.eval()
+
+    def forward():
+        with torch.inference_mode():
+            model(x)
+
+    return forward
+
+
+def training_memory(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Dict[str, int]:
+    """Bytes a training step holds at the start of backward (see the module docstring)."""
+    step = _training_step(model, x, y)
+    step()  # creates gradients and momentum buffers
+    if x.is_cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        step()
+        torch.cuda.synchronize()
+        return {"peak_allocated": torch.cuda.max_memory_allocated()}
+    saved: Dict[int, int] = {}
+
+    def pack(t: torch.Tensor):
+        storage = t.untyped_storage()
+        saved[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = F.cross_entropy(model(x), y)
+    del loss
+    def nbytes(ts):
+        return sum(t.numel() * t.element_size() for t in ts)
+
+    params = [p for p in model.parameters()]
+    state = [v for s in step.optimizer.state.values() for v in s.values() if torch.is_tensor(v)]
+    counts = {"saved_for_backward": sum(saved.values()), "parameters": nbytes(params),
+              "gradients": nbytes([p for p in params if p.requires_grad]), "optimizer_state": nbytes(state)}
+    counts["total"] = sum(counts.values())
+    return counts
+
+
+def run(model_name: str = "resnet50", batch: int = 16, image_size: int = 224, repeats: int = 9,
+        num_classes: int = 1000, in_chans: int = 3, layouts=("nchw", "channels_last"), device: str = "cpu",
+        log=print) -> dict:
+    plain, converted = _build(model_name, num_classes, in_chans)
+    plain, converted = plain.to(device), converted.to(device)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    x = torch.randn(batch, in_chans, image_size, image_size, device=device)
+    y = torch.randint(0, num_classes, (batch,), device=device)
+    fmt = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
+    result: Dict[str, dict] = {"model": model_name, "batch": batch, "image_size": image_size, "device": device,
+                               "layouts": {}}
+    plain_by_layout = {}
+    for layout in layouts:
+        for m in (plain, converted):
+            m.to(memory_format=fmt[layout])
+        xl = x.contiguous(memory_format=fmt[layout])
+        envconv.shrink(converted, 3)
+        inference = paired_ratio(_inference(converted, xl), _inference(plain, xl), repeats=repeats, sync=sync)
+        plain_by_layout[layout] = (copy.deepcopy(plain), xl)
+        envconv.shrink(converted, 9)
+        training = paired_ratio(_training_step(converted, xl, y), _training_step(plain, xl, y), repeats=repeats,
+                                sync=sync)
+        mem_plain, mem_conv = training_memory(plain, xl, y), training_memory(converted, xl, y)
+        key = "peak_allocated" if "peak_allocated" in mem_plain else "total"
+        result["layouts"][layout] = {
+            "inference_k3": inference.as_dict(),
+            "training_step_k9": training.as_dict(),
+            "memory": {"plain": mem_plain, "converted": mem_conv, "ratio": mem_conv[key] / mem_plain[key]},
+        }
+        log(f"{model_name} {layout:13s} inference k3 {inference}  ({inference.ms_a:.1f} vs {inference.ms_b:.1f} ms); "
+            f"training step k9 {training}  ({training.ms_a:.1f} vs {training.ms_b:.1f} ms); "
+            f"memory {mem_conv[key] / mem_plain[key]:.4f}x")
+    if len(layouts) == 2:
+        plain_layouts = paired_ratio(_inference(*plain_by_layout["channels_last"]),
+                                     _inference(*plain_by_layout["nchw"]), repeats=repeats, sync=sync)
+        result["plain_channels_last_over_nchw_inference"] = plain_layouts.as_dict()
+        result["fastest_plain_layout"] = "channels_last" if plain_layouts.median < 1 else "nchw"
+        log(f"plain {model_name} inference, channels_last / nchw: {plain_layouts}")
+    return result
+
+
+def markdown(result: dict) -> str:
+    lines = [f"\n**{result['model']}, batch {result['batch']}, {result['image_size']}x{result['image_size']}, "
+             f"{result['device']}** (converted / plain, median of paired ratios [quartiles])\n",
+             "| layout | inference, k_g = 3 | training step, k_g = 9 | training memory |", "|---|---|---|---|"]
+    for layout, r in result["layouts"].items():
+        star = " (plain model's fastest)" if layout == result.get("fastest_plain_layout") else ""
+        inf, tr = r["inference_k3"], r["training_step_k9"]
+        lines.append(f"| {layout}{star} | {inf['median']:.3f}x [{inf['q1']:.3f}-{inf['q3']:.3f}] | "
+                     f"{tr['median']:.3f}x [{tr['q1']:.3f}-{tr['q3']:.3f}] | {r['memory']['ratio']:.4f}x |")
+    if "plain_channels_last_over_nchw_inference" in result:
+        lines.append(f"\nPlain model inference, channels_last / NCHW: "
+                     f"{result['plain_channels_last_over_nchw_inference']['median']:.3f}x")
+    return "\n".join(lines)
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="resnet50")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--repeats", type=int, default=9)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    return p
+
+
+def main(args: argparse.Namespace) -> dict:
+    result = run(args.model, args.batch, args.image_size, args.repeats, device=args.device)
+    print(markdown(result))
+    return result
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())

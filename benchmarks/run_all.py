@@ -1,0 +1,85 @@
+"""Run every benchmark and write ``benchmarks/results/<date>-<machine>.json`` and ``.md``.
+
+    python -m benchmarks.run_all [--quick] [--repeats N] [--out benchmarks/results]
+
+``--quick`` runs tiny shapes (a smoke run; its numbers are not the targets' conditions).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+from pathlib import Path
+
+import torch
+
+from . import layer_speed, model_speed
+
+
+def machine() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {"cpu": cpu, "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "python": platform.python_version(), "host": platform.node()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def slug(info: dict) -> str:
+    name = info.get("gpu") or f"{info['cpu']}-{info['threads']}t"
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def main(args: argparse.Namespace) -> Path:
+    info = machine()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.quick:
+        layers = layer_speed.run(batch=2, repeats=args.repeats or 3, places=["stem", "stage4 identity"])
+        model = model_speed.run("small_resnet20", batch=4, image_size=32, repeats=args.repeats or 3,
+                                num_classes=10, device=device)
+    else:
+        layers = layer_speed.run(batch=args.batch, repeats=args.repeats or 15)
+        model = model_speed.run(args.model, batch=16, image_size=224, repeats=args.repeats or 9, device=device)
+    stamp = datetime.date.today().isoformat()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    base = out / f"{stamp}-{slug(info)}{'-quick' if args.quick else ''}"
+    atomic_write(base.with_suffix(".json"), json.dumps({"date": stamp, "machine": info, "layers": layers,
+                                                        "model": model}, indent=1))
+    md = (f"# envconv benchmarks, {stamp}\n\nMachine: {info['cpu']}, {info['threads']} threads, torch {info['torch']}"
+          + (f", GPU {info['gpu']}" if "gpu" in info else "") + "\n\n## Model level\n" + model_speed.markdown(model)
+          + "\n\n## Layer level\n" + layer_speed.markdown(layers) + "\n")
+    atomic_write(base.with_suffix(".md"), md)
+    print(f"wrote {base}.json and {base}.md")
+    return base
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="tiny shapes: a smoke run")
+    p.add_argument("--repeats", type=int, default=None, help="paired repeats (default 15 layer / 9 model)")
+    p.add_argument("--batch", type=int, default=32, help="layer-level batch (default 32)")
+    p.add_argument("--model", default="resnet50")
+    p.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    return p
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())

@@ -1,0 +1,45 @@
+"""The benchmark scripts run and report well-formed results (no assertion on timing)."""
+
+import torch
+from torch import nn
+
+from benchmarks import layer_speed, model_speed
+from benchmarks.timing import paired_ratio
+
+
+def test_paired_ratio_is_well_formed():
+    calls = []
+    r = paired_ratio(lambda: calls.append("a"), lambda: calls.append("b"), repeats=4, warmup=1)
+    assert calls == ["a", "b", "a", "b", "b", "a", "a", "b", "b", "a"]  # warm-up, then alternating order
+    assert r.repeats == 4 and r.low <= r.q1 <= r.median <= r.q3 <= r.high and r.ms_a > 0
+
+
+def test_layer_benchmark_smoke():
+    rows = layer_speed.run(batch=1, repeats=1, sizes=(3,), places=["stage4 identity"], log=lambda *a: None)
+    versus = {r["versus"] for r in rows}
+    assert {"clone", "naive separable", "full kxk depthwise"} <= versus
+    assert len(rows) == 2 * 2 * len(versus)  # layouts x modes x competitors
+    assert all(r["ratio"]["median"] > 0 and r["stride"] == 2 for r in rows)
+    assert "| stage4 identity | channels_last |" in layer_speed.markdown(rows)
+
+
+def test_model_benchmark_smoke_and_memory_count():
+    result = model_speed.run("small_resnet20", batch=2, image_size=16, repeats=1, num_classes=3, log=lambda *a: None)
+    assert result["fastest_plain_layout"] in ("nchw", "channels_last")
+    for layout in ("nchw", "channels_last"):
+        mem = result["layouts"][layout]["memory"]
+        plain, conv = mem["plain"], mem["converted"]
+        # parameters, gradients and momentum are the same size; the envelopes add 99 sigmas (float32)
+        assert plain["gradients"] == plain["parameters"] == plain["optimizer_state"]
+        assert conv["parameters"] - plain["parameters"] == 4 * (3 + 16 + 16 + 32 + 32)
+        assert conv["saved_for_backward"] > plain["saved_for_backward"] > 0
+    assert "| channels_last" in model_speed.markdown(result)
+
+
+def test_training_memory_counts_saved_tensors_by_storage():
+    model = nn.Sequential(nn.Linear(8, 4, bias=False))
+    x = torch.randn(16, 8, requires_grad=True)
+    mem = model_speed.training_memory(model, x, torch.zeros(16, dtype=torch.long))
+    assert mem["parameters"] == 8 * 4 * 4
+    # linear saves its input (16 x 8 floats) and weight; cross-entropy its log-softmax (16 x 4) and target
+    assert mem["saved_for_backward"] >= (16 * 8 + 8 * 4 + 16 * 4) * 4 + 16 * 8
