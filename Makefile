@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv test demo clean
+.PHONY: venv test demo bench clean
 
 venv: $(STAMP)
 
@@ -20,6 +20,9 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m envconv demo
+
+bench: $(STAMP)
+	$(PY) -m benchmarks.run_all
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-from typing import Callable, Dict, List
+from typing import Callable, Dict
 
 import torch
 import torch.nn.functional as F

@@ -11,6 +11,13 @@ from envconv import functional as EF
 
 TOL = {torch.float64: dict(rtol=1e-12, atol=1e-12), torch.float32: dict(rtol=1e-5, atol=1e-5)}
 CASES = list(itertools.product(["separable", "full", "auto"], [False, True], [1, 2, (2, 1)], [1, 3, 9]))
+CASES += [("fused", True, stride, size) for stride in (1, 2, (2, 1)) for size in (1, 3, 9)]
+
+
+def fused_available():
+    from envconv import cpu_kernels
+
+    return cpu_kernels.available()
 
 
 def inputs(channels, dtype, channels_last, shape=(2, 11, 13)):
@@ -26,6 +33,8 @@ def inputs(channels, dtype, channels_last, shape=(2, 11, 13)):
 @pytest.mark.parametrize("impl, channels_last, stride, size", CASES)
 @pytest.mark.parametrize("padding_mode", ["zeros", "reflect"])
 def test_impl_matches_reference(dtype, impl, channels_last, stride, size, padding_mode):
+    if impl == "fused" and (padding_mode != "zeros" or not fused_available()):
+        pytest.skip("the fused kernel does zero padding on channels_last CPU tensors (and needs a C++ compiler)")
     for channels in (3, 16):
         x, raw = inputs(channels, dtype, channels_last)
         sh, sw = (stride, stride) if isinstance(stride, int) else stride
@@ -138,7 +147,7 @@ def test_recomputing_backward_gradcheck_and_saves_only_the_input():
         conv.recompute_envelope = recompute
         saved = {}
 
-        def pack(t):
+        def pack(t, saved=saved):
             saved[t.untyped_storage().data_ptr()] = t.numel()
             return t
 
@@ -148,3 +157,43 @@ def test_recomputing_backward_gradcheck_and_saves_only_the_input():
     feature_map = x.numel()
     assert sizes[True] <= feature_map + 8 + 4 * 8 * 9  # the input, sigma and the weight
     assert sizes[False] >= sizes[True] + 2 * feature_map - 1  # autograd also keeps two smoothed maps
+
+
+def test_fused_kernel_shared_sigma_gradcheck_and_fallback(monkeypatch):
+    from envconv import cpu_kernels
+
+    if not fused_available():
+        pytest.skip("no C++ compiler: the fused kernel could not be built")
+    x, _ = inputs(16, torch.float64, True, shape=(1, 6, 7))
+    shared = torch.tensor([0.3], dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: cpu_kernels.fused_envelope(a, b, 5, (2, 1)), (x, shared))
+    assert EF.choose_impl(x, 9, True, fused=True) == "fused"
+    assert EF.choose_impl(x, 9, True, fused=True, padding_mode="reflect") == "separable"
+    assert EF.choose_impl(x.contiguous(), 9, True, fused=True) == "separable"  # NCHW
+    monkeypatch.setattr(cpu_kernels, "_module", None)
+    monkeypatch.setattr(cpu_kernels, "_failed", "no compiler")
+    assert EF.choose_impl(x, 9, True, fused=True) == "separable"
+    with pytest.raises(RuntimeError, match="not available: no compiler"):
+        cpu_kernels.fused_envelope(x, shared, 5)
+    with pytest.raises(ValueError, match="channels_last"):
+        cpu_kernels.fused_envelope(x.contiguous(), shared, 5)
+
+
+def test_recomputing_backward_with_the_fused_kernel():
+    if not fused_available():
+        pytest.skip("no C++ compiler: the fused kernel could not be built")
+    torch.manual_seed(0)
+    conv = DisentangledConv2d(16, 8, 1, stride=2, bias=False, envelope_size=7, dtype=torch.float64)
+    with torch.no_grad():
+        conv.envelope.raw_sigma.normal_()
+    x = torch.randn(2, 16, 9, 10, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    assert conv.envelope.resolve_impl(x) == "fused"
+    results = []
+    for impl in ("fused", "separable"):
+        conv.envelope.impl = impl
+        y = conv(x)
+        results.append((y, torch.autograd.grad(y, (x, conv.weight, conv.envelope.raw_sigma), torch.cos(y))))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-12, atol=1e-12)
+    for a, b in zip(results[0][1], results[1][1]):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

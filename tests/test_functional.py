@@ -188,3 +188,11 @@ def test_bad_arguments_name_the_problem():
             ref.envelope(small.numpy(), raw64.numpy(), size, mode),
             atol=1e-10,
         )
+
+
+def test_kernel_derivative_matches_autograd():
+    raw = torch.tensor([-30.0, -2.0, 0.0, 0.7, 5.0, 40.0], dtype=torch.float64)
+    for size in (1, 3, 9):
+        want = torch.autograd.functional.jacobian(lambda r, s=size: EF.gaussian_kernel1d(r, s), raw)  # (C, k, C)
+        diagonal = torch.stack([want[c, :, c] for c in range(raw.numel())])
+        torch.testing.assert_close(EF.gaussian_kernel1d_derivative(raw, size), diagonal, rtol=1e-12, atol=1e-15)

@@ -163,8 +163,7 @@ class _EnvelopeThenConv(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, raw_sigma, weight, bias, size, padding_mode, env_stride, impl, conv_args):
         with torch.no_grad():
-            kernel = EF.gaussian_kernel1d(raw_sigma, size).to(x.dtype).expand(x.shape[1], size)
-            smoothed = EF.apply_envelope(x, kernel, padding_mode, env_stride, impl)
+            smoothed = _smooth(x, raw_sigma, size, padding_mode, env_stride, impl)
             out = F.conv2d(smoothed, weight, bias, *conv_args)
         ctx.save_for_backward(x, raw_sigma, weight)
         ctx.config = (size, padding_mode, env_stride, impl, conv_args, None if bias is None else bias.shape)
@@ -179,8 +178,7 @@ class _EnvelopeThenConv(torch.autograd.Function):
         with torch.enable_grad():
             x_ = x.detach().requires_grad_(need_x)
             raw_ = raw_sigma.detach().requires_grad_(need_raw)
-            kernel = EF.gaussian_kernel1d(raw_, size).to(x.dtype).expand(x.shape[1], size)
-            smoothed = EF.apply_envelope(x_, kernel, padding_mode, env_stride, impl)
+            smoothed = _smooth(x_, raw_, size, padding_mode, env_stride, impl)
         def as_pair(v):
             return [v, v] if isinstance(v, int) else list(v)
 
@@ -194,11 +192,27 @@ class _EnvelopeThenConv(torch.autograd.Function):
         grad_b = grad_b.to(weight.dtype) if grad_b is not None else None
         if grad_smoothed is not None:
             grad_smoothed = grad_smoothed.to(smoothed.dtype)
+        if impl == "fused":
+            from . import cpu_kernels
+
+            grad_x, grad_raw = cpu_kernels.backward(grad_smoothed, x, raw_sigma, size, env_stride, need_x, need_raw)
+            return grad_x, grad_raw, grad_w, grad_b, None, None, None, None, None
         wanted = [t for t, need in ((x_, need_x), (raw_, need_raw)) if need]
         grads = iter(torch.autograd.grad(smoothed, wanted, grad_smoothed) if wanted else ())
         grad_x = next(grads) if need_x else None
         grad_raw = next(grads) if need_raw else None
         return grad_x, grad_raw, grad_w, grad_b, None, None, None, None, None
+
+
+def _smooth(x, raw_sigma, size, padding_mode, stride, impl):
+    """The envelope of x by ``impl`` (the fused kernel runs without an autograd graph)."""
+    if impl == "fused":
+        from . import cpu_kernels
+
+        with torch.no_grad():
+            return cpu_kernels.forward(x, raw_sigma, size, stride)
+    kernel = EF.gaussian_kernel1d(raw_sigma, size).to(x.dtype).expand(x.shape[1], size)
+    return EF.apply_envelope(x, kernel, padding_mode, stride, impl)
 
 
 def _memory_format(t: torch.Tensor) -> torch.memory_format:
@@ -306,7 +320,7 @@ class DisentangledConv2d(EnvelopeConv2d):
         if recompute:
             conv_args = (1 if sampled else self.stride, 0 if sampled else self.padding, self.dilation, self.groups)
             return _EnvelopeThenConv.apply(x, env.raw_sigma, self.weight, self.bias, env.size, env.padding_mode,
-                                           self.stride if sampled else 1, env.impl, conv_args)
+                                           self.stride if sampled else 1, env.resolve_impl(x), conv_args)
         if sampled:
             return F.conv2d(env(x, stride=self.stride), self.weight, self.bias, 1, 0, self.dilation, self.groups)
         return self._conv_forward(env(x), self.weight, self.bias)

@@ -93,7 +93,7 @@ class GaussianEnvelope(nn.Module):
         self.padding_mode = EF.check_padding_mode(padding_mode)
         if isinstance(init, bool) or not isinstance(init, (int, float)) or not math.isfinite(init):
             raise ValueError(f"init (raw sigma) must be a finite number, got {init!r}")
-        self.impl = "auto"  # see envconv.functional.choose_impl; "separable" / "full" force one
+        self.impl = "auto"  # see envconv.functional.choose_impl; "separable" / "full" / "fused" force one
         self._cache = None
         raw = torch.full((1 if shared else channels,), float(init), device=device, dtype=dtype)
         if learnable:
@@ -200,7 +200,21 @@ class GaussianEnvelope(nn.Module):
                 f"(shape {tuple(x.shape)})"
             )
         EF.check_padding_size(x, self.size, self.padding_mode)
+        if self.resolve_impl(x) == "fused":
+            from . import cpu_kernels
+
+            return cpu_kernels.fused_envelope(x, self.raw_sigma, self.size, stride)
         return EF.apply_envelope(x, self._kernel_for(x), self.padding_mode, stride, self.impl)
+
+    def resolve_impl(self, x: torch.Tensor) -> str:
+        """The implementation used for ``x`` now: ``impl``, or :func:`~envconv.functional.choose_impl`'s choice."""
+        if self.impl != "auto":
+            return self.impl
+        if self.size == 1:
+            return "separable"  # the identity; apply_envelope short-cuts it
+        needs_grad = torch.is_grad_enabled() and (x.requires_grad or self.raw_sigma.requires_grad)
+        fused = not (torch.jit.is_tracing() or _is_compiling())
+        return EF.choose_impl(x, self.size, needs_grad, self.padding_mode, fused=fused)
 
     def extra_repr(self) -> str:
         mode = "shared" if self.shared else "per-channel"
