@@ -170,6 +170,7 @@ def test_fused_kernel_shared_sigma_gradcheck_and_fallback(monkeypatch):
     assert EF.choose_impl(x, 9, True, fused=True) == "fused"
     assert EF.choose_impl(x, 9, True, fused=True, padding_mode="reflect") == "separable"
     assert EF.choose_impl(x.contiguous(), 9, True, fused=True) == "separable"  # NCHW
+    assert EF.choose_impl(x[:, :3].contiguous(memory_format=torch.channels_last), 9, True, fused=True) == "fused"
     monkeypatch.setattr(cpu_kernels, "_module", None)
     monkeypatch.setattr(cpu_kernels, "_failed", "no compiler")
     assert EF.choose_impl(x, 9, True, fused=True) == "separable"

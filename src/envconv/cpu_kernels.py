@@ -11,6 +11,7 @@ or ``ENVCONV_NO_EXTENSION=1`` is set, envconv warns once and uses the PyTorch op
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -36,7 +37,9 @@ def load():
         _failed = "disabled by ENVCONV_NO_EXTENSION"
         return None
     try:
-        with warnings.catch_warnings():  # torch's build helpers warn about CUDA and TorchScript here
+        # torch's build helpers warn (and log) about CUDA and TorchScript here: not our concern
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             from torch.utils.cpp_extension import load as load_extension
 
