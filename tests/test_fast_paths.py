@@ -63,7 +63,7 @@ def test_channels_last_is_kept():
 
 def test_choose_impl_rules():
     nchw = torch.empty(1, 3, 224, 224)
-    assert EF.choose_impl(nchw, 9, needs_grad=True) == "full"  # the stem in NCHW
+    assert EF.choose_impl(nchw, 9, needs_grad=True) == "separable"  # the stem in NCHW: batch folded
     assert EF.choose_impl(nchw.contiguous(memory_format=torch.channels_last), 9, needs_grad=True) == "separable"
     assert EF.choose_impl(torch.empty(1, 128, 56, 56), 3, needs_grad=True) == "full"
     assert EF.choose_impl(torch.empty(1, 128, 56, 56), 9, needs_grad=True) == "separable"

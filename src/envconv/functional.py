@@ -227,8 +227,6 @@ def choose_impl(x: torch.Tensor, size: int, needs_grad: bool, padding_mode: str 
       channels_last CPU tensor with zero padding: ``"fused"`` - the C++ kernel with the
       eq. (8) backward, up to 3x faster in training than the 1-D passes' generic
       weight gradient, and 1.2-1.3x on the 3-channel stem.
-    * few channels (the stem, ``C < 8``) in NCHW: ``"full"`` - grouped 1-D convs with
-      3 groups are pathologically slow there.
     * inference (no gradient) on small maps (``H * W <= 28 * 28``): ``"full"``.
     * otherwise ``"separable"``.
     """
@@ -239,9 +237,6 @@ def choose_impl(x: torch.Tensor, size: int, needs_grad: bool, padding_mode: str 
 
         if cpu_kernels.supports(x, padding_mode) and cpu_kernels.available():
             return "fused"
-    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-    if x.shape[1] < 8 and not channels_last:
-        return "full"
     if not needs_grad and x.shape[2] * x.shape[3] <= 28 * 28:
         return "full"
     return "separable"
@@ -272,6 +267,12 @@ def apply_envelope(
         return x[..., ::sh, ::sw] if (sh, sw) != (1, 1) else x
     if impl == "auto":
         impl = choose_impl(x, size, torch.is_grad_enabled() and (x.requires_grad or kernel.requires_grad))
+    n, _, h, w = x.shape
+    if channels < 8 and n > 1 and x.is_contiguous():
+        # Few channels in NCHW: fold the batch into the channels, (N, C, H, W) -> (1, N*C, H, W),
+        # a free view. oneDNN's grouped conv is 4-5x faster with N*C groups than with C groups.
+        out = apply_envelope(x.view(1, n * channels, h, w), kernel.repeat(n, 1), padding_mode, stride, impl)
+        return out.view(n, channels, *out.shape[-2:])
     if impl == "full":
         r = size // 2
         weight = (kernel[:, :, None] * kernel[:, None, :]).unsqueeze(1)
