@@ -94,7 +94,7 @@ def run(batch: int = 32, repeats: int = 15, sizes=(9, 3), layouts=("nchw", "chan
                             ratio = paired_ratio(ours, fn, repeats=repeats)
                             row = dict(place=name, shape=[c, hw, hw], stride=stride, batch=batch, size=size,
                                        layout=layout, mode=mode, versus=other, ratio=ratio.as_dict(),
-                                       impl=EF.choose_impl(x, size, train) if size > 1 else "identity")
+                                       impl=EF.choose_impl(x, size, train, fused=True) if size > 1 else "identity")
                             rows.append(row)
                             log(f"{name:16s} {layout:13s} k={size} {mode:16s} ours/{other:22s} {ratio}  "
                                 f"({ratio.ms_a:.2f} vs {ratio.ms_b:.2f} ms)")

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import functional as EF
-from .envelope import GaussianEnvelope
+from .envelope import GaussianEnvelope, _is_compiling
 
 __all__ = ["ORDERS", "ConvVariant", "EnvelopeConv2d", "DisentangledConv2d", "conv_arguments"]
 
@@ -145,9 +145,8 @@ class EnvelopeConv2d(ConvVariant):
         return f"{super().extra_repr()}, order={self.order}"
 
 
-def _is_compiling() -> bool:
-    compiler = getattr(torch, "compiler", None)
-    return bool(compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling())
+def _pair(v):
+    return [v, v] if isinstance(v, int) else list(v)
 
 
 class _EnvelopeThenConv(torch.autograd.Function):
@@ -157,7 +156,8 @@ class _EnvelopeThenConv(torch.autograd.Function):
     (the conv's input) alive until backward: two extra feature maps per layer. Here the
     backward rebuilds the envelope from the saved input (one cheap depth-wise pass pair),
     takes the conv's gradients with ``aten.convolution_backward`` and the envelope's with
-    autograd. Double backward is not supported.
+    autograd, or with the fused kernel's eq. (8) backward when ``impl == "fused"``.
+    Double backward is not supported.
     """
 
     @staticmethod
@@ -179,15 +179,12 @@ class _EnvelopeThenConv(torch.autograd.Function):
             x_ = x.detach().requires_grad_(need_x)
             raw_ = raw_sigma.detach().requires_grad_(need_raw)
             smoothed = _smooth(x_, raw_, size, padding_mode, env_stride, impl)
-        def as_pair(v):
-            return [v, v] if isinstance(v, int) else list(v)
-
         # under autocast the forward conv ran in grad_out's dtype: take its gradients in that dtype too
         dtype = grad_out.dtype
         grad_smoothed, grad_w, grad_b = torch.ops.aten.convolution_backward(
             grad_out.contiguous(memory_format=_memory_format(smoothed)), smoothed.detach().to(dtype),
-            weight.to(dtype), list(bias_shape) if bias_shape is not None else None, as_pair(stride),
-            as_pair(padding), as_pair(dilation), False, [0, 0], groups, [need_x or need_raw, need_w, need_b])
+            weight.to(dtype), list(bias_shape) if bias_shape is not None else None, _pair(stride),
+            _pair(padding), _pair(dilation), False, [0, 0], groups, [need_x or need_raw, need_w, need_b])
         grad_w = grad_w.to(weight.dtype) if grad_w is not None else None
         grad_b = grad_b.to(weight.dtype) if grad_b is not None else None
         if grad_smoothed is not None:

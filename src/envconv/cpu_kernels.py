@@ -11,8 +11,10 @@ or ``ENVCONV_NO_EXTENSION=1`` is set, envconv warns once and uses the PyTorch op
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import platform
 import warnings
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -26,6 +28,20 @@ __all__ = ["available", "load", "fused_envelope", "supports", "forward", "backwa
 _SOURCE = Path(__file__).parent / "csrc" / "envelope_cpu.cpp"
 _module = None
 _failed: Optional[str] = None
+
+
+def _cpu_tag() -> str:
+    """A short hash of this CPU's instruction-set flags: the build uses -march=native, so a
+    build cached for another CPU (a shared home directory) must never be loaded here."""
+    flags = platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                flags += line
+                break
+    except OSError:
+        pass
+    return hashlib.sha1(flags.encode()).hexdigest()[:10]
 
 
 def load():
@@ -43,7 +59,7 @@ def load():
             warnings.simplefilter("ignore")
             from torch.utils.cpp_extension import load as load_extension
 
-            _module = load_extension(name="envconv_envelope_cpu", sources=[str(_SOURCE)],
+            _module = load_extension(name=f"envconv_envelope_cpu_{_cpu_tag()}", sources=[str(_SOURCE)],
                                      extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"],
                                      verbose=False)
     except Exception as err:  # a missing compiler, headers or OpenMP: fall back to the PyTorch ops

@@ -44,7 +44,10 @@ class GaussianEnvelope(nn.Module):
 
     ``size`` (:math:`k_g`) is a plain attribute, not a parameter: it can be changed
     after training (see :func:`envconv.shrink`, the paper's Table 1e) without touching
-    the learned scales.
+    the learned scales. ``impl`` (``"auto"``) selects how the filtering is computed
+    (:func:`envconv.functional.choose_impl`); every choice gives the same result.
+    ``forward(x, stride=s)`` returns the envelope only every ``s`` pixels, as a strided
+    1x1 convolution after it reads it.
 
     Args:
         channels: number of channels :math:`C`.
