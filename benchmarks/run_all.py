@@ -1,6 +1,6 @@
 """Run every benchmark and write ``benchmarks/results/<date>-<machine>.json`` and ``.md``.
 
-    python -m benchmarks.run_all [--quick] [--repeats N] [--out benchmarks/results]
+    python -m benchmarks.run_all [--quick] [--repeats N]
 
 ``--quick`` runs tiny shapes (a smoke run; its numbers are not the targets' conditions).
 """
@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 
 from . import layer_speed, model_speed
+
+RESULTS = Path(__file__).parent / "results"
 
 
 def machine() -> dict:
@@ -47,8 +49,21 @@ def atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def main(args: argparse.Namespace) -> Path:
+def save(results: dict, suffix: str, markdown: str) -> Path:
+    """Write ``results/<date>-<machine>[-suffix].json`` and ``.md`` (atomically); returns the base path."""
     info = machine()
+    stamp = datetime.date.today().isoformat()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    base = RESULTS / f"{stamp}-{slug(info)}{'-' + suffix if suffix else ''}"
+    atomic_write(base.with_suffix(".json"), json.dumps({"date": stamp, "machine": info, **results}, indent=1))
+    header = (f"# envconv benchmarks, {stamp}\n\nMachine: {info['cpu']}, {info['threads']} threads, "
+              f"torch {info['torch']}" + (f", GPU {info['gpu']}" if "gpu" in info else "") + "\n\n")
+    atomic_write(base.with_suffix(".md"), header + markdown + "\n")
+    print(f"wrote {base}.json and {base}.md")
+    return base
+
+
+def main(args: argparse.Namespace) -> Path:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.quick:
         layers = layer_speed.run(batch=2, repeats=args.repeats or 3, places=["stem", "stage4 identity"])
@@ -57,18 +72,8 @@ def main(args: argparse.Namespace) -> Path:
     else:
         layers = layer_speed.run(batch=args.batch, repeats=args.repeats or 15)
         model = model_speed.run(args.model, batch=16, image_size=224, repeats=args.repeats or 9, device=device)
-    stamp = datetime.date.today().isoformat()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    base = out / f"{stamp}-{slug(info)}{'-quick' if args.quick else ''}"
-    atomic_write(base.with_suffix(".json"), json.dumps({"date": stamp, "machine": info, "layers": layers,
-                                                        "model": model}, indent=1))
-    md = (f"# envconv benchmarks, {stamp}\n\nMachine: {info['cpu']}, {info['threads']} threads, torch {info['torch']}"
-          + (f", GPU {info['gpu']}" if "gpu" in info else "") + "\n\n## Model level\n" + model_speed.markdown(model)
-          + "\n\n## Layer level\n" + layer_speed.markdown(layers) + "\n")
-    atomic_write(base.with_suffix(".md"), md)
-    print(f"wrote {base}.json and {base}.md")
-    return base
+    markdown = "## Model level\n" + model_speed.markdown(model) + "\n\n## Layer level\n" + layer_speed.markdown(layers)
+    return save({"layers": layers, "model": model}, "quick" if args.quick else "", markdown)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -77,7 +82,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=None, help="paired repeats (default 15 layer / 9 model)")
     p.add_argument("--batch", type=int, default=32, help="layer-level batch (default 32)")
     p.add_argument("--model", default="resnet50")
-    p.add_argument("--out", default=str(Path(__file__).parent / "results"))
     return p
 
 
