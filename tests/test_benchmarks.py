@@ -43,3 +43,16 @@ def test_training_memory_counts_saved_tensors_by_storage():
     assert mem["parameters"] == 8 * 4 * 4
     # linear saves its input (16 x 8 floats) and weight; cross-entropy its log-softmax (16 x 4) and target
     assert mem["saved_for_backward"] >= (16 * 8 + 8 * 4 + 16 * 4) * 4 + 16 * 8
+
+
+def test_results_are_written_atomically_with_the_machine(tmp_path, monkeypatch):
+    import json
+
+    from benchmarks import run_all
+
+    monkeypatch.setattr(run_all, "RESULTS", tmp_path)
+    base = run_all.save({"model": {"x": 1}}, "model", "## Model level\n| a |")
+    data = json.loads(base.with_suffix(".json").read_text())
+    assert data["model"] == {"x": 1} and data["machine"]["threads"] == torch.get_num_threads()
+    assert base.name.endswith("-model") and "| a |" in base.with_suffix(".md").read_text()
+    assert not list(tmp_path.glob("*.tmp"))
