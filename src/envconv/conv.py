@@ -300,9 +300,9 @@ class DisentangledConv2d(EnvelopeConv2d):
         self.recompute_envelope = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._check_input(x)
         if self.order != "env-conv":
             return super().forward(x)
+        self._check_input(x)
         if x.dim() == 3:
             return self.forward(x.unsqueeze(0)).squeeze(0)
         # A strided 1x1 conv reads one pixel in stride^2: smooth only at those (exact, and
