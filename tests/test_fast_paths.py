@@ -11,7 +11,8 @@ from envconv import functional as EF
 
 TOL = {torch.float64: dict(rtol=1e-12, atol=1e-12), torch.float32: dict(rtol=1e-5, atol=1e-5)}
 CASES = list(itertools.product(["separable", "full", "auto"], [False, True], [1, 2, (2, 1)], [1, 3, 9]))
-CASES += [("fused", True, stride, size) for stride in (1, 2, (2, 1)) for size in (1, 3, 9)]
+CASES += [("fused", layout, stride, size)
+          for layout in (True, False) for stride in (1, 2, (2, 1)) for size in (1, 3, 9)]
 
 
 def fused_available():
@@ -135,7 +136,8 @@ def test_recomputing_backward_equals_autograd(cfg, channels_last, input_grad):
 
 def test_recomputing_backward_gradcheck_and_saves_only_the_input():
     conv = DisentangledConv2d(8, 4, 3, stride=2, padding=1, envelope_size=5, dtype=torch.float64)
-    x = torch.randn(1, 8, 7, 7, dtype=torch.float64, requires_grad=True)  # 8 channels: the separable path
+    conv.envelope.impl = "separable"  # autograd through the 1-D passes keeps two maps without recomputing
+    x = torch.randn(1, 8, 7, 7, dtype=torch.float64, requires_grad=True)
     names = ["weight", "bias", "envelope.raw_sigma"]
 
     def f(inp, *values):
@@ -169,15 +171,16 @@ def test_fused_kernel_shared_sigma_gradcheck_and_fallback(monkeypatch):
     assert torch.autograd.gradcheck(lambda a, b: cpu_kernels.fused_envelope(a, b, 5, (2, 1)), (x, shared))
     assert EF.choose_impl(x, 9, True, fused=True) == "fused"
     assert EF.choose_impl(x, 9, True, fused=True, padding_mode="reflect") == "separable"
-    assert EF.choose_impl(x.contiguous(), 9, True, fused=True) == "separable"  # NCHW
+    assert EF.choose_impl(x.contiguous(), 9, True, fused=True) == "fused"  # NCHW in training: converted
+    assert EF.choose_impl(x.contiguous(), 9, False, fused=True) == "full"  # NCHW inference: stays
     assert EF.choose_impl(x[:, :3].contiguous(memory_format=torch.channels_last), 9, True, fused=True) == "fused"
     monkeypatch.setattr(cpu_kernels, "_module", None)
     monkeypatch.setattr(cpu_kernels, "_failed", "no compiler")
     assert EF.choose_impl(x, 9, True, fused=True) == "separable"
     with pytest.raises(RuntimeError, match="not available: no compiler"):
         cpu_kernels.fused_envelope(x, shared, 5)
-    with pytest.raises(ValueError, match="channels_last"):
-        cpu_kernels.fused_envelope(x.contiguous(), shared, 5)
+    with pytest.raises(ValueError, match="float32/float64 CPU tensor"):
+        cpu_kernels.fused_envelope(x.half(), shared, 5)
 
 
 def test_recomputing_backward_with_the_fused_kernel():

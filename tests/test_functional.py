@@ -134,8 +134,11 @@ def test_finite_forward_and_backward_over_raw_range(dtype):
     torch.testing.assert_close(k.sum(1), torch.ones(41, dtype=dtype))
 
 
-def test_autocast_bfloat16_close_to_float32():
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_autocast_bfloat16_close_to_float32(channels_last):
     x = torch.randn(2, 4, 16, 16)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
     raw = torch.tensor([-1.0, 0.0, 1.0, 2.0], requires_grad=True)
     expected = EF.gaussian_envelope(x, raw, 9)
     with torch.autocast("cpu", dtype=torch.bfloat16):

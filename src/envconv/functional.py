@@ -223,16 +223,19 @@ def choose_impl(x: torch.Tensor, size: int, needs_grad: bool, padding_mode: str 
 
     * ``size <= 3``: ``"full"`` - one 3x3 depthwise conv beats two 1-D passes in
       forward and backward, in both memory layouts.
-    * with ``fused=True`` (the caller has sigma, see :func:`gaussian_envelope`), a
-      channels_last CPU tensor with zero padding: ``"fused"`` - the C++ kernel with the
-      eq. (8) backward; forward+backward took 0.27x-0.78x the time of the 1-D passes at
-      ResNet-50's seven places (``benchmarks/results/``).
+    * with ``fused=True`` (the caller has sigma, see :func:`gaussian_envelope`), a CPU
+      tensor with zero padding, in channels_last or when a gradient is needed:
+      ``"fused"`` - the C++ kernel with the eq. (8) backward. In channels_last its
+      forward+backward took 0.27x-0.78x the time of the 1-D passes at ResNet-50's seven
+      places (``benchmarks/results/``); NCHW input is converted to channels_last and back,
+      still about 0.5x-0.6x in training.
     * inference (no gradient) on small maps (``H * W <= 28 * 28``): ``"full"``.
     * otherwise ``"separable"``.
     """
     if size <= 3:
         return "full"
-    if fused:
+    channels_last = x.is_contiguous(memory_format=torch.channels_last)
+    if fused and (channels_last or needs_grad):
         from . import cpu_kernels
 
         if cpu_kernels.supports(x, padding_mode) and cpu_kernels.available():
