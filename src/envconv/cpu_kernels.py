@@ -78,7 +78,7 @@ def supports(x: torch.Tensor, padding_mode: str) -> bool:
     """Cases the fused kernel handles: 4-D float32/float64 CPU tensors, zero padding, no autocast.
 
     The kernel works on channels_last memory; other inputs are converted on the way in and
-    the results converted back (still about 2x faster in training than the 1-D passes).
+    the results converted back.
     """
     return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and x.dim() == 4
             and padding_mode == "zeros" and not _autocast_enabled())

@@ -225,10 +225,10 @@ def choose_impl(x: torch.Tensor, size: int, needs_grad: bool, padding_mode: str 
       forward and backward, in both memory layouts.
     * with ``fused=True`` (the caller has sigma, see :func:`gaussian_envelope`), a CPU
       tensor with zero padding, in channels_last or when a gradient is needed:
-      ``"fused"`` - the C++ kernel with the eq. (8) backward. In channels_last its
-      forward+backward took 0.27x-0.78x the time of the 1-D passes at ResNet-50's seven
-      places (``benchmarks/results/``); NCHW input is converted to channels_last and back,
-      still about 0.5x-0.6x in training.
+      ``"fused"`` - the C++ kernel with the eq. (8) backward. Its forward+backward took
+      0.26x-0.84x the time of the 1-D passes at ResNet-50's seven places in channels_last,
+      and 0.18x-0.88x in NCHW, whose input is converted to channels_last and back
+      (``benchmarks/results/``).
     * inference (no gradient) on small maps (``H * W <= 28 * 28``): ``"full"``.
     * otherwise ``"separable"``.
     """
