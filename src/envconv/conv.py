@@ -208,8 +208,7 @@ def _smooth(x, raw_sigma, size, padding_mode, stride, impl):
 
         with torch.no_grad():
             return cpu_kernels.forward(x, raw_sigma, size, stride)
-    kernel = EF.gaussian_kernel1d(raw_sigma, size).to(x.dtype).expand(x.shape[1], size)
-    return EF.apply_envelope(x, kernel, padding_mode, stride, impl)
+    return EF.apply_envelope(x, EF.channel_kernel(raw_sigma, size, x), padding_mode, stride, impl)
 
 
 def _memory_format(t: torch.Tensor) -> torch.memory_format:

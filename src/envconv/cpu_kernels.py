@@ -4,8 +4,8 @@
 the contiguous channels, and a backward that takes the sigma gradient from the paper's
 eq. (8) - one derivative-of-Gaussian pass per axis and a dot product - instead of the
 generic depth-wise weight gradient. It is compiled with the system's C++ compiler by
-:func:`torch.utils.cpp_extension.load` the first time it is needed (about a minute,
-then cached in torch's extension directory); nothing is downloaded. If the build fails,
+:func:`torch.utils.cpp_extension.load` the first time it is needed (about half a
+minute, then cached in torch's extension directory); nothing is downloaded. If the build fails,
 or ``ENVCONV_NO_EXTENSION=1`` is set, envconv warns once and uses the PyTorch ops.
 """
 
@@ -107,7 +107,7 @@ def _stride(stride: Union[int, Sequence[int]]):
 def forward(x: torch.Tensor, raw_sigma: torch.Tensor, size: int, stride=1) -> torch.Tensor:
     """The envelope by the fused kernel, without autograd."""
     with torch.no_grad():
-        kernel = EF.gaussian_kernel1d(raw_sigma, size).to(x.dtype).expand(x.shape[1], size)
+        kernel = EF.channel_kernel(raw_sigma, size, x)
         y = load().forward(_as_channels_last(x), kernel.t().contiguous(), *_stride(stride))
         return y if _is_channels_last(x) else y.contiguous()
 
@@ -147,7 +147,7 @@ class _FusedEnvelope(torch.autograd.Function):
 
 def fused_envelope(x: torch.Tensor, raw_sigma: torch.Tensor, size: int,
                    stride: Union[int, Sequence[int]] = 1) -> torch.Tensor:
-    """:func:`envconv.functional.gaussian_envelope` by the fused kernel (zero padding, channels_last CPU)."""
+    """:func:`envconv.functional.gaussian_envelope` by the fused kernel (zero padding, float32/64 CPU)."""
     stride = _stride(stride)
     if not supports(x, "zeros"):
         raise ValueError("fused_envelope needs a 4-D float32/float64 CPU tensor")

@@ -181,11 +181,10 @@ class GaussianEnvelope(nn.Module):
         raw = self.raw_sigma
         tracing = torch.jit.is_tracing() or _is_compiling()
         if tracing or (torch.is_grad_enabled() and raw.requires_grad):
-            return EF.gaussian_kernel1d(raw, self.size).to(x.dtype).expand(self.channels, self.size)
+            return EF.channel_kernel(raw, self.size, x)
         key = (raw._version, raw.data_ptr(), raw.device, self.size, x.dtype)
         if self._cache is None or self._cache[0] != key:
-            kernel = EF.gaussian_kernel1d(raw.detach(), self.size).to(x.dtype).expand(self.channels, self.size)
-            self._cache = (key, kernel.contiguous())
+            self._cache = (key, EF.channel_kernel(raw.detach(), self.size, x).contiguous())
         return self._cache[1]
 
     def forward(self, x: torch.Tensor, stride: Union[int, Sequence[int]] = 1) -> torch.Tensor:
@@ -203,11 +202,12 @@ class GaussianEnvelope(nn.Module):
                 f"(shape {tuple(x.shape)})"
             )
         EF.check_padding_size(x, self.size, self.padding_mode)
-        if self.resolve_impl(x) == "fused":
+        impl = self.resolve_impl(x)
+        if impl == "fused":
             from . import cpu_kernels
 
             return cpu_kernels.fused_envelope(x, self.raw_sigma, self.size, stride)
-        return EF.apply_envelope(x, self._kernel_for(x), self.padding_mode, stride, self.impl)
+        return EF.apply_envelope(x, self._kernel_for(x), self.padding_mode, stride, impl)
 
     def resolve_impl(self, x: torch.Tensor) -> str:
         """The implementation used for ``x`` now: ``impl``, or :func:`~envconv.functional.choose_impl`'s choice."""

@@ -38,6 +38,7 @@ __all__ = [
     "gaussian_kernel1d_derivative",
     "gaussian_envelope",
     "gaussian_envelope_reference",
+    "channel_kernel",
     "apply_envelope",
     "choose_impl",
     "IMPLS",
@@ -193,15 +194,20 @@ def check_padding_size(x: torch.Tensor, size: int, padding_mode: str) -> None:
         )
 
 
-def _channel_kernel(x: torch.Tensor, raw_sigma: torch.Tensor, size: int, padding_mode: str) -> torch.Tensor:
-    """Check the arguments; the (C, k) kernel in x's dtype, one row per channel of x."""
-    if raw_sigma.dim() != 1:
-        raise ValueError(f"raw_sigma must have shape (C,) or (1,), got {tuple(raw_sigma.shape)}")
-    _check_envelope_args(x, size, padding_mode, raw_sigma.shape[0])
+def channel_kernel(raw_sigma: torch.Tensor, size: int, x: torch.Tensor) -> torch.Tensor:
+    """The (C, k) kernel of eq. (9) in ``x``'s dtype, one row per channel of ``x`` (a shared sigma repeated)."""
     kernel = gaussian_kernel1d(raw_sigma, size).to(x.dtype)
     if kernel.shape[0] != x.shape[1]:
         kernel = kernel.expand(x.shape[1], size).contiguous()
     return kernel
+
+
+def _channel_kernel(x: torch.Tensor, raw_sigma: torch.Tensor, size: int, padding_mode: str) -> torch.Tensor:
+    """Check the arguments; then :func:`channel_kernel`."""
+    if raw_sigma.dim() != 1:
+        raise ValueError(f"raw_sigma must have shape (C,) or (1,), got {tuple(raw_sigma.shape)}")
+    _check_envelope_args(x, size, padding_mode, raw_sigma.shape[0])
+    return channel_kernel(raw_sigma, size, x)
 
 
 def gaussian_envelope_reference(
