@@ -1,6 +1,25 @@
-"""Make the numpy references in tests/ importable from every test folder."""
+"""Make the numpy references and helpers in tests/ importable from every test folder; shared fixtures."""
 
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from run_helpers import write_idx  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def fashion_root(tmp_path_factory):
+    """A folder with Fashion-MNIST-format IDX files: 128 training and 64 test images, 10 easy classes."""
+    root = tmp_path_factory.mktemp("fashion")
+    g = torch.Generator().manual_seed(0)
+    patterns = torch.rand(10, 28, 28, generator=g) * 200
+    for split, n in (("train", 128), ("t10k", 64)):
+        labels = torch.arange(n) % 10
+        images = (patterns[labels] + torch.rand(n, 28, 28, generator=g) * 55).to(torch.uint8)
+        write_idx(root / f"{split}-images-idx3-ubyte.gz", images)
+        write_idx(root / f"{split}-labels-idx1-ubyte.gz", labels.to(torch.uint8))
+    return root

@@ -20,8 +20,8 @@ def test_version(capsys):
     assert capsys.readouterr().out.strip() == f"envconv {envconv.__version__}"
 
 
-def test_demo_prints_progress_and_final_error(capsys):
-    assert main(["demo", "--sigma", "1.3", "--steps", "200", "--seed", "1"]) == 0
+def test_sigma_demo_prints_progress_and_final_error(capsys):
+    assert main(["sigma-demo", "--sigma", "1.3", "--steps", "200", "--seed", "1"]) == 0
     out = capsys.readouterr().out
     rows = [line.split() for line in out.splitlines() if re.match(r"\s+\d+\s+\d\.\d+e", line)]
     assert [int(r[0]) for r in rows] == [1] + list(range(20, 201, 20))

@@ -1,4 +1,4 @@
-"""The ``envconv`` command line: ``--version``, ``demo``, ``envelopes``, ``methods``.
+"""The ``envconv`` command line: ``train``, ``eval``, ``probe``, ``summary``, ``demo`` and helpers.
 
 Subcommands only parse arguments and call library functions.
 """
@@ -22,7 +22,18 @@ def _format_table(header: Sequence[str], rows: Sequence[Sequence[str]], min_widt
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from .demo import format_demo, run_demo
+
+    print(f"Training small_resnet20 on Fashion-MNIST ({args.train_subset or 60000:,} training images, "
+          f"{args.epochs} epochs) with Gaussian envelopes, then without; run directories under {args.out_dir}.")
+    summaries = run_demo(args.out_dir, epochs=args.epochs, train_subset=args.train_subset or None, root=args.root,
+                         extra=args.overrides)
+    print(format_demo(summaries))
+    return 0
+
+
+def _cmd_sigma_demo(args: argparse.Namespace) -> int:
+    from .sigma_recovery import run_sigma_recovery
 
     sigma = args.sigma
     print(
@@ -41,7 +52,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             cells = [str(step), f"{loss:.3e}"] + [f"{float(s):.4f}" for s in learned]
             print(_format_table(header, [cells], min_width=9).splitlines()[1], flush=True)
 
-    result = run_demo(
+    result = run_sigma_recovery(
         sigma,
         steps=args.steps,
         lr=args.lr,
@@ -72,6 +83,28 @@ def _cmd_envelopes(args: argparse.Namespace) -> int:
         print(f"{args.path}: no envelopes (no '*raw_sigma' entries in the state dict)")
         return 0
     print(_format_table(["layer", "sigmas", "mean", "min", "max"], rows))
+    return 0
+
+
+def _cmd_summary(args: argparse.Namespace) -> int:
+    from .checkpoint import model_from_checkpoint
+    from .convert import envelopes
+    from .models import create_model
+
+    if args.checkpoint:
+        model, ckpt = model_from_checkpoint(args.checkpoint)
+        title = f"{args.checkpoint}: {ckpt['config']['model']['name']} ({ckpt['config']['model']['method']}), " \
+                f"epoch {ckpt['epoch']}"
+    else:
+        model = create_model(args.model, num_classes=args.num_classes, in_chans=args.in_chans, method=args.method)
+        title = f"{args.model} ({args.method}), freshly initialised"
+    rows = [[r.name, str(r.channels), str(r.size), f"{r.sigma_mean:.4f}", f"{r.sigma_min:.4f}", f"{r.sigma_max:.4f}"]
+            for r in envelopes(model)]
+    print(f"{title}; {sum(p.numel() for p in model.parameters()):,} parameters")
+    if not rows:
+        print("no Gaussian envelopes")
+        return 0
+    print(_format_table(["layer", "channels", "k_g", "sigma mean", "min", "max"], rows))
     return 0
 
 
@@ -111,7 +144,18 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"envconv {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    demo = sub.add_parser("demo", help="learn a known envelope back from a teacher layer")
+    demo = sub.add_parser("demo", help="train a small ResNet with and without envelopes on Fashion-MNIST")
+    demo.add_argument("--epochs", type=int, default=2, help="epochs per run (default: 2)")
+    demo.add_argument("--train-subset", type=int, default=20000,
+                      help="training images used (default: 20000; 0 for all 60000)")
+    demo.add_argument("--root", help="folder of the Fashion-MNIST IDX files (default: Debian's "
+                      "/usr/share/datasets/fashion-mnist)")
+    demo.add_argument("--out-dir", default="runs/demo", help="where the two run directories go (default: runs/demo)")
+    demo.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                      help="further config overrides for both runs")
+    demo.set_defaults(func=_cmd_demo)
+
+    demo = sub.add_parser("sigma-demo", help="learn a known envelope back from a teacher layer (seconds)")
     demo.add_argument("--sigma", type=float, nargs="+", default=[0.6, 1.3, 1.8],
                       help="teacher sigma per channel (default: 0.6 1.3 1.8)")
     demo.add_argument("--steps", type=int, default=400, help="optimisation steps (default: 400)")
@@ -120,7 +164,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     demo.add_argument("--image-size", type=int, default=32, help="image side in pixels (default: 32)")
     demo.add_argument("--envelope-size", type=int, default=9, help="k_g of the envelopes (default: 9)")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    demo.set_defaults(func=_cmd_demo)
+    demo.set_defaults(func=_cmd_sigma_demo)
 
     env = sub.add_parser("envelopes", help="summarise the learned sigmas in a state dict or checkpoint file")
     env.add_argument("path", type=Path, help="a file written by torch.save(model.state_dict()) "
@@ -133,6 +177,32 @@ def get_args_parser() -> argparse.ArgumentParser:
     methods.add_argument("--num-classes", type=int, default=10, help="classifier outputs (default: 10)")
     methods.add_argument("--in-chans", type=int, default=3, help="image channels (default: 3)")
     methods.set_defaults(func=_cmd_methods)
+
+    from .training import evaluation, probe, trainer
+
+    train = sub.add_parser("train", help="train a model from a YAML config (torchrun for several processes)",
+                           description="Train a model from a YAML config; writes a run directory.")
+    trainer.add_arguments(train)
+    train.set_defaults(func=trainer.main)
+
+    ev = sub.add_parser("eval", help="top-1/top-5 error of a checkpoint, optionally with shrunk envelopes",
+                        description=evaluation.__doc__.splitlines()[0])
+    evaluation.add_arguments(ev)
+    ev.set_defaults(func=evaluation.main)
+
+    pr = sub.add_parser("probe", help="linear probe (Table 2): frozen features, a new linear classifier",
+                        description=probe.__doc__.splitlines()[0])
+    probe.add_arguments(pr)
+    pr.set_defaults(func=probe.main)
+
+    summary = sub.add_parser("summary", help="the envelope table of a checkpoint or a model name")
+    what = summary.add_mutually_exclusive_group(required=True)
+    what.add_argument("--checkpoint", help="a checkpoint written by envconv train")
+    what.add_argument("--model", help="a model name for create_model (freshly built)")
+    summary.add_argument("--method", default="gaussian", help="with --model: the method (default gaussian)")
+    summary.add_argument("--num-classes", type=int, default=1000, help="with --model (default 1000)")
+    summary.add_argument("--in-chans", type=int, default=3, help="with --model (default 3)")
+    summary.set_defaults(func=_cmd_summary)
     return parser
 
 
@@ -144,9 +214,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, ImportError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError, ImportError, FloatingPointError) as err:
         print(f"envconv {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"envconv {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 from dataclasses import asdict, dataclass
-from typing import Callable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from torch import nn
 
@@ -30,6 +30,7 @@ __all__ = [
     "shrink",
     "auto_envelope_size",
     "envelopes",
+    "envelope_sigmas",
     "layer_name",
 ]
 
@@ -341,3 +342,9 @@ def envelopes(model: nn.Module) -> List[EnvelopeInfo]:
                 )
             )
     return rows
+
+
+def envelope_sigmas(model: nn.Module) -> Dict[str, List[float]]:
+    """Every :class:`GaussianEnvelope`'s sigma per channel, keyed as in :func:`envelopes`."""
+    return {layer_name(name): m.sigma.detach().double().cpu().tolist()
+            for name, m in model.named_modules() if isinstance(m, GaussianEnvelope)}

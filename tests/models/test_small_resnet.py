@@ -57,3 +57,16 @@ def test_bad_names_and_sizes():
     with pytest.raises(ValueError, match="one positive entry per stage"):
         SmallResNet((1, 0), (8, 16))
     assert set(SMALL_RESNETS) >= {"small_resnet20", "small_resnet56", "small_resnet18"}
+
+
+def test_norm_none_makes_each_sample_independent_of_the_batch():
+    model = create_model("small_resnet20", num_classes=10, in_chans=1, model_kwargs={"norm": "none"}).train()
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    x = torch.randn(4, 1, 28, 28)
+    whole = model(x)
+    halves = torch.cat([model(x[:2]), model(x[2:])])
+    torch.testing.assert_close(whole, halves, rtol=1e-5, atol=1e-6)
+    batch = create_model("small_resnet20", num_classes=10, in_chans=1).train()
+    assert not torch.allclose(batch(x)[:2], batch(x[:2]), atol=1e-4)  # BatchNorm couples the samples
+    with pytest.raises(ValueError, match="norm must be one of"):
+        small_resnet("small_resnet20", norm="layer")

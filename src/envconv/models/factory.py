@@ -10,7 +10,7 @@ from torch import nn
 from ..convert import disentangle, stem_name
 from .small_resnet import SMALL_RESNETS, small_resnet
 
-__all__ = ["create_model", "list_models"]
+__all__ = ["create_model", "create_model_from_config", "list_models"]
 
 
 def _available(module: str) -> bool:
@@ -49,9 +49,9 @@ def _build_base(name: str, num_classes: int, in_chans: int, model_kwargs: Dict[s
     if source not in ("", "torchvision", "timm"):
         raise ValueError(f"unknown model source {source!r} in {name!r}; use 'torchvision:NAME' or 'timm:NAME'")
     if not source and arch in SMALL_RESNETS:
-        if model_kwargs:
-            raise ValueError(f"{arch} takes no model_kwargs, got {sorted(model_kwargs)}")
-        return small_resnet(arch, num_classes=num_classes, in_chans=in_chans)
+        if set(model_kwargs) - {"norm"}:
+            raise ValueError(f"{arch} takes only 'norm' in model_kwargs, got {sorted(model_kwargs)}")
+        return small_resnet(arch, num_classes=num_classes, in_chans=in_chans, **model_kwargs)
     if source == "torchvision" or (not source and arch in _torchvision_names()):
         if not _available("torchvision"):
             raise ImportError(f"model {name!r} needs torchvision: pip install torchvision")
@@ -114,3 +114,21 @@ def create_model(
     """
     model = _build_base(name, num_classes, in_chans, dict(model_kwargs or {}))
     return disentangle(model, **disentangle_options)
+
+
+def create_model_from_config(model_cfg: Dict[str, Any]) -> nn.Module:
+    """Build the model a config's ``model`` section describes (see :data:`envconv.config.DEFAULTS`).
+
+    With ``method: none`` the envelope keys (``envelope_size``, ``order``, ``shared_sigma``,
+    ``options``) are ignored, so that a baseline is its envelope config with one key changed.
+    """
+    cfg = dict(model_cfg)
+    options = dict(cfg.pop("options", None) or {})
+    if cfg.get("method") == "none":
+        options = {}
+        cfg.update(envelope_size=None, order=None, shared_sigma=False)
+    name = cfg.pop("name")
+    clash = set(options) & set(cfg)
+    if clash:
+        raise ValueError(f"model.options repeats model keys {sorted(clash)}; set them in the model section")
+    return create_model(name, **cfg, **options)

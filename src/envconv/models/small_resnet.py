@@ -18,27 +18,36 @@ from typing import Dict, Sequence, Tuple
 import torch
 from torch import nn
 
-__all__ = ["BasicBlock", "SmallResNet", "SMALL_RESNETS", "small_resnet"]
+__all__ = ["BasicBlock", "NORMS", "SmallResNet", "SMALL_RESNETS", "small_resnet"]
 
 
 def _conv3x3(in_planes: int, planes: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
 
 
+#: ``norm`` choices: the normalisation layer after every convolution.
+NORMS = ("batch", "none")
+
+
+def _norm_layer(norm: str, channels: int) -> nn.Module:
+    # "none" exists for tests that need a model whose output does not depend on the batch split.
+    return nn.BatchNorm2d(channels) if norm == "batch" else nn.Identity()
+
+
 class BasicBlock(nn.Module):
     """Two 3x3 convs with BatchNorm and a residual connection (projection when the shape changes)."""
 
-    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, norm: str = "batch") -> None:
         super().__init__()
         self.conv1 = _conv3x3(in_planes, planes, stride)
-        self.bn1 = nn.BatchNorm2d(planes)
+        self.bn1 = _norm_layer(norm, planes)
         self.relu = nn.ReLU(inplace=True)
         self.conv2 = _conv3x3(planes, planes)
-        self.bn2 = nn.BatchNorm2d(planes)
+        self.bn2 = _norm_layer(norm, planes)
         self.downsample = None
         if stride != 1 or in_planes != planes:
             self.downsample = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False),
-                                            nn.BatchNorm2d(planes))
+                                            _norm_layer(norm, planes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
@@ -55,6 +64,8 @@ class SmallResNet(nn.Module):
         widths: channels per stage (the stem has ``widths[0]``).
         num_classes: size of the classifier output.
         in_chans: input channels (1 for Fashion-MNIST).
+        norm: ``"batch"`` (BatchNorm after every conv) or ``"none"`` (no normalisation:
+            each sample's output is independent of the rest of the batch).
 
     Example:
         >>> net = SmallResNet((1, 1, 1), (16, 32, 64), num_classes=10, in_chans=1)
@@ -64,19 +75,23 @@ class SmallResNet(nn.Module):
         torch.Size([2, 64, 7, 7])
     """
 
-    def __init__(self, blocks: Sequence[int], widths: Sequence[int], num_classes: int = 10, in_chans: int = 3) -> None:
+    def __init__(self, blocks: Sequence[int], widths: Sequence[int], num_classes: int = 10, in_chans: int = 3,
+                 norm: str = "batch") -> None:
         super().__init__()
         if len(blocks) != len(widths) or not blocks or min(blocks) < 1:
             raise ValueError(f"blocks and widths need one positive entry per stage, got {blocks} and {widths}")
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
         self.num_classes, self.num_features = num_classes, widths[-1]
         self.num_stages = len(blocks)
         self.conv1 = _conv3x3(in_chans, widths[0])
-        self.bn1 = nn.BatchNorm2d(widths[0])
+        self.bn1 = _norm_layer(norm, widths[0])
         self.relu = nn.ReLU(inplace=True)
         in_planes = widths[0]
         for i, (n, planes) in enumerate(zip(blocks, widths)):
             stride = 1 if i == 0 else 2
-            layers = [BasicBlock(in_planes, planes, stride)] + [BasicBlock(planes, planes) for _ in range(n - 1)]
+            layers = [BasicBlock(in_planes, planes, stride, norm)] + [BasicBlock(planes, planes, 1, norm)
+                                                                     for _ in range(n - 1)]
             self.add_module(f"layer{i + 1}", nn.Sequential(*layers))
             in_planes = planes
         self.global_pool = nn.AdaptiveAvgPool2d(1)
@@ -112,9 +127,9 @@ SMALL_RESNETS: Dict[str, Tuple[Tuple[int, ...], Tuple[int, ...]]] = {
 }
 
 
-def small_resnet(name: str, num_classes: int = 10, in_chans: int = 3) -> SmallResNet:
+def small_resnet(name: str, num_classes: int = 10, in_chans: int = 3, norm: str = "batch") -> SmallResNet:
     """Build one of :data:`SMALL_RESNETS` by name."""
     if name not in SMALL_RESNETS:
         raise ValueError(f"unknown small ResNet {name!r}; choose one of {sorted(SMALL_RESNETS)}")
     blocks, widths = SMALL_RESNETS[name]
-    return SmallResNet(blocks, widths, num_classes=num_classes, in_chans=in_chans)
+    return SmallResNet(blocks, widths, num_classes=num_classes, in_chans=in_chans, norm=norm)

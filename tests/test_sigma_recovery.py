@@ -1,8 +1,8 @@
-"""The teacher/student demo recovers known sigmas."""
+"""The teacher/student sigma-recovery demo recovers known sigmas."""
 
 import pytest
 
-from envconv.demo import run_demo
+from envconv.sigma_recovery import run_sigma_recovery as run_demo
 
 
 def test_single_sigma_recovered_within_2_percent():

@@ -1,0 +1,157 @@
+"""One training epoch and one evaluation pass; what the trainer, ``eval`` and ``probe`` share.
+
+Loss and error sums are kept on the device and summed over processes at the end, so a
+step never waits for the host except at the ``log_every`` checks of the loss.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import asdict, dataclass
+from typing import Iterable, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .distributed import all_reduce_sum
+
+__all__ = ["EpochStats", "NonFiniteLossError", "topk_correct", "train_one_epoch", "evaluate", "autocast"]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass
+class EpochStats:
+    """Mean loss, top-1 / top-5 error (%) over ``images`` images, and the wall time."""
+
+    loss: float
+    top1_err: float
+    top5_err: float
+    images: int
+    seconds: float
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else float("nan")
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "images_per_s": self.images_per_s}
+
+
+def topk_correct(logits: torch.Tensor, targets: torch.Tensor, ks: Tuple[int, ...] = (1, 5)) -> torch.Tensor:
+    """How many rows have their target among the top ``k`` logits, for each ``k`` (capped at the class count)."""
+    top = logits.topk(min(max(ks), logits.shape[1]), dim=1).indices
+    hit = top == targets[:, None]
+    return torch.stack([hit[:, : min(k, logits.shape[1])].any(dim=1).sum() for k in ks])
+
+
+def autocast(device: torch.device, amp_dtype: Optional[torch.dtype]):
+    """``torch.autocast`` for ``amp_dtype``, or nothing when it is None."""
+    if amp_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=amp_dtype)
+
+
+def _to_device(images: torch.Tensor, targets: torch.Tensor, device: torch.device, channels_last: bool):
+    images = images.to(device, non_blocking=True)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images, targets.to(device, non_blocking=True)
+
+
+def _stats(sums: torch.Tensor, seconds: float) -> EpochStats:
+    loss_sum, top1, top5, n = all_reduce_sum(sums).tolist()
+    n = int(n)
+    if n == 0:
+        return EpochStats(float("nan"), float("nan"), float("nan"), 0, seconds)
+    return EpochStats(loss_sum / n, 100.0 * (1 - top1 / n), 100.0 * (1 - top5 / n), n, seconds)
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: Iterable,
+    optimizer: torch.optim.Optimizer,
+    *,
+    device: torch.device,
+    scaler: Optional[torch.amp.GradScaler] = None,
+    amp_dtype: Optional[torch.dtype] = None,
+    channels_last: bool = False,
+    label_smoothing: float = 0.0,
+    log_every: int = 50,
+    progress=None,
+    epoch: int = 0,
+) -> EpochStats:
+    """Train ``model`` for one pass over ``loader``; returns this epoch's statistics over all processes.
+
+    Raises:
+        NonFiniteLossError: the loss became NaN or infinite (checked every ``log_every``
+            steps and at the end, before any checkpoint of this epoch is written).
+    """
+    model.train()
+    sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss * n, top-1 hits, top-5 hits, n
+    start = time.perf_counter()
+    for step, (images, targets) in enumerate(loader, 1):
+        images, targets = _to_device(images, targets, device, channels_last)
+        with autocast(device, amp_dtype):
+            logits = model(images)
+            loss = F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None and scaler.is_enabled():
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        with torch.no_grad():
+            n = targets.shape[0]
+            sums[0] += loss.detach().double() * n
+            sums[1:3] += topk_correct(logits.detach(), targets)
+            sums[3] += n
+        if step % log_every == 0:
+            _check_finite(sums, epoch, step)
+            if progress is not None:
+                progress.update(step, loss=float(sums[0] / sums[3]), err=float(100 * (1 - sums[1] / sums[3])))
+    _check_finite(sums, epoch, None)
+    return _stats(sums, time.perf_counter() - start)
+
+
+def _check_finite(sums: torch.Tensor, epoch: int, step: Optional[int]) -> None:
+    if not bool(torch.isfinite(sums[0])):
+        where = f"epoch {epoch}" + (f", step {step}" if step is not None else "")
+        raise NonFiniteLossError(
+            f"the training loss is not finite ({where}); stopping without writing this epoch's checkpoint. "
+            "Lower train.lr, add train.warmup_epochs, or use train.amp=none; the last finished checkpoint is intact")
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader: Iterable,
+    *,
+    device: torch.device,
+    amp_dtype: Optional[torch.dtype] = None,
+    channels_last: bool = False,
+    progress=None,
+) -> EpochStats:
+    """Mean cross-entropy and top-1 / top-5 error of ``model`` (in eval mode) over ``loader``, all processes."""
+    model.eval()
+    sums = torch.zeros(4, dtype=torch.float64, device=device)
+    start = time.perf_counter()
+    for step, (images, targets) in enumerate(loader, 1):
+        images, targets = _to_device(images, targets, device, channels_last)
+        with autocast(device, amp_dtype):
+            logits = model(images)
+        n = targets.shape[0]
+        sums[0] += F.cross_entropy(logits.float(), targets, reduction="sum").double()
+        sums[1:3] += topk_correct(logits, targets)
+        sums[3] += n
+        if progress is not None:
+            progress.update(step)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return _stats(sums, time.perf_counter() - start)

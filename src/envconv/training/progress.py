@@ -1,0 +1,117 @@
+"""What a run reports: a progress bar, ``metrics.csv``, ``sigma.json`` and TensorBoard scalars."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, TextIO
+
+from ..checkpoint import atomic_write_bytes
+
+__all__ = ["ProgressBar", "RunLog", "METRICS_COLUMNS"]
+
+METRICS_COLUMNS = ("epoch", "lr", "train_loss", "train_top1_err", "train_top5_err", "val_loss", "val_top1_err",
+                   "val_top5_err", "seconds", "images_per_s")
+
+
+class ProgressBar:
+    """A one-line text progress bar (``\\r`` updates) for ``total`` steps; silent when not enabled."""
+
+    def __init__(self, total: int, desc: str, enabled: bool, stream: Optional[TextIO] = None, width: int = 24):
+        self.total, self.desc, self.enabled, self.width = max(total, 1), desc, enabled, width
+        self.stream = stream or sys.stderr
+        self.start = time.perf_counter()
+
+    def update(self, step: int, **values: float) -> None:
+        if not self.enabled:
+            return
+        done = int(self.width * min(step, self.total) / self.total)
+        elapsed = time.perf_counter() - self.start
+        eta = elapsed / max(step, 1) * (self.total - step)
+        extra = "  ".join(f"{k} {v:.4g}" for k, v in values.items())
+        self.stream.write(f"\r{self.desc} [{'#' * done}{'.' * (self.width - done)}] {step}/{self.total} "
+                          f"{elapsed:.0f}s<{eta:.0f}s  {extra}\x1b[K")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+
+
+class RunLog:
+    """Per-epoch records of a run directory: ``metrics.csv`` rows and the sigmas in ``sigma.json``.
+
+    Only the main process writes (``enabled``). ``sigma.json`` is a list of
+    ``{"epoch": e, "sigma": {layer: [sigma per channel]}}``, rewritten atomically.
+    """
+
+    def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool = True) -> None:
+        self.run_dir, self.enabled = Path(run_dir), enabled
+        self.metrics_path, self.sigma_path = self.run_dir / "metrics.csv", self.run_dir / "sigma.json"
+        self.writer = None
+        if enabled and tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # tensorboard is optional
+                SummaryWriter = None
+            if SummaryWriter is not None:
+                self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
+
+    def rows(self) -> List[Dict[str, str]]:
+        """The rows of ``metrics.csv`` so far (empty when there is none)."""
+        if not self.metrics_path.is_file():
+            return []
+        with open(self.metrics_path, newline="") as f:
+            return list(csv.DictReader(f))
+
+    def truncate(self, last_epoch: int) -> None:
+        """Forget records after ``last_epoch`` (a resume repeats those epochs)."""
+        if not self.enabled:
+            return
+        self._write_rows([r for r in self.rows() if int(r["epoch"]) <= last_epoch])
+        self._write_sigmas([e for e in self._sigmas() if e["epoch"] <= last_epoch])
+
+    def log_epoch(self, row: Dict[str, Any], sigmas: Dict[str, List[float]]) -> None:
+        if not self.enabled:
+            return
+        self._write_rows(self.rows() + [{k: _format(row.get(k)) for k in METRICS_COLUMNS}])
+        self._write_sigmas(self._sigmas() + [{"epoch": row["epoch"], "sigma": sigmas}])
+        if self.writer is not None:
+            for key, value in row.items():
+                if key != "epoch" and isinstance(value, float) and value == value:
+                    self.writer.add_scalar(key.replace("_", "/", 1), value, row["epoch"])
+            for layer, values in sigmas.items():
+                self.writer.add_scalar(f"sigma_mean/{layer}", sum(values) / len(values), row["epoch"])
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+    def _sigmas(self) -> List[Dict[str, Any]]:
+        if not self.sigma_path.is_file():
+            return []
+        return json.loads(self.sigma_path.read_text())
+
+    def _write_sigmas(self, entries: List[Dict[str, Any]]) -> None:
+        atomic_write_bytes(json.dumps(entries, indent=1).encode(), self.sigma_path)
+
+    def _write_rows(self, rows: List[Dict[str, str]]) -> None:
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=METRICS_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_bytes(text.getvalue().encode(), self.metrics_path)
+
+
+def _format(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)

@@ -1,0 +1,300 @@
+"""``envconv train``: a config in, a run directory out, on one CPU, one GPU or many (torchrun).
+
+A run directory holds ``config.yaml`` (the resolved config), ``metrics.csv``, ``sigma.json``,
+``last.pt`` (after every epoch), ``best.pt`` (at the best validation top-1 error),
+``summary.json`` (at the end) and, when tensorboard is installed, ``tensorboard/``.
+Checkpoints are written atomically by the main process only; they hold the unwrapped
+model, optimizer, scheduler, scaler, epoch, RNG states and the resolved config.
+
+Every epoch reseeds torch from (seed, epoch, rank) and the sampler from (seed, epoch), so
+a run resumed after epoch k repeats exactly what the uninterrupted run would have done.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import __version__
+from ..checkpoint import atomic_save, atomic_write_bytes, load_checkpoint
+from ..config import dump_config, resolve_config, validate_config
+from ..convert import envelope_sigmas, envelopes
+from ..data import build_datasets, build_loader, epoch_seed
+from ..methods.cbs import set_curriculum_epoch
+from ..models.factory import create_model_from_config
+from . import distributed
+from .engine import EpochStats, evaluate, train_one_epoch
+from .optim import build_optimizer, build_scheduler
+from .progress import ProgressBar, RunLog
+
+__all__ = ["train", "run_dir_of", "get_args_parser", "main", "AMP_DTYPES", "LAST", "BEST"]
+
+LAST, BEST, CONFIG_FILE, SUMMARY_FILE = "last.pt", "best.pt", "config.yaml", "summary.json"
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def run_dir_of(config: Dict[str, Any]) -> Path:
+    """The run directory a config names (``output.dir`` with ``{name}`` filled in)."""
+    return Path(str(config["output"]["dir"]).format(name=config["name"]))
+
+
+def _rng_state() -> Dict[str, Any]:
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "python": random.getstate(),
+            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss]}
+
+
+def _set_rng_state(state: Dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    random.setstate(state["python"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+
+
+#: Keys a resumed run may change; anything else would silently differ from the checkpoint's state.
+RESUMABLE_CHANGES = {("train", "epochs"), ("train", "eval_every"), ("train", "log_every"), ("train", "device"),
+                     ("train", "compile"), ("data", "workers"), ("data", "root"), ("data", "train"), ("data", "val"),
+                     ("output", "dir"), ("output", "progress"), ("output", "tensorboard")}
+
+
+def _check_resume_changes(saved: Dict[str, Any], config: Dict[str, Any]) -> None:
+    changed = [f"{section}.{key}" for section, values in config.items() if isinstance(values, dict)
+               for key, value in values.items()
+               if (section, key) not in RESUMABLE_CHANGES and saved.get(section, {}).get(key) != value]
+    if changed:
+        raise ValueError(f"a resumed run cannot change {', '.join(changed)} (the checkpoint's optimizer, schedule "
+                         f"and model were built without it); start a new run instead")
+    if config["train"]["epochs"] != saved["train"]["epochs"] and config["train"]["schedule"] == "cosine":
+        raise ValueError("a resumed run with a cosine schedule cannot change train.epochs (the schedule's length)")
+
+
+def _seed_epoch(seed: int, epoch: int, rank: int, loader) -> None:
+    s = epoch_seed(seed, epoch, rank)
+    torch.manual_seed(s)
+    random.seed(s)
+    np.random.seed(s % 2 ** 32)
+    loader.generator.manual_seed(s)  # worker seeds derive from it
+    loader.sampler.set_epoch(epoch)
+
+
+def _prepare_run_dir(run_dir: Path, resume: bool, ctx: distributed.DistributedContext) -> None:
+    if not resume and (run_dir / LAST).exists():
+        raise FileExistsError(f"{run_dir} already holds a run ({LAST}); resume it with --resume {run_dir}, "
+                              f"or choose another directory with --set output.dir=...")
+    if ctx.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _log(ctx, quiet: bool, message: str) -> None:
+    if ctx.is_main and not quiet:
+        print(message, flush=True)
+
+
+def _fmt_stats(prefix: str, s: Optional[EpochStats]) -> str:
+    if s is None:
+        return ""
+    return f"  {prefix} loss {s.loss:.4f} top-1 err {s.top1_err:.2f}% top-5 {s.top5_err:.2f}%"
+
+
+def train(config: Dict[str, Any], *, resume: bool = False, quiet: bool = False) -> Dict[str, Any]:
+    """Train the model ``config`` describes; returns the run summary (also written to ``summary.json``).
+
+    Args:
+        config: a full config (:func:`envconv.config.validate_config` is applied).
+        resume: continue the run in ``output.dir`` from its ``last.pt``.
+        quiet: print nothing (files are written all the same).
+
+    Raises:
+        FileExistsError: the run directory holds a run and ``resume`` is False.
+        FileNotFoundError: ``resume`` without a ``last.pt``, or a missing dataset.
+        NonFiniteLossError: the loss became NaN / infinite (the last checkpoint stays intact).
+    """
+    config = validate_config(config)
+    train_cfg, out_cfg = config["train"], config["output"]
+    ctx = distributed.setup(train_cfg["device"])
+    try:
+        return _train(config, train_cfg, out_cfg, ctx, resume, quiet)
+    finally:
+        distributed.cleanup()
+
+
+def _train(config, train_cfg, out_cfg, ctx, resume, quiet) -> Dict[str, Any]:
+    run_dir = run_dir_of(config)
+    _prepare_run_dir(run_dir, resume, ctx)
+    checkpoint = load_checkpoint(run_dir / LAST) if resume else None
+    if checkpoint is not None:
+        _check_resume_changes(checkpoint["config"], config)
+    amp_dtype = AMP_DTYPES[train_cfg["amp"]]
+    if train_cfg["amp"] == "fp16" and ctx.device.type != "cuda":
+        raise ValueError("train.amp=fp16 needs a CUDA device; use train.amp=bf16 on the CPU")
+    if train_cfg["batch_size"] % ctx.world:
+        raise ValueError(f"train.batch_size={train_cfg['batch_size']} (the global batch) must be divisible by the "
+                         f"{ctx.world} processes")
+
+    torch.manual_seed(train_cfg["seed"])
+    model = create_model_from_config(config["model"]).to(ctx.device)
+    if train_cfg["channels_last"]:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, train_cfg)
+    scheduler = build_scheduler(optimizer, train_cfg)
+    scaler = _grad_scaler(ctx.device, enabled=train_cfg["amp"] == "fp16")
+    start_epoch, best_err = 1, float("inf")
+    log = RunLog(run_dir, ctx.is_main, out_cfg["tensorboard"])
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        scaler.load_state_dict(checkpoint["scaler"])
+        _set_rng_state(checkpoint["rng"])
+        start_epoch, best_err = checkpoint["epoch"] + 1, checkpoint["best_val_top1_err"]
+        log.truncate(checkpoint["epoch"])
+    if ctx.is_main:
+        atomic_write_bytes(dump_config(config).encode(), run_dir / CONFIG_FILE)
+
+    train_set, val_set = build_datasets(config["data"], config["model"]["in_chans"], config["model"]["num_classes"])
+    per_rank = train_cfg["batch_size"] // ctx.world
+    pin = ctx.device.type == "cuda"
+    workers = config["data"]["workers"]
+    train_loader = build_loader(train_set, per_rank, train=True, world=ctx.world, rank=ctx.rank,
+                                seed=train_cfg["seed"], workers=workers, pin_memory=pin)
+    val_loader = build_loader(val_set, per_rank, train=False, world=ctx.world, rank=ctx.rank, workers=workers,
+                              pin_memory=pin)
+
+    net: nn.Module = model
+    if ctx.distributed:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[ctx.device] if ctx.device.type == "cuda" else None)
+    if train_cfg["compile"]:
+        net = torch.compile(net)
+
+    n_params = sum(p.numel() for p in model.parameters())
+    _log(ctx, quiet, f"run {run_dir}: {config['model']['name']} ({config['model']['method']}, {n_params:,} parameters, "
+                     f"{len(envelopes(model))} envelopes) on {ctx.device} x {ctx.world}; {len(train_set):,} training / "
+                     f"{len(val_set):,} validation images; epochs {start_epoch}..{train_cfg['epochs']}")
+    progress_on = out_cfg["progress"] == "on" or (out_cfg["progress"] == "auto" and _stderr_is_tty())
+    run_start, epoch = time.perf_counter(), start_epoch - 1
+    val: Optional[EpochStats] = None
+    try:
+        for epoch in range(start_epoch, train_cfg["epochs"] + 1):
+            set_curriculum_epoch(model, epoch - 1)
+            _seed_epoch(train_cfg["seed"], epoch, ctx.rank, train_loader)
+            lr = optimizer.param_groups[0]["lr"]
+            bar = ProgressBar(len(train_loader), f"epoch {epoch}/{train_cfg['epochs']}", progress_on and ctx.is_main)
+            stats = train_one_epoch(net, train_loader, optimizer, device=ctx.device, scaler=scaler,
+                                    amp_dtype=amp_dtype, channels_last=train_cfg["channels_last"],
+                                    label_smoothing=train_cfg["label_smoothing"], log_every=train_cfg["log_every"],
+                                    progress=bar, epoch=epoch)
+            bar.close()
+            scheduler.step()
+            val = None
+            if epoch % train_cfg["eval_every"] == 0 or epoch == train_cfg["epochs"]:
+                val = evaluate(net, val_loader, device=ctx.device, amp_dtype=amp_dtype,
+                               channels_last=train_cfg["channels_last"])
+            row = {"epoch": epoch, "lr": lr, "train_loss": stats.loss, "train_top1_err": stats.top1_err,
+                   "train_top5_err": stats.top5_err, "val_loss": val.loss if val else None,
+                   "val_top1_err": val.top1_err if val else None, "val_top5_err": val.top5_err if val else None,
+                   "seconds": stats.seconds, "images_per_s": stats.images_per_s}
+            log.log_epoch(row, envelope_sigmas(model))
+            is_best = val is not None and val.top1_err < best_err
+            best_err = val.top1_err if is_best else best_err
+            if ctx.is_main:
+                _save(model, optimizer, scheduler, scaler, epoch, best_err, config, run_dir, is_best)
+            _log(ctx, quiet, f"epoch {epoch}/{train_cfg['epochs']}  lr {lr:.4g}{_fmt_stats('train', stats)}"
+                             f"{_fmt_stats('val', val)}  {stats.seconds:.0f} s, {stats.images_per_s:.0f} img/s"
+                             f"{'  (best)' if is_best else ''}")
+    except KeyboardInterrupt:
+        if ctx.is_main:
+            last = run_dir / LAST
+            print(f"\ninterrupted in epoch {epoch}; " + (f"the last finished epoch is in {last}; continue with "
+                  f"`envconv train --resume {run_dir}`" if last.exists() else "no epoch had finished"), flush=True)
+        raise
+    finally:
+        log.close()
+    summary = {"run_dir": str(run_dir), "name": config["name"], "model": config["model"]["name"],
+               "method": config["model"]["method"], "epochs": train_cfg["epochs"], "parameters": n_params,
+               "best_val_top1_err": best_err, "final_val": val.as_dict() if val else None,
+               "seconds": time.perf_counter() - run_start, "world": ctx.world, "device": str(ctx.device),
+               "envelopes": [row.as_dict() for row in envelopes(model)], "envconv_version": __version__}
+    if ctx.is_main:
+        atomic_write_bytes(json.dumps(summary, indent=1).encode(), run_dir / SUMMARY_FILE)
+    return summary
+
+
+def _grad_scaler(device: torch.device, enabled: bool):
+    if hasattr(torch.amp, "GradScaler"):  # torch >= 2.3
+        return torch.amp.GradScaler(device.type, enabled=enabled)
+    return torch.cuda.amp.GradScaler(enabled=enabled and device.type == "cuda")
+
+
+def _stderr_is_tty() -> bool:
+    return sys.stderr.isatty()
+
+
+def _save(model, optimizer, scheduler, scaler, epoch, best_err, config, run_dir: Path, is_best: bool) -> None:
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+             "scaler": scaler.state_dict(), "epoch": epoch, "best_val_top1_err": best_err, "rng": _rng_state(),
+             "config": config, "envconv_version": __version__}
+    atomic_save(state, run_dir / LAST)
+    if is_best:
+        atomic_save(state, run_dir / BEST)
+
+
+# --- command line ------------------------------------------------------------------------------------
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--config", help="a YAML config file, or the name of a bundled one "
+                        "(e.g. fashion_mnist_resnet20, imagenet_resnet50)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. --set train.epochs=10 --set model.method=none "
+                        "(repeatable; values are read as YAML)")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt "
+                        "(with the run's own config; --set still applies, e.g. more epochs)")
+    parser.add_argument("--quiet", action="store_true", help="print nothing; files are written as usual")
+    return parser
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    return add_arguments(argparse.ArgumentParser("envconv train", description=__doc__.splitlines()[0]))
+
+
+def config_from_args(args: argparse.Namespace) -> Dict[str, Any]:
+    """The full config an ``envconv train`` command line describes."""
+    if args.resume:
+        if args.config:
+            raise ValueError("--resume continues a run with its own config; change it with --set, not --config")
+        run_dir = Path(args.resume)
+        if not (run_dir / CONFIG_FILE).is_file():
+            raise FileNotFoundError(f"{run_dir} is not a run directory (no {CONFIG_FILE})")
+        overrides: List[str] = [*args.overrides, f"output.dir={run_dir}"]
+        return resolve_config(run_dir / CONFIG_FILE, overrides)
+    if not args.config:
+        raise ValueError("give --config CONFIG (a YAML file or a bundled config name) or --resume RUN_DIR")
+    return resolve_config(args.config, args.overrides)
+
+
+def main(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    summary = train(config, resume=bool(args.resume), quiet=args.quiet)
+    if not args.quiet and distributed_rank() == 0:
+        print(f"best val top-1 error {summary['best_val_top1_err']:.2f}% ({summary['seconds']:.0f} s); "
+              f"run directory {summary['run_dir']}")
+    return 0
+
+
+def distributed_rank() -> int:
+    """This process's rank under torchrun (0 for a plain start)."""
+    return int(os.environ.get("RANK", "0"))
+
