@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv test demo bench clean
+.PHONY: venv data test demo sigma-demo bench clean
 
 venv: $(STAMP)
 
@@ -18,8 +18,17 @@ $(STAMP): pyproject.toml requirements-dev.txt
 test: $(STAMP)
 	$(PY) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests were collected"; exit 0; fi; exit $$rc
 
-demo: $(STAMP)
+# Fashion-MNIST from Debian's dataset-fashion-mnist (apt-get) unless it is there already.
+data:
+	scripts/get_fashion_mnist.sh
+
+# The main job: a small ResNet with and without envelopes on Fashion-MNIST (a few minutes on 2 cores).
+demo: $(STAMP) data
 	$(PY) -m envconv demo
+
+# Seconds: a DisentangledConv2d learns known sigmas back from a teacher layer.
+sigma-demo: $(STAMP)
+	$(PY) -m envconv sigma-demo
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run_all

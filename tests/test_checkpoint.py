@@ -1,4 +1,4 @@
-"""Reading state dicts safely from files."""
+"""Checkpoint I/O: safe reading of state dicts and checkpoints, atomic writing."""
 
 import math
 
@@ -6,8 +6,17 @@ import pytest
 import torch
 from torch import nn
 
+import envconv
 from envconv import DisentangledConv2d
-from envconv.checkpoint import envelope_sigmas_from_file, load_state_dict_file
+from envconv import checkpoint as ckpt_module
+from envconv.checkpoint import (
+    atomic_save,
+    envelope_sigmas_from_file,
+    load_checkpoint,
+    load_state_dict_file,
+    model_from_checkpoint,
+)
+from envconv.config import validate_config
 
 
 def _model():
@@ -53,3 +62,38 @@ def test_refuses_pickled_code(tmp_path, capsys):
     with pytest.raises(ValueError, match="not a readable"):
         load_state_dict_file(path)
     assert "code ran" not in capsys.readouterr().out
+
+
+def test_atomic_save_never_leaves_a_half_written_file(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    atomic_save({"epoch": 1}, path)
+    good = path.read_bytes()
+    real_fsync = ckpt_module.os.fsync
+
+    def crash(fd):  # the disk write dies after part of the new file was written
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ckpt_module.os, "fsync", crash)
+    with pytest.raises(OSError, match="disk full"):
+        atomic_save({"epoch": 2, "big": torch.zeros(1000)}, path)
+    monkeypatch.setattr(ckpt_module.os, "fsync", real_fsync)
+    assert path.read_bytes() == good
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # no temporary file left behind
+    assert torch.load(path, weights_only=True) == {"epoch": 1}
+
+
+def test_model_from_checkpoint_checks_the_weights(tmp_path):
+    config = validate_config({"model": {"name": "small_resnet20", "num_classes": 3, "in_chans": 1}})
+    model = envconv.create_model("small_resnet20", num_classes=3, in_chans=1)
+    with torch.no_grad():
+        model.conv1.envelope.raw_sigma.fill_(1.5)
+    atomic_save({"model": model.state_dict(), "config": config, "epoch": 4}, tmp_path / "a.pt")
+    loaded, ckpt = model_from_checkpoint(tmp_path / "a.pt")
+    assert ckpt["epoch"] == 4 and not loaded.training
+    assert torch.equal(loaded.conv1.envelope.raw_sigma, torch.tensor([1.5]))
+    other = envconv.create_model("small_resnet20", num_classes=5, in_chans=1)
+    atomic_save({"model": other.state_dict(), "config": config, "epoch": 4}, tmp_path / "b.pt")
+    with pytest.raises(ValueError, match="do not fit the model its config describes"):
+        model_from_checkpoint(tmp_path / "b.pt")
+    with pytest.raises(ValueError, match="is a directory"):
+        load_checkpoint(tmp_path)

@@ -102,4 +102,11 @@ def test_every_bundled_config_validates_and_builds(name):
     assert cfg["name"] == name
     model = create_model_from_config(cfg["model"])
     n_env = sum(1 for n, _ in model.named_modules() if n.endswith("envelope"))
-    assert n_env == (0 if cfg["model"]["method"] == "none" else (5 if "fashion" in name else 7))
+    # stem + 2 per downsampling stage: 3 stages in ResNet-20/56 (5), 4 in the ResNet-18/50 layouts (7)
+    three_stages = cfg["model"]["name"] in ("small_resnet20", "small_resnet56")
+    assert n_env == (0 if cfg["model"]["method"] == "none" else (5 if three_stages else 7))
+
+
+def test_yaml_on_off_mean_on_off_for_the_progress_bar():
+    assert validate_config(apply_overrides({}, ["output.progress=off"]))["output"]["progress"] == "off"
+    assert validate_config(apply_overrides({}, ["output.progress=on"]))["output"]["progress"] == "on"

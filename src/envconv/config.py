@@ -195,6 +195,9 @@ def validate_config(config: Dict[str, Any]) -> Dict[str, Any]:
                              f"its keys are {', '.join(DEFAULTS[section])}")
     full = {"name": str(config.get("name", "run")),
             **_merge(DEFAULTS, {k: v for k, v in config.items() if k != "name"})}
+    progress = full["output"]["progress"]
+    if isinstance(progress, bool):  # YAML reads a bare on / off as a boolean
+        full["output"]["progress"] = "on" if progress else "off"
     for (section, key), allowed in _CHOICES.items():
         if full[section][key] not in allowed:
             raise ValueError(f"{section}.{key} must be one of {allowed}, got {full[section][key]!r}")

@@ -46,7 +46,8 @@ def run_demo(out_dir: str = "runs/demo", *, epochs: int = 2, train_subset: Optio
 
 def format_demo(summaries: Dict[str, Dict[str, Any]]) -> str:
     """The demo's closing report: test errors of both runs and the learned sigma per layer."""
-    lines = ["", "Fashion-MNIST test error (10,000 images):"]
+    images = summaries["gaussian"]["final_val"]["images"]
+    lines = ["", f"Fashion-MNIST test error ({images:,} test images):"]
     for method, label in (("gaussian", "with envelopes"), ("none", "baseline")):
         s = summaries[method]
         lines.append(f"  {label:15s} top-1 {s['final_val']['top1_err']:.2f}%  top-5 {s['final_val']['top5_err']:.2f}%"

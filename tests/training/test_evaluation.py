@@ -1,0 +1,77 @@
+"""envconv eval: the numbers equal a direct evaluation; --envelope-size shrinks; JSON is written."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from envconv.checkpoint import model_from_checkpoint
+from envconv.cli import main
+from envconv.convert import shrink
+from envconv.data import build_dataset
+from envconv.training.evaluation import evaluate_checkpoint
+from envconv.training.trainer import train
+from run_helpers import tiny_config
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    run = tmp_path_factory.mktemp("eval") / "run"
+    train(tiny_config(run, train={"epochs": 2, "lr": 0.8}), quiet=True)
+    return run / "last.pt"
+
+
+def _direct(checkpoint, size):
+    """Loss and top-1 error by hand: the whole validation set in one batch."""
+    model, ckpt = model_from_checkpoint(checkpoint)
+    if size is not None:
+        shrink(model, size)
+    data = build_dataset(ckpt["config"]["data"], "val", 1, 4)
+    x = torch.stack([data[i][0] for i in range(len(data))])
+    y = torch.tensor([data[i][1] for i in range(len(data))])
+    with torch.no_grad():
+        logits = model(x)
+    return F.cross_entropy(logits, y).item(), 100 * (logits.argmax(1) != y).double().mean().item()
+
+
+@pytest.mark.parametrize("size", [None, 3])
+def test_eval_equals_a_direct_evaluation(checkpoint, size):
+    result = evaluate_checkpoint(checkpoint, envelope_size=size, batch_size=7, workers=0)
+    loss, top1 = _direct(checkpoint, size)
+    assert result["loss"] == pytest.approx(loss, rel=1e-5)
+    assert result["top1_err"] == pytest.approx(top1)
+    assert result["images"] == 64 and result["epoch"] == 2
+    assert set(result["envelope_sizes"].values()) == {9 if size is None else 3}
+
+
+def test_shrinking_changes_the_outputs_but_keeps_sigma(checkpoint):
+    full = evaluate_checkpoint(checkpoint, workers=0)
+    small = evaluate_checkpoint(checkpoint, envelope_size=3, workers=0)
+    assert small["loss"] != full["loss"]  # a 3-tap envelope is a different (truncated) filter
+    auto = evaluate_checkpoint(checkpoint, envelope_size="auto", eps=1e-2, workers=0)
+    assert all(s in (3, 5, 7, 9) for s in auto["envelope_sizes"].values())
+
+
+def test_eval_command_prints_and_writes_json(checkpoint, capsys):
+    assert main(["eval", "--checkpoint", str(checkpoint), "--envelope-size", "3", "--workers", "0"]) == 0
+    out = capsys.readouterr().out
+    written = json.loads((checkpoint.parent / "eval-last-k3.json").read_text())
+    assert f"top-1 error     {written['top1_err']:.2f}%" in out and "envelope sizes  3" in out
+    assert written["top1_err"] == pytest.approx(_direct(checkpoint, 3)[1])
+
+
+def test_eval_errors(tmp_path, checkpoint, capsys):
+    assert main(["eval", "--checkpoint", str(tmp_path / "missing.pt")]) == 2
+    assert "no such checkpoint file" in capsys.readouterr().err
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(checkpoint.read_bytes()[:1000])  # truncated
+    assert main(["eval", "--checkpoint", str(bad)]) == 2
+    assert "not a readable PyTorch checkpoint" in capsys.readouterr().err
+    torch.save({"weights": torch.zeros(1)}, bad)
+    assert main(["eval", "--checkpoint", str(bad)]) == 2
+    assert "not an envconv training checkpoint" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="--data does not apply to data.dataset='synthetic'"):
+        evaluate_checkpoint(checkpoint, data=str(tmp_path))
+    with pytest.raises(ValueError, match="odd"):
+        evaluate_checkpoint(checkpoint, envelope_size=4)

@@ -1,0 +1,33 @@
+"""Progress bar and the per-epoch records of a run directory."""
+
+import io
+import json
+
+from envconv.training.progress import METRICS_COLUMNS, ProgressBar, RunLog
+
+
+def test_progress_bar_draws_only_when_enabled():
+    out = io.StringIO()
+    bar = ProgressBar(10, "epoch 1/3", enabled=True, stream=out, width=10)
+    bar.update(5, loss=0.25)
+    bar.close()
+    text = out.getvalue()
+    assert "\repoch 1/3 [#####.....] 5/10" in text and "loss 0.25" in text
+    silent = io.StringIO()
+    ProgressBar(10, "x", enabled=False, stream=silent).update(5)
+    assert silent.getvalue() == ""
+
+
+def test_run_log_appends_and_truncates(tmp_path):
+    log = RunLog(tmp_path, enabled=True, tensorboard=False)
+    for epoch in (1, 2, 3):
+        log.log_epoch({"epoch": epoch, "lr": 0.1 / epoch, "train_loss": 1.0 / epoch, "val_top1_err": None},
+                      {"conv1": [0.5 * epoch]})
+    rows = log.rows()
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"] and list(rows[0]) == list(METRICS_COLUMNS)
+    assert rows[2]["lr"] == "0.0333333" and rows[0]["val_top1_err"] == ""
+    log.truncate(1)  # a resume from epoch 1 repeats epochs 2 and 3
+    assert [r["epoch"] for r in log.rows()] == ["1"]
+    assert json.loads((tmp_path / "sigma.json").read_text()) == [{"epoch": 1, "sigma": {"conv1": [0.5]}}]
+    RunLog(tmp_path / "other", enabled=False).log_epoch({"epoch": 1}, {})
+    assert not (tmp_path / "other").exists()  # processes other than rank 0 write nothing
