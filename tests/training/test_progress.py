@@ -3,6 +3,8 @@
 import io
 import json
 
+import pytest
+
 from envconv.training.progress import METRICS_COLUMNS, ProgressBar, RunLog
 
 
@@ -31,3 +33,18 @@ def test_run_log_appends_and_truncates(tmp_path):
     assert json.loads((tmp_path / "sigma.json").read_text()) == [{"epoch": 1, "sigma": {"conv1": [0.5]}}]
     RunLog(tmp_path / "other", enabled=False).log_epoch({"epoch": 1}, {})
     assert not (tmp_path / "other").exists()  # processes other than rank 0 write nothing
+
+
+def test_tensorboard_scalars_when_installed(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    log = RunLog(tmp_path, enabled=True, tensorboard=True)
+    log.log_epoch({"epoch": 1, "lr": 0.1, "train_loss": 2.5, "val_top1_err": 40.0}, {"conv1": [1.0, 2.0]})
+    log.log_epoch({"epoch": 2, "lr": 0.05, "train_loss": 1.5, "val_top1_err": 30.0}, {"conv1": [2.0, 4.0]})
+    log.close()
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("train/loss")] == [(1, 2.5), (2, 1.5)]
+    assert [e.value for e in events.Scalars("val/top1_err")] == [40.0, 30.0]
+    assert [e.value for e in events.Scalars("sigma_mean/conv1")] == [1.5, 3.0]
