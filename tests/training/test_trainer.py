@@ -167,3 +167,13 @@ def test_cbs_curriculum_follows_the_epoch(tmp_path):
 
     sigmas = torch.cat([m.sigma.flatten() for m in model.modules() if isinstance(m, CurriculumSmoothing)])
     assert len(sigmas) and torch.allclose(sigmas, torch.tensor(0.9 ** 2))  # the last epoch (index 2) at 0.9^2
+
+
+@pytest.mark.slow
+def test_compiled_run_saves_the_plain_model(tmp_path):
+    run = tmp_path / "compiled"
+    train(tiny_config(run, train={"epochs": 1, "compile": True}), quiet=True)
+    weights = load_checkpoint(run / "last.pt")["model"]
+    assert not [k for k in weights if "_orig_mod" in k or k.startswith("module.")]
+    model, _ = model_from_checkpoint(run / "last.pt")  # loads strictly into a fresh model
+    assert model.conv1.envelope.raw_sigma.detach().abs().sum().item() > 0  # sigma trained under torch.compile

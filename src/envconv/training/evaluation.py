@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import sys
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
@@ -18,6 +19,7 @@ from ..convert import envelopes, shrink
 from ..data import build_dataset, build_loader
 from .distributed import pick_device
 from .engine import evaluate
+from .progress import ProgressBar
 
 __all__ = ["evaluate_checkpoint", "data_config_for", "add_arguments", "main"]
 
@@ -71,7 +73,9 @@ def evaluate_checkpoint(
     loader = build_loader(dataset, batch_size or config["train"]["batch_size"], train=False,
                           workers=data_cfg["workers"] if workers is None else workers,
                           pin_memory=torch_device.type == "cuda")
-    stats = evaluate(model, loader, device=torch_device, channels_last=config["train"]["channels_last"])
+    bar = ProgressBar(len(loader), "eval", enabled=sys.stderr.isatty())
+    stats = evaluate(model, loader, device=torch_device, channels_last=config["train"]["channels_last"], progress=bar)
+    bar.close()
     return {"checkpoint": str(checkpoint), "epoch": ckpt["epoch"], "model": config["model"]["name"],
             "method": config["model"]["method"],
             "envelope_sizes": {row.name: row.size for row in envelopes(model)},

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
@@ -23,6 +24,7 @@ from ..checkpoint import atomic_write_bytes, model_from_checkpoint
 from ..data import build_dataset, build_loader
 from .distributed import pick_device
 from .engine import topk_correct
+from .progress import ProgressBar
 
 __all__ = ["classifier_of", "extract_features", "train_linear_probe", "linear_probe", "add_arguments", "main"]
 
@@ -36,16 +38,19 @@ def classifier_of(model: nn.Module) -> nn.Linear:
 
 
 @torch.no_grad()
-def extract_features(model: nn.Module, loader, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+def extract_features(model: nn.Module, loader, device: torch.device,
+                     progress=None) -> Tuple[torch.Tensor, torch.Tensor]:
     """The inputs of the model's classifier for every image of ``loader`` (model in eval mode), and the labels."""
     model.eval()
     captured = []
     hook = classifier_of(model).register_forward_pre_hook(lambda _m, inputs: captured.append(inputs[0].float().cpu()))
     labels = []
     try:
-        for images, targets in loader:
+        for step, (images, targets) in enumerate(loader, 1):
             model(images.to(device))
             labels.append(targets)
+            if progress is not None:
+                progress.update(step)
     finally:
         hook.remove()
     return torch.cat(captured), torch.cat(labels)
@@ -127,7 +132,9 @@ def linear_probe(
         # num_classes only bounds the check here: the probe gets as many outputs as the task has classes
         data = build_dataset(data_cfg, split, config["model"]["in_chans"], num_classes=10 ** 9)
         loader = build_loader(data, batch_size, train=False, workers=data_cfg["workers"])
-        features[split] = extract_features(model, loader, torch_device)
+        bar = ProgressBar(len(loader), f"features ({split})", enabled=sys.stderr.isatty())
+        features[split] = extract_features(model, loader, torch_device, progress=bar)
+        bar.close()
         classes = len(data.classes)
     train_x, train_y = features["train"]
     probe = train_linear_probe(train_x, train_y, classes, epochs=epochs, lr=lr, batch_size=batch_size,

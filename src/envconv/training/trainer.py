@@ -201,8 +201,10 @@ def _train(config, train_cfg, out_cfg, ctx, resume, quiet) -> Dict[str, Any]:
             scheduler.step()
             val = None
             if epoch % train_cfg["eval_every"] == 0 or epoch == train_cfg["epochs"]:
+                bar = ProgressBar(len(val_loader), "  eval", progress_on and ctx.is_main)
                 val = evaluate(net, val_loader, device=ctx.device, amp_dtype=amp_dtype,
-                               channels_last=train_cfg["channels_last"])
+                               channels_last=train_cfg["channels_last"], progress=bar)
+                bar.close()
             row = {"epoch": epoch, "lr": lr, "train_loss": stats.loss, "train_top1_err": stats.top1_err,
                    "train_top5_err": stats.top5_err, "val_loss": val.loss if val else None,
                    "val_top1_err": val.top1_err if val else None, "val_top5_err": val.top5_err if val else None,
