@@ -22,6 +22,18 @@ __all__ = ["load_state_dict_file", "envelope_sigmas_from_file", "CHECKPOINT_KEYS
 _RAW_SIGMA = "raw_sigma"
 
 
+def _safe_load(path: str) -> Any:
+    """``torch.load(path, weights_only=True)`` onto the CPU, with errors that name the file."""
+    if os.path.isdir(path):
+        raise ValueError(f"{path} is a directory; pass a checkpoint file (e.g. {os.path.join(path, 'last.pt')})")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no such checkpoint file: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for corrupt or foreign files
+        raise ValueError(f"{path} is not a readable PyTorch checkpoint ({type(err).__name__}: {err})") from err
+
+
 def load_state_dict_file(path: Union[str, os.PathLike]) -> Mapping[str, torch.Tensor]:
     """Load a model state dict from ``path`` onto the CPU.
 
@@ -34,12 +46,7 @@ def load_state_dict_file(path: Union[str, os.PathLike]) -> Mapping[str, torch.Te
         ValueError: if the file is not a readable torch file or holds no state dict.
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no such checkpoint file: {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for corrupt or foreign files
-        raise ValueError(f"{path} is not a readable PyTorch checkpoint ({type(err).__name__}: {err})") from err
+    obj = _safe_load(path)
     if isinstance(obj, Mapping):
         for key in ("model", "state_dict"):
             if isinstance(obj.get(key), Mapping):
@@ -100,14 +107,7 @@ def load_checkpoint(path: Union[str, os.PathLike]) -> Dict[str, Any]:
         ValueError: the file is corrupt, not a torch file, or lacks :data:`CHECKPOINT_KEYS`.
     """
     path = os.fspath(path)
-    if os.path.isdir(path):
-        raise ValueError(f"{path} is a directory; pass its checkpoint file (e.g. {os.path.join(path, 'last.pt')})")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no such checkpoint file: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for corrupt or foreign files
-        raise ValueError(f"{path} is not a readable PyTorch checkpoint ({type(err).__name__}: {err})") from err
+    ckpt = _safe_load(path)
     missing = [k for k in CHECKPOINT_KEYS if not isinstance(ckpt, Mapping) or k not in ckpt]
     if missing:
         raise ValueError(f"{path} is not an envconv training checkpoint (missing {missing}); "
