@@ -155,35 +155,19 @@ def _train(config, train_cfg, out_cfg, ctx, resume, quiet) -> Dict[str, Any]:
     start_epoch, best_err = 1, float("inf")
     log = RunLog(run_dir, ctx.is_main, out_cfg["tensorboard"])
     if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        scaler.load_state_dict(checkpoint["scaler"])
-        _set_rng_state(checkpoint["rng"])
+        _restore(checkpoint, model, optimizer, scheduler, scaler)
         start_epoch, best_err = checkpoint["epoch"] + 1, checkpoint["best_val_top1_err"]
         log.truncate(checkpoint["epoch"])
     if ctx.is_main:
         atomic_write_bytes(dump_config(config).encode(), run_dir / CONFIG_FILE)
-
-    train_set, val_set = build_datasets(config["data"], config["model"]["in_chans"], config["model"]["num_classes"])
-    per_rank = train_cfg["batch_size"] // ctx.world
-    pin = ctx.device.type == "cuda"
-    workers = config["data"]["workers"]
-    train_loader = build_loader(train_set, per_rank, train=True, world=ctx.world, rank=ctx.rank,
-                                seed=train_cfg["seed"], workers=workers, pin_memory=pin)
-    val_loader = build_loader(val_set, per_rank, train=False, world=ctx.world, rank=ctx.rank, workers=workers,
-                              pin_memory=pin)
-
-    net: nn.Module = model
-    if ctx.distributed:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[ctx.device] if ctx.device.type == "cuda" else None)
-    if train_cfg["compile"]:
-        net = torch.compile(net)
+    train_loader, val_loader = _loaders(config, ctx)
+    net = _wrap(model, ctx, train_cfg["compile"])
 
     n_params = sum(p.numel() for p in model.parameters())
     _log(ctx, quiet, f"run {run_dir}: {config['model']['name']} ({config['model']['method']}, {n_params:,} parameters, "
-                     f"{len(envelopes(model))} envelopes) on {ctx.device} x {ctx.world}; {len(train_set):,} training / "
-                     f"{len(val_set):,} validation images; epochs {start_epoch}..{train_cfg['epochs']}")
+                     f"{len(envelopes(model))} envelopes) on {ctx.device} x {ctx.world}; "
+                     f"{len(train_loader.dataset):,} training / {len(val_loader.dataset):,} validation images; "
+                     f"epochs {start_epoch}..{train_cfg['epochs']}")
     progress_on = out_cfg["progress"] == "on" or (out_cfg["progress"] == "auto" and _stderr_is_tty())
     run_start, epoch = time.perf_counter(), start_epoch - 1
     val: Optional[EpochStats] = None
@@ -205,11 +189,7 @@ def _train(config, train_cfg, out_cfg, ctx, resume, quiet) -> Dict[str, Any]:
                 val = evaluate(net, val_loader, device=ctx.device, amp_dtype=amp_dtype,
                                channels_last=train_cfg["channels_last"], progress=bar)
                 bar.close()
-            row = {"epoch": epoch, "lr": lr, "train_loss": stats.loss, "train_top1_err": stats.top1_err,
-                   "train_top5_err": stats.top5_err, "val_loss": val.loss if val else None,
-                   "val_top1_err": val.top1_err if val else None, "val_top5_err": val.top5_err if val else None,
-                   "seconds": stats.seconds, "images_per_s": stats.images_per_s}
-            log.log_epoch(row, envelope_sigmas(model))
+            log.log_epoch(_metrics_row(epoch, lr, stats, val), envelope_sigmas(model))
             is_best = val is not None and val.top1_err < best_err
             best_err = val.top1_err if is_best else best_err
             if ctx.is_main:
@@ -233,6 +213,39 @@ def _train(config, train_cfg, out_cfg, ctx, resume, quiet) -> Dict[str, Any]:
     if ctx.is_main:
         atomic_write_bytes(json.dumps(summary, indent=1).encode(), run_dir / SUMMARY_FILE)
     return summary
+
+
+def _restore(checkpoint: Dict[str, Any], model, optimizer, scheduler, scaler) -> None:
+    model.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    scheduler.load_state_dict(checkpoint["scheduler"])
+    scaler.load_state_dict(checkpoint["scaler"])
+    _set_rng_state(checkpoint["rng"])
+
+
+def _loaders(config: Dict[str, Any], ctx: distributed.DistributedContext):
+    """This process's training loader (its share of the global batch) and validation loader."""
+    train_set, val_set = build_datasets(config["data"], config["model"]["in_chans"], config["model"]["num_classes"])
+    per_rank = config["train"]["batch_size"] // ctx.world
+    common = dict(world=ctx.world, rank=ctx.rank, workers=config["data"]["workers"],
+                  pin_memory=ctx.device.type == "cuda")
+    return (build_loader(train_set, per_rank, train=True, seed=config["train"]["seed"], **common),
+            build_loader(val_set, per_rank, train=False, **common))
+
+
+def _wrap(model: nn.Module, ctx: distributed.DistributedContext, compile_model: bool) -> nn.Module:
+    """What the loop calls: DDP around the model for several processes, then torch.compile if asked."""
+    net = model
+    if ctx.distributed:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[ctx.device] if ctx.device.type == "cuda" else None)
+    return torch.compile(net) if compile_model else net
+
+
+def _metrics_row(epoch: int, lr: float, stats: EpochStats, val: Optional[EpochStats]) -> Dict[str, Any]:
+    return {"epoch": epoch, "lr": lr, "train_loss": stats.loss, "train_top1_err": stats.top1_err,
+            "train_top5_err": stats.top5_err, "val_loss": val.loss if val else None,
+            "val_top1_err": val.top1_err if val else None, "val_top5_err": val.top5_err if val else None,
+            "seconds": stats.seconds, "images_per_s": stats.images_per_s}
 
 
 def _grad_scaler(device: torch.device, enabled: bool):
