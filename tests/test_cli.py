@@ -70,3 +70,21 @@ def test_methods_table_counts_parameters_on_the_model(capsys):
 def test_methods_unknown_model_is_a_clear_error(capsys):
     assert main(["methods", "--model", "not_a_model"]) == 2
     assert "unknown model 'not_a_model'" in capsys.readouterr().err
+
+
+def test_summary_of_a_model_name_and_of_a_checkpoint(tmp_path, capsys):
+    from envconv.checkpoint import model_from_checkpoint
+    from envconv.training.trainer import train
+    from run_helpers import tiny_config
+
+    assert main(["summary", "--model", "resnet50"]) == 0
+    out = capsys.readouterr().out
+    assert "25,559,723 parameters" in out  # torchvision's 25,557,032 + 2,691 sigmas (7 envelopes)
+    assert re.search(r"layer2\.0\.downsample\.0\s+256\s+9\s+0\.8326", out)
+    run = tmp_path / "run"
+    train(tiny_config(run, train={"epochs": 1}), quiet=True)
+    assert main(["summary", "--checkpoint", str(run / "last.pt")]) == 0
+    out = capsys.readouterr().out
+    model, _ = model_from_checkpoint(run / "last.pt")
+    stem = model.conv1.envelope.sigma.item()
+    assert "epoch 1" in out and re.search(rf"conv1\s+1\s+9\s+{stem:.4f}", out)
