@@ -238,3 +238,35 @@ def test_state_dict_round_trip_and_output_memory_format():
     # channels_last input: same values (layout is an implementation detail, values are not)
     x_cl = x.contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(a(x_cl), a(x), atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("shared", [False, True])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_stem_gradients_without_input_gradient_match_finite_differences(shared, channels_last):
+    # A stem: 3 input channels, the image needs no gradient -> the forward-conv route of _stem_backward.
+    torch.manual_seed(1)
+    layer = DisentangledConv2d(3, 6, 7, stride=2, padding=3, bias=True, envelope_size=5, shared_sigma=shared,
+                               dtype=torch.float64)
+    with torch.no_grad():
+        layer.envelope.raw_sigma.uniform_(-1, 2)
+    x = torch.randn(2, 3, 15, 14, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    g = torch.randn_like(layer(x))
+    (layer(x) * g).sum().backward()
+
+    def loss(raw):
+        smoothed = torch.from_numpy(ref.envelope(x.numpy(), raw, 5))
+        with torch.no_grad():
+            return float((F.conv2d(smoothed, layer.weight, layer.bias, 2, 3) * g).sum())
+
+    raw = layer.envelope.raw_sigma.detach().numpy()
+    eps = 1e-6
+    numeric = [(loss(raw + eps * e) - loss(raw - eps * e)) / (2 * eps) for e in np.eye(len(raw))]
+    np.testing.assert_allclose(layer.envelope.raw_sigma.grad.numpy(), numeric, rtol=1e-6, atol=1e-8)
+    smoothed = torch.from_numpy(ref.envelope(x.numpy(), raw, 5))
+    weight = layer.weight.detach().requires_grad_()
+    bias = layer.bias.detach().requires_grad_()
+    (F.conv2d(smoothed, weight, bias, 2, 3) * g).sum().backward()
+    torch.testing.assert_close(layer.weight.grad, weight.grad)
+    torch.testing.assert_close(layer.bias.grad, bias.grad)
