@@ -213,10 +213,14 @@ STEM_CHANNELS = 4
 def _stem_backward(grad_out, x, raw_sigma, weight, size, need_w, bias_shape, need_b, conv_args):
     r"""Gradients of a few-channel envelope + conv without the conv's input gradient.
 
-    By linearity, :math:`\partial L/\partial\tilde\sigma_c = \langle \partial L/\partial Y,
-    \mathbf F_{:,c} * (\partial\mathbf g_c/\partial\tilde\sigma_c * X_c)\rangle`: one forward conv of
-    one input channel per c, where autograd would run the conv's backward-data pass
-    (5x slower than its weight gradient at a ResNet stem in oneDNN). Zero padding only.
+    The conv is linear in its input and in its weight, so with :math:`D_c = \partial\mathbf
+    g_c/\partial\tilde\sigma_c * X_c` (the envelope's derivative applied to channel c),
+    :math:`\partial L/\partial\tilde\sigma_c = \langle \partial L/\partial Y, \mathbf F_{:,c} * D_c
+    \rangle = \langle \mathbf F_{:,c}, G_{:,c}\rangle`, where :math:`G` is the weight gradient the conv
+    would have for input :math:`D`. Both weight gradients come from one backward-weight call on
+    the channels ``[smoothed, D]``; the conv's backward-data pass, which autograd would run and
+    which costs about 5x its weight gradient at a ResNet stem in oneDNN, is skipped. Zero
+    padding only.
     """
     n, c, h, w = x.shape
     dtype = grad_out.dtype  # under autocast the forward conv ran in this dtype
@@ -226,16 +230,13 @@ def _stem_backward(grad_out, x, raw_sigma, weight, size, need_w, bias_shape, nee
     rows, drows = EF._pass(flat, kernel, 2, "zeros"), EF._pass(flat, dkernel, 2, "zeros")
     smoothed = EF._pass(rows, kernel, 3, "zeros").view(n, c, h, w)
     deriv = (EF._pass(drows, kernel, 3, "zeros") + EF._pass(rows, dkernel, 3, "zeros")).view(n, c, h, w)
-    grad_w = grad_b = None
-    if need_w or need_b:
-        _, grad_w, grad_b = torch.ops.aten.convolution_backward(
-            grad_out, smoothed.to(dtype), weight.to(dtype), list(bias_shape) if bias_shape is not None else None,
-            _pair(conv_args[0]), _pair(conv_args[1]), _pair(conv_args[2]), False, [0, 0], 1, [False, need_w, need_b])
-        grad_w = grad_w.to(weight.dtype) if grad_w is not None else None
-        grad_b = grad_b.to(weight.dtype) if grad_b is not None else None
-    grad_raw = torch.stack([
-        torch.sum(grad_out * F.conv2d(deriv[:, i:i + 1].to(dtype), weight[:, i:i + 1].to(dtype), None, *conv_args),
-                  dtype=torch.float64) for i in range(c)]).to(raw_sigma.dtype)
+    both = torch.cat([smoothed, deriv], 1).to(dtype).contiguous(memory_format=_memory_format(grad_out))
+    _, grad_both, grad_b = torch.ops.aten.convolution_backward(
+        grad_out, both, weight.to(dtype).repeat(1, 2, 1, 1), list(bias_shape) if bias_shape is not None else None,
+        _pair(conv_args[0]), _pair(conv_args[1]), _pair(conv_args[2]), False, [0, 0], 1, [False, True, need_b])
+    grad_raw = (weight.double() * grad_both[:, c:].double()).sum((0, 2, 3)).to(raw_sigma.dtype)
+    grad_w = grad_both[:, :c].to(weight.dtype) if need_w else None
+    grad_b = grad_b.to(weight.dtype) if grad_b is not None else None
     return (grad_raw.sum().view(1) if raw_sigma.numel() == 1 else grad_raw), grad_w, grad_b
 
 
