@@ -75,3 +75,32 @@ def test_eval_errors(tmp_path, checkpoint, capsys):
         evaluate_checkpoint(checkpoint, data=str(tmp_path))
     with pytest.raises(ValueError, match="odd"):
         evaluate_checkpoint(checkpoint, envelope_size=4)
+
+
+def _image_folder(root, colours, per_class=6):
+    from PIL import Image
+
+    for c, colour in enumerate(colours):
+        (root / f"class{c}").mkdir(parents=True)
+        for i in range(per_class):
+            shade = tuple(int(v * (0.6 + 0.08 * i)) for v in colour)
+            Image.new("RGB", (36, 30), shade).save(root / f"class{c}/{i}.png")
+    return root
+
+
+def test_imagefolder_run_and_eval_on_another_folder(tmp_path):
+    pytest.importorskip("torchvision")
+    colours = ((250, 20, 20), (20, 20, 250))
+    train_dir, val_dir = _image_folder(tmp_path / "train", colours), _image_folder(tmp_path / "val", colours)
+    other = _image_folder(tmp_path / "other", colours[::-1])  # the same class names with swapped colours
+    run = tmp_path / "run"
+    train(tiny_config(run, model={"num_classes": 2, "in_chans": 3},
+                      data={"dataset": "imagefolder", "train": str(train_dir), "val": str(val_dir),
+                            "augment": "imagenet", "image_size": 24, "eval_resize": 28, "mean": [0.5] * 3,
+                            "std": [0.25] * 3},
+                      train={"epochs": 3, "batch_size": 4, "lr": 2.0, "step_size": 10}), quiet=True)
+    same = evaluate_checkpoint(run / "last.pt", workers=0)
+    swapped = evaluate_checkpoint(run / "last.pt", data=str(other), workers=0)
+    assert same["images"] == swapped["images"] == 12
+    assert same["top1_err"] < 25  # red vs blue is learnt (chance: 50%)
+    assert swapped["top1_err"] > 75  # and --data really evaluates the other folder, colours swapped
