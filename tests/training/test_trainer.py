@@ -2,6 +2,10 @@
 
 import csv
 import json
+import os
+import signal
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -24,7 +28,7 @@ def _metrics(run_dir):
 def test_a_run_writes_its_files(tmp_path):
     run = tmp_path / "run"
     summary = train(tiny_config(run), quiet=True)
-    assert sorted(p.name for p in run.iterdir()) == ["best.pt", "config.yaml", "last.pt", "metrics.csv",
+    assert sorted(p.name for p in run.iterdir()) == [".lock", "best.pt", "config.yaml", "last.pt", "metrics.csv",
                                                      "sigma.json", "summary.json"]
     rows = _metrics(run)
     assert list(rows[0]) == list(METRICS_COLUMNS) and [r["epoch"] for r in rows] == ["1", "2"]
@@ -94,6 +98,37 @@ def test_interrupt_keeps_the_last_finished_checkpoint_and_resumes_exactly(tmp_pa
     train(tiny_config(tmp_path / "cut"), resume=True, quiet=True)
     full, cut = _weights(tmp_path / "full" / "last.pt"), _weights(tmp_path / "cut" / "last.pt")
     assert all(torch.equal(full[k], cut[k]) for k in full)
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_the_command_line(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(tiny_config(tmp_path / "run", train={"epochs": 50})))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen([sys.executable, "-m", "envconv", "train", "--config", str(config)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    for line in proc.stdout:  # wait until epoch 1 is done, then press Ctrl-C
+        if line.startswith("epoch 1/50"):
+            break
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "continue with `envconv train --resume" in out and "interrupted" in err
+    epoch = load_checkpoint(tmp_path / "run" / "last.pt")["epoch"]
+    assert epoch >= 1 and [int(r["epoch"]) for r in _metrics(tmp_path / "run")] == list(range(1, epoch + 1))
+
+
+def test_one_run_directory_one_trainer(tmp_path):
+    import fcntl
+
+    run = tmp_path / "run"
+    run.mkdir()
+    with open(run / ".lock", "w") as held:  # another trainer holds the directory
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(FileExistsError, match="is in use: another envconv train"):
+            train(tiny_config(run, train={"epochs": 1}), quiet=True)
+    train(tiny_config(run, train={"epochs": 1}), quiet=True)  # free again
 
 
 def test_non_finite_loss_stops_and_keeps_the_checkpoint(tmp_path, monkeypatch):

@@ -13,6 +13,7 @@ a run resumed after epoch k repeats exactly what the uninterrupted run would hav
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -23,6 +24,11 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
 from torch import nn
 
 from .. import __version__
@@ -39,7 +45,7 @@ from .progress import ProgressBar, RunLog
 
 __all__ = ["train", "run_dir_of", "get_args_parser", "main", "AMP_DTYPES", "LAST", "BEST"]
 
-LAST, BEST, CONFIG_FILE, SUMMARY_FILE = "last.pt", "best.pt", "config.yaml", "summary.json"
+LAST, BEST, CONFIG_FILE, SUMMARY_FILE, LOCK_FILE = "last.pt", "best.pt", "config.yaml", "summary.json", ".lock"
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -99,6 +105,23 @@ def _prepare_run_dir(run_dir: Path, resume: bool, ctx: distributed.DistributedCo
         run_dir.mkdir(parents=True, exist_ok=True)
 
 
+@contextlib.contextmanager
+def _run_dir_lock(run_dir: Path, ctx: distributed.DistributedContext):
+    """Hold an exclusive lock on ``run_dir`` (main process): two trainers never write one run directory."""
+    if not ctx.is_main or fcntl is None:  # no fcntl on Windows: no lock
+        yield
+        return
+    with open(run_dir / LOCK_FILE, "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FileExistsError(f"{run_dir} is in use: another envconv train holds {run_dir / LOCK_FILE}") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def _log(ctx, quiet: bool, message: str) -> None:
     if ctx.is_main and not quiet:
         print(message, flush=True)
@@ -135,6 +158,11 @@ def train(config: Dict[str, Any], *, resume: bool = False, quiet: bool = False) 
 def _train(config, train_cfg, out_cfg, ctx, resume, quiet) -> Dict[str, Any]:
     run_dir = run_dir_of(config)
     _prepare_run_dir(run_dir, resume, ctx)
+    with _run_dir_lock(run_dir, ctx):
+        return _train_locked(config, train_cfg, out_cfg, ctx, resume, quiet, run_dir)
+
+
+def _train_locked(config, train_cfg, out_cfg, ctx, resume, quiet, run_dir: Path) -> Dict[str, Any]:
     checkpoint = load_checkpoint(run_dir / LAST) if resume else None
     if checkpoint is not None:
         _check_resume_changes(checkpoint["config"], config)
