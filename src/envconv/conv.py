@@ -189,7 +189,7 @@ class _EnvelopeThenConv(torch.autograd.Function):
             grad_out.contiguous(memory_format=_memory_format(smoothed)), smoothed.detach().to(dtype),
             weight.to(dtype), list(bias_shape) if bias_shape is not None else None, _pair(stride),
             _pair(padding), _pair(dilation), False, [0, 0], groups, [need_x or need_raw, need_w, need_b])
-        grad_w = grad_w.to(weight.dtype) if grad_w is not None else None
+        grad_w = _like(grad_w, weight) if grad_w is not None else None
         grad_b = grad_b.to(weight.dtype) if grad_b is not None else None
         if grad_smoothed is not None:
             grad_smoothed = grad_smoothed.to(smoothed.dtype)
@@ -235,9 +235,16 @@ def _stem_backward(grad_out, x, raw_sigma, weight, size, need_w, bias_shape, nee
         grad_out, both, weight.to(dtype).repeat(1, 2, 1, 1), list(bias_shape) if bias_shape is not None else None,
         _pair(conv_args[0]), _pair(conv_args[1]), _pair(conv_args[2]), False, [0, 0], 1, [False, True, need_b])
     grad_raw = (weight.double() * grad_both[:, c:].double()).sum((0, 2, 3)).to(raw_sigma.dtype)
-    grad_w = grad_both[:, :c].to(weight.dtype) if need_w else None
+    grad_w = _like(grad_both[:, :c], weight) if need_w else None
     grad_b = grad_b.to(weight.dtype) if grad_b is not None else None
     return (grad_raw.sum().view(1) if raw_sigma.numel() == 1 else grad_raw), grad_w, grad_b
+
+
+def _like(grad: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    """``grad`` in ``param``'s dtype and strides (DDP's gradient buckets expect the parameter's layout)."""
+    if grad.dtype == param.dtype and grad.stride() == param.stride():
+        return grad
+    return torch.empty_like(param).copy_(grad)
 
 
 def _smooth(x, raw_sigma, size, padding_mode, stride, impl):
