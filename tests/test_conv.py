@@ -272,14 +272,17 @@ def test_stem_gradients_without_input_gradient_match_finite_differences(shared, 
     torch.testing.assert_close(layer.bias.grad, bias.grad)
 
 
-@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("layer_cl, input_cl", [(False, False), (True, True), (False, True)])
 @pytest.mark.parametrize("shape", [(32, 64, 1, 2, 0, True), (3, 8, 7, 2, 3, False), (16, 16, 3, 2, 1, True)])
-def test_weight_gradient_has_the_weights_layout(channels_last, shape):
-    # DistributedDataParallel's gradient buckets expect each gradient in its parameter's strides.
+def test_weight_gradient_has_the_weights_layout(layer_cl, input_cl, shape):
+    # DistributedDataParallel's gradient buckets expect each gradient in its parameter's strides; a
+    # channels_last input to NCHW weights makes oneDNN return a (32, 1, 32, 32)-strided 1x1 weight gradient.
     cin, cout, k, stride, padding, x_grad = shape
     layer = DisentangledConv2d(cin, cout, k, stride=stride, padding=padding, bias=False)
-    x = torch.randn(2, cin, 12, 12)
-    if channels_last:
-        layer, x = layer.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    x = torch.randn(2, cin, 14, 14)
+    if layer_cl:
+        layer = layer.to(memory_format=torch.channels_last)
+    if input_cl:
+        x = x.contiguous(memory_format=torch.channels_last)
     layer(x.requires_grad_(x_grad)).sum().backward()
     assert layer.weight.grad.stride() == layer.weight.stride()
