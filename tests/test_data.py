@@ -103,6 +103,10 @@ def test_dataset_config_errors(fashion_root):
     cfg = validate_config({"data": {"dataset": "fashion_mnist", "root": str(fashion_root)}})["data"]
     with pytest.raises(ValueError, match="set model.in_chans=1"):
         build_dataset({**cfg, "mean": [0, 0, 0], "std": [1, 1, 1]}, "train", in_chans=3, num_classes=10)
+    with pytest.raises(ValueError, match="data.image_size must be 28"):
+        build_dataset({**cfg, "image_size": 32}, "train", in_chans=1, num_classes=10)
+    with pytest.raises(ValueError, match="augment=imagenet .* needs data.dataset=imagefolder"):
+        build_dataset({**cfg, "augment": "imagenet"}, "train", in_chans=1, num_classes=10)
     with pytest.raises(ValueError, match="model.num_classes is 5"):
         build_dataset(cfg, "train", in_chans=1, num_classes=5)
     with pytest.raises(ValueError, match="data.train must name a folder"):

@@ -197,7 +197,10 @@ class _Compose:
 
 
 def _tensor_transform(cfg: Dict[str, Any], train: bool):
-    augment = CropFlip(cfg["image_size"], cfg["crop_padding"]) if train and cfg["augment"] != "none" else None
+    if cfg["augment"] == "imagenet":
+        raise ValueError(f"data.augment=imagenet (RandomResizedCrop) needs data.dataset=imagefolder; "
+                         f"use crop-flip or none for {cfg['dataset']}")
+    augment = CropFlip(cfg["image_size"], cfg["crop_padding"]) if train and cfg["augment"] == "crop-flip" else None
     return _Compose([augment, Normalize(cfg["mean"], cfg["std"])])
 
 
@@ -257,6 +260,9 @@ def build_dataset(data_cfg: Dict[str, Any], split: str, in_chans: int, num_class
     if kind == "fashion_mnist":
         if in_chans != 1:
             raise ValueError(f"Fashion-MNIST images have 1 channel; set model.in_chans=1 (got {in_chans})")
+        if data_cfg["image_size"] != 28:
+            raise ValueError(f"Fashion-MNIST images are 28x28 and are not resized; data.image_size must be 28 "
+                             f"(got {data_cfg['image_size']})")
         dataset = FashionMNIST(data_cfg["root"], "train" if train else "test", _tensor_transform(data_cfg, train))
     elif kind == "synthetic":
         n_train, n_val = data_cfg["synthetic_size"]
