@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checkpoint import atomic_write_bytes, model_from_checkpoint
-from ..data import build_dataset, build_loader
+from ..data import build_datasets, build_loader
 from .distributed import pick_device
 from .engine import topk_correct
 from .progress import ProgressBar
@@ -127,15 +127,15 @@ def linear_probe(
     if workers is not None:
         data_cfg["workers"] = workers
     start = time.perf_counter()
+    # num_classes only bounds a check here: the probe gets as many outputs as the task has classes
+    datasets = dict(zip(("train", "val"), build_datasets(data_cfg, config["model"]["in_chans"], num_classes=10 ** 9)))
+    classes = len(datasets["train"].classes)  # build_datasets checked that val has the same classes
     features = {}
-    for split in ("train", "val"):
-        # num_classes only bounds the check here: the probe gets as many outputs as the task has classes
-        data = build_dataset(data_cfg, split, config["model"]["in_chans"], num_classes=10 ** 9)
+    for split, data in datasets.items():
         loader = build_loader(data, batch_size, train=False, workers=data_cfg["workers"])
         bar = ProgressBar(len(loader), f"features ({split})", enabled=sys.stderr.isatty())
         features[split] = extract_features(model, loader, torch_device, progress=bar)
         bar.close()
-        classes = len(data.classes)
     train_x, train_y = features["train"]
     probe = train_linear_probe(train_x, train_y, classes, epochs=epochs, lr=lr, batch_size=batch_size,
                                weight_decay=weight_decay, seed=seed)

@@ -24,11 +24,6 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
-
-try:
-    import fcntl
-except ImportError:  # Windows
-    fcntl = None
 from torch import nn
 
 from .. import __version__
@@ -42,6 +37,11 @@ from . import distributed
 from .engine import EpochStats, evaluate, train_one_epoch
 from .optim import build_optimizer, build_scheduler
 from .progress import ProgressBar, RunLog
+
+try:
+    import fcntl
+except ImportError:  # Windows: no run-directory lock
+    fcntl = None
 
 __all__ = ["train", "run_dir_of", "get_args_parser", "main", "AMP_DTYPES", "LAST", "BEST"]
 
