@@ -195,6 +195,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     probe.add_arguments(pr)
     pr.set_defaults(func=probe.main)
 
+    from .study import cli as study_cli
+
+    st = sub.add_parser("study", help="the paper's comparisons as a resumable grid of seeded runs, with a report",
+                        description=study_cli.__doc__.splitlines()[0])
+    study_cli.add_arguments(st)
+    st.set_defaults(func=study_cli.main)
+
     summary = sub.add_parser("summary", help="the envelope table of a checkpoint or a model name")
     what = summary.add_mutually_exclusive_group(required=True)
     what.add_argument("--checkpoint", help="a checkpoint written by envconv train")

@@ -43,7 +43,7 @@ DEFAULTS: Dict[str, Dict[str, Any]] = {
         "options": {},               # method options, e.g. {sigma_init: 0.0}
     },
     "data": {
-        "dataset": "fashion_mnist",  # fashion_mnist | imagefolder | synthetic
+        "dataset": "fashion_mnist",  # fashion_mnist | imagefolder | digits (scikit-learn's 8x8) | synthetic
         "root": None,                # fashion_mnist: folder with the IDX .gz files (None: Debian's path)
         "train": None,               # imagefolder: training folder (one sub-folder per class)
         "val": None,                 # imagefolder: validation folder
@@ -89,7 +89,7 @@ DEFAULTS: Dict[str, Dict[str, Any]] = {
 }
 
 _CHOICES = {
-    ("data", "dataset"): ("fashion_mnist", "imagefolder", "synthetic"),
+    ("data", "dataset"): ("fashion_mnist", "imagefolder", "digits", "synthetic"),
     ("data", "augment"): ("none", "crop-flip", "imagenet"),
     ("train", "schedule"): ("step", "cosine"),
     ("train", "amp"): ("none", "bf16", "fp16"),

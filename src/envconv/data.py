@@ -4,6 +4,8 @@
   ``dataset-fashion-mnist`` puts them in :data:`FASHION_MNIST_ROOT`).
 * ``imagefolder``: any folder with one sub-folder of images per class (ImageNet layout,
   the transfer datasets), read by ``torchvision.datasets.ImageFolder``.
+* ``digits``: scikit-learn's bundled 8x8 handwritten digits (1,797 images, 10 classes),
+  scaled up bilinearly to ``image_size``: the small transfer task of the study's probe.
 * ``synthetic``: seeded random images whose class is a smooth fixed pattern in noise, for smoke
   runs and tests.
 
@@ -24,7 +26,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
 
 __all__ = ["FASHION_MNIST_ROOT", "FASHION_MNIST_CLASSES", "read_idx", "FashionMNIST", "SyntheticImages",
-           "CropFlip", "Normalize", "build_dataset", "build_datasets", "build_loader", "ShardSampler", "epoch_seed"]
+           "Digits", "CropFlip", "Normalize", "build_dataset", "build_datasets", "build_loader", "ShardSampler", "epoch_seed"]
 
 #: Where Debian's ``dataset-fashion-mnist`` package installs the files.
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
@@ -149,6 +151,48 @@ class SyntheticImages(Dataset):
         return (self.transform(image) if self.transform else image), int(self.targets[index])
 
 
+class Digits(Dataset):
+    """scikit-learn's 8x8 digits, scaled up to ``image_size`` (bilinear) and repeated over ``channels``.
+
+    The 1,797 images (grey levels 0..16, mapped to [0, 1]) are split by a fixed seeded
+    permutation: the first :attr:`TRAIN_IMAGES` are ``"train"``, the other 597 ``"test"``.
+    Nothing is downloaded: the images ship with scikit-learn.
+
+    Args:
+        split: ``"train"`` or ``"test"``.
+        image_size: output side (the model's input size, e.g. 28).
+        channels: the model's input channels (the grey image is repeated).
+        transform: a callable on the image tensor.
+    """
+
+    TRAIN_IMAGES = 1200
+    classes = tuple(str(d) for d in range(10))
+
+    def __init__(self, split: str = "train", image_size: int = 28, channels: int = 1, transform=None) -> None:
+        if split not in ("train", "test"):
+            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        try:
+            from sklearn.datasets import load_digits
+        except ImportError as err:
+            raise ImportError("data.dataset=digits needs scikit-learn: pip install scikit-learn") from err
+        digits = load_digits()
+        images = torch.as_tensor(digits.images, dtype=torch.float32).div_(16).unsqueeze(1)
+        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))
+        order = order[:self.TRAIN_IMAGES] if split == "train" else order[self.TRAIN_IMAGES:]
+        images = torch.nn.functional.interpolate(images[order], size=(image_size, image_size), mode="bilinear",
+                                                 align_corners=False).clamp_(0, 1)
+        self.images = images.expand(-1, channels, -1, -1).contiguous()
+        self.targets = torch.as_tensor(digits.target, dtype=torch.long)[order]
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int) -> Tuple[torch.Tensor, int]:
+        image = self.images[index]
+        return (self.transform(image) if self.transform else image), int(self.targets[index])
+
+
 class CropFlip:
     """Zero-pad by ``padding``, take a random ``size`` crop, flip left-right with probability 1/2.
 
@@ -264,6 +308,9 @@ def build_dataset(data_cfg: Dict[str, Any], split: str, in_chans: int, num_class
             raise ValueError(f"Fashion-MNIST images are 28x28 and are not resized; data.image_size must be 28 "
                              f"(got {data_cfg['image_size']})")
         dataset = FashionMNIST(data_cfg["root"], "train" if train else "test", _tensor_transform(data_cfg, train))
+    elif kind == "digits":
+        dataset = Digits("train" if train else "test", data_cfg["image_size"], in_chans,
+                         _tensor_transform(data_cfg, train))
     elif kind == "synthetic":
         n_train, n_val = data_cfg["synthetic_size"]
         images = SyntheticImages(n_train + n_val, num_classes, in_chans, data_cfg["image_size"], seed=0)

@@ -26,7 +26,8 @@ from .distributed import pick_device
 from .engine import topk_correct
 from .progress import ProgressBar
 
-__all__ = ["classifier_of", "extract_features", "train_linear_probe", "linear_probe", "add_arguments", "main"]
+__all__ = ["PROBE_DATASETS", "classifier_of", "extract_features", "train_linear_probe", "linear_probe",
+           "default_output", "add_arguments", "main"]
 
 
 def classifier_of(model: nn.Module) -> nn.Linear:
@@ -87,10 +88,13 @@ def _errors(probe: nn.Linear, x: torch.Tensor, y: torch.Tensor) -> Dict[str, flo
     return {"loss": loss, "top1_err": 100.0 * (1 - top1 / len(y)), "top5_err": 100.0 * (1 - top5 / len(y))}
 
 
+PROBE_DATASETS = ("imagefolder", "fashion_mnist", "digits")
+
+
 def linear_probe(
     checkpoint: Union[str, Path],
-    train_data: str,
-    val_data: str,
+    train_data: Optional[str] = None,
+    val_data: Optional[str] = None,
     *,
     dataset: str = "imagefolder",
     epochs: int = 30,
@@ -106,8 +110,9 @@ def linear_probe(
     Args:
         checkpoint: a checkpoint written by ``envconv train``.
         train_data, val_data: folders of the target task (one sub-folder per class for
-            ``imagefolder``; the IDX folder, twice, for ``fashion_mnist``).
-        dataset: ``imagefolder`` or ``fashion_mnist``.
+            ``imagefolder``; the IDX folder, twice, for ``fashion_mnist``; none for ``digits``).
+        dataset: ``imagefolder``, ``fashion_mnist`` or ``digits`` (scikit-learn's 8x8 digits
+            scaled up to the model's input size: :class:`envconv.data.Digits`).
         epochs, lr, batch_size, weight_decay: the probe's SGD.
         device: where the features are computed.
         workers: data-loading processes (default: the checkpoint config's).
@@ -116,8 +121,11 @@ def linear_probe(
     torch_device = pick_device(device)
     model, ckpt = model_from_checkpoint(checkpoint, torch_device)
     config = ckpt["config"]
-    if dataset not in ("imagefolder", "fashion_mnist"):
-        raise ValueError(f"dataset must be 'imagefolder' or 'fashion_mnist', got {dataset!r}")
+    if dataset not in PROBE_DATASETS:
+        raise ValueError(f"dataset must be one of {PROBE_DATASETS}, got {dataset!r}")
+    if dataset != "digits" and not (train_data and val_data):
+        raise ValueError(f"the {dataset} probe needs the target task's training and validation data "
+                         f"(--train-data, --val-data)")
     if dataset == "fashion_mnist" and Path(train_data) != Path(val_data):
         raise ValueError("for fashion_mnist, --train-data and --val-data are the same folder of IDX files "
                          "(its train and t10k files are used)")
@@ -148,10 +156,11 @@ def linear_probe(
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", required=True, help="a checkpoint written by envconv train")
-    parser.add_argument("--train-data", required=True, help="training images of the target task")
-    parser.add_argument("--val-data", required=True, help="validation images of the target task")
-    parser.add_argument("--dataset", default="imagefolder", choices=("imagefolder", "fashion_mnist"),
-                        help="how the folders are laid out (default imagefolder: one sub-folder per class)")
+    parser.add_argument("--train-data", help="training images of the target task (not for --dataset digits)")
+    parser.add_argument("--val-data", help="validation images of the target task (not for --dataset digits)")
+    parser.add_argument("--dataset", default="imagefolder", choices=PROBE_DATASETS,
+                        help="how the folders are laid out (default imagefolder: one sub-folder per class); "
+                        "digits: scikit-learn's 8x8 digits scaled up to the model's input size, no folders")
     parser.add_argument("--epochs", type=int, default=30, help="probe training epochs (default 30)")
     parser.add_argument("--lr", type=float, default=0.1, help="probe learning rate (default 0.1)")
     parser.add_argument("--batch-size", type=int, default=256, help="(default 256)")
@@ -161,6 +170,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", type=Path, help="JSON file (default: probe-<checkpoint>.json beside it)")
     return parser
+
+
+def default_output(checkpoint: Path, dataset: str) -> Path:
+    """Where ``envconv probe`` writes its result: ``probe-<checkpoint>[-digits].json`` beside the checkpoint."""
+    return checkpoint.parent / f"probe-{checkpoint.stem}{'-digits' if dataset == 'digits' else ''}.json"
 
 
 def main(args: argparse.Namespace) -> int:
@@ -175,7 +189,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"  {split:5s} top-1 error {r['top1_err']:6.2f}%  top-5 error {r['top5_err']:6.2f}%  "
               f"loss {r['loss']:.4f}")
     checkpoint = Path(args.checkpoint)
-    output = args.output or checkpoint.parent / f"probe-{checkpoint.stem}.json"
+    output = args.output or default_output(checkpoint, args.dataset)
     atomic_write_bytes(json.dumps(result, indent=1).encode(), output)
     print(f"wrote {output}")
     return 0

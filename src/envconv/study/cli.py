@@ -1,0 +1,46 @@
+"""``envconv study PLAN.yaml [--out DIR] [--dry-run | --report [--docs DIR]]``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .plan import load_plan
+from .report import write_report
+from .runner import dry_run, run_study
+
+__all__ = ["add_arguments", "main", "default_out_dir"]
+
+
+def default_out_dir(plan_name: str) -> Path:
+    return Path("runs") / f"study-{plan_name}"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("plan", type=Path, help="a study plan (YAML), e.g. studies/fashion_mnist.yaml")
+    parser.add_argument("--out", type=Path, help="folder of the run directories (default: runs/study-<plan name>)")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--dry-run", action="store_true", help="list the grid with each run's state and an "
+                      "estimated time; train nothing")
+    mode.add_argument("--report", action="store_true", help="write the tables, plots and verdicts from the run "
+                      "directories alone; train nothing")
+    parser.add_argument("--docs", type=Path, help="with --report: where reproduction.md and reproduction/ go "
+                        "(default: the --out folder)")
+    parser.add_argument("--quiet", action="store_true", help="no per-epoch lines (the per-run lines stay)")
+    return parser
+
+
+def main(args: argparse.Namespace) -> int:
+    plan = load_plan(args.plan)
+    out_dir = args.out or default_out_dir(plan.name)
+    if args.docs and not args.report:
+        raise ValueError("--docs applies to --report only")
+    if args.dry_run:
+        dry_run(plan, out_dir)
+    elif args.report:
+        written = write_report(plan, out_dir, args.docs or out_dir)
+        print(f"wrote {written['markdown']} and {written['csv']} ({len(written['results'])} rows)")
+    else:
+        run_study(plan, out_dir, quiet=args.quiet)
+        print(f"report: envconv study {args.plan} --out {out_dir} --report")
+    return 0

@@ -1,0 +1,260 @@
+"""Study plans: a YAML grid of training runs (entries x seeds) over one base config.
+
+A plan names a base config, overrides shared by every run, the seeds, and the entries; each
+entry adds its own overrides. Run ``<entry>_seed<seed>`` trains
+``base + plan.set + entry.set + train.seed=<seed>`` in ``OUT/<entry>_seed<seed>``. An
+evaluation re-tests an entry's checkpoints with shrunk envelopes (Table 1e) without training.
+Claims compare two entries (or evaluations) seed by seed; :mod:`envconv.study.report` gives
+each a verdict.
+
+Plan keys (``studies/fashion_mnist.yaml`` is the full example)::
+
+    base: fashion_mnist_resnet20          # a config file (relative to the plan) or bundled name
+    set: {train.epochs: 8}                # overrides for every run
+    seeds: [0, 1, 2]
+    baseline: none                        # the entry every difference is taken against
+    probe: {dataset: digits, epochs: 100} # transfer probe of every run (omit or false: none)
+    margin: 0.3                           # points: "no loss" claims hold inside +-margin
+    entries:
+      - {name: none, label: baseline, tables: [1a], paper: 23.81, set: {model.method: none}}
+    evaluations:
+      - {name: gaussian-k3, of: gaussian, envelope_size: 3, tables: [1e], paper: 22.98}
+    claims:
+      - {table: 1a, text: envelopes lower the error, better: gaussian, than: none}
+      - {table: 1e, text: 3 taps lose nothing, same: gaussian-k3, as: gaussian}
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Union
+
+import yaml
+
+from ..config import apply_overrides, load_config, validate_config
+
+__all__ = ["Plan", "Entry", "Evaluation", "Claim", "Run", "load_plan", "PLAN_KEYS"]
+
+PLAN_KEYS = ("base", "set", "seeds", "baseline", "probe", "margin", "entries", "evaluations", "claims", "name")
+_ENTRY_KEYS = ("name", "label", "tables", "paper", "probe_paper", "set")
+_EVAL_KEYS = ("name", "of", "envelope_size", "label", "tables", "paper")
+_CLAIM_KEYS = ("table", "text", "better", "than", "same", "as", "metric")
+_PROBE_KEYS = ("dataset", "epochs", "lr", "batch_size", "weight_decay")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.+-]*$")
+
+
+@dataclass
+class Entry:
+    """One trained setting: its overrides, the paper tables it belongs to and the paper's number."""
+
+    name: str
+    label: str
+    tables: List[str]
+    overrides: List[str]
+    paper: Optional[float] = None
+    probe_paper: Optional[List[float]] = None
+
+
+@dataclass
+class Evaluation:
+    """An entry's checkpoints evaluated again with envelopes shrunk to ``envelope_size`` taps."""
+
+    name: str
+    of: str
+    envelope_size: Union[int, str]
+    label: str
+    tables: List[str]
+    paper: Optional[float] = None
+
+
+@dataclass
+class Claim:
+    """A statement of the paper: ``better`` has lower error than ``than``, or ``same`` matches ``as_``."""
+
+    table: str
+    text: str
+    a: str
+    b: str
+    kind: str          # "better" | "same"
+    metric: str = "test"  # "test" | "probe"
+
+
+@dataclass
+class Run:
+    """One training run of the grid."""
+
+    entry: Entry
+    seed: int
+    config: Dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return f"{self.entry.name}_seed{self.seed}"
+
+
+@dataclass
+class Plan:
+    path: Path
+    name: str
+    base: str
+    overrides: List[str]
+    seeds: List[int]
+    baseline: str
+    entries: List[Entry]
+    evaluations: List[Evaluation] = field(default_factory=list)
+    claims: List[Claim] = field(default_factory=list)
+    probe: Optional[Dict[str, Any]] = None
+    margin: float = 0.3
+
+    def entry(self, name: str) -> Entry:
+        for e in self.entries:
+            if e.name == name:
+                return e
+        raise KeyError(name)
+
+    def runs(self, out_dir: Union[str, Path]) -> List[Run]:
+        """Every run of the grid with its full config: seed by seed, every entry within a seed.
+
+        Seed-major order: a study stopped part-way has all settings at the seeds it finished.
+        """
+        base = load_config(_base_path(self))
+        runs = []
+        for seed in self.seeds:
+            for entry in self.entries:
+                overrides = [*self.overrides, *entry.overrides, f"train.seed={seed}",
+                             f"output.dir={Path(out_dir) / f'{entry.name}_seed{seed}'}",
+                             f"name={self.name}-{entry.name}_seed{seed}", "output.progress=off"]
+                runs.append(Run(entry, seed, validate_config(apply_overrides(base, overrides))))
+        return runs
+
+
+def _base_path(plan: Plan) -> str:
+    candidate = plan.path.parent / plan.base
+    return str(candidate) if candidate.is_file() else plan.base
+
+
+def _overrides(mapping: Any, where: str) -> List[str]:
+    if mapping is None:
+        return []
+    if not isinstance(mapping, dict):
+        raise ValueError(f"{where}: 'set' must map config keys to values, e.g. {{model.method: none}}")
+    # values are written back as YAML so that apply_overrides reads them as they were
+    return [f"{key}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"
+            for key, value in mapping.items()]
+
+
+def _check_keys(item: Any, allowed, where: str) -> Dict[str, Any]:
+    if not isinstance(item, dict):
+        raise ValueError(f"{where} must be a mapping, got {item!r}")
+    unknown = set(item) - set(allowed)
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {', '.join(allowed)}")
+    return item
+
+
+def _tables(item: Dict[str, Any]) -> List[str]:
+    tables = item.get("tables", [])
+    return [str(t) for t in (tables if isinstance(tables, list) else [tables])]
+
+
+def _name(item: Dict[str, Any], where: str, seen: set) -> str:
+    name = str(item.get("name", ""))
+    if not _NAME.match(name):
+        raise ValueError(f"{where}: name {name!r} must be letters, digits, '.', '+' or '-' (it names directories)")
+    if name in seen:
+        raise ValueError(f"{where}: name {name!r} is used twice")
+    seen.add(name)
+    return name
+
+
+def load_plan(path: Union[str, Path]) -> Plan:
+    """Read and check a plan; every run's config is validated and its model built once per entry.
+
+    Raises:
+        FileNotFoundError: no such plan or base config.
+        ValueError: an unknown key, method or option, naming the entry; a claim naming no entry.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no study plan {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ValueError(f"plan {path} is not valid YAML: {err}") from err
+    data = _check_keys(data, PLAN_KEYS, f"plan {path}")
+    for key in ("base", "seeds", "entries"):
+        if key not in data:
+            raise ValueError(f"plan {path} needs '{key}'")
+    seeds = data["seeds"]
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds) \
+            or len(set(seeds)) != len(seeds):
+        raise ValueError(f"plan {path}: seeds must be a list of distinct integers, got {seeds!r}")
+    seen: set = set()
+    entries = []
+    for i, item in enumerate(data["entries"] or []):
+        where = f"plan {path}, entry {i + 1} ({item.get('name', '?') if isinstance(item, dict) else item})"
+        item = _check_keys(item, _ENTRY_KEYS, where)
+        name = _name(item, where, seen)
+        entries.append(Entry(name, str(item.get("label", name)), _tables(item), _overrides(item.get("set"), where),
+                             item.get("paper"), item.get("probe_paper")))
+    if not entries:
+        raise ValueError(f"plan {path} has no entries")
+    evaluations = []
+    for i, item in enumerate(data.get("evaluations") or []):
+        where = f"plan {path}, evaluation {i + 1}"
+        item = _check_keys(item, _EVAL_KEYS, where)
+        name = _name(item, where, seen)
+        if item.get("of") not in {e.name for e in entries}:
+            raise ValueError(f"{where} ({name}): 'of' must name an entry, got {item.get('of')!r}")
+        size = item.get("envelope_size")
+        if not (size == "auto" or (isinstance(size, int) and size >= 1 and size % 2 == 1)):
+            raise ValueError(f"{where} ({name}): envelope_size must be an odd integer or 'auto', got {size!r}")
+        evaluations.append(Evaluation(name, item["of"], size, str(item.get("label", name)), _tables(item),
+                                      item.get("paper")))
+    baseline = str(data.get("baseline", entries[0].name))
+    if baseline not in {e.name for e in entries}:
+        raise ValueError(f"plan {path}: baseline {baseline!r} is not an entry")
+    claims = [_claim(item, i, path, seen) for i, item in enumerate(data.get("claims") or [])]
+    probe = data.get("probe") or None
+    if probe is not None:
+        probe = dict(_check_keys(probe, _PROBE_KEYS, f"plan {path}, probe"))
+        probe.setdefault("dataset", "digits")
+    plan = Plan(path, str(data.get("name", path.stem)), str(data["base"]), _overrides(data.get("set"), f"plan {path}"),
+                list(seeds), baseline, entries, evaluations, claims, probe, float(data.get("margin", 0.3)))
+    _check_entries(plan)
+    return plan
+
+
+def _claim(item: Any, i: int, path: Path, names: set) -> Claim:
+    where = f"plan {path}, claim {i + 1}"
+    item = _check_keys(item, _CLAIM_KEYS, where)
+    if "better" in item and "than" in item:
+        kind, a, b = "better", item["better"], item["than"]
+    elif "same" in item and "as" in item:
+        kind, a, b = "same", item["same"], item["as"]
+    else:
+        raise ValueError(f"{where}: give either 'better' and 'than', or 'same' and 'as'")
+    for name in (a, b):
+        if name not in names:
+            raise ValueError(f"{where}: {name!r} is not an entry or evaluation of the plan")
+    metric = item.get("metric", "test")
+    if metric not in ("test", "probe"):
+        raise ValueError(f"{where}: metric must be 'test' or 'probe', got {metric!r}")
+    return Claim(str(item.get("table", "")), str(item.get("text", "")), str(a), str(b), kind, metric)
+
+
+def _check_entries(plan: Plan) -> None:
+    """Resolve every entry's config and build its model: bad keys, methods and options fail here, by entry."""
+    from ..models.factory import create_model_from_config
+
+    for entry in plan.entries:
+        one = copy.copy(plan)
+        one.entries, one.seeds = [entry], plan.seeds[:1]
+        try:
+            run = one.runs("runs/check")[0]
+            create_model_from_config(run.config["model"])
+        except (ValueError, KeyError, TypeError, FileNotFoundError) as err:
+            raise ValueError(f"plan {plan.path}, entry {entry.name!r}: {err}") from err

@@ -1,0 +1,290 @@
+"""``envconv study --report``: tables, plots and verdicts from a study's run directories alone.
+
+Reads each run's ``summary.json`` (final test error, parameters, learned sigmas),
+``metrics.csv`` (seconds per epoch), ``eval-last-k*.json`` (shrunk envelopes),
+``probe-last-*.json`` (transfer probe) and ``study-run.json`` (hardware), and writes
+``DOCS/reproduction.md``, ``DOCS/reproduction/results.csv`` and the plots beside it.
+Runs that have not finished are left out and counted.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from ..checkpoint import atomic_write_bytes
+from ..training.evaluation import default_output as eval_output
+from ..training.probe import default_output as probe_output
+from ..training.trainer import LAST, SUMMARY_FILE, run_dir_of
+from .plan import Claim, Plan
+from .runner import RUN_INFO, measured_epoch_seconds
+from .stats import Difference, paired_difference, summarize
+
+__all__ = ["Result", "collect_results", "write_results_csv", "verdict", "write_report", "RESULT_COLUMNS"]
+
+RESULT_COLUMNS = ("run", "table", "label", "seed", "epochs", "test_top1_err", "probe_err", "train_seconds")
+
+
+@dataclass
+class Result:
+    """One row of ``results.csv``: a trained run, or an evaluation of its checkpoint."""
+
+    run: str
+    name: str            # entry or evaluation name
+    tables: List[str]
+    label: str
+    seed: int
+    epochs: int
+    test_top1_err: float
+    probe_err: Optional[float]
+    train_seconds: Optional[float]
+    epoch_seconds: Optional[float] = None
+    parameters: Optional[int] = None
+    summary: Optional[Dict[str, Any]] = None
+    info: Optional[Dict[str, Any]] = None
+    config: Optional[Dict[str, Any]] = None
+
+    def csv_row(self) -> List[str]:
+        def num(x):
+            return "" if x is None else f"{x:.4f}" if isinstance(x, float) else str(x)
+        return [self.run, ";".join(self.tables), self.label, str(self.seed), str(self.epochs),
+                num(self.test_top1_err), num(self.probe_err), num(self.train_seconds)]
+
+
+def _read_json(path: Path) -> Optional[Dict[str, Any]]:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def collect_results(plan: Plan, out_dir: Path) -> List[Result]:
+    """The rows of every finished run (and its evaluations), in plan order."""
+    results = []
+    for run in plan.runs(out_dir):
+        run_dir = run_dir_of(run.config)
+        summary = _read_json(run_dir / SUMMARY_FILE)
+        if summary is None or summary.get("final_val") is None:
+            continue
+        seconds = measured_epoch_seconds(run_dir)
+        probe = _read_json(probe_output(run_dir / LAST, plan.probe["dataset"])) if plan.probe else None
+        info = _read_json(run_dir / RUN_INFO)
+        results.append(Result(run.name, run.entry.name, run.entry.tables, run.entry.label, run.seed,
+                              run.config["train"]["epochs"], summary["final_val"]["top1_err"],
+                              probe["val"]["top1_err"] if probe else None, sum(seconds) if seconds else None,
+                              sum(seconds) / len(seconds) if seconds else None, summary["parameters"], summary, info,
+                              run.config))
+        for ev in plan.evaluations:
+            result = _read_json(eval_output(run_dir / LAST, ev.envelope_size)) if ev.of == run.entry.name else None
+            if result is not None:
+                results.append(Result(run.name, ev.name, ev.tables, ev.label, run.seed, run.config["train"]["epochs"],
+                                      result["top1_err"], None, None))
+    return results
+
+
+def write_results_csv(results: List[Result], path: Path) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(RESULT_COLUMNS)
+    writer.writerows(r.csv_row() for r in results)
+    atomic_write_bytes(buffer.getvalue().encode(), path)
+
+
+def _by_seed(results: List[Result], name: str, metric: str) -> Dict[int, float]:
+    values = {}
+    for r in results:
+        if r.name == name:
+            value = r.test_top1_err if metric == "test" else r.probe_err
+            if value is not None:
+                values[r.seed] = value
+    return values
+
+
+def verdict(claim: Claim, diff: Optional[Difference], margin: float) -> str:
+    """holds / does not hold / inconclusive, from the 95% interval of the paired difference (points).
+
+    ``better A than B``: holds when the interval of err(A) - err(B) lies below 0, does not
+    hold when it lies above 0. ``same A as B``: holds when the interval lies inside
+    [-margin, margin], does not hold when it lies wholly outside.
+    """
+    if diff is None or diff.low is None:
+        return "inconclusive (fewer than 2 paired seeds)"
+    if claim.kind == "better":
+        if diff.high < 0:
+            return "holds"
+        if diff.low > 0:
+            return "does not hold (significantly worse)"
+        return "inconclusive"
+    if -margin <= diff.low and diff.high <= margin:
+        return "holds"
+    if diff.low > margin or diff.high < -margin:
+        return "does not hold"
+    return "inconclusive"
+
+
+def _labels(plan: Plan) -> Dict[str, str]:
+    return {**{e.name: e.label for e in plan.entries}, **{e.name: e.label for e in plan.evaluations}}
+
+
+def _papers(plan: Plan) -> Dict[str, Optional[float]]:
+    return {**{e.name: e.paper for e in plan.entries}, **{e.name: e.paper for e in plan.evaluations}}
+
+
+def _table_names(plan: Plan) -> List[str]:
+    tables: List[str] = []
+    for item in [*plan.entries, *plan.evaluations]:
+        tables += [t for t in item.tables if t not in tables]
+    return sorted(tables)
+
+
+def _members(plan: Plan, table: str) -> List[str]:
+    return [item.name for item in [*plan.entries, *plan.evaluations] if table in item.tables]
+
+
+def _plot(plan: Plan, results: List[Result], names: List[str], metric: str, title: str, path: Path) -> bool:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    labels = _labels(plan)
+    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(names), 3.4))
+    for x, name in enumerate(names):
+        values = list(_by_seed(results, name, metric).values())
+        s = summarize(values)
+        if s is None:
+            continue
+        ax.errorbar([x], [s.mean], yerr=[s.std or 0.0], fmt="o", color="C0", capsize=5, markersize=7)
+        ax.scatter([x + 0.12] * len(values), values, s=12, color="C1", zorder=3)
+    base = summarize(list(_by_seed(results, plan.baseline, metric).values()))
+    if base is not None:
+        ax.axhline(base.mean, color="0.5", linestyle="--", linewidth=1, label="baseline mean")
+        ax.legend(loc="best", fontsize=8)
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels([labels[n] for n in names], rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel("test top-1 error (%)" if metric == "test" else "probe top-1 error (%)")
+    ax.set_title(title + " (mean ± std over seeds; dots: seeds)", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def _table_section(plan: Plan, results: List[Result], table: str, asset_dir: Path, docs_dir: Path) -> List[str]:
+    names, labels, papers = _members(plan, table), _labels(plan), _papers(plan)
+    base_err = _by_seed(results, plan.baseline, "test")
+    base_params = next((r.parameters for r in results if r.name == plan.baseline and r.parameters), None)
+    lines = [f"### Table {table}", "",
+             "| setting | paper top-1 err (%) | ours top-1 err (%) | Δ to baseline [95% CI] | s/epoch | extra params |",
+             "|---|---|---|---|---|---|"]
+    for name in names:
+        rows = [r for r in results if r.name == name]
+        s = summarize([r.test_top1_err for r in rows])
+        diff = paired_difference(_by_seed(results, name, "test"), base_err) if name != plan.baseline else None
+        secs = [r.epoch_seconds for r in rows if r.epoch_seconds]
+        params = next((r.parameters for r in rows if r.parameters), None)
+        paper = papers[name]
+        lines.append(f"| {labels[name]} | {'' if paper is None else f'{paper:.2f}'} | {s if s else 'no finished run'} "
+                     f"| {diff if diff else '-'} | {f'{sum(secs) / len(secs):.0f}' if secs else '-'} "
+                     f"| {'' if params is None or base_params is None else f'{params - base_params:+,}'} |")
+    png = asset_dir / f"table-{table}.png"
+    if _plot(plan, results, names, "test", f"Table {table}", png):
+        lines += ["", f"![Table {table}]({png.relative_to(docs_dir).as_posix()})"]
+    return lines + [""]
+
+
+def _probe_section(plan: Plan, results: List[Result], asset_dir: Path, docs_dir: Path) -> List[str]:
+    names = [e.name for e in plan.entries]
+    base = _by_seed(results, plan.baseline, "probe")
+    lines = ["### Table 2 analogue: transfer by a linear probe", "",
+             f"Frozen features of each trained model (its last checkpoint), a new linear classifier trained on "
+             f"the `{plan.probe['dataset']}` task (options {json.dumps(plan.probe)}).", "",
+             "| setting | paper: mean err over its 5 datasets (%) | ours probe err (%) | Δ to baseline [95% CI] |",
+             "|---|---|---|---|"]
+    for entry in plan.entries:
+        s = summarize(list(_by_seed(results, entry.name, "probe").values()))
+        diff = paired_difference(_by_seed(results, entry.name, "probe"), base) if entry.name != plan.baseline else None
+        paper = f"{sum(entry.probe_paper) / len(entry.probe_paper):.2f}" if entry.probe_paper else ""
+        lines.append(f"| {entry.label} | {paper} | {s if s else '-'} | {diff if diff else '-'} |")
+    png = asset_dir / "table-2-probe.png"
+    if _plot(plan, results, names, "probe", "Linear probe", png):
+        lines += ["", f"![probe]({png.relative_to(docs_dir).as_posix()})"]
+    return lines + [""]
+
+
+def _sigma_section(plan: Plan, results: List[Result]) -> List[str]:
+    run = next((r for r in results if r.config and r.config["model"]["method"] == "gaussian"
+                and not r.config["model"]["shared_sigma"] and r.config["model"]["order"] in (None, "env-conv")), None)
+    if run is None:
+        return []
+    lines = [f"### Learned sigma per layer ({run.run}, last epoch)", "",
+             "| layer | channels | sigma mean | min | max |", "|---|---|---|---|---|"]
+    lines += [f"| {e['name']} | {e['channels']} | {e['sigma_mean']:.3f} | {e['sigma_min']:.3f} | {e['sigma_max']:.3f} |"
+              for e in run.summary["envelopes"]]
+    return lines + [""]
+
+
+def _claims_section(plan: Plan, results: List[Result]) -> List[str]:
+    labels = _labels(plan)
+    lines = ["## Verdicts", "",
+             f"Each claim compares two settings seed by seed (Δ = error of the first minus the second, in points, "
+             f"with the 95% t-interval of the mean paired difference). *better*: holds when the interval lies "
+             f"below 0. *same*: holds when it lies inside ±{plan.margin} points.", "",
+             "| table | claim of the paper | comparison | metric | Δ [95% CI] | verdict |", "|---|---|---|---|---|---|"]
+    for c in plan.claims:
+        diff = paired_difference(_by_seed(results, c.a, c.metric), _by_seed(results, c.b, c.metric))
+        relation = "better than" if c.kind == "better" else "same as"
+        lines.append(f"| {c.table} | {c.text} | {labels[c.a]} {relation} {labels[c.b]} | {c.metric} "
+                     f"| {diff if diff else '-'} | {verdict(c, diff, plan.margin)} |")
+    return lines + [""]
+
+
+def _setup_section(plan: Plan, results: List[Result], out_dir: Path, n_runs: int) -> List[str]:
+    hardware = next((r.info["hardware"] for r in results if r.info), None)
+    total = sum(r.train_seconds or 0 for r in results)
+    first = next((r.summary for r in results if r.summary), None)
+    lines = ["## Setup", "",
+             f"- Plan: `{plan.path.as_posix()}`; base config `{plan.base}` with {', '.join(f'`{o}`' for o in plan.overrides) or 'no overrides'}.",
+             f"- Seeds: {plan.seeds}; {sum(1 for r in results if r.summary)} of "
+             f"{n_runs} runs finished; training time of the finished runs {total / 3600:.1f} h.",
+             f"- Test error is the last epoch's (no selection on the test set)."]
+    if first:
+        lines.append(f"- Model: {first['model']}.")
+    if hardware:
+        lines.append(f"- Hardware: {hardware['cpu']} ({hardware['cores']} cores, {hardware['torch_threads']} torch "
+                     f"threads){', GPU ' + hardware['gpu'] if hardware.get('gpu') else ''}; torch {hardware['torch']}, "
+                     f"envconv {hardware['envconv']}.")
+    lines += ["", "Commands (from the repository root):", "", "```bash",
+              f"envconv study {plan.path.as_posix()} --out {out_dir.as_posix()}            # train what is missing; "
+              f"resumes",
+              f"envconv study {plan.path.as_posix()} --out {out_dir.as_posix()} --report --docs docs  # this page",
+              "```", ""]
+    return lines
+
+
+def write_report(plan: Plan, out_dir: Path, docs_dir: Path) -> Dict[str, Any]:
+    """Write ``docs_dir/reproduction.md``, ``docs_dir/reproduction/results.csv`` and the plots."""
+    out_dir, docs_dir = Path(out_dir), Path(docs_dir)
+    results = collect_results(plan, out_dir)
+    asset_dir = docs_dir / "reproduction"
+    asset_dir.mkdir(parents=True, exist_ok=True)
+    write_results_csv(results, asset_dir / "results.csv")
+    n_runs = len(plan.entries) * len(plan.seeds)
+    lines = [f"# Reproduction at small scale: study `{plan.name}`", "",
+             f"Generated by `envconv study --report` from the run directories in `{out_dir.as_posix()}`. "
+             f"Every number below is read from those files; all rows are in "
+             f"[reproduction/results.csv](reproduction/results.csv). The paper's numbers are ResNet-50 on "
+             f"ImageNet (Kobayashi 2023, Table 1), so only the direction and size of differences compare.", ""]
+    lines += _setup_section(plan, results, out_dir, n_runs)
+    lines += _claims_section(plan, results)
+    lines += ["## Tables", ""]
+    for table in _table_names(plan):
+        lines += _table_section(plan, results, table, asset_dir, docs_dir)
+    if plan.probe:
+        lines += _probe_section(plan, results, asset_dir, docs_dir)
+    lines += _sigma_section(plan, results)
+    atomic_write_bytes("\n".join(lines).encode(), docs_dir / "reproduction.md")
+    return {"results": results, "markdown": docs_dir / "reproduction.md", "csv": asset_dir / "results.csv"}

@@ -1,0 +1,209 @@
+"""Run a study plan: every run of the grid, one after another, resumable at any point.
+
+For each run, in order: train (skipped when ``summary.json`` exists; resumed from
+``last.pt`` through the trainer's exact resume when the run was stopped part-way), then
+the plan's evaluations of ``last.pt`` with shrunk envelopes (``eval-last-k<N>.json``), then
+the transfer probe (``probe-last-<dataset>.json``). Every step is skipped when its file
+exists, so the same command continues an interrupted study wherever it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+import torch
+import torch.nn.functional as F
+
+from .. import __version__
+from ..checkpoint import atomic_write_bytes
+from ..data import build_dataset
+from ..models.factory import create_model_from_config
+from ..training.evaluation import default_output as eval_output
+from ..training.evaluation import evaluate_checkpoint
+from ..training.probe import default_output as probe_output
+from ..training.probe import linear_probe
+from ..training.trainer import LAST, SUMMARY_FILE, run_dir_of, train
+from .plan import Plan, Run
+
+__all__ = ["run_study", "dry_run", "measure_epoch_seconds", "measured_epoch_seconds", "RUN_INFO", "hardware"]
+
+RUN_INFO = "study-run.json"
+
+
+def hardware() -> Dict[str, Any]:
+    """The machine a run trained on (recorded in each run directory for the report)."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "torch": torch.__version__, "python": platform.python_version(), "envconv": __version__}
+
+
+def _train_images(config: Dict[str, Any], cache: Dict[str, int]) -> int:
+    key = json.dumps(config["data"], sort_keys=True)
+    if key not in cache:
+        cache[key] = len(build_dataset(config["data"], "train", config["model"]["in_chans"],
+                                       config["model"]["num_classes"]))
+    return cache[key]
+
+
+def measure_epoch_seconds(config: Dict[str, Any], train_images: int, steps: int = 5, warmup: int = 2) -> float:
+    """Seconds of one epoch (training plus its share of evaluation), from timed SGD steps on random images.
+
+    The model of ``config`` runs ``warmup + steps`` steps of the configured batch; the mean
+    step time is scaled to ``train_images``, and evaluations are counted at a third of a
+    training step per batch (forward only).
+    """
+    torch.manual_seed(0)
+    model = create_model_from_config(config["model"])
+    batch, size = config["train"]["batch_size"], config["data"]["image_size"]
+    images = torch.randn(batch, config["model"]["in_chans"], size, size)
+    labels = torch.randint(0, config["model"]["num_classes"], (batch,))
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    model.train()
+    for i in range(warmup + steps):
+        if i == warmup:
+            start = time.perf_counter()
+        loss = F.cross_entropy(model(images), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    step = (time.perf_counter() - start) / steps
+    train_cfg = config["train"]
+    evals_per_epoch = math.ceil(train_cfg["epochs"] / train_cfg["eval_every"]) / train_cfg["epochs"]
+    val_images = config["data"]["val_subset"] or 10_000
+    return step * math.ceil(train_images / batch) + evals_per_epoch * step / 3 * math.ceil(val_images / batch)
+
+
+def measured_epoch_seconds(run_dir: Path) -> List[float]:
+    """Training seconds of each finished epoch of a run (``metrics.csv``)."""
+    path = run_dir / "metrics.csv"
+    if not path.is_file():
+        return []
+    import csv
+
+    with open(path, newline="") as f:
+        return [float(row["seconds"]) for row in csv.DictReader(f) if row.get("seconds")]
+
+
+def _epochs_done(run: Run) -> int:
+    return len(measured_epoch_seconds(run_dir_of(run.config)))
+
+
+def _format_duration(seconds: float) -> str:
+    minutes = int(round(seconds / 60))
+    return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m"
+
+
+def _epoch_estimates(plan: Plan, runs: List[Run], measure: bool) -> Dict[str, float]:
+    """Seconds per epoch for each entry: measured in its finished epochs, else by timed steps (or the median)."""
+    estimates: Dict[str, float] = {}
+    for entry in plan.entries:
+        seconds = [s for run in runs if run.entry is entry for s in measured_epoch_seconds(run_dir_of(run.config))]
+        if seconds:
+            estimates[entry.name] = statistics.median(seconds)
+    cache: Dict[str, int] = {}
+    for entry in plan.entries:
+        if entry.name not in estimates and measure:
+            config = next(run.config for run in runs if run.entry is entry)
+            estimates[entry.name] = measure_epoch_seconds(config, _train_images(config, cache))
+    fallback = statistics.median(estimates.values()) if estimates else 0.0
+    return {e.name: estimates.get(e.name, fallback) for e in plan.entries}
+
+
+def _seconds_left(runs: List[Run], estimates: Dict[str, float]) -> float:
+    return sum(max(run.config["train"]["epochs"] - _epochs_done(run), 0) * estimates[run.entry.name] for run in runs)
+
+
+def dry_run(plan: Plan, out_dir: Path, log: Callable[[str], None] = print) -> Dict[str, Any]:
+    """List the grid with each run's state and an estimated time; trains nothing."""
+    runs = plan.runs(out_dir)
+    estimates = _epoch_estimates(plan, runs, measure=True)
+    log(f"study {plan.name}: {len(plan.entries)} entries x {len(plan.seeds)} seeds = {len(runs)} runs in {out_dir}")
+    log(f"{'run':32s} {'epochs':>7s} {'s/epoch':>8s}  state")
+    for run in runs:
+        done, epochs = _epochs_done(run), run.config["train"]["epochs"]
+        state = ("finished" if (run_dir_of(run.config) / SUMMARY_FILE).exists()
+                 else f"resumes after epoch {done}" if done else "to train")
+        log(f"{run.name:32s} {epochs:7d} {estimates[run.entry.name]:8.0f}  {state}")
+    left = _seconds_left(runs, estimates)
+    log(f"estimated training time left: {_format_duration(left)} (epoch times measured in finished epochs, "
+        f"else by timing {5} training steps of each entry's model on random images)")
+    return {"runs": [r.name for r in runs], "seconds_left": left, "epoch_seconds": estimates}
+
+
+def _write_run_info(run: Run) -> None:
+    path = run_dir_of(run.config) / RUN_INFO
+    if path.exists():
+        return
+    info = {"entry": run.entry.name, "label": run.entry.label, "tables": run.entry.tables, "seed": run.seed,
+            "hardware": hardware()}
+    atomic_write_bytes(json.dumps(info, indent=1).encode(), path)
+
+
+def _train(run: Run, quiet: bool) -> None:
+    run_dir = run_dir_of(run.config)
+    if (run_dir / SUMMARY_FILE).exists():
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _write_run_info(run)
+    train(run.config, resume=(run_dir / LAST).exists(), quiet=quiet)
+
+
+def _evaluate(run: Run, plan: Plan, log) -> None:
+    checkpoint = run_dir_of(run.config) / LAST
+    for ev in plan.evaluations:
+        output = eval_output(checkpoint, ev.envelope_size)
+        if ev.of != run.entry.name or output.exists():
+            continue
+        result = evaluate_checkpoint(checkpoint, envelope_size=ev.envelope_size)
+        atomic_write_bytes(json.dumps(result, indent=1).encode(), output)
+        log(f"  {ev.name}: top-1 error {result['top1_err']:.2f}% with envelopes of size {ev.envelope_size}")
+
+
+def _probe(run: Run, plan: Plan, log) -> None:
+    if not plan.probe:
+        return
+    checkpoint = run_dir_of(run.config) / LAST
+    options = dict(plan.probe)
+    dataset = options.pop("dataset")
+    output = probe_output(checkpoint, dataset)
+    if output.exists():
+        return
+    result = linear_probe(checkpoint, dataset=dataset, seed=run.seed, **options)
+    atomic_write_bytes(json.dumps(result, indent=1).encode(), output)
+    log(f"  probe ({dataset}): top-1 error {result['val']['top1_err']:.2f}%")
+
+
+def run_study(plan: Plan, out_dir: Path, *, quiet: bool = False,
+              log: Optional[Callable[[str], None]] = None) -> List[Run]:
+    """Train, evaluate and probe every run of ``plan`` under ``out_dir`` that is not finished yet."""
+    log = log or (lambda message: print(message, flush=True))
+    runs = plan.runs(out_dir)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    for i, run in enumerate(runs, 1):
+        estimates = _epoch_estimates(plan, runs, measure=False)
+        left = _seconds_left(runs[i - 1:], estimates)
+        eta = f", about {_format_duration(left)} of training left" if left else ""
+        done = _epochs_done(run)
+        state = ("finished: evaluations only" if (run_dir_of(run.config) / SUMMARY_FILE).exists()
+                 else f"resuming after epoch {done}" if done else "training")
+        log(f"[study {plan.name}] run {i}/{len(runs)} {run.name}: {state}{eta}")
+        _train(run, quiet)
+        _evaluate(run, plan, log)
+        _probe(run, plan, log)
+    log(f"[study {plan.name}] all {len(runs)} runs finished in {out_dir}")
+    return runs
