@@ -160,3 +160,23 @@ def test_loaders_split_the_data_between_processes():
     # Global batch k of one process = the union of batch k of the two processes.
     for k, batch in enumerate(batches):
         assert sorted(batch) == sorted(got[0][2 * k:2 * k + 2] + got[1][2 * k:2 * k + 2])
+
+
+def test_digits_are_scikit_learns_images_split_and_scaled():
+    datasets = pytest.importorskip("sklearn.datasets")
+    from envconv.data import Digits
+
+    digits = datasets.load_digits()
+    train, test = Digits("train", image_size=8), Digits("test", image_size=8)
+    assert (len(train), len(test)) == (1200, 597)
+    # at the native 8x8 size the images are the originals / 16, in a fixed permutation with their labels
+    images = torch.cat([train.images, test.images]).squeeze(1)
+    labels = torch.cat([train.targets, test.targets])
+    reference = torch.as_tensor(digits.images, dtype=torch.float32) / 16
+    order = torch.randperm(len(reference), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(images, reference[order])
+    assert labels.tolist() == torch.as_tensor(digits.target)[order].tolist()
+    big = Digits("test", image_size=28, channels=3)
+    assert big.images.shape == (597, 3, 28, 28) and float(big.images.min()) >= 0 and float(big.images.max()) <= 1
+    # bilinear upsampling keeps the mean grey level of each image (to the border's effect)
+    assert torch.allclose(big.images[:, 0].mean((1, 2)), test.images.squeeze(1).mean((1, 2)), atol=0.03)

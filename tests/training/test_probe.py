@@ -65,3 +65,11 @@ def test_probe_command_on_fashion_mnist_files(tmp_path, fashion_root, capsys):
     assert all(torch.equal(before[k], after[k]) for k in before)  # the network stays frozen
     with pytest.raises(ValueError, match="same folder"):
         linear_probe(run / "last.pt", str(fashion_root), str(tmp_path), dataset="fashion_mnist")
+    with pytest.raises(ValueError, match="needs the target task's training and validation data"):
+        linear_probe(run / "last.pt", dataset="imagefolder")
+
+    # digits: scikit-learn's 8x8 digits, no folders; the probe's features are those the hook takes
+    pytest.importorskip("sklearn")
+    assert main(["probe", "--checkpoint", str(run / "last.pt"), "--dataset", "digits", "--epochs", "5"]) == 0
+    result = json.loads((run / "probe-last-digits.json").read_text())
+    assert (result["train_images"], result["val_images"], result["classes"]) == (1200, 597, 10)

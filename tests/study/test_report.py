@@ -1,0 +1,76 @@
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from envconv.cli import main
+from envconv.study import load_plan, run_study
+from envconv.study.plan import Claim
+from envconv.study.report import RESULT_COLUMNS, verdict
+from envconv.study.stats import Difference
+from study_helpers import write_plan
+
+
+@pytest.fixture(scope="module")
+def finished_study(tmp_path_factory):
+    """2 entries x 2 seeds x 1 epoch on 256 synthetic images, with the k3 evaluation and a digits probe."""
+    tmp = tmp_path_factory.mktemp("study")
+    plan = load_plan(write_plan(tmp, probe={"dataset": "digits", "epochs": 3}))
+    run_study(plan, tmp / "out", quiet=True, log=lambda _: None)
+    return tmp, plan
+
+
+def _read(path):
+    return json.loads(path.read_text())
+
+
+def test_report_tables_equal_a_hand_computation_from_the_run_directories(finished_study, capsys):
+    tmp, plan = finished_study
+    assert main(["study", str(tmp / "plan.yaml"), "--out", str(tmp / "out"), "--report", "--docs",
+                 str(tmp / "docs")]) == 0
+    assert "(6 rows)" in capsys.readouterr().out
+    errors = {(e, s): _read(tmp / "out" / f"{e}_seed{s}" / "summary.json")["final_val"]["top1_err"]
+              for e in ("none", "gaussian") for s in (0, 1)}
+    k3 = {s: _read(tmp / "out" / f"gaussian_seed{s}" / "eval-last-k3.json")["top1_err"] for s in (0, 1)}
+    probe = {(e, s): _read(tmp / "out" / f"{e}_seed{s}" / "probe-last-digits.json")["val"]["top1_err"]
+             for e in ("none", "gaussian") for s in (0, 1)}
+
+    with open(tmp / "docs" / "reproduction" / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert tuple(rows[0]) == RESULT_COLUMNS
+    assert [(r["run"], r["label"]) for r in rows] == [
+        ("none_seed0", "baseline"), ("gaussian_seed0", "ours"), ("gaussian_seed0", "gaussian-k3"),
+        ("none_seed1", "baseline"), ("gaussian_seed1", "ours"), ("gaussian_seed1", "gaussian-k3")]
+    for r in rows:
+        entry, seed = r["run"].rsplit("_seed", 1)
+        expected = k3[int(seed)] if r["label"] == "gaussian-k3" else errors[(entry, int(seed))]
+        assert float(r["test_top1_err"]) == pytest.approx(expected, abs=1e-4)
+        if r["label"] != "gaussian-k3":
+            assert float(r["probe_err"]) == pytest.approx(probe[(entry, int(seed))], abs=1e-4)
+            seconds = [float(m["seconds"]) for m in csv.DictReader(open(tmp / "out" / r["run"] / "metrics.csv"))]
+            assert float(r["train_seconds"]) == pytest.approx(sum(seconds), abs=1e-3)
+        else:
+            assert r["probe_err"] == "" and r["train_seconds"] == ""
+
+    report = (tmp / "docs" / "reproduction.md").read_text()
+    for entry, label in (("none", "baseline"), ("gaussian", "ours")):
+        values = np.array([errors[(entry, s)] for s in (0, 1)])
+        assert f"| {label} | " in report
+        assert f"{values.mean():.2f} ± {values.std(ddof=1):.2f} (n=2)" in report
+    diffs = np.array([errors[("gaussian", s)] - errors[("none", s)] for s in (0, 1)])
+    half = 12.706 * diffs.std(ddof=1) / np.sqrt(2)   # t(0.975, 1 df)
+    assert f"{diffs.mean():+.2f} [{diffs.mean() - half:+.2f}, {diffs.mean() + half:+.2f}] (n=2)" in report
+    assert "![Table 1a](reproduction/table-1a.png)" in report
+    assert (tmp / "docs" / "reproduction" / "table-1a.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("kind, low, high, expected", [
+    ("better", -0.9, -0.1, "holds"), ("better", -0.5, 0.2, "inconclusive"),
+    ("better", 0.1, 0.6, "does not hold (significantly worse)"),
+    ("same", -0.2, 0.25, "holds"), ("same", -0.1, 0.5, "inconclusive"), ("same", 0.4, 0.9, "does not hold"),
+])
+def test_verdicts_follow_the_interval(kind, low, high, expected):
+    claim = Claim("1a", "", "a", "b", kind)
+    assert verdict(claim, Difference((low + high) / 2, low, high, 3), margin=0.3) == expected
+    assert verdict(claim, Difference(0.0, None, None, 1), margin=0.3).startswith("inconclusive")

@@ -1,0 +1,76 @@
+import json
+
+import pytest
+import torch
+
+from envconv.cli import main
+from envconv.checkpoint import load_checkpoint
+from envconv.study import load_plan, run_study
+from envconv.training import trainer
+from study_helpers import write_plan
+
+
+def _weights(run_dir):
+    return load_checkpoint(run_dir / "last.pt")["model"]
+
+
+def test_a_study_trains_evaluates_probes_and_skips_what_is_finished(tmp_path, monkeypatch):
+    plan = load_plan(write_plan(tmp_path, seeds=(0,), probe={"dataset": "digits", "epochs": 2}))
+    out = tmp_path / "out"
+    lines = []
+    run_study(plan, out, quiet=True, log=lines.append)
+    for name in ("none_seed0", "gaussian_seed0"):
+        for file in ("summary.json", "last.pt", "probe-last-digits.json", "study-run.json"):
+            assert (out / name / file).is_file(), (name, file)
+    k3 = json.loads((out / "gaussian_seed0" / "eval-last-k3.json").read_text())
+    assert set(k3["envelope_sizes"].values()) == {3}
+    assert not (out / "none_seed0" / "eval-last-k3.json").exists()
+    assert "run 2/2 gaussian_seed0: training" in "\n".join(lines)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr("envconv.study.runner.train", no_training)
+    lines.clear()
+    run_study(plan, out, quiet=True, log=lines.append)
+    assert "run 1/2 none_seed0: finished: evaluations only" in lines[0]
+
+
+def test_a_study_stopped_part_way_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    plan = load_plan(write_plan(tmp_path, seeds=(0,), epochs=2))
+    run_study(plan, tmp_path / "full", quiet=True, log=lambda _: None)
+
+    real = trainer.train_one_epoch
+    seen = []
+
+    def stop_in_second_run(*args, **kwargs):   # Ctrl-C in epoch 2 of the second run
+        seen.append(kwargs["epoch"])
+        if len(seen) == 4:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "train_one_epoch", stop_in_second_run)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(plan, tmp_path / "cut", quiet=True, log=lambda _: None)
+    assert load_checkpoint(tmp_path / "cut" / "gaussian_seed0" / "last.pt")["epoch"] == 1
+    monkeypatch.setattr(trainer, "train_one_epoch", real)
+    lines = []
+    run_study(plan, tmp_path / "cut", quiet=True, log=lines.append)
+    assert any("gaussian_seed0: resuming after epoch 1" in line for line in lines)
+    for name in ("none_seed0", "gaussian_seed0"):
+        full, cut = _weights(tmp_path / "full" / name), _weights(tmp_path / "cut" / name)
+        assert all(torch.equal(full[k], cut[k]) for k in full), name
+
+
+def test_dry_run_lists_the_grid_and_trains_nothing(tmp_path, capsys):
+    path = write_plan(tmp_path)
+    assert main(["study", str(path), "--out", str(tmp_path / "out"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "2 entries x 2 seeds = 4 runs" in out
+    assert out.count("to train") == 4 and "estimated training time left" in out
+    assert not (tmp_path / "out").exists()
+
+
+def test_study_command_errors(tmp_path, capsys):
+    assert main(["study", str(tmp_path / "missing.yaml")]) == 2
+    assert "no study plan" in capsys.readouterr().err
