@@ -195,7 +195,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     probe.add_arguments(pr)
     pr.set_defaults(func=probe.main)
 
+    from .analysis import cli as analysis_cli
     from .study import cli as study_cli
+
+    an = sub.add_parser("analyze", help="report what the envelopes learned: sigmas, envelopes, history, "
+                        "GradCAM, effective receptive fields", description=analysis_cli.__doc__.splitlines()[0])
+    analysis_cli.add_arguments(an)
+    an.set_defaults(func=analysis_cli.main)
 
     st = sub.add_parser("study", help="the paper's comparisons as a resumable grid of seeded runs, with a report",
                         description=study_cli.__doc__.splitlines()[0])
