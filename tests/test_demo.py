@@ -24,3 +24,7 @@ def test_demo_trains_both_models_and_reports_them(tmp_path, fashion_root, capsys
     out = capsys.readouterr().out
     assert "Fashion-MNIST test error (64 test images)" in out  # the fixture's t10k file holds 64
     assert "Learned sigma per layer" in out and re.search(r"baseline\s+top-1 \d+\.\d\d%", out)
+    # ... and ends with the analysis report of the two models
+    assert f"analysis report: {tmp_path / 'analysis' / 'report.html'}" in out
+    report = (tmp_path / "analysis" / "report.md").read_text()
+    assert "demo-gaussian vs demo-none" in report and "demo-none has no Gaussian envelopes" in report

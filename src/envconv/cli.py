@@ -29,6 +29,21 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     summaries = run_demo(args.out_dir, epochs=args.epochs, train_subset=args.train_subset or None, root=args.root,
                          extra=args.overrides)
     print(format_demo(summaries))
+    if args.no_analysis:
+        return 0
+    from .analysis import analyze
+
+    out = Path(args.out_dir) / "analysis"
+    print("\nWriting the analysis report (sigmas, envelopes, GradCAM, effective receptive fields) ...", flush=True)
+    try:
+        result = analyze(Path(args.out_dir) / "gaussian", compare=Path(args.out_dir) / "none", data=args.root,
+                         out=out)
+    except ImportError as err:
+        print(f"no analysis report: {err}")
+        return 0
+    for model, stages in result["erf"]["stages"].items():
+        print(f"  ERF side(0.5) per stage, {model}: " + ", ".join(f"{s} {r['side']['0.5']}" for s, r in stages.items()))
+    print(f"analysis report: {out / 'report.html'} (also report.md)")
     return 0
 
 
@@ -153,6 +168,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out-dir", default="runs/demo", help="where the two run directories go (default: runs/demo)")
     demo.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                       help="further config overrides for both runs")
+    demo.add_argument("--no-analysis", action="store_true", help="skip the closing analysis report "
+                      "(envconv analyze of the two models, in OUT_DIR/analysis)")
     demo.set_defaults(func=_cmd_demo)
 
     demo = sub.add_parser("sigma-demo", help="learn a known envelope back from a teacher layer (seconds)")
