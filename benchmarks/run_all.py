@@ -17,25 +17,15 @@ from pathlib import Path
 
 import torch
 
+from envconv.machine import machine_info
+
 from . import layer_speed, model_speed
 
 RESULTS = Path(__file__).parent / "results"
 
 
 def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {"cpu": cpu, "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version(), "host": platform.node()}
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
-    return info
+    return {**machine_info(), "host": platform.node()}
 
 
 def slug(info: dict) -> str:

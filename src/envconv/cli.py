@@ -195,35 +195,23 @@ def get_args_parser() -> argparse.ArgumentParser:
     methods.add_argument("--in-chans", type=int, default=3, help="image channels (default: 3)")
     methods.set_defaults(func=_cmd_methods)
 
-    from .training import evaluation, probe, trainer
-
-    train = sub.add_parser("train", help="train a model from a YAML config (torchrun for several processes)",
-                           description="Train a model from a YAML config; writes a run directory.")
-    trainer.add_arguments(train)
-    train.set_defaults(func=trainer.main)
-
-    ev = sub.add_parser("eval", help="top-1/top-5 error of a checkpoint, optionally with shrunk envelopes",
-                        description=evaluation.__doc__.splitlines()[0])
-    evaluation.add_arguments(ev)
-    ev.set_defaults(func=evaluation.main)
-
-    pr = sub.add_parser("probe", help="linear probe (Table 2): frozen features, a new linear classifier",
-                        description=probe.__doc__.splitlines()[0])
-    probe.add_arguments(pr)
-    pr.set_defaults(func=probe.main)
-
     from .analysis import cli as analysis_cli
     from .study import cli as study_cli
+    from .training import evaluation, probe, trainer
 
-    an = sub.add_parser("analyze", help="report what the envelopes learned: sigmas, envelopes, history, "
-                        "GradCAM, effective receptive fields", description=analysis_cli.__doc__.splitlines()[0])
-    analysis_cli.add_arguments(an)
-    an.set_defaults(func=analysis_cli.main)
-
-    st = sub.add_parser("study", help="the paper's comparisons as a resumable grid of seeded runs, with a report",
-                        description=study_cli.__doc__.splitlines()[0])
-    study_cli.add_arguments(st)
-    st.set_defaults(func=study_cli.main)
+    # (name, module with add_arguments / main, help); the description is the module's first doc line
+    workflow = [
+        ("train", trainer, "train a model from a YAML config (torchrun for several processes)"),
+        ("eval", evaluation, "top-1/top-5 error of a checkpoint, optionally with shrunk envelopes"),
+        ("probe", probe, "linear probe (Table 2): frozen features, a new linear classifier"),
+        ("analyze", analysis_cli, "report what the envelopes learned: sigmas, envelopes, history, GradCAM, "
+                                  "effective receptive fields"),
+        ("study", study_cli, "the paper's comparisons as a resumable grid of seeded runs, with a report"),
+    ]
+    for name, module, text in workflow:
+        command = sub.add_parser(name, help=text, description=module.__doc__.splitlines()[0])
+        module.add_arguments(command)
+        command.set_defaults(func=module.main)
 
     summary = sub.add_parser("summary", help="the envelope table of a checkpoint or a model name")
     what = summary.add_mutually_exclusive_group(required=True)

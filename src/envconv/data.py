@@ -26,7 +26,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
 
 __all__ = ["FASHION_MNIST_ROOT", "FASHION_MNIST_CLASSES", "read_idx", "FashionMNIST", "SyntheticImages",
-           "Digits", "CropFlip", "Normalize", "build_dataset", "build_datasets", "build_loader", "ShardSampler", "epoch_seed"]
+           "Digits", "CropFlip", "Normalize", "build_dataset", "build_datasets", "build_loader", "ShardSampler",
+           "epoch_seed"]
 
 #: Where Debian's ``dataset-fashion-mnist`` package installs the files.
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"

@@ -3,8 +3,8 @@ import json
 import pytest
 import torch
 
-from envconv.cli import main
 from envconv.checkpoint import load_checkpoint
+from envconv.cli import main
 from envconv.study import load_plan, run_study
 from envconv.training import trainer
 from study_helpers import write_plan

@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from typing import List
 
 import numpy as np
-import torch
 from torch import nn
 
 from ..convert import SHORTCUT_NAMES, layer_name, stem_name
@@ -58,7 +57,10 @@ def layer_sigmas(model: nn.Module) -> List[LayerSigmas]:
 
 
 def envelope_kernel1d(sigma: float, size: int) -> np.ndarray:
-    r"""The discrete 1-D envelope of eq. (9): :math:`g[x] \propto \exp(-x^2 / 2\sigma^2)`, ``size`` taps summing to 1."""
+    r"""The discrete 1-D envelope of eq. (9): :math:`g[x] \propto \exp(-x^2 / 2\sigma^2)`, ``size`` taps.
+
+    The taps sum to 1; ``sigma <= 0`` gives the delta (the identity).
+    """
     x = np.arange(size) - size // 2
     if sigma <= 0:
         return (x == 0).astype(np.float64)

@@ -41,7 +41,7 @@ class AnalysisTarget:
     run_dir: Optional[Path]
 
 
-def load_target(path: Union[str, Path], device: torch.device = torch.device("cpu")) -> AnalysisTarget:
+def load_target(path: Union[str, Path], device: Union[str, torch.device] = "cpu") -> AnalysisTarget:
     """A run directory (its ``last.pt``, else ``best.pt``) or a checkpoint file, rebuilt in eval mode.
 
     Raises:

@@ -247,10 +247,11 @@ def _setup_section(plan: Plan, results: List[Result], out_dir: Path, n_runs: int
     total = sum(r.train_seconds or 0 for r in results)
     first = next((r.summary for r in results if r.summary), None)
     lines = ["## Setup", "",
-             f"- Plan: `{plan.path.as_posix()}`; base config `{plan.base}` with {', '.join(f'`{o}`' for o in plan.overrides) or 'no overrides'}.",
+             f"- Plan: `{plan.path.as_posix()}`; base config `{plan.base}` with "
+             f"{', '.join(f'`{o}`' for o in plan.overrides) or 'no overrides'}.",
              f"- Seeds: {plan.seeds}; {sum(1 for r in results if r.summary)} of "
              f"{n_runs} runs finished; training time of the finished runs {total / 3600:.1f} h.",
-             f"- Test error is the last epoch's (no selection on the test set)."]
+             "- Test error is the last epoch's (no selection on the test set)."]
     if first:
         lines.append(f"- Model: {first['model']}.")
     if hardware:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch.nn.functional as F
 from .. import __version__
 from ..checkpoint import atomic_write_bytes
 from ..data import build_dataset
+from ..machine import machine_info
 from ..models.factory import create_model_from_config
 from ..training.evaluation import default_output as eval_output
 from ..training.evaluation import evaluate_checkpoint
@@ -39,17 +39,9 @@ RUN_INFO = "study-run.json"
 
 def hardware() -> Dict[str, Any]:
     """The machine a run trained on (recorded in each run directory for the report)."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "torch": torch.__version__, "python": platform.python_version(), "envconv": __version__}
+    info = machine_info()
+    return {"cpu": info["cpu"], "cores": os.cpu_count(), "torch_threads": info["threads"], "gpu": info.get("gpu"),
+            "torch": info["torch"], "python": info["python"], "envconv": __version__}
 
 
 def _train_images(config: Dict[str, Any], cache: Dict[str, int]) -> int:
