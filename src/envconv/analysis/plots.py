@@ -38,7 +38,7 @@ def plot_sigmas(layers: Sequence[LayerSigmas], title: str = ""):
     for i, layer in enumerate(layers):
         s = layer.sigmas
         ax.scatter(i + rng.uniform(-0.18, 0.18, s.size), s, s=8, alpha=0.6, color=_PATH_COLOURS[layer.path],
-                   label=layer.path)
+                   label=layer.path, zorder=3)  # above the mean bar (a stem has one channel)
         ax.plot([i - 0.3, i + 0.3], [s.mean()] * 2, color="k", linewidth=2, label="mean")
         ax.plot([i], [s.max()], marker="v", color="k", markersize=6, label="max")
     handles, labels = ax.get_legend_handles_labels()
