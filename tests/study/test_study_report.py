@@ -63,6 +63,7 @@ def test_report_tables_equal_a_hand_computation_from_the_run_directories(finishe
     assert f"{diffs.mean():+.2f} [{diffs.mean() - half:+.2f}, {diffs.mean() + half:+.2f}] (n=2)" in report
     assert "![Table 1a](reproduction/table-1a.png)" in report
     assert (tmp / "docs" / "reproduction" / "table-1a.png").stat().st_size > 1000
+    assert "![sigma per channel](reproduction/sigma.png)" in report
 
 
 @pytest.mark.parametrize("kind, low, high, expected", [

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -73,7 +74,7 @@ def collect_results(plan: Plan, out_dir: Path) -> List[Result]:
         results.append(Result(run.name, run.entry.name, run.entry.tables, run.entry.label, run.seed,
                               run.config["train"]["epochs"], summary["final_val"]["top1_err"],
                               probe["val"]["top1_err"] if probe else None, sum(seconds) if seconds else None,
-                              sum(seconds) / len(seconds) if seconds else None, summary["parameters"], summary, info,
+                              statistics.median(seconds) if seconds else None, summary["parameters"], summary, info,
                               run.config))
         for ev in plan.evaluations:
             result = _read_json(eval_output(run_dir / LAST, ev.envelope_size)) if ev.of == run.entry.name else None
@@ -178,7 +179,8 @@ def _table_section(plan: Plan, results: List[Result], table: str, asset_dir: Pat
     base_err = _by_seed(results, plan.baseline, "test")
     base_params = next((r.parameters for r in results if r.name == plan.baseline and r.parameters), None)
     lines = [f"### Table {table}", "",
-             "| setting | paper top-1 err (%) | ours top-1 err (%) | Δ to baseline [95% CI] | s/epoch | extra params |",
+             "| setting | paper top-1 err (%) | ours top-1 err (%) | Δ to baseline [95% CI] | s/epoch (median) "
+             "| extra params |",
              "|---|---|---|---|---|---|"]
     for name in names:
         rows = [r for r in results if r.name == name]
@@ -188,7 +190,7 @@ def _table_section(plan: Plan, results: List[Result], table: str, asset_dir: Pat
         params = next((r.parameters for r in rows if r.parameters), None)
         paper = papers[name]
         lines.append(f"| {labels[name]} | {'' if paper is None else f'{paper:.2f}'} | {s if s else 'no finished run'} "
-                     f"| {diff if diff else '-'} | {f'{sum(secs) / len(secs):.0f}' if secs else '-'} "
+                     f"| {diff if diff else '-'} | {f'{statistics.median(secs):.0f}' if secs else '-'} "
                      f"| {'' if params is None or base_params is None else f'{params - base_params:+,}'} |")
     png = asset_dir / f"table-{table}.png"
     if _plot(plan, results, names, "test", f"Table {table}", png):
@@ -215,7 +217,7 @@ def _probe_section(plan: Plan, results: List[Result], asset_dir: Path, docs_dir:
     return lines + [""]
 
 
-def _sigma_section(plan: Plan, results: List[Result]) -> List[str]:
+def _sigma_section(plan: Plan, results: List[Result], asset_dir: Path, docs_dir: Path) -> List[str]:
     run = next((r for r in results if r.config and r.config["model"]["method"] == "gaussian"
                 and not r.config["model"]["shared_sigma"] and r.config["model"]["order"] in (None, "env-conv")), None)
     if run is None:
@@ -224,7 +226,28 @@ def _sigma_section(plan: Plan, results: List[Result]) -> List[str]:
              "| layer | channels | sigma mean | min | max |", "|---|---|---|---|---|"]
     lines += [f"| {e['name']} | {e['channels']} | {e['sigma_mean']:.3f} | {e['sigma_min']:.3f} | {e['sigma_max']:.3f} |"
               for e in run.summary["envelopes"]]
+    png = asset_dir / "sigma.png"
+    if _plot_sigmas(Path(run.config["output"]["dir"]) / LAST, f"{run.run}: sigma per channel (Fig. 4a)", png):
+        lines += ["", f"![sigma per channel]({png.relative_to(docs_dir).as_posix()})"]
     return lines + [""]
+
+
+def _plot_sigmas(checkpoint: Path, title: str, png: Path) -> bool:
+    """The analysis report's Fig. 4a plot of one run (False when matplotlib or the checkpoint is missing)."""
+    try:
+        from ..analysis.plots import plot_sigmas, pyplot
+        plt = pyplot()
+    except ImportError:
+        return False
+    if not checkpoint.is_file():
+        return False
+    from ..analysis.envelopes import layer_sigmas
+    from ..checkpoint import model_from_checkpoint
+
+    fig = plot_sigmas(layer_sigmas(model_from_checkpoint(checkpoint)[0]), title)
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+    return True
 
 
 def _claims_section(plan: Plan, results: List[Result]) -> List[str]:
@@ -251,7 +274,10 @@ def _setup_section(plan: Plan, results: List[Result], out_dir: Path, n_runs: int
              f"{', '.join(f'`{o}`' for o in plan.overrides) or 'no overrides'}.",
              f"- Seeds: {plan.seeds}; {sum(1 for r in results if r.summary)} of "
              f"{n_runs} runs finished; training time of the finished runs {total / 3600:.1f} h.",
-             "- Test error is the last epoch's (no selection on the test set)."]
+             "- Test error is the last epoch's (no selection on the test set).",
+             "- s/epoch: the median over a setting's epochs of training wall-clock seconds (`metrics.csv`). The "
+             "machine was shared with other work during the study, so these are rough; `benchmarks/` measures "
+             "speed properly."]
     if first:
         lines.append(f"- Model: {first['model']}.")
     if hardware:
@@ -286,6 +312,6 @@ def write_report(plan: Plan, out_dir: Path, docs_dir: Path) -> Dict[str, Any]:
         lines += _table_section(plan, results, table, asset_dir, docs_dir)
     if plan.probe:
         lines += _probe_section(plan, results, asset_dir, docs_dir)
-    lines += _sigma_section(plan, results)
+    lines += _sigma_section(plan, results, asset_dir, docs_dir)
     atomic_write_bytes("\n".join(lines).encode(), docs_dir / "reproduction.md")
     return {"results": results, "markdown": docs_dir / "reproduction.md", "csv": asset_dir / "results.csv"}
