@@ -45,7 +45,14 @@ def _path(name: str, stem: str) -> str:
 
 
 def layer_sigmas(model: nn.Module) -> List[LayerSigmas]:
-    """Every :class:`GaussianEnvelope` of ``model`` in ``named_modules`` order (empty: no envelopes)."""
+    """Every :class:`GaussianEnvelope` of ``model`` in ``named_modules`` order (empty: no envelopes).
+
+    Example:
+        >>> from envconv import create_model
+        >>> model = create_model("small_resnet20", num_classes=10, in_chans=1)
+        >>> [(layer.name, layer.path, layer.sigmas.size) for layer in layer_sigmas(model)][:3]
+        [('conv1', 'stem', 1), ('layer2.0.conv1', 'residual', 16), ('layer2.0.downsample.0', 'identity', 16)]
+    """
     stem = stem_name(model) if any(isinstance(m, nn.Conv2d) for m in model.modules()) else ""
     rows = []
     for name, m in model.named_modules():
@@ -79,6 +86,10 @@ def mass_kept(sigmas: np.ndarray, size: int, taps: int = 3) -> np.ndarray:
     """Per channel, the share of the ``size`` x ``size`` envelope's mass inside its central ``taps`` x ``taps``.
 
     This is what shrinking the envelope at inference (Table 1e) leaves out: 1 - mass_kept.
+
+    Example:
+        >>> [round(float(m), 3) for m in mass_kept(np.array([0.3, 0.833, 2.0]), 9, 3)]
+        [1.0, 0.893, 0.319]
     """
     taps = min(taps, size)
     lo = size // 2 - taps // 2
