@@ -100,11 +100,15 @@ def stem_training(plain: nn.Module, converted: nn.Module, x: torch.Tensor, repea
     converted / plain: what learning the stem's envelope costs where it is most expensive."""
     name = envconv.convert.stem_name(plain)
     ours, theirs = converted.get_submodule(name), plain.get_submodule(name)
+    # a dense incoming gradient in the input's layout, as BatchNorm's backward hands the stem in the model
+    # (a .sum().backward() would hand it an expanded tensor of ones, which no model produces)
+    with torch.no_grad():
+        grad = torch.randn_like(theirs(x))
 
     def step(conv):
         def run():
             conv.zero_grad(set_to_none=True)
-            conv(x).sum().backward()
+            conv(x).backward(grad)
         return run
 
     return paired_ratio(step(ours), step(theirs), repeats=repeats, sync=sync).as_dict()
