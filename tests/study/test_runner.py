@@ -74,3 +74,29 @@ def test_dry_run_lists_the_grid_and_trains_nothing(tmp_path, capsys):
 def test_study_command_errors(tmp_path, capsys):
     assert main(["study", str(tmp_path / "missing.yaml")]) == 2
     assert "no study plan" in capsys.readouterr().err
+
+
+def test_a_run_that_diverges_is_recorded_and_the_study_goes_on(tmp_path, monkeypatch):
+    from envconv.study import write_report
+    from envconv.study.runner import train as real_train
+    from envconv.training.engine import NonFiniteLossError
+
+    plan = load_plan(write_plan(tmp_path, seeds=(0,)))
+    out = tmp_path / "out"
+
+    def diverging(config, **kwargs):
+        if config["model"]["method"] == "gaussian":
+            raise NonFiniteLossError("the training loss is nan in epoch 1, step 3")
+        return real_train(config, **kwargs)
+
+    monkeypatch.setattr("envconv.study.runner.train", diverging)
+    lines = []
+    run_study(plan, out, quiet=True, log=lines.append)
+    assert (out / "none_seed0" / "summary.json").is_file()
+    assert json.loads((out / "gaussian_seed0" / "failed.json").read_text())["error"].startswith("the training loss")
+    assert lines[-1].endswith("1 of 2 runs finished in " + str(out) + "; failed: gaussian_seed0")
+    lines.clear()
+    run_study(plan, out, quiet=True, log=lines.append)            # not retried: it would fail again
+    assert any("skipped: it failed before" in line for line in lines)
+    report = write_report(plan, out, tmp_path / "docs")["markdown"].read_text()
+    assert "Failed, left out: gaussian_seed0 (the training loss is nan in epoch 1, step 3)." in report

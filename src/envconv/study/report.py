@@ -22,7 +22,7 @@ from ..training.evaluation import default_output as eval_output
 from ..training.probe import default_output as probe_output
 from ..training.trainer import LAST, SUMMARY_FILE, run_dir_of
 from .plan import Claim, Plan
-from .runner import RUN_INFO, measured_epoch_seconds
+from .runner import FAILED, RUN_INFO, measured_epoch_seconds
 from .stats import Difference, paired_difference, summarize
 
 __all__ = ["Result", "collect_results", "write_results_csv", "verdict", "write_report", "RESULT_COLUMNS"]
@@ -275,6 +275,7 @@ def _setup_section(plan: Plan, results: List[Result], out_dir: Path, n_runs: int
              f"- Seeds: {plan.seeds}; {sum(1 for r in results if r.summary)} of "
              f"{n_runs} runs finished; training time of the finished runs {total / 3600:.1f} h.",
              "- Test error is the last epoch's (no selection on the test set).",
+             *_failed_lines(plan, out_dir),
              "- s/epoch: the median over a setting's epochs of training wall-clock seconds (`metrics.csv`). The "
              "machine was shared with other work during the study, so these are rough; `benchmarks/` measures "
              "speed properly."]
@@ -290,6 +291,11 @@ def _setup_section(plan: Plan, results: List[Result], out_dir: Path, n_runs: int
               f"envconv study {plan.path.as_posix()} --out {out_dir.as_posix()} --report --docs docs  # this page",
               "```", ""]
     return lines
+
+
+def _failed_lines(plan: Plan, out_dir: Path) -> List[str]:
+    failed = [_read_json(run_dir_of(run.config) / FAILED) for run in plan.runs(out_dir)]
+    return [f"- Failed, left out: {item['run']} ({item['error']})." for item in failed if item]
 
 
 def write_report(plan: Plan, out_dir: Path, docs_dir: Path) -> Dict[str, Any]:

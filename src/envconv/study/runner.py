@@ -4,7 +4,9 @@ For each run, in order: train (skipped when ``summary.json`` exists; resumed fro
 ``last.pt`` through the trainer's exact resume when the run was stopped part-way), then
 the plan's evaluations of ``last.pt`` with shrunk envelopes (``eval-last-k<N>.json``), then
 the transfer probe (``probe-last-<dataset>.json``). Every step is skipped when its file
-exists, so the same command continues an interrupted study wherever it stopped.
+exists, so the same command continues an interrupted study wherever it stopped. A run whose
+loss becomes NaN/infinite is recorded in ``failed.json`` and skipped from then on (delete the
+file to try it again); the study goes on with the other runs.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from ..checkpoint import atomic_write_bytes
 from ..data import build_dataset
 from ..machine import machine_info
 from ..models.factory import create_model_from_config
+from ..training.engine import NonFiniteLossError
 from ..training.evaluation import default_output as eval_output
 from ..training.evaluation import evaluate_checkpoint
 from ..training.probe import default_output as probe_output
@@ -32,9 +35,10 @@ from ..training.probe import linear_probe
 from ..training.trainer import LAST, SUMMARY_FILE, run_dir_of, train
 from .plan import Plan, Run
 
-__all__ = ["run_study", "dry_run", "measure_epoch_seconds", "measured_epoch_seconds", "RUN_INFO", "hardware"]
+__all__ = ["run_study", "dry_run", "measure_epoch_seconds", "measured_epoch_seconds", "RUN_INFO", "FAILED",
+           "hardware"]
 
-RUN_INFO = "study-run.json"
+RUN_INFO, FAILED = "study-run.json", "failed.json"
 
 
 def hardware() -> Dict[str, Any]:
@@ -146,13 +150,23 @@ def _write_run_info(run: Run) -> None:
     atomic_write_bytes(json.dumps(info, indent=1).encode(), path)
 
 
-def _train(run: Run, quiet: bool) -> None:
+def _train(run: Run, quiet: bool, log) -> bool:
+    """Train (or resume, or skip) one run; False when it failed, now or in an earlier invocation."""
     run_dir = run_dir_of(run.config)
     if (run_dir / SUMMARY_FILE).exists():
-        return
+        return True
+    if (run_dir / FAILED).exists():
+        log(f"  skipped: it failed before ({run_dir / FAILED}; delete the file to try again)")
+        return False
     run_dir.mkdir(parents=True, exist_ok=True)
     _write_run_info(run)
-    train(run.config, resume=(run_dir / LAST).exists(), quiet=quiet)
+    try:
+        train(run.config, resume=(run_dir / LAST).exists(), quiet=quiet)
+    except NonFiniteLossError as err:
+        atomic_write_bytes(json.dumps({"run": run.name, "error": str(err)}, indent=1).encode(), run_dir / FAILED)
+        log(f"  failed: {err}; the study goes on without it")
+        return False
+    return True
 
 
 def _evaluate(run: Run, plan: Plan, log) -> None:
@@ -186,6 +200,7 @@ def run_study(plan: Plan, out_dir: Path, *, quiet: bool = False,
     log = log or (lambda message: print(message, flush=True))
     runs = plan.runs(out_dir)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
+    failed: List[str] = []
     for i, run in enumerate(runs, 1):
         estimates = _epoch_estimates(plan, runs, measure=False)
         left = _seconds_left(runs[i - 1:], estimates)
@@ -194,8 +209,11 @@ def run_study(plan: Plan, out_dir: Path, *, quiet: bool = False,
         state = ("finished: evaluations only" if (run_dir_of(run.config) / SUMMARY_FILE).exists()
                  else f"resuming after epoch {done}" if done else "training")
         log(f"[study {plan.name}] run {i}/{len(runs)} {run.name}: {state}{eta}")
-        _train(run, quiet)
-        _evaluate(run, plan, log)
-        _probe(run, plan, log)
-    log(f"[study {plan.name}] all {len(runs)} runs finished in {out_dir}")
+        if _train(run, quiet, log):
+            _evaluate(run, plan, log)
+            _probe(run, plan, log)
+        else:
+            failed.append(run.name)
+    log(f"[study {plan.name}] {len(runs) - len(failed)} of {len(runs)} runs finished in {out_dir}"
+        + (f"; failed: {', '.join(failed)}" if failed else ""))
     return runs
