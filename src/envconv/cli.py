@@ -32,6 +32,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if args.no_analysis:
         return 0
     from .analysis import analyze
+    from .analysis.report import erf_summary
 
     out = Path(args.out_dir) / "analysis"
     print("\nWriting the analysis report (sigmas, envelopes, GradCAM, effective receptive fields) ...", flush=True)
@@ -41,8 +42,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     except ImportError as err:
         print(f"no analysis report: {err}")
         return 0
-    for model, stages in result["erf"]["stages"].items():
-        print(f"  ERF side(0.5) per stage, {model}: " + ", ".join(f"{s} {r['side']['0.5']}" for s, r in stages.items()))
+    print("\n".join(f"  {line}" for line in erf_summary(result)))
     print(f"analysis report: {out / 'report.html'} (also report.md)")
     return 0
 

@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
-    from .report import analyze
+    from .report import analyze, erf_summary
 
     for name in ("images", "erf_images"):
         if getattr(args, name) < 1:
@@ -33,9 +33,7 @@ def main(args: argparse.Namespace) -> int:
     out = args.out or (path if path.is_dir() else path.parent) / "analysis"
     result = analyze(path, compare=args.compare, data=args.data, images=args.images, erf_images=args.erf_images,
                      erf_size=args.erf_size, out=out, device=args.device)
-    for model, stages in result["erf"]["stages"].items():
-        print(f"{model}: ERF side(0.2 / 0.5 / 0.99) per stage: " + ", ".join(
-            f"{stage} {r['side']['0.2']}/{r['side']['0.5']}/{r['side']['0.99']}" for stage, r in stages.items()))
+    print("\n".join(erf_summary(result)))
     print(f"wrote {out / 'report.md'}, {out / 'report.html'}, {out / 'analysis.json'} and "
           f"{len(result['images'])} figures")
     return 0

@@ -23,7 +23,7 @@ from .envelopes import LayerSigmas, layer_sigmas
 from .erf import effective_receptive_field, stage_names, tile_to_size
 from .gradcam import gradcam_maps
 
-__all__ = ["AnalysisTarget", "load_target", "analyze", "ERF_SHARES"]
+__all__ = ["AnalysisTarget", "load_target", "analyze", "erf_summary", "ERF_SHARES"]
 
 #: The shares t at which the ERF is summarised by side(t).
 ERF_SHARES = (0.2, 0.5, 0.99)
@@ -62,10 +62,10 @@ def load_target(path: Union[str, Path], device: Union[str, torch.device] = "cpu"
 
 
 def _save(fig, out_dir: Path, name: str) -> str:
-    fig.savefig(out_dir / name, dpi=100)
-    import matplotlib.pyplot as plt
+    from .plots import pyplot
 
-    plt.close(fig)
+    fig.savefig(out_dir / name, dpi=100)
+    pyplot().close(fig)
     return name
 
 
@@ -74,14 +74,17 @@ def _pick(n_total: int, n: int) -> List[int]:
     return sorted({int(i) for i in np.linspace(0, n_total - 1, num=min(n, n_total))})
 
 
-def _images(target: AnalysisTarget, data: Optional[str], count: int):
+def _validation_data(target: AnalysisTarget, data: Optional[str]):
     from ..training.evaluation import data_config_for
 
     data_cfg = data_config_for(target.config, data, "val")
-    dataset = build_dataset(data_cfg, "val", target.config["model"]["in_chans"], target.config["model"]["num_classes"])
+    return build_dataset(data_cfg, "val", target.config["model"]["in_chans"], target.config["model"]["num_classes"])
+
+
+def _images(dataset, count: int):
+    """``count`` images spread over ``dataset`` (without augmentation), their labels and the class names."""
     items = [dataset[i] for i in _pick(len(dataset), count)]
-    classes = getattr(dataset, "classes", None)
-    return torch.stack([x for x, _ in items]), [int(y) for _, y in items], classes
+    return torch.stack([x for x, _ in items]), [int(y) for _, y in items], getattr(dataset, "classes", None)
 
 
 def _sigma_section(doc: Document, target: AnalysisTarget, layers: List[LayerSigmas], out_dir: Path, tag: str) -> None:
@@ -178,6 +181,15 @@ def _gradcam_section(doc: Document, targets: List[AnalysisTarget], images: torch
     return {"labels": labels, "predictions": predictions}
 
 
+def erf_summary(result: Dict[str, Any]) -> List[str]:
+    """One line per model: its ERF side(t) per stage, from :func:`analyze`'s result."""
+    shares = "/".join(str(t) for t in ERF_SHARES)
+    return [f"{model}: ERF side({shares}) per stage: "
+            + ", ".join(f"{stage} " + "/".join(str(r["side"][str(t)]) for t in ERF_SHARES)
+                        for stage, r in stages.items())
+            for model, stages in result["erf"]["stages"].items()]
+
+
 def analyze(path: Union[str, Path], *, compare: Optional[Union[str, Path]] = None, data: Optional[str] = None,
             images: int = 8, erf_images: int = 32, erf_size: Optional[int] = None,
             out: Union[str, Path] = "analysis", device: str = "cpu") -> Dict[str, Any]:
@@ -219,8 +231,9 @@ def analyze(path: Union[str, Path], *, compare: Optional[Union[str, Path]] = Non
         result["models"][target.name] = {"checkpoint": str(target.checkpoint), "epoch": target.epoch,
                                          "method": target.config["model"]["method"],
                                          "layers": [layer.as_dict() for layer in layers], "history": history}
-    gradcam_images, labels, classes = _images(targets[0], data, images)
-    erf_batch, _, _ = _images(targets[0], data, erf_images)
+    dataset = _validation_data(targets[0], data)
+    gradcam_images, labels, classes = _images(dataset, images)
+    erf_batch, _, _ = _images(dataset, erf_images)
     size = _erf_size(erf_batch.shape[-1], erf_size)
     result["erf"] = _erf_section(doc, targets, erf_batch.to(torch_device), size, out_dir)
     result["gradcam"] = _gradcam_section(doc, targets, gradcam_images.to(torch_device), labels, classes, out_dir)

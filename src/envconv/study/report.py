@@ -145,9 +145,8 @@ def _members(plan: Plan, table: str) -> List[str]:
 
 def _plot(plan: Plan, results: List[Result], names: List[str], metric: str, title: str, path: Path) -> bool:
     try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from ..analysis.plots import pyplot
+        plt = pyplot()
     except ImportError:
         return False
     labels = _labels(plan)
