@@ -197,7 +197,8 @@ def analyze(path: Union[str, Path], *, compare: Optional[Union[str, Path]] = Non
 
     Args:
         path: a run directory or checkpoint written by ``envconv train``.
-        compare: another run directory or checkpoint, shown beside it (GradCAM, ERF, sigmas).
+        compare: another run directory or checkpoint, shown beside it (GradCAM, ERF, sigmas). Both
+            models see the same images, prepared by the first model's data config.
         data: validation data instead of the config's (Fashion-MNIST folder or image folder).
         images: images in the GradCAM figure.
         erf_images: images the ERF is averaged over.
