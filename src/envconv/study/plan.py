@@ -26,7 +26,6 @@ Plan keys (``studies/fashion_mnist.yaml`` is the full example)::
 
 from __future__ import annotations
 
-import copy
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +33,7 @@ from typing import Any, Dict, List, Optional, Union
 
 import yaml
 
-from ..config import apply_overrides, load_config, validate_config
+from ..config import apply_overrides, find_config, load_config, validate_config
 
 __all__ = ["Plan", "Entry", "Evaluation", "Claim", "Run", "load_plan", "PLAN_KEYS"]
 
@@ -109,31 +108,25 @@ class Plan:
     probe: Optional[Dict[str, Any]] = None
     margin: float = 0.3
 
-    def entry(self, name: str) -> Entry:
-        for e in self.entries:
-            if e.name == name:
-                return e
-        raise KeyError(name)
-
     def runs(self, out_dir: Union[str, Path]) -> List[Run]:
         """Every run of the grid with its full config: seed by seed, every entry within a seed.
 
         Seed-major order: a study stopped part-way has all settings at the seeds it finished.
         """
-        base = load_config(_base_path(self))
-        runs = []
-        for seed in self.seeds:
-            for entry in self.entries:
-                overrides = [*self.overrides, *entry.overrides, f"train.seed={seed}",
-                             f"output.dir={Path(out_dir) / f'{entry.name}_seed{seed}'}",
-                             f"name={self.name}-{entry.name}_seed{seed}", "output.progress=off"]
-                runs.append(Run(entry, seed, validate_config(apply_overrides(base, overrides))))
-        return runs
+        base = self.base_config()
+        return [Run(entry, seed, self.run_config(base, entry, seed, out_dir))
+                for seed in self.seeds for entry in self.entries]
 
+    def base_config(self) -> Dict[str, Any]:
+        """The base config's own keys (a file relative to the plan, or a bundled name)."""
+        return load_config(find_config(self.base, relative_to=self.path.parent))
 
-def _base_path(plan: Plan) -> str:
-    candidate = plan.path.parent / plan.base
-    return str(candidate) if candidate.is_file() else plan.base
+    def run_config(self, base: Dict[str, Any], entry: Entry, seed: int, out_dir: Union[str, Path]) -> Dict[str, Any]:
+        """The full, validated config of one run: base + plan set + entry set + seed, output in its directory."""
+        overrides = [*self.overrides, *entry.overrides, f"train.seed={seed}",
+                     f"output.dir={Path(out_dir) / f'{entry.name}_seed{seed}'}",
+                     f"name={self.name}-{entry.name}_seed{seed}", "output.progress=off"]
+        return validate_config(apply_overrides(base, overrides))
 
 
 def _overrides(mapping: Any, where: str) -> List[str]:
@@ -250,11 +243,10 @@ def _check_entries(plan: Plan) -> None:
     """Resolve every entry's config and build its model: bad keys, methods and options fail here, by entry."""
     from ..models.factory import create_model_from_config
 
+    base = plan.base_config()
     for entry in plan.entries:
-        one = copy.copy(plan)
-        one.entries, one.seeds = [entry], plan.seeds[:1]
         try:
-            run = one.runs("runs/check")[0]
-            create_model_from_config(run.config["model"])
+            config = plan.run_config(base, entry, plan.seeds[0], "runs/check")
+            create_model_from_config(config["model"])
         except (ValueError, KeyError, TypeError, FileNotFoundError) as err:
             raise ValueError(f"plan {plan.path}, entry {entry.name!r}: {err}") from err

@@ -39,6 +39,8 @@ __all__ = ["run_study", "dry_run", "measure_epoch_seconds", "measured_epoch_seco
            "hardware"]
 
 RUN_INFO, FAILED = "study-run.json", "failed.json"
+#: SGD steps timed (after 2 warm-up steps) to estimate an epoch of an entry without finished epochs.
+TIMED_STEPS = 5
 
 
 def hardware() -> Dict[str, Any]:
@@ -56,7 +58,8 @@ def _train_images(config: Dict[str, Any], cache: Dict[str, int]) -> int:
     return cache[key]
 
 
-def measure_epoch_seconds(config: Dict[str, Any], train_images: int, steps: int = 5, warmup: int = 2) -> float:
+def measure_epoch_seconds(config: Dict[str, Any], train_images: int, steps: int = TIMED_STEPS,
+                          warmup: int = 2) -> float:
     """Seconds of one epoch (training plus its share of evaluation), from timed SGD steps on random images.
 
     The model of ``config`` runs ``warmup + steps`` steps of the configured batch; the mean
@@ -137,7 +140,7 @@ def dry_run(plan: Plan, out_dir: Path, log: Callable[[str], None] = print) -> Di
         log(f"{run.name:32s} {epochs:7d} {estimates[run.entry.name]:8.0f}  {state}")
     left = _seconds_left(runs, estimates)
     log(f"estimated training time left: {_format_duration(left)} (epoch times measured in finished epochs, "
-        f"else by timing {5} training steps of each entry's model on random images)")
+        f"else by timing {TIMED_STEPS} training steps of each entry's model on random images)")
     return {"runs": [r.name for r in runs], "seconds_left": left, "epoch_seconds": estimates}
 
 
