@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistributedContext", "pick_device", "setup", "cleanup", "all_reduce_sum"]
+__all__ = ["DistributedContext", "pick_device", "setup", "barrier", "cleanup", "all_reduce_sum"]
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,12 @@ def setup(device_preference: str = "auto") -> DistributedContext:
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world)
     return DistributedContext(rank=rank, world=world, local_rank=local_rank, device=device)
+
+
+def barrier() -> None:
+    """Wait for every process (a no-op for one process)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
 
 
 def cleanup() -> None:

@@ -150,7 +150,11 @@ def train(config: Dict[str, Any], *, resume: bool = False, quiet: bool = False) 
     train_cfg, out_cfg = config["train"], config["output"]
     ctx = distributed.setup(train_cfg["device"])
     try:
-        return _train(config, train_cfg, out_cfg, ctx, resume, quiet)
+        summary = _train(config, train_cfg, out_cfg, ctx, resume, quiet)
+        # every process reaches the teardown together: a gloo peer that leaves early can make the
+        # other abort in destroy_process_group ("terminate called without an active exception")
+        distributed.barrier()
+        return summary
     finally:
         distributed.cleanup()
 
