@@ -4,7 +4,9 @@
   (the paper's Table 1e setting);
 * training step: forward, cross-entropy, backward and an SGD step (momentum 0.9,
   weight decay 1e-4) with ``k_g = 9``;
-* memory of the training step.
+* memory of the training step;
+* with ``--breakdown``: where the training step's extra time goes, from ``torch.profiler``
+  (self time per operator and per step, plain vs converted; an attribution, not a ratio).
 
 Both models run in the same memory layout; every layout is measured, and the headline is
 the layout where the plain model is fastest. Times are paired ratios (converted / plain).
@@ -17,13 +19,14 @@ tensor autograd saves for the backward pass (deduplicated by storage, through
 peak. Transient workspaces inside single kernels are not in it.
 
     python -m benchmarks.model_speed [--model resnet50] [--batch 16] [--image-size 224] [--repeats 9]
+                                     [--breakdown]
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-from typing import Callable, Dict
+from typing import Callable, Dict, List
 
 import torch
 import torch.nn.functional as F
@@ -114,6 +117,66 @@ def stem_training(plain: nn.Module, converted: nn.Module, x: torch.Tensor, repea
     return paired_ratio(step(ours), step(theirs), repeats=repeats, sync=sync).as_dict()
 
 
+def self_seconds(step: Callable[[], None], steps: int) -> Dict[str, float]:
+    """Profiler self time per operator (seconds per step) of ``steps`` calls of ``step``.
+
+    Self time excludes the operators an operator calls, so the values add up to the step's
+    CPU time; an autograd Function's own entry holds the work it does outside aten operators
+    (our C++ kernel).
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+    return {e.key: e.self_cpu_time_total / 1e6 / steps for e in prof.key_averages()}
+
+
+def breakdown(model_name: str = "resnet50", batch: int = 16, image_size: int = 224, steps: int = 3,
+              rounds: int = 2, layout: str = "channels_last", num_classes: int = 1000, in_chans: int = 3,
+              device: str = "cpu") -> List[dict]:
+    """The training step's self time per operator, plain vs converted (k_g = 9), in seconds per step.
+
+    The two models are profiled alternately for ``rounds`` rounds of ``steps`` steps, after a
+    warm-up step each. Rows are sorted by the converted model's extra time, largest first, and
+    the last row is the total.
+    """
+    fmt = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}[layout]
+    plain, converted = (m.to(device, memory_format=fmt) for m in _build(model_name, num_classes, in_chans))
+    x = torch.randn(batch, in_chans, image_size, image_size, device=device).contiguous(memory_format=fmt)
+    y = torch.randint(0, num_classes, (batch,), device=device)
+    steps_of = {"plain": _training_step(plain, x, y), "converted": _training_step(converted, x, y)}
+    totals: Dict[str, Dict[str, float]] = {"plain": {}, "converted": {}}
+    for step in steps_of.values():
+        step()
+    for _ in range(rounds):
+        for name, step in steps_of.items():
+            for op, sec in self_seconds(step, steps).items():
+                totals[name][op] = totals[name].get(op, 0.0) + sec / rounds
+    ops = set(totals["plain"]) | set(totals["converted"])
+    rows = [{"op": op, "plain": totals["plain"].get(op, 0.0), "converted": totals["converted"].get(op, 0.0)}
+            for op in ops]
+    for row in rows:
+        row["extra"] = row["converted"] - row["plain"]
+    rows.sort(key=lambda r: -r["extra"])
+    total = {k: sum(r[k] for r in rows) for k in ("plain", "converted", "extra")}
+    return rows + [{"op": "total", **total}]
+
+
+def breakdown_markdown(rows: List[dict], top: int = 8) -> str:
+    """The ``top`` operators that cost the converted model the most extra time, the ``top`` that
+    saved it the most, and the total, with each as a share of the plain step."""
+    total = rows[-1]
+    shown = [r for r in rows[:top] if r["extra"] > 0] + [r for r in rows[-1 - top:-1] if r["extra"] < 0]
+    lines = ["| operator (self time) | plain s/step | converted s/step | extra | extra / plain step |",
+             "|---|---|---|---|---|"]
+    for r in shown + [total]:
+        lines.append(f"| {r['op']} | {r['plain']:.3f} | {r['converted']:.3f} | {r['extra']:+.3f} | "
+                     f"{r['extra'] / total['plain']:+.1%} |")
+    return "\n".join(lines)
+
+
 def run(model_name: str = "resnet50", batch: int = 16, image_size: int = 224, repeats: int = 9,
         num_classes: int = 1000, in_chans: int = 3, layouts=("nchw", "channels_last"), device: str = "cpu",
         log=print) -> dict:
@@ -183,10 +246,18 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=9)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--save", action="store_true", help="also write results/<date>-<machine>-model.json and .md")
+    p.add_argument("--breakdown", action="store_true",
+                   help="instead: profile the training step (channels_last) and print its extra time per operator")
     return p
 
 
-def main(args: argparse.Namespace) -> dict:
+def main(args: argparse.Namespace):
+    if args.breakdown:
+        rows = breakdown(args.model, args.batch, args.image_size, device=args.device)
+        print(f"\n**{args.model}, batch {args.batch}, {args.image_size}x{args.image_size}, {args.device}, "
+              f"channels_last**: training step (k_g = 9), profiler self time per step\n")
+        print(breakdown_markdown(rows))
+        return rows
     result = run(args.model, args.batch, args.image_size, args.repeats, device=args.device)
     print(markdown(result))
     if args.save:
