@@ -177,6 +177,7 @@ def _table_section(plan: Plan, results: List[Result], table: str, asset_dir: Pat
     names, labels, papers = _members(plan, table), _labels(plan), _papers(plan)
     base_err = _by_seed(results, plan.baseline, "test")
     base_params = next((r.parameters for r in results if r.name == plan.baseline and r.parameters), None)
+    trained_as = {ev.name: ev.of for ev in plan.evaluations}
     lines = [f"### Table {table}", "",
              "| setting | paper top-1 err (%) | ours top-1 err (%) | Δ to baseline [95% CI] | s/epoch (median) "
              "| extra params |",
@@ -186,7 +187,8 @@ def _table_section(plan: Plan, results: List[Result], table: str, asset_dir: Pat
         s = summarize([r.test_top1_err for r in rows])
         diff = paired_difference(_by_seed(results, name, "test"), base_err) if name != plan.baseline else None
         secs = [r.epoch_seconds for r in rows if r.epoch_seconds]
-        params = next((r.parameters for r in rows if r.parameters), None)
+        trained = trained_as.get(name, name)  # an evaluation has its trained entry's parameters
+        params = next((r.parameters for r in results if r.name == trained and r.parameters), None)
         paper = papers[name]
         lines.append(f"| {labels[name]} | {'' if paper is None else f'{paper:.2f}'} | {s if s else 'no finished run'} "
                      f"| {diff if diff else '-'} | {f'{statistics.median(secs):.0f}' if secs else '-'} "
