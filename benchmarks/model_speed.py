@@ -36,6 +36,8 @@ import envconv
 
 from .timing import paired_ratio
 
+MEMORY_FORMATS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
+
 
 def _build(name: str, num_classes: int, in_chans: int):
     torch.manual_seed(0)
@@ -122,12 +124,11 @@ def self_seconds(step: Callable[[], None], steps: int) -> Dict[str, float]:
 
     Self time excludes the operators an operator calls, so the values add up to the step's
     CPU time; an autograd Function's own entry holds the work it does outside aten operators
-    (our C++ kernel).
+    (our C++ kernel). Host time only: on CUDA it shows launches, not kernel time.
     """
     from torch.profiler import ProfilerActivity, profile
 
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
-    with profile(activities=activities) as prof:
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(steps):
             step()
     return {e.key: e.self_cpu_time_total / 1e6 / steps for e in prof.key_averages()}
@@ -142,7 +143,7 @@ def breakdown(model_name: str = "resnet50", batch: int = 16, image_size: int = 2
     warm-up step each. Rows are sorted by the converted model's extra time, largest first, and
     the last row is the total.
     """
-    fmt = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}[layout]
+    fmt = MEMORY_FORMATS[layout]
     plain, converted = (m.to(device, memory_format=fmt) for m in _build(model_name, num_classes, in_chans))
     x = torch.randn(batch, in_chans, image_size, image_size, device=device).contiguous(memory_format=fmt)
     y = torch.randint(0, num_classes, (batch,), device=device)
@@ -185,7 +186,7 @@ def run(model_name: str = "resnet50", batch: int = 16, image_size: int = 224, re
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     x = torch.randn(batch, in_chans, image_size, image_size, device=device)
     y = torch.randint(0, num_classes, (batch,), device=device)
-    fmt = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
+    fmt = MEMORY_FORMATS
     result: Dict[str, dict] = {"model": model_name, "batch": batch, "image_size": image_size, "device": device,
                                "layouts": {}}
     plain_by_layout = {}
