@@ -76,6 +76,7 @@ DEFAULTS: Dict[str, Dict[str, Any]] = {
         "seed": 0,
         "device": "auto",            # auto | cpu | cuda | cuda:N
         "amp": "none",               # none | bf16 | fp16 (fp16 needs CUDA)
+        "dtype": "float32",          # float32 | float64 (parameters and images; float64 to compare trajectories)
         "channels_last": False,
         "compile": False,
         "eval_every": 1,             # evaluate every N epochs (and after the last)
@@ -93,6 +94,7 @@ _CHOICES = {
     ("data", "augment"): ("none", "crop-flip", "imagenet"),
     ("train", "schedule"): ("step", "cosine"),
     ("train", "amp"): ("none", "bf16", "fp16"),
+    ("train", "dtype"): ("float32", "float64"),
     ("output", "progress"): ("auto", "on", "off"),
 }
 # Keys whose values are free-form mappings (not checked key by key).

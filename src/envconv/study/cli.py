@@ -1,4 +1,4 @@
-"""``envconv study PLAN.yaml [--out DIR] [--dry-run | --report [--docs DIR]]``."""
+"""``envconv study PLAN.yaml [--out DIR] [--only ENTRY ...] [--dry-run | --report [--docs DIR]]``."""
 
 from __future__ import annotations
 
@@ -13,12 +13,14 @@ __all__ = ["add_arguments", "main", "default_out_dir"]
 
 
 def default_out_dir(plan_name: str) -> Path:
-    return Path("runs") / f"study-{plan_name}"
+    """``results/study-<plan>``: the runs' small result files are committed there (checkpoints are git-ignored)."""
+    return Path("results") / f"study-{plan_name}"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("plan", type=Path, help="a study plan (YAML), e.g. studies/fashion_mnist.yaml")
-    parser.add_argument("--out", type=Path, help="folder of the run directories (default: runs/study-<plan name>)")
+    parser.add_argument("--out", type=Path, help="folder of the run directories (default: results/study-<plan name>)")
+    parser.add_argument("--only", nargs="+", metavar="ENTRY", help="train only these entries of the plan")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--dry-run", action="store_true", help="list the grid with each run's state and an "
                       "estimated time; train nothing")
@@ -41,6 +43,6 @@ def main(args: argparse.Namespace) -> int:
         written = write_report(plan, out_dir, args.docs or out_dir)
         print(f"wrote {written['markdown']} and {written['csv']} ({len(written['results'])} rows)")
     else:
-        run_study(plan, out_dir, quiet=args.quiet)
+        run_study(plan, out_dir, quiet=args.quiet, only=args.only)
         print(f"report: envconv study {args.plan} --out {out_dir} --report")
     return 0

@@ -29,7 +29,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import yaml
 
@@ -38,7 +38,7 @@ from ..config import apply_overrides, find_config, load_config, validate_config
 __all__ = ["Plan", "Entry", "Evaluation", "Claim", "Run", "load_plan", "PLAN_KEYS"]
 
 PLAN_KEYS = ("base", "set", "seeds", "baseline", "probe", "margin", "entries", "evaluations", "claims", "name")
-_ENTRY_KEYS = ("name", "label", "tables", "paper", "probe_paper", "set")
+_ENTRY_KEYS = ("name", "label", "tables", "paper", "probe_paper", "set", "seeds")
 _EVAL_KEYS = ("name", "of", "envelope_size", "label", "tables", "paper")
 _CLAIM_KEYS = ("table", "text", "better", "than", "same", "as", "metric")
 _PROBE_KEYS = ("dataset", "epochs", "lr", "batch_size", "weight_decay")
@@ -55,6 +55,8 @@ class Entry:
     overrides: List[str]
     paper: Optional[float] = None
     probe_paper: Optional[List[float]] = None
+    #: this entry's own seeds (``None``: the plan's)
+    seeds: Optional[List[int]] = None
 
 
 @dataclass
@@ -108,14 +110,32 @@ class Plan:
     probe: Optional[Dict[str, Any]] = None
     margin: float = 0.3
 
-    def runs(self, out_dir: Union[str, Path]) -> List[Run]:
+    def entry_seeds(self, entry: Entry) -> List[int]:
+        """The seeds ``entry`` is trained with: its own ``seeds``, else the plan's."""
+        return entry.seeds if entry.seeds is not None else self.seeds
+
+    def all_seeds(self) -> List[int]:
+        """Every seed some entry is trained with, in first-mention order."""
+        seeds = dict.fromkeys([*self.seeds, *(s for e in self.entries for s in self.entry_seeds(e))])
+        return [s for s in seeds if any(s in self.entry_seeds(e) for e in self.entries)]
+
+    def runs(self, out_dir: Union[str, Path], only: Optional[Sequence[str]] = None) -> List[Run]:
         """Every run of the grid with its full config: seed by seed, every entry within a seed.
 
         Seed-major order: a study stopped part-way has all settings at the seeds it finished.
+        ``only`` restricts the grid to the named entries.
+
+        Raises:
+            ValueError: ``only`` names an entry the plan does not have.
         """
+        names = [e.name for e in self.entries]
+        unknown = sorted(set(only or ()) - set(names))
+        if unknown:
+            raise ValueError(f"plan {self.path}: no entry {', '.join(map(repr, unknown))}; entries: {', '.join(names)}")
         base = self.base_config()
         return [Run(entry, seed, self.run_config(base, entry, seed, out_dir))
-                for seed in self.seeds for entry in self.entries]
+                for seed in self.all_seeds() for entry in self.entries
+                if seed in self.entry_seeds(entry) and (not only or entry.name in only)]
 
     def base_config(self) -> Dict[str, Any]:
         """The base config's own keys (a file relative to the plan, or a bundled name)."""
@@ -137,6 +157,13 @@ def _overrides(mapping: Any, where: str) -> List[str]:
     # values are written back as YAML so that apply_overrides reads them as they were
     return [f"{key}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"
             for key, value in mapping.items()]
+
+
+def _seeds(seeds: Any, where: str) -> List[int]:
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
+                                                            for s in seeds) or len(set(seeds)) != len(seeds):
+        raise ValueError(f"{where}: seeds must be a list of distinct integers, got {seeds!r}")
+    return list(seeds)
 
 
 def _check_keys(item: Any, allowed, where: str) -> Dict[str, Any]:
@@ -181,18 +208,16 @@ def load_plan(path: Union[str, Path]) -> Plan:
     for key in ("base", "seeds", "entries"):
         if key not in data:
             raise ValueError(f"plan {path} needs '{key}'")
-    seeds = data["seeds"]
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds) \
-            or len(set(seeds)) != len(seeds):
-        raise ValueError(f"plan {path}: seeds must be a list of distinct integers, got {seeds!r}")
+    seeds = _seeds(data["seeds"], f"plan {path}")
     seen: set = set()
     entries = []
     for i, item in enumerate(data["entries"] or []):
         where = f"plan {path}, entry {i + 1} ({item.get('name', '?') if isinstance(item, dict) else item})"
         item = _check_keys(item, _ENTRY_KEYS, where)
         name = _name(item, where, seen)
+        entry_seeds = _seeds(item["seeds"], where) if "seeds" in item else None
         entries.append(Entry(name, str(item.get("label", name)), _tables(item), _overrides(item.get("set"), where),
-                             item.get("paper"), item.get("probe_paper")))
+                             item.get("paper"), item.get("probe_paper"), entry_seeds))
     if not entries:
         raise ValueError(f"plan {path} has no entries")
     evaluations = []

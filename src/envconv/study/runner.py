@@ -17,7 +17,7 @@ import os
 import statistics
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -131,7 +131,7 @@ def dry_run(plan: Plan, out_dir: Path, log: Callable[[str], None] = print) -> Di
     """List the grid with each run's state and an estimated time; trains nothing."""
     runs = plan.runs(out_dir)
     estimates = _epoch_estimates(plan, runs, measure=True)
-    log(f"study {plan.name}: {len(plan.entries)} entries x {len(plan.seeds)} seeds = {len(runs)} runs in {out_dir}")
+    log(f"study {plan.name}: {len(plan.entries)} entries x {len(plan.all_seeds())} seeds = {len(runs)} runs in {out_dir}")
     log(f"{'run':32s} {'epochs':>7s} {'s/epoch':>8s}  state")
     for run in runs:
         done, epochs = _epochs_done(run), run.config["train"]["epochs"]
@@ -197,11 +197,14 @@ def _probe(run: Run, plan: Plan, log) -> None:
     log(f"  probe ({dataset}): top-1 error {result['val']['top1_err']:.2f}%")
 
 
-def run_study(plan: Plan, out_dir: Path, *, quiet: bool = False,
+def run_study(plan: Plan, out_dir: Path, *, quiet: bool = False, only: Optional[Sequence[str]] = None,
               log: Optional[Callable[[str], None]] = None) -> List[Run]:
-    """Train, evaluate and probe every run of ``plan`` under ``out_dir`` that is not finished yet."""
+    """Train, evaluate and probe every run of ``plan`` under ``out_dir`` that is not finished yet.
+
+    ``only``: train just these entries (e.g. the ones a claim needs first); the others wait.
+    """
     log = log or (lambda message: print(message, flush=True))
-    runs = plan.runs(out_dir)
+    runs = plan.runs(out_dir, only)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     failed: List[str] = []
     for i, run in enumerate(runs, 1):

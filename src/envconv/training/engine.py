@@ -56,8 +56,9 @@ def autocast(device: torch.device, amp_dtype: Optional[torch.dtype]):
     return torch.autocast(device.type, dtype=amp_dtype)
 
 
-def _to_device(images: torch.Tensor, targets: torch.Tensor, device: torch.device, channels_last: bool):
-    images = images.to(device, non_blocking=True)
+def _to_device(images: torch.Tensor, targets: torch.Tensor, device: torch.device, channels_last: bool,
+               dtype: Optional[torch.dtype] = None):
+    images = images.to(device, dtype=dtype, non_blocking=True)
     if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
     return images, targets.to(device, non_blocking=True)
@@ -80,6 +81,7 @@ def train_one_epoch(
     scaler: Optional[torch.amp.GradScaler] = None,
     amp_dtype: Optional[torch.dtype] = None,
     channels_last: bool = False,
+    dtype: Optional[torch.dtype] = None,
     label_smoothing: float = 0.0,
     log_every: int = 50,
     progress=None,
@@ -95,7 +97,7 @@ def train_one_epoch(
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss * n, top-1 hits, top-5 hits, n
     start = time.perf_counter()
     for step, (images, targets) in enumerate(loader, 1):
-        images, targets = _to_device(images, targets, device, channels_last)
+        images, targets = _to_device(images, targets, device, channels_last, dtype)
         with autocast(device, amp_dtype):
             logits = model(images)
             loss = F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
@@ -136,6 +138,7 @@ def evaluate(
     device: torch.device,
     amp_dtype: Optional[torch.dtype] = None,
     channels_last: bool = False,
+    dtype: Optional[torch.dtype] = None,
     progress=None,
 ) -> EpochStats:
     """Mean cross-entropy and top-1 / top-5 error of ``model`` (in eval mode) over ``loader``, all processes."""
@@ -143,7 +146,7 @@ def evaluate(
     sums = torch.zeros(4, dtype=torch.float64, device=device)
     start = time.perf_counter()
     for step, (images, targets) in enumerate(loader, 1):
-        images, targets = _to_device(images, targets, device, channels_last)
+        images, targets = _to_device(images, targets, device, channels_last, dtype)
         with autocast(device, amp_dtype):
             logits = model(images)
         n = targets.shape[0]

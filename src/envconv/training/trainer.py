@@ -47,6 +47,7 @@ __all__ = ["train", "run_dir_of", "get_args_parser", "main", "AMP_DTYPES", "LAST
 
 LAST, BEST, CONFIG_FILE, SUMMARY_FILE, LOCK_FILE = "last.pt", "best.pt", "config.yaml", "summary.json", ".lock"
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 def run_dir_of(config: Dict[str, Any]) -> Path:
@@ -171,6 +172,9 @@ def _train_locked(config, train_cfg, out_cfg, ctx, resume, quiet, run_dir: Path)
     if checkpoint is not None:
         _check_resume_changes(checkpoint["config"], config)
     amp_dtype = AMP_DTYPES[train_cfg["amp"]]
+    dtype = DTYPES[train_cfg["dtype"]]
+    if amp_dtype is not None and dtype != torch.float32:
+        raise ValueError(f"train.amp={train_cfg['amp']} needs train.dtype=float32, got {train_cfg['dtype']}")
     if train_cfg["amp"] == "fp16" and ctx.device.type != "cuda":
         raise ValueError("train.amp=fp16 needs a CUDA device; use train.amp=bf16 on the CPU")
     if train_cfg["batch_size"] % ctx.world:
@@ -178,7 +182,7 @@ def _train_locked(config, train_cfg, out_cfg, ctx, resume, quiet, run_dir: Path)
                          f"{ctx.world} processes")
 
     torch.manual_seed(train_cfg["seed"])
-    model = create_model_from_config(config["model"]).to(ctx.device)
+    model = create_model_from_config(config["model"]).to(ctx.device, dtype)
     if train_cfg["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, train_cfg)
@@ -210,7 +214,7 @@ def _train_locked(config, train_cfg, out_cfg, ctx, resume, quiet, run_dir: Path)
             lr = optimizer.param_groups[0]["lr"]
             bar = ProgressBar(len(train_loader), f"epoch {epoch}/{train_cfg['epochs']}", progress_on and ctx.is_main)
             stats = train_one_epoch(net, train_loader, optimizer, device=ctx.device, scaler=scaler,
-                                    amp_dtype=amp_dtype, channels_last=train_cfg["channels_last"],
+                                    amp_dtype=amp_dtype, channels_last=train_cfg["channels_last"], dtype=dtype,
                                     label_smoothing=train_cfg["label_smoothing"], log_every=train_cfg["log_every"],
                                     progress=bar, epoch=epoch)
             bar.close()
@@ -219,7 +223,7 @@ def _train_locked(config, train_cfg, out_cfg, ctx, resume, quiet, run_dir: Path)
             if epoch % train_cfg["eval_every"] == 0 or epoch == train_cfg["epochs"]:
                 bar = ProgressBar(len(val_loader), "  eval", progress_on and ctx.is_main)
                 val = evaluate(net, val_loader, device=ctx.device, amp_dtype=amp_dtype,
-                               channels_last=train_cfg["channels_last"], progress=bar)
+                               channels_last=train_cfg["channels_last"], dtype=dtype, progress=bar)
                 bar.close()
             log.log_epoch(_metrics_row(epoch, lr, stats, val), envelope_sigmas(model))
             is_best = val is not None and val.top1_err < best_err
