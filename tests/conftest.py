@@ -1,7 +1,12 @@
 """Make the numpy references and helpers in tests/ importable from every test folder; shared fixtures."""
 
+import os
 import sys
 from pathlib import Path
+
+# Triton kernels run on CPU tensors through Triton's interpreter (tests/ops). The variable must be
+# set before triton is first imported (torch imports it), or triton's own helpers stay compiled-only.
+os.environ.setdefault("TRITON_INTERPRET", "1")
 
 sys.path.insert(0, str(Path(__file__).parent))
 

@@ -33,3 +33,63 @@ def envelope(x, raw, size, mode="zeros"):
         t = ndimage.correlate1d(x[:, c], k[c], axis=-1, mode=SCIPY_MODES[mode], cval=0.0)
         out[:, c] = ndimage.correlate1d(t, k[c], axis=-2, mode=SCIPY_MODES[mode], cval=0.0)
     return out
+
+
+def _source_index(i, n, mode):
+    """The input index an out-of-range tap index ``i`` reads in ``mode`` (None: a zero)."""
+    if 0 <= i < n:
+        return i
+    if mode == "zeros":
+        return None
+    if mode == "replicate":
+        return min(max(i, 0), n - 1)
+    if mode == "circular":
+        return i % n
+    return -i if i < 0 else 2 * (n - 1) - i  # reflect (scipy's "mirror")
+
+
+def pass_matrix(kernel, n, mode="zeros", stride=1):
+    """The 1-D pass as a matrix A (ceil(n / stride), n): out = A @ in, with kernel (k,) and padding ``mode``."""
+    r = len(kernel) // 2
+    rows = (n - 1) // stride + 1
+    a = np.zeros((rows, n))
+    for o in range(rows):
+        for j, weight in enumerate(kernel):
+            i = _source_index(o * stride + j - r, n, mode)
+            if i is not None:
+                a[o, i] += weight
+    return a
+
+
+def envelope_strided(x, raw, size, mode="zeros", stride=(1, 1)):
+    """The envelope at every stride-th pixel, per channel Y_c = A_h X_c A_w^T (float64 numpy)."""
+    x = np.asarray(x, dtype=np.float64)
+    k = kernel1d(raw, size)
+    k = np.repeat(k, x.shape[1], axis=0) if k.shape[0] == 1 else k
+    n, c, h, w = x.shape
+    out = []
+    for ch in range(c):
+        a_h, a_w = pass_matrix(k[ch], h, mode, stride[0]), pass_matrix(k[ch], w, mode, stride[1])
+        out.append(np.einsum("ab,nbc,dc->nad", a_h, x[:, ch], a_w))
+    return np.stack(out, 1)
+
+
+def envelope_vjp(x, raw, size, gy, mode="zeros", stride=(1, 1), eps=1e-6):
+    """(dL/dx, dL/draw) of L = sum(gy * envelope): the transposed matrices for x, central differences for raw."""
+    x, gy = np.asarray(x, dtype=np.float64), np.asarray(gy, dtype=np.float64)
+    raw = np.atleast_1d(np.asarray(raw, dtype=np.float64))
+    k = kernel1d(raw, size)
+    k = np.repeat(k, x.shape[1], axis=0) if k.shape[0] == 1 else k
+    n, c, h, w = x.shape
+    gx = np.empty_like(x)
+    for ch in range(c):
+        a_h, a_w = pass_matrix(k[ch], h, mode, stride[0]), pass_matrix(k[ch], w, mode, stride[1])
+        gx[:, ch] = np.einsum("ab,nac,cd->nbd", a_h, gy[:, ch], a_w)
+    graw = np.empty_like(raw)
+    for i in range(raw.shape[0]):  # a shared raw moves every channel; a per-channel one only its own
+        up, down = raw.copy(), raw.copy()
+        up[i] += eps
+        down[i] -= eps
+        diff = envelope_strided(x, up, size, mode, stride) - envelope_strided(x, down, size, mode, stride)
+        graw[i] = (gy * diff).sum() / (2 * eps)
+    return gx, graw

@@ -1,11 +1,12 @@
 """envconv: Disentangled Convolution for Optimizing Receptive Field (Kobayashi, PRL 2023) in PyTorch."""
 
-from . import functional, methods
+from . import functional, methods, ops
 from .conv import ConvVariant, DisentangledConv2d, EnvelopeConv2d
 from .convert import EnvelopeInfo, disentangle, envelopes, select_layers, shrink
 from .envelope import GaussianEnvelope
 from .methods import METHODS, set_curriculum_epoch
 from .models import create_model, list_models, register_timm_models
+from .ops import envelope_conv2d, gaussian_envelope
 
 __version__ = "0.1.0"
 
@@ -18,10 +19,13 @@ __all__ = [
     "METHODS",
     "create_model",
     "disentangle",
+    "envelope_conv2d",
     "envelopes",
     "functional",
+    "gaussian_envelope",
     "list_models",
     "methods",
+    "ops",
     "register_timm_models",
     "select_layers",
     "set_curriculum_epoch",

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import functional as EF
-from .envelope import GaussianEnvelope, _is_compiling
+from . import ops
+from .envelope import GaussianEnvelope
 
 __all__ = ["ORDERS", "ConvVariant", "EnvelopeConv2d", "DisentangledConv2d", "conv_arguments"]
 
@@ -145,121 +145,12 @@ class EnvelopeConv2d(ConvVariant):
         return f"{super().extra_repr()}, order={self.order}"
 
 
-def _pair(v):
-    return [v, v] if isinstance(v, int) else list(v)
-
-
-class _EnvelopeThenConv(torch.autograd.Function):
-    """Envelope then convolution, saving only the input: the envelope is recomputed in backward.
-
-    Autograd through the two ops would keep the envelope's intermediate and its output
-    (the conv's input) alive until backward: two extra feature maps per layer. Here the
-    backward rebuilds the envelope from the saved input (one cheap depth-wise pass pair),
-    takes the conv's gradients with ``aten.convolution_backward`` and the envelope's with
-    autograd, or with the fused kernel's eq. (8) backward when ``impl == "fused"``.
-    Double backward is not supported.
-    """
-
-    @staticmethod
-    def forward(ctx, x, raw_sigma, weight, bias, size, padding_mode, env_stride, impl, conv_args):
-        with torch.no_grad():
-            smoothed = _smooth(x, raw_sigma, size, padding_mode, env_stride, impl)
-            out = F.conv2d(smoothed, weight, bias, *conv_args)
-        ctx.save_for_backward(x, raw_sigma, weight)
-        ctx.config = (size, padding_mode, env_stride, impl, conv_args, None if bias is None else bias.shape)
-        return out
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out):
-        x, raw_sigma, weight = ctx.saved_tensors
-        size, padding_mode, env_stride, impl, (stride, padding, dilation, groups), bias_shape = ctx.config
-        need_x, need_raw, need_w, need_b = ctx.needs_input_grad[:4]
-        if need_raw and not need_x and groups == 1 and env_stride == 1 and x.shape[1] <= STEM_CHANNELS:
-            grad_raw, grad_w, grad_b = _stem_backward(grad_out, x, raw_sigma, weight, size, need_w, bias_shape,
-                                                      need_b, (stride, padding, dilation))
-            return None, grad_raw, grad_w, grad_b, None, None, None, None, None
-        with torch.enable_grad():
-            x_ = x.detach().requires_grad_(need_x)
-            raw_ = raw_sigma.detach().requires_grad_(need_raw)
-            smoothed = _smooth(x_, raw_, size, padding_mode, env_stride, impl)
-        # under autocast the forward conv ran in grad_out's dtype: take its gradients in that dtype too
-        dtype = grad_out.dtype
-        grad_smoothed, grad_w, grad_b = torch.ops.aten.convolution_backward(
-            grad_out.contiguous(memory_format=_memory_format(smoothed)), smoothed.detach().to(dtype),
-            weight.to(dtype), list(bias_shape) if bias_shape is not None else None, _pair(stride),
-            _pair(padding), _pair(dilation), False, [0, 0], groups, [need_x or need_raw, need_w, need_b])
-        grad_w = _like(grad_w, weight) if grad_w is not None else None
-        grad_b = grad_b.to(weight.dtype) if grad_b is not None else None
-        if grad_smoothed is not None:
-            grad_smoothed = grad_smoothed.to(smoothed.dtype)
-        if impl == "fused":
-            from . import cpu_kernels
-
-            grad_x, grad_raw = cpu_kernels.backward(grad_smoothed, x, raw_sigma, size, env_stride, need_x, need_raw)
-            return grad_x, grad_raw, grad_w, grad_b, None, None, None, None, None
-        wanted = [t for t, need in ((x_, need_x), (raw_, need_raw)) if need]
-        grads = iter(torch.autograd.grad(smoothed, wanted, grad_smoothed) if wanted else ())
-        grad_x = next(grads) if need_x else None
-        grad_raw = next(grads) if need_raw else None
-        return grad_x, grad_raw, grad_w, grad_b, None, None, None, None, None
-
-
-#: A convolution with at most this many input channels, whose input needs no gradient (a
-#: stem on the image), gets its sigma gradient from forward convolutions (_stem_backward).
-STEM_CHANNELS = 4
-
-
-def _stem_backward(grad_out, x, raw_sigma, weight, size, need_w, bias_shape, need_b, conv_args):
-    r"""Gradients of a few-channel envelope + conv without the conv's input gradient.
-
-    The conv is linear in its input and in its weight, so with :math:`D_c = \partial\mathbf
-    g_c/\partial\tilde\sigma_c * X_c` (the envelope's derivative applied to channel c),
-    :math:`\partial L/\partial\tilde\sigma_c = \langle \partial L/\partial Y, \mathbf F_{:,c} * D_c
-    \rangle = \langle \mathbf F_{:,c}, G_{:,c}\rangle`, where :math:`G` is the weight gradient the conv
-    would have for input :math:`D`. Both weight gradients come from one backward-weight call on
-    the channels ``[smoothed, D]``; the conv's backward-data pass, which autograd would run and
-    which costs about 5x its weight gradient at a ResNet stem in oneDNN, is skipped. Zero
-    padding only.
-    """
-    n, c, h, w = x.shape
-    dtype = grad_out.dtype  # under autocast the forward conv ran in this dtype
-    flat = x.contiguous().view(1, n * c, h, w)  # batch folded into channels: fast grouped 1-D passes
-    kernel = EF.channel_kernel(raw_sigma, size, x).repeat(n, 1)
-    dkernel = EF.gaussian_kernel1d_derivative(raw_sigma, size).to(x.dtype).expand(c, size).repeat(n, 1)
-    rows, drows = EF._pass(flat, kernel, 2, "zeros"), EF._pass(flat, dkernel, 2, "zeros")
-    smoothed = EF._pass(rows, kernel, 3, "zeros").view(n, c, h, w)
-    deriv = (EF._pass(drows, kernel, 3, "zeros") + EF._pass(rows, dkernel, 3, "zeros")).view(n, c, h, w)
-    both = torch.cat([smoothed, deriv], 1).to(dtype).contiguous(memory_format=_memory_format(grad_out))
-    _, grad_both, grad_b = torch.ops.aten.convolution_backward(
-        grad_out, both, weight.to(dtype).repeat(1, 2, 1, 1), list(bias_shape) if bias_shape is not None else None,
-        _pair(conv_args[0]), _pair(conv_args[1]), _pair(conv_args[2]), False, [0, 0], 1, [False, True, need_b])
-    grad_raw = (weight.double() * grad_both[:, c:].double()).sum((0, 2, 3)).to(raw_sigma.dtype)
-    grad_w = _like(grad_both[:, :c], weight) if need_w else None
-    grad_b = grad_b.to(weight.dtype) if grad_b is not None else None
-    return (grad_raw.sum().view(1) if raw_sigma.numel() == 1 else grad_raw), grad_w, grad_b
-
-
-def _like(grad: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
-    """``grad`` in ``param``'s dtype and strides (DDP's gradient buckets expect the parameter's layout)."""
-    if grad.dtype == param.dtype and grad.stride() == param.stride():
-        return grad
-    return torch.empty_like(param).copy_(grad)
-
-
-def _smooth(x, raw_sigma, size, padding_mode, stride, impl):
-    """The envelope of x by ``impl`` (the fused kernel runs without an autograd graph)."""
-    if impl == "fused":
-        from . import cpu_kernels
-
-        with torch.no_grad():
-            return cpu_kernels.forward(x, raw_sigma, size, stride)
-    return EF.apply_envelope(x, EF.channel_kernel(raw_sigma, size, x), padding_mode, stride, impl)
-
-
-def _memory_format(t: torch.Tensor) -> torch.memory_format:
-    channels_last = t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
-    return torch.channels_last if channels_last else torch.contiguous_format
+def _autocast_dtype(x: torch.Tensor):
+    """The dtype autocast runs convolutions in for ``x``'s device, or ``None`` when it is off."""
+    device = x.device.type
+    if not torch.is_autocast_enabled(device):
+        return None
+    return torch.get_autocast_dtype(device)
 
 
 class DisentangledConv2d(EnvelopeConv2d):
@@ -340,8 +231,9 @@ class DisentangledConv2d(EnvelopeConv2d):
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding, dilation=dilation,
                          groups=groups, bias=bias, padding_mode=padding_mode, envelope=envelope, order=order,
                          device=device, dtype=dtype)
-        #: In training, keep only the input for the backward pass and recompute the envelope
-        #: there (saves two feature maps per layer; costs one envelope forward).
+        #: Run as the ``envconv::envelope_conv2d`` op, which keeps only the input for the backward
+        #: pass and recomputes the envelope there (two fewer feature maps per layer; one envelope
+        #: forward more). ``False``: the envelope op and a plain conv, autograd between them.
         self.recompute_envelope = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -350,22 +242,23 @@ class DisentangledConv2d(EnvelopeConv2d):
         self._check_input(x)
         if x.dim() == 3:
             return self.forward(x.unsqueeze(0)).squeeze(0)
+        env, weight, bias = self.envelope, self.weight, self.bias
         # A strided 1x1 conv reads one pixel in stride^2: smooth only at those (exact, and
         # 2-4x cheaper on the identity path of a ResNet).
         sampled = self.kernel_size == (1, 1) and self.padding in ((0, 0), "valid") and self.stride != (1, 1)
-        if sampled and isinstance(self.padding, str):
-            return F.conv2d(self.envelope(x, stride=self.stride), self.weight, self.bias, 1, 0, self.dilation,
-                            self.groups)
-        env = self.envelope
-        recompute = (self.recompute_envelope and self.padding_mode == "zeros" and not isinstance(self.padding, str)
-                     and torch.is_grad_enabled() and not torch.jit.is_tracing() and not _is_compiling())
-        if recompute:
-            conv_args = (1 if sampled else self.stride, 0 if sampled else self.padding, self.dilation, self.groups)
-            return _EnvelopeThenConv.apply(x, env.raw_sigma, self.weight, self.bias, env.size, env.padding_mode,
-                                           self.stride if sampled else 1, env.resolve_impl(x), conv_args)
-        if sampled:
-            return F.conv2d(env(x, stride=self.stride), self.weight, self.bias, 1, 0, self.dilation, self.groups)
-        return self._conv_forward(env(x), self.weight, self.bias)
+        padding = [0, 0] if sampled or self.padding == "valid" else self.padding
+        if not self.recompute_envelope or self.padding_mode != "zeros" or isinstance(padding, str):
+            smoothed = env(x, stride=self.stride) if sampled else env(x)
+            if sampled:
+                return F.conv2d(smoothed, weight, bias, 1, 0, self.dilation, self.groups)
+            return self._conv_forward(smoothed, weight, bias)
+        dtype = _autocast_dtype(x)
+        if dtype is not None:  # the op is not autocast-aware: give it what autocast would give the conv
+            x, weight = x.to(dtype), weight.to(dtype)
+            bias = bias.to(dtype) if bias is not None else None
+        return ops.envelope_conv2d(x, env.raw_sigma, env.size, weight, bias, env_stride=self.stride if sampled else 1,
+                                   padding_mode=env.padding_mode, stride=1 if sampled else self.stride,
+                                   padding=list(padding), dilation=self.dilation, groups=self.groups, impl=env.impl)
 
     @property
     def envelope_size(self) -> int:

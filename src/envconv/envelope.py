@@ -9,13 +9,9 @@ import torch
 from torch import nn
 
 from . import functional as EF
+from . import ops
 
 __all__ = ["GaussianEnvelope"]
-
-
-def _is_compiling() -> bool:
-    compiler = getattr(torch, "compiler", None)
-    return bool(compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling())
 
 
 def _check_channels(channels: int) -> int:
@@ -44,8 +40,9 @@ class GaussianEnvelope(nn.Module):
 
     ``size`` (:math:`k_g`) is a plain attribute, not a parameter: it can be changed
     after training (see :func:`envconv.shrink`, the paper's Table 1e) without touching
-    the learned scales. ``impl`` (``"auto"``) selects how the filtering is computed
-    (:func:`envconv.functional.choose_impl`); every choice gives the same result.
+    the learned scales. The filtering is the ``envconv::envelope`` operator
+    (:func:`envconv.ops.gaussian_envelope`); ``impl`` (``"auto"``) can force one of its
+    implementations (:data:`envconv.ops.IMPLS`); every choice gives the same result.
     ``forward(x, stride=s)`` returns the envelope only every ``s`` pixels, as a strided
     1x1 convolution after it reads it.
 
@@ -96,8 +93,7 @@ class GaussianEnvelope(nn.Module):
         self.padding_mode = EF.check_padding_mode(padding_mode)
         if isinstance(init, bool) or not isinstance(init, (int, float)) or not math.isfinite(init):
             raise ValueError(f"init (raw sigma) must be a finite number, got {init!r}")
-        self.impl = "auto"  # see envconv.functional.choose_impl; "separable" / "full" / "fused" force one
-        self._cache = None
+        self.impl = "auto"  # envconv.ops.dispatch decides; "separable" / "full" / "fused" / "triton" force one
         raw = torch.full((1 if shared else channels,), float(init), device=device, dtype=dtype)
         if learnable:
             self.raw_sigma = nn.Parameter(raw)
@@ -176,17 +172,6 @@ class GaussianEnvelope(nn.Module):
         k = self.kernel1d()
         return k[:, :, None] * k[:, None, :]
 
-    def _kernel_for(self, x: torch.Tensor) -> torch.Tensor:
-        """The (C, k) kernel; cached while no gradient can flow to sigma (eval, frozen or fixed sigma)."""
-        raw = self.raw_sigma
-        tracing = torch.jit.is_tracing() or _is_compiling()
-        if tracing or (torch.is_grad_enabled() and raw.requires_grad):
-            return EF.channel_kernel(raw, self.size, x)
-        key = (raw._version, raw.data_ptr(), raw.device, self.size, x.dtype)
-        if self._cache is None or self._cache[0] != key:
-            self._cache = (key, EF.channel_kernel(raw.detach(), self.size, x).contiguous())
-        return self._cache[1]
-
     def forward(self, x: torch.Tensor, stride: Union[int, Sequence[int]] = 1) -> torch.Tensor:
         """Smooth ``x``; with ``stride > 1`` only at the positions a strided 1x1 conv reads."""
         if x.dim() == 3:
@@ -201,23 +186,12 @@ class GaussianEnvelope(nn.Module):
                 f"GaussianEnvelope has {self.channels} channels but the input has {x.shape[1]} "
                 f"(shape {tuple(x.shape)})"
             )
-        EF.check_padding_size(x, self.size, self.padding_mode)
-        impl = self.resolve_impl(x)
-        if impl == "fused":
-            from . import cpu_kernels
+        return ops.gaussian_envelope(x, self.raw_sigma, self.size, self.padding_mode, stride, self.impl)
 
-            return cpu_kernels.fused_envelope(x, self.raw_sigma, self.size, stride)
-        return EF.apply_envelope(x, self._kernel_for(x), self.padding_mode, stride, impl)
-
-    def resolve_impl(self, x: torch.Tensor) -> str:
-        """The implementation used for ``x`` now: ``impl``, or :func:`~envconv.functional.choose_impl`'s choice."""
-        if self.impl != "auto":
-            return self.impl
-        if self.size == 1:
-            return "separable"  # the identity; apply_envelope short-cuts it
-        needs_grad = torch.is_grad_enabled() and (x.requires_grad or self.raw_sigma.requires_grad)
-        fused = not (torch.jit.is_tracing() or _is_compiling())
-        return EF.choose_impl(x, self.size, needs_grad, self.padding_mode, fused=fused)
+    def resolve_impl(self, x: torch.Tensor, stride: Union[int, Sequence[int]] = 1) -> str:
+        """The implementation that computes this envelope's forward for ``x`` (see :mod:`envconv.ops.dispatch`)."""
+        stride = [stride, stride] if isinstance(stride, int) else list(stride)
+        return ops.forward_impl(x, self.size, stride, self.padding_mode, self.impl)
 
     def extra_repr(self) -> str:
         mode = "shared" if self.shared else "per-channel"

@@ -10,13 +10,11 @@ This module is the single place where the envelope's math lives (paper, Sec. 2.3
 
     \bar X(\cdot, \cdot, c) = \mathbf g_{\sigma_c}(y) * \big(\mathbf g_{\sigma_c}(x) * X(\cdot, \cdot, c)\big).
 
-The 2-D envelope is the outer product of the 1-D kernel with itself.
-:func:`gaussian_envelope_reference` applies it the plain way, as two depthwise 1-D
-passes (width, then height); :func:`gaussian_envelope` computes the same thing by
-whichever implementation is fastest for the case (:func:`choose_impl`), and can
-evaluate it only at strided positions. Gradients come from autograd through the
-softmax kernel; ``tests/test_functional.py`` checks them against the paper's
-eq. (7)-(8) and every implementation against the reference.
+The 2-D envelope is the outer product of the 1-D kernel with itself. This module holds the
+math only: the kernel, its derivative (what eq. (8) filters with), the parameterisation and
+argument checks. Applying the envelope to a tensor is the operator of :mod:`envconv.ops`
+(:func:`envconv.ops.gaussian_envelope`); the independent reference it is tested against is
+``tests/reference.py`` (scipy).
 """
 
 from __future__ import annotations
@@ -32,22 +30,12 @@ __all__ = [
     "check_envelope_size",
     "check_padding_mode",
     "check_padding_size",
+    "check_envelope_args",
     "sigma2_from_raw",
     "raw_from_sigma",
     "gaussian_kernel1d",
     "gaussian_kernel1d_derivative",
-    "gaussian_envelope",
-    "gaussian_envelope_reference",
-    "channel_kernel",
-    "apply_envelope",
-    "choose_impl",
-    "IMPLS",
 ]
-
-#: Implementations: two depthwise 1-D passes, one depthwise ``k x k`` conv with the
-#: outer-product kernel, or the fused C++ kernel of :mod:`envconv.cpu_kernels`
-#: (channels_last CPU, zero padding; only through :func:`gaussian_envelope`, which has sigma).
-IMPLS = ("auto", "separable", "full", "fused")
 
 #: Padding modes of the envelope; all keep the spatial size. ``"zeros"`` is what a
 #: convolution does; the others follow :func:`torch.nn.functional.pad`.
@@ -153,22 +141,11 @@ def gaussian_kernel1d_derivative(raw_sigma: torch.Tensor, size: int) -> torch.Te
     return g * (x2 - (g * x2).sum(1, keepdim=True)) / (2.0 * sigma2[:, None] ** 2) * dsigma2[:, None]
 
 
-def _pass(x: torch.Tensor, kernel: torch.Tensor, dim: int, padding_mode: str, stride: int = 1) -> torch.Tensor:
-    """One depthwise 1-D pass of ``kernel`` (C, k) along ``dim`` (2: height, 3: width), output every ``stride``."""
-    channels, size = kernel.shape
-    r = size // 2
-    if dim == 3:
-        weight = kernel.view(channels, 1, 1, size)
-        pad, conv_padding, conv_stride = (r, r, 0, 0), (0, r), (1, stride)
-    else:
-        weight = kernel.view(channels, 1, size, 1)
-        pad, conv_padding, conv_stride = (0, 0, r, r), (r, 0), (stride, 1)
-    if padding_mode == "zeros":
-        return F.conv2d(x, weight, stride=conv_stride, padding=conv_padding, groups=channels)
-    return F.conv2d(F.pad(x, pad, mode=padding_mode), weight, stride=conv_stride, groups=channels)
-
-
-def _check_envelope_args(x: torch.Tensor, size: int, padding_mode: str, channels_of_param: int) -> None:
+def check_envelope_args(x: torch.Tensor, raw_sigma: torch.Tensor, size: int, padding_mode: str) -> None:
+    """Check the arguments of an envelope of ``x`` (N, C, H, W) with ``raw_sigma`` (C,) or (1,); raise naming the problem."""
+    if raw_sigma.dim() != 1:
+        raise ValueError(f"raw_sigma must have shape (C,) or (1,), got {tuple(raw_sigma.shape)}")
+    channels_of_param = raw_sigma.shape[0]
     check_envelope_size(size)
     check_padding_mode(padding_mode)
     if x.dim() != 4:
@@ -192,151 +169,3 @@ def check_padding_size(x: torch.Tensor, size: int, padding_mode: str) -> None:
             f"padding_mode={padding_mode!r} needs height and width {relation} r = {r} (size {size}), "
             f"got {tuple(x.shape[2:])}"
         )
-
-
-def channel_kernel(raw_sigma: torch.Tensor, size: int, x: torch.Tensor) -> torch.Tensor:
-    """The (C, k) kernel of eq. (9) in ``x``'s dtype, one row per channel of ``x`` (a shared sigma repeated)."""
-    kernel = gaussian_kernel1d(raw_sigma, size).to(x.dtype)
-    if kernel.shape[0] != x.shape[1]:
-        kernel = kernel.expand(x.shape[1], size).contiguous()
-    return kernel
-
-
-def _channel_kernel(x: torch.Tensor, raw_sigma: torch.Tensor, size: int, padding_mode: str) -> torch.Tensor:
-    """Check the arguments; then :func:`channel_kernel`."""
-    if raw_sigma.dim() != 1:
-        raise ValueError(f"raw_sigma must have shape (C,) or (1,), got {tuple(raw_sigma.shape)}")
-    _check_envelope_args(x, size, padding_mode, raw_sigma.shape[0])
-    return channel_kernel(raw_sigma, size, x)
-
-
-def gaussian_envelope_reference(
-    x: torch.Tensor,
-    raw_sigma: torch.Tensor,
-    size: int,
-    padding_mode: str = "zeros",
-) -> torch.Tensor:
-    """The plain implementation of :func:`gaussian_envelope` (two depthwise 1-D passes), kept for tests."""
-    kernel = _channel_kernel(x, raw_sigma, size, padding_mode)
-    return _pass(_pass(x, kernel, 3, padding_mode), kernel, 2, padding_mode)
-
-
-def choose_impl(x: torch.Tensor, size: int, needs_grad: bool, padding_mode: str = "zeros",
-                fused: bool = False) -> str:
-    """The implementation used for ``impl="auto"``.
-
-    Chosen from measurements on CPU (``benchmarks/layer_speed.py``; oneDNN kernels):
-
-    * ``size <= 3``: ``"full"`` - one 3x3 depthwise conv beats two 1-D passes in
-      forward and backward, in both memory layouts.
-    * with ``fused=True`` (the caller has sigma, see :func:`gaussian_envelope`), a CPU
-      tensor with zero padding, in channels_last or when a gradient is needed:
-      ``"fused"`` - the C++ kernel with the eq. (8) backward. Its forward+backward took
-      0.26x-0.84x the time of the 1-D passes at ResNet-50's seven places in channels_last,
-      and 0.18x-0.88x in NCHW, whose input is converted to channels_last and back
-      (``benchmarks/results/``).
-    * inference (no gradient) on small maps (``H * W <= 28 * 28``): ``"full"``.
-    * otherwise ``"separable"``.
-    """
-    if size <= 3:
-        return "full"
-    channels_last = x.is_contiguous(memory_format=torch.channels_last)
-    if fused and (channels_last or needs_grad):
-        from . import cpu_kernels
-
-        if cpu_kernels.supports(x, padding_mode) and cpu_kernels.available():
-            return "fused"
-    if not needs_grad and x.shape[2] * x.shape[3] <= 28 * 28:
-        return "full"
-    return "separable"
-
-
-def apply_envelope(
-    x: torch.Tensor,
-    kernel: torch.Tensor,
-    padding_mode: str = "zeros",
-    stride: Union[int, Sequence[int]] = 1,
-    impl: str = "auto",
-) -> torch.Tensor:
-    """Filter ``x`` (N, C, H, W) with the separable envelope of 1-D kernels ``kernel`` (C, k).
-
-    The output is the envelope at positions ``(i * stride, j * stride)`` only (all
-    positions for ``stride=1``): exactly what a strided 1x1 convolution after the
-    envelope reads, at a fraction of the cost. ``impl`` picks the implementation
-    (:data:`IMPLS`; ``"auto"``: :func:`choose_impl`); all give the same result up to
-    float rounding. Works in the input's memory format (NCHW or channels_last).
-    """
-    if impl not in IMPLS:
-        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
-    if impl == "fused":
-        raise ValueError("impl='fused' needs sigma, not a kernel: use gaussian_envelope")
-    sh, sw = (stride, stride) if isinstance(stride, int) else tuple(stride)
-    channels, size = kernel.shape
-    if size == 1:  # the 1-tap envelope is the identity, whatever sigma
-        return x[..., ::sh, ::sw] if (sh, sw) != (1, 1) else x
-    if impl == "auto":
-        impl = choose_impl(x, size, torch.is_grad_enabled() and (x.requires_grad or kernel.requires_grad))
-    n, _, h, w = x.shape
-    if channels < 8 and n > 1 and x.is_contiguous():
-        # Few channels in NCHW: fold the batch into the channels, (N, C, H, W) -> (1, N*C, H, W),
-        # a free view. oneDNN's grouped conv is 4-5x faster with N*C groups than with C groups.
-        out = apply_envelope(x.view(1, n * channels, h, w), kernel.repeat(n, 1), padding_mode, stride, impl)
-        return out.view(n, channels, *out.shape[-2:])
-    if impl == "full":
-        r = size // 2
-        weight = (kernel[:, :, None] * kernel[:, None, :]).unsqueeze(1)
-        if padding_mode == "zeros":
-            return F.conv2d(x, weight, stride=(sh, sw), padding=r, groups=channels)
-        return F.conv2d(F.pad(x, (r, r, r, r), mode=padding_mode), weight, stride=(sh, sw), groups=channels)
-    return _pass(_pass(x, kernel, 3, padding_mode, sw), kernel, 2, padding_mode, sh)
-
-
-def gaussian_envelope(
-    x: torch.Tensor,
-    raw_sigma: torch.Tensor,
-    size: int,
-    padding_mode: str = "zeros",
-    stride: Union[int, Sequence[int]] = 1,
-    impl: str = "auto",
-) -> torch.Tensor:
-    r"""Channel-wise Gaussian envelope filtering, eq. (3) with the kernel of eq. (9).
-
-    Smooths each channel ``c`` of ``x`` with the separable Gaussian of scale
-    :math:`\sigma_c`. The spatial size is kept (``stride=1``), or the result is read
-    only every ``stride`` pixels, as a strided 1x1 convolution after it would.
-
-    Args:
-        x: input of shape :math:`(N, C, H, W)`, NCHW or channels_last.
-        raw_sigma: raw scale :math:`\tilde\sigma`, shape :math:`(C,)`, or :math:`(1,)`
-            for one sigma shared by all channels.
-        size: envelope size :math:`k_g = 2r + 1` (odd, positive).
-        padding_mode: one of :data:`PADDING_MODES`. ``"reflect"`` needs
-            :math:`r < \min(H, W)`, ``"circular"`` :math:`r \le \min(H, W)`.
-        stride: output every ``stride`` pixels (int or (sh, sw)).
-        impl: ``"auto"`` (fastest known, :func:`choose_impl`), ``"separable"``, ``"full"``
-            or ``"fused"``.
-
-    Returns:
-        Tensor of shape :math:`(N, C, \lceil H / s_h \rceil, \lceil W / s_w \rceil)`.
-
-    Example:
-        >>> x = torch.randn(2, 3, 16, 16)
-        >>> gaussian_envelope(x, torch.zeros(3), 9).shape
-        torch.Size([2, 3, 16, 16])
-        >>> y = gaussian_envelope(x, torch.zeros(3), 9, stride=2)
-        >>> bool(torch.allclose(y, gaussian_envelope(x, torch.zeros(3), 9)[..., ::2, ::2], atol=1e-6))
-        True
-    """
-    if impl not in IMPLS:
-        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
-    if impl in ("auto", "fused"):
-        if raw_sigma.dim() != 1:
-            raise ValueError(f"raw_sigma must have shape (C,) or (1,), got {tuple(raw_sigma.shape)}")
-        _check_envelope_args(x, size, padding_mode, raw_sigma.shape[0])
-        needs_grad = torch.is_grad_enabled() and (x.requires_grad or raw_sigma.requires_grad)
-        if impl == "fused" or choose_impl(x, size, needs_grad, padding_mode, fused=True) == "fused":
-            from . import cpu_kernels
-
-            return cpu_kernels.fused_envelope(x, raw_sigma, size, stride)
-    kernel = _channel_kernel(x, raw_sigma, size, padding_mode)
-    return apply_envelope(x, kernel, padding_mode, stride, impl)

@@ -7,8 +7,9 @@
 //             sum(gy * pass_h(t, g')) + sum(gt * pass_w(x, g')), with g' = dg/draw and
 //             gt = pass_h^T(gy) - no k x k weight gradient is ever formed, and gt lives
 //             one row at a time (the W-direction transpose needs only its own row).
-#include <torch/extension.h>
 #include <ATen/Parallel.h>
+#include <torch/library.h>
+#include <torch/torch.h>
 
 #include <map>
 #include <mutex>
@@ -194,7 +195,7 @@ torch::Tensor envelope_forward(const torch::Tensor& x, const torch::Tensor& g, i
 }
 
 // Returns (grad_x or an empty tensor, grad of the per-channel raw sigma (C,)).
-std::vector<torch::Tensor> envelope_backward(const torch::Tensor& gy_in, const torch::Tensor& x,
+std::tuple<torch::Tensor, torch::Tensor> envelope_backward(const torch::Tensor& gy_in, const torch::Tensor& x,
                                              const torch::Tensor& g, const torch::Tensor& gd, int64_t sh,
                                              int64_t sw, bool need_x) {
   check(x, "x");
@@ -294,10 +295,17 @@ std::vector<torch::Tensor> envelope_backward(const torch::Tensor& gy_in, const t
     for (const auto& item : partials)
       for (int64_t c = 0; c < C; ++c) pgr[c] += item.second[c];
   });
-  return {need_x ? gx : torch::empty({0}, opts), graw};
+  return std::make_tuple(need_x ? gx : torch::empty({0}, opts), graw);
 }
 
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("forward", &envelope_forward, "separable envelope, channels_last CPU");
-  m.def("backward", &envelope_backward, "fused backward: grad_x and the eq. (8) sigma gradient");
+// Registered as internal ops of the envconv namespace (a fragment: the public envconv ops are
+// defined in Python by envconv.ops.library, which calls these on CPU tensors).
+TORCH_LIBRARY_FRAGMENT(envconv, m) {
+  m.def("_cpu_envelope_forward(Tensor x, Tensor g, int sh, int sw) -> Tensor");
+  m.def("_cpu_envelope_backward(Tensor gy, Tensor x, Tensor g, Tensor gd, int sh, int sw, bool need_x) -> (Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(envconv, CPU, m) {
+  m.impl("_cpu_envelope_forward", &envelope_forward);
+  m.impl("_cpu_envelope_backward", &envelope_backward);
 }

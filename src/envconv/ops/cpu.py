@@ -1,0 +1,124 @@
+"""The C++ CPU kernels: registered as ``torch.ops.envconv._cpu_envelope_*`` (built on first use).
+
+``csrc/envelope_cpu.cpp`` computes the two 1-D passes with loops that vectorise over the
+contiguous channels of a channels_last tensor, and a backward that takes the sigma gradient
+from the paper's eq. (8) - one derivative-of-Gaussian pass per axis and a dot product -
+instead of the generic depth-wise weight gradient. It registers its two functions as ops
+with ``TORCH_LIBRARY_FRAGMENT(envconv, ...)``; :mod:`envconv.ops.library` calls them inside
+the public ``envconv::envelope`` ops on CPU tensors.
+
+The library is compiled with the system's C++ compiler and ninja (a dependency of envconv)
+by :func:`torch.utils.cpp_extension.load` the first time it is needed (about half a minute,
+then cached in torch's extension directory); nothing is downloaded. If the build fails, or
+``ENVCONV_NO_EXTENSION=1`` is set, envconv warns once, :func:`unavailable_reason` says why,
+and the ops use their composite (ATen) implementation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import platform
+import warnings
+from pathlib import Path
+from typing import Optional, Sequence, Tuple
+
+import torch
+
+__all__ = ["available", "load", "unavailable_reason", "supports", "forward", "backward"]
+
+_SOURCE = Path(__file__).resolve().parent.parent / "csrc" / "envelope_cpu.cpp"
+_loaded = False
+_failed: Optional[str] = None
+
+
+def _cpu_tag() -> str:
+    """A short hash of this CPU's instruction-set flags: the build uses -march=native, so a
+    build cached for another CPU (a shared home directory) must never be loaded here."""
+    flags = platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                flags += line
+                break
+    except OSError:
+        pass
+    return hashlib.sha1(flags.encode()).hexdigest()[:10]
+
+
+def load() -> bool:
+    """Build (once) and load the C++ ops; ``False`` if they cannot be built."""
+    global _loaded, _failed
+    if _loaded or _failed is not None:
+        return _loaded
+    if os.environ.get("ENVCONV_NO_EXTENSION", "") not in ("", "0"):
+        _failed = "disabled by ENVCONV_NO_EXTENSION"
+        return False
+    try:
+        # torch's build helpers warn (and log) about CUDA and TorchScript here: not our concern
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from torch.utils.cpp_extension import load as load_extension
+
+            load_extension(name=f"envconv_envelope_cpu_{_cpu_tag()}", sources=[str(_SOURCE)],
+                           extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"],
+                           is_python_module=False, verbose=False)
+        _loaded = True
+    except Exception as err:  # a missing compiler, ninja, headers or OpenMP: fall back to the ATen ops
+        _failed = f"{type(err).__name__}: {err}"
+        warnings.warn(f"envconv: the C++ CPU envelope kernel could not be built ({_failed}); "
+                      f"using the composite (ATen) implementation instead", RuntimeWarning, stacklevel=2)
+    return _loaded
+
+
+def available() -> bool:
+    """Whether the C++ kernel is built (or can be)."""
+    return load()
+
+
+def unavailable_reason() -> Optional[str]:
+    """Why the C++ kernel cannot be used (``None`` when it can, or has not been tried)."""
+    return _failed
+
+
+def supports(x: torch.Tensor, padding_mode: str) -> Optional[str]:
+    """``None`` if the C++ kernel handles ``x``, else the reason it does not.
+
+    It handles 4-D float32/float64 CPU tensors with zero padding; inputs that are not
+    channels_last are converted on the way in and the results converted back.
+    """
+    if x.device.type != "cpu":
+        return f"it runs on CPU tensors, got a {x.device.type} tensor"
+    if x.dtype not in (torch.float32, torch.float64):
+        return f"it computes in float32/float64, got {x.dtype}"
+    if padding_mode != "zeros":
+        return f"it pads with zeros, got padding_mode={padding_mode!r}"
+    return None
+
+
+def _channels_last(x: torch.Tensor) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def _like_input(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The kernel's channels_last result in ``x``'s memory format."""
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return y
+    return y.contiguous()
+
+
+def forward(x: torch.Tensor, kernel: torch.Tensor, stride: Sequence[int]) -> torch.Tensor:
+    """The envelope of ``x`` with 1-D kernels ``kernel`` (C, k), output every ``stride`` pixels."""
+    y = torch.ops.envconv._cpu_envelope_forward(_channels_last(x), kernel.to(x.dtype).t().contiguous(), *stride)
+    return _like_input(y, x)
+
+
+def backward(grad: torch.Tensor, x: torch.Tensor, kernel: torch.Tensor, dkernel: torch.Tensor,
+             stride: Sequence[int], need_x: bool) -> Tuple[Optional[torch.Tensor], torch.Tensor]:
+    """``(grad_x or None, per-channel sigma gradient (C,))`` by the fused eq. (8) backward."""
+    grad_x, grad_sigma = torch.ops.envconv._cpu_envelope_backward(
+        grad.to(x.dtype), _channels_last(x), kernel.to(x.dtype).t().contiguous(),
+        dkernel.to(x.dtype).t().contiguous(), *stride, need_x)
+    return (_like_input(grad_x, x) if need_x else None), grad_sigma

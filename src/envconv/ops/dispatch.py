@@ -1,0 +1,111 @@
+"""The one place that decides which kernel computes an envelope.
+
+Implementations (:data:`IMPLS`):
+
+* ``"fused"`` - the C++ CPU kernel (:mod:`envconv.ops.cpu`): float32/float64, zero padding;
+* ``"triton"`` - the Triton kernels (:mod:`envconv.ops.triton_kernels`): CUDA tensors (CPU
+  tensors only under ``TRITON_INTERPRET=1``, which is how they are tested), zero padding;
+* ``"separable"`` / ``"full"`` - the composite ATen implementation (:mod:`envconv.ops.composite`),
+  two 1-D passes or one ``k x k`` depth-wise conv in forward; every device, dtype and padding mode.
+
+``"auto"`` picks by measurement:
+
+* CPU (``benchmarks/layer_speed.py``, oneDNN): forward ``"full"`` for 3 taps, ``"fused"``
+  on other channels_last input, else the composite forward (``"full"`` for maps of at most
+  28 x 28, ``"separable"`` otherwise); backward ``"fused"`` in both layouts (0.18x-0.88x the time of autograd through
+  the 1-D passes at ResNet-50's seven places).
+* CUDA: the composite path until ``benchmarks/gpu.py`` has measured the Triton kernels on a
+  GPU (:data:`CUDA_RULES` records what was measured).
+
+A forced implementation that cannot handle the case raises a ``ValueError`` (or a
+``RuntimeError`` when its kernel is unavailable) naming why, instead of computing something else.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional, Sequence
+
+import torch
+
+from . import cpu
+
+__all__ = ["IMPLS", "forward_impl", "backward_impl", "triton_unsupported"]
+
+IMPLS = ("auto", "separable", "full", "fused", "triton")
+
+#: Auto rules for CUDA tensors. ``None``: not measured on a GPU yet, so the composite path runs.
+CUDA_RULES: Optional[dict] = None
+
+
+def check_impl(impl: str) -> str:
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    return impl
+
+
+def triton_unsupported(x: torch.Tensor, padding_mode: str) -> Optional[str]:
+    """``None`` if the Triton kernels handle ``x``, else the reason they do not."""
+    interpret = os.environ.get("TRITON_INTERPRET", "") not in ("", "0")
+    if x.device.type != "cuda" and not (interpret and x.device.type == "cpu"):
+        return f"they run on CUDA tensors (CPU tensors only with TRITON_INTERPRET=1), got a {x.device.type} tensor"
+    if padding_mode != "zeros":
+        return f"they pad with zeros, got padding_mode={padding_mode!r}"
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return "triton is not installed"
+    return None
+
+
+def _forced(x: torch.Tensor, padding_mode: str, impl: str) -> str:
+    if impl == "fused":
+        reason = cpu.supports(x, padding_mode)
+        if reason is not None:
+            raise ValueError(f"impl='fused' (the C++ CPU kernel) cannot compute this envelope: {reason}")
+        if not cpu.available():
+            raise RuntimeError(f"impl='fused': the C++ CPU kernel is not available ({cpu.unavailable_reason()})")
+    elif impl == "triton":
+        reason = triton_unsupported(x, padding_mode)
+        if reason is not None:
+            raise ValueError(f"impl='triton' cannot compute this envelope: {reason}")
+    return impl
+
+
+def _composite_forward(x: torch.Tensor, size: int) -> str:
+    return "full" if size <= 3 or x.shape[2] * x.shape[3] <= 28 * 28 else "separable"
+
+
+def _fused_ok(x: torch.Tensor, padding_mode: str) -> bool:
+    return cpu.supports(x, padding_mode) is None and cpu.available()
+
+
+def forward_impl(x: torch.Tensor, size: int, stride: Sequence[int], padding_mode: str, impl: str = "auto") -> str:
+    """The implementation that computes the envelope's forward for ``x``."""
+    if check_impl(impl) != "auto":
+        return _forced(x, padding_mode, impl)
+    if size <= 3:  # one 3x3 depth-wise conv beats two 1-D passes and the C++ kernel
+        return "full"
+    if x.device.type == "cpu" and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() \
+            and _fused_ok(x, padding_mode):
+        return "fused"
+    if x.device.type == "cuda" and CUDA_RULES and CUDA_RULES.get("forward") == "triton" \
+            and triton_unsupported(x, padding_mode) is None:
+        return "triton"
+    return _composite_forward(x, size)
+
+
+def backward_impl(x: torch.Tensor, size: int, stride: Sequence[int], padding_mode: str, impl: str = "auto") -> str:
+    """The implementation that computes the envelope's backward (eq. (7) and (8)) for ``x``.
+
+    Every backward computes the sigma gradient by eq. (8); ``"separable"`` and ``"full"``
+    name the same composite backward.
+    """
+    if check_impl(impl) != "auto":
+        return _forced(x, padding_mode, impl)
+    if x.device.type == "cpu" and _fused_ok(x, padding_mode):
+        return "fused"
+    if x.device.type == "cuda" and CUDA_RULES and CUDA_RULES.get("backward") == "triton" \
+            and triton_unsupported(x, padding_mode) is None:
+        return "triton"
+    return "separable"

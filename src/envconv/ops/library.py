@@ -1,0 +1,284 @@
+r"""The envelope as PyTorch operators: ``torch.ops.envconv.*``.
+
+Three ops, registered with :func:`torch.library.custom_op`, each with a fake (meta) kernel for
+the compiler and export, and a FLOP formula for :class:`torch.utils.flop_counter.FlopCounterMode`:
+
+* ``envconv::envelope(x, raw_sigma, size, stride, padding_mode, impl) -> y`` - eq. (3) with the
+  kernel of eq. (9), evaluated every ``stride`` pixels; differentiable (``register_autograd``),
+  its backward is the next op.
+* ``envconv::envelope_backward(grad, x, raw_sigma, ...) -> (grad_x, grad_raw_sigma)`` - eq. (7)
+  and the eq. (8) sigma gradient (an empty tensor for a gradient not asked for).
+* ``envconv::envelope_conv2d(x, raw_sigma, weight, bias, ...) -> y`` - the envelope followed by
+  a convolution (eq. (3)-(4)), saving only ``x`` for backward: the envelope is recomputed there
+  (one cheap forward) instead of keeping two extra feature maps per layer alive.
+
+Which kernel computes an op is decided in :mod:`envconv.ops.dispatch` alone; ``impl`` forces one.
+Every implementation returns the input's memory format (channels_last in, channels_last out).
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.flop_counter import conv_flop_count, register_flop_formula
+
+from .. import functional as EF
+from . import composite, cpu, dispatch
+
+__all__ = ["envelope", "envelope_backward", "envelope_conv2d", "envelope_decomposed", "envelope_flops",
+           "STEM_CHANNELS"]
+
+#: An envelope + conv with at most this many input channels, whose input needs no gradient (a
+#: stem on the image), gets its sigma gradient from forward convolutions (:func:`_stem_backward`).
+STEM_CHANNELS = 4
+
+
+def _memory_format(x: Tensor) -> torch.memory_format:
+    channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
+def _empty(x: Tensor, shape) -> Tensor:
+    """An uninitialised tensor of ``shape`` with ``x``'s dtype, device and memory format."""
+    return torch.empty(tuple(shape), dtype=x.dtype, device=x.device, memory_format=_memory_format(x))
+
+
+def _out_size(x: Tensor, stride: List[int]):
+    return (x.shape[2] - 1) // stride[0] + 1, (x.shape[3] - 1) // stride[1] + 1
+
+
+def _kernels(raw_sigma: Tensor, size: int, channels: int, derivative: bool = False):
+    """(kernel, d kernel / d raw) of eq. (9), one row per channel (C, k), in ``raw_sigma``'s dtype."""
+    kernel = EF.gaussian_kernel1d(raw_sigma, size).expand(channels, size)
+    if not derivative:
+        return kernel, None
+    return kernel, EF.gaussian_kernel1d_derivative(raw_sigma, size).expand(channels, size)
+
+
+def _run_kernel(x: Tensor, kernel: Tensor, stride: List[int], padding_mode: str, which: str) -> Tensor:
+    if which == "fused":
+        return cpu.forward(x, kernel, stride)
+    if which == "triton":
+        from . import triton_kernels
+
+        return triton_kernels.forward(x, kernel, stride)
+    out = composite.forward(x, kernel.to(x.dtype), stride, padding_mode, which)
+    return out.contiguous(memory_format=_memory_format(x))
+
+
+def _forward(x: Tensor, raw_sigma: Tensor, size: int, stride: List[int], padding_mode: str, impl: str) -> Tensor:
+    if size == 1:  # the 1-tap envelope is the identity, whatever sigma (a copy: op outputs never alias inputs)
+        return x[..., ::stride[0], ::stride[1]].contiguous(memory_format=_memory_format(x)).clone()
+    which = dispatch.forward_impl(x, size, stride, padding_mode, impl)
+    kernel, _ = _kernels(raw_sigma, size, x.shape[1])
+    return _run_kernel(x, kernel, stride, padding_mode, which)
+
+
+# ---- envconv::envelope ------------------------------------------------------------------------------------
+
+@torch.library.custom_op("envconv::envelope", mutates_args=())
+def envelope(x: Tensor, raw_sigma: Tensor, size: int, stride: List[int], padding_mode: str, impl: str) -> Tensor:
+    """The envelope of ``x`` (N, C, H, W) at every ``stride``-th pixel; see :func:`envconv.functional.gaussian_envelope`."""
+    return _forward(x, raw_sigma, size, stride, padding_mode, impl)
+
+
+@envelope.register_fake
+def _(x, raw_sigma, size, stride, padding_mode, impl):
+    return _empty(x, (x.shape[0], x.shape[1], *_out_size(x, stride)))
+
+
+def _envelope_setup(ctx, inputs, output):
+    x, raw_sigma, size, stride, padding_mode, impl = inputs
+    ctx.save_for_backward(x, raw_sigma)
+    ctx.config = (size, list(stride), padding_mode, impl)
+
+
+def _envelope_grad(ctx, grad):
+    x, raw_sigma = ctx.saved_tensors
+    need_x, need_sigma = ctx.needs_input_grad[:2]
+    if not (need_x or need_sigma):
+        return None, None, None, None, None, None
+    grad_x, grad_raw = torch.ops.envconv.envelope_backward(grad, x, raw_sigma, *ctx.config, need_x, need_sigma)
+    return (grad_x if need_x else None), (grad_raw if need_sigma else None), None, None, None, None
+
+
+envelope.register_autograd(_envelope_grad, setup_context=_envelope_setup)
+
+
+# ---- envconv::envelope_backward ---------------------------------------------------------------------------
+
+@torch.library.custom_op("envconv::envelope_backward", mutates_args=())
+def envelope_backward(grad: Tensor, x: Tensor, raw_sigma: Tensor, size: int, stride: List[int], padding_mode: str,
+                      impl: str, need_x: bool, need_sigma: bool) -> Tuple[Tensor, Tensor]:
+    """``(grad_x, grad_raw_sigma)`` of :func:`envelope` by eq. (7) and (8); an empty tensor for one not needed."""
+    empty = x.new_empty(0)
+    if size == 1:
+        grad_x = None
+        if need_x:
+            grad_x = torch.zeros_like(x, memory_format=_memory_format(x))
+            grad_x[..., ::stride[0], ::stride[1]] = grad
+        grad_raw = torch.zeros_like(raw_sigma) if need_sigma else None
+    else:
+        which = dispatch.backward_impl(x, size, stride, padding_mode, impl)
+        kernel, dkernel = _kernels(raw_sigma, size, x.shape[1], derivative=True)
+        if which == "fused":
+            grad_x, grad_c = cpu.backward(grad, x, kernel, dkernel, stride, need_x)
+        elif which == "triton":
+            from . import triton_kernels
+
+            grad_x, grad_c = triton_kernels.backward(grad, x, kernel, dkernel, stride, need_x, need_sigma)
+        else:
+            grad_x, grad_c = composite.backward(grad, x, kernel.to(x.dtype), dkernel, stride, padding_mode, need_x,
+                                                need_sigma)
+            if grad_x is not None:
+                grad_x = grad_x.contiguous(memory_format=_memory_format(x))
+        grad_raw = None
+        if need_sigma:
+            grad_raw = (grad_c.sum().reshape(1) if raw_sigma.shape[0] != x.shape[1] else grad_c).to(raw_sigma.dtype)
+    return (grad_x if need_x else empty), (grad_raw if need_sigma else raw_sigma.new_empty(0))
+
+
+@envelope_backward.register_fake
+def _(grad, x, raw_sigma, size, stride, padding_mode, impl, need_x, need_sigma):
+    grad_x = _empty(x, x.shape) if need_x else x.new_empty(0)
+    return grad_x, raw_sigma.new_empty(raw_sigma.shape if need_sigma else (0,))
+
+
+# ---- envconv::envelope_conv2d -----------------------------------------------------------------------------
+
+@torch.library.custom_op("envconv::envelope_conv2d", mutates_args=())
+def envelope_conv2d(x: Tensor, raw_sigma: Tensor, weight: Tensor, bias: Optional[Tensor], size: int,
+                    env_stride: List[int], padding_mode: str, impl: str, stride: List[int], padding: List[int],
+                    dilation: List[int], groups: int) -> Tensor:
+    """``conv2d(envelope(x), weight, bias, stride, padding, dilation, groups)``; backward recomputes the envelope."""
+    smoothed = _forward(x, raw_sigma, size, env_stride, padding_mode, impl)
+    return F.conv2d(smoothed, weight, bias, stride, padding, dilation, groups)
+
+
+@envelope_conv2d.register_fake
+def _(x, raw_sigma, weight, bias, size, env_stride, padding_mode, impl, stride, padding, dilation, groups):
+    smoothed = _empty(x, (x.shape[0], x.shape[1], *_out_size(x, env_stride)))
+    return F.conv2d(smoothed, weight, bias, stride, padding, dilation, groups)
+
+
+def _conv2d_setup(ctx, inputs, output):
+    x, raw_sigma, weight, bias = inputs[:4]
+    ctx.save_for_backward(x, raw_sigma, weight)
+    ctx.config = inputs[4:]
+    ctx.bias_shape = None if bias is None else list(bias.shape)
+
+
+def _conv2d_grad(ctx, grad_out):
+    x, raw_sigma, weight = ctx.saved_tensors
+    size, env_stride, padding_mode, impl, stride, padding, dilation, groups = ctx.config
+    need_x, need_raw, need_w, need_b = ctx.needs_input_grad[:4]
+    tail = (None,) * 8
+    if need_raw and not need_x and groups == 1 and list(env_stride) == [1, 1] and padding_mode == "zeros" \
+            and x.shape[1] <= STEM_CHANNELS and size > 1:
+        return (None, *_stem_backward(grad_out, x, raw_sigma, weight, size, need_w, ctx.bias_shape, need_b,
+                                      (stride, padding, dilation)), *tail)
+    smoothed = torch.ops.envconv.envelope(x, raw_sigma, size, env_stride, padding_mode, impl)
+    grad_s, grad_w, grad_b = torch.ops.aten.convolution_backward(
+        grad_out.contiguous(memory_format=_memory_format(smoothed)), smoothed, weight, ctx.bias_shape,
+        list(stride), list(padding), list(dilation), False, [0, 0], groups, [need_x or need_raw, need_w, need_b])
+    grad_x = grad_raw = None
+    if need_x or need_raw:
+        grad_x, grad_raw = torch.ops.envconv.envelope_backward(grad_s, x, raw_sigma, size, env_stride, padding_mode,
+                                                               impl, need_x, need_raw)
+    return ((grad_x if need_x else None), (grad_raw if need_raw else None),
+            (_like(grad_w, weight) if need_w else None), (grad_b if need_b else None), *tail)
+
+
+envelope_conv2d.register_autograd(_conv2d_grad, setup_context=_conv2d_setup)
+
+
+def _like(grad: Tensor, param: Tensor) -> Tensor:
+    """``grad`` in ``param``'s strides (DDP's gradient buckets expect the parameter's layout)."""
+    if grad.stride() == param.stride():
+        return grad
+    return torch.empty_like(param).copy_(grad)
+
+
+def _stem_backward(grad_out, x, raw_sigma, weight, size, need_w, bias_shape, need_b, conv_args):
+    r"""Gradients of a few-channel envelope + conv without the conv's input gradient.
+
+    The conv is linear in its input and in its weight, so with :math:`D_c = \partial\mathbf
+    g_c/\partial\tilde\sigma_c * X_c` (the envelope's derivative applied to channel c),
+    :math:`\partial L/\partial\tilde\sigma_c = \langle \partial L/\partial Y, \mathbf F_{:,c} * D_c
+    \rangle = \langle \mathbf F_{:,c}, G_{:,c}\rangle`, where :math:`G` is the weight gradient the conv
+    would have for input :math:`D`. Both weight gradients come from one backward-weight call on
+    the channels ``[smoothed, D]``; the conv's backward-data pass, which autograd would run and
+    which costs about 5x its weight gradient at a ResNet stem in oneDNN, is skipped. Zero padding.
+    """
+    n, c, h, w = x.shape
+    kernel, dkernel = _kernels(raw_sigma, size, c, derivative=True)
+    kernel, dkernel = kernel.to(x.dtype).repeat(n, 1), dkernel.to(x.dtype).repeat(n, 1)
+    flat = x.contiguous().view(1, n * c, h, w)  # batch folded into channels: fast grouped 1-D passes
+    rows, drows = composite.pass1d(flat, kernel, 2, "zeros"), composite.pass1d(flat, dkernel, 2, "zeros")
+    smoothed = composite.pass1d(rows, kernel, 3, "zeros").view(n, c, h, w)
+    deriv = (composite.pass1d(drows, kernel, 3, "zeros") + composite.pass1d(rows, dkernel, 3, "zeros")).view(n, c, h, w)
+    both = torch.cat([smoothed, deriv], 1).contiguous(memory_format=_memory_format(grad_out))
+    _, grad_both, grad_b = torch.ops.aten.convolution_backward(
+        grad_out, both, weight.repeat(1, 2, 1, 1), bias_shape, list(conv_args[0]), list(conv_args[1]),
+        list(conv_args[2]), False, [0, 0], 1, [False, True, need_b])
+    grad_raw = (weight.double() * grad_both[:, c:].double()).sum((0, 2, 3)).to(raw_sigma.dtype)
+    grad_w = _like(grad_both[:, :c], weight) if need_w else None
+    return (grad_raw.sum().view(1) if raw_sigma.numel() == 1 else grad_raw), grad_w, (grad_b if need_b else None)
+
+
+# ---- without the ops: plain ATen, for exporters that cannot carry a custom op -----------------------------
+
+def envelope_decomposed(x: Tensor, raw_sigma: Tensor, size: int, stride: List[int], padding_mode: str) -> Tensor:
+    """The envelope from differentiable ATen ops only (two 1-D passes, no batch folding).
+
+    Used while the TorchScript ONNX exporter traces a model (:func:`torch.onnx.is_in_onnx_export`):
+    the exported graph then holds two depth-wise ``Conv`` nodes per envelope, whose kernel is
+    computed from the exported ``raw_sigma``, for any batch size.
+    """
+    if size == 1:
+        return x[..., ::stride[0], ::stride[1]]
+    kernel = EF.gaussian_kernel1d(raw_sigma, size).to(x.dtype).expand(x.shape[1], size)
+    rows = composite.pass1d(x, kernel, 3, padding_mode, stride[1])
+    return composite.pass1d(rows, kernel, 2, padding_mode, stride[0])
+
+
+# ---- FLOP formulas ----------------------------------------------------------------------------------------
+
+def envelope_flops(x_shape, size: int, stride) -> int:
+    """FLOPs (2 per multiply-add) of the separable envelope at the positions it computes.
+
+    The width pass runs on every input row at the strided columns, the height pass at the
+    strided output positions: :math:`2 N C k_g \\lceil W/s_w \\rceil (H + \\lceil H/s_h \\rceil)`.
+    """
+    if size == 1:
+        return 0
+    n, c, h, w = x_shape
+    oh, ow = (h - 1) // stride[0] + 1, (w - 1) // stride[1] + 1
+    return 2 * n * c * size * ow * (h + oh)
+
+
+@register_flop_formula(torch.ops.envconv.envelope)
+def _(x_shape, raw_shape, size, stride, *args, out_shape=None, **kwargs) -> int:
+    return envelope_flops(x_shape, size, stride)
+
+
+@register_flop_formula(torch.ops.envconv.envelope_backward)
+def _(grad_shape, x_shape, raw_shape, size, stride, padding_mode, impl, need_x, need_sigma, *args, out_shape=None,
+      **kwargs) -> int:
+    # input gradient: the transposed passes (a forward's count); sigma gradient: the forward's
+    # intermediate, the derivative pass, two height passes and the dot product with the gradient
+    flops = envelope_flops(x_shape, size, stride) if need_x else 0
+    if need_sigma and size > 1:
+        flops += 2 * envelope_flops(x_shape, size, stride) + 2 * grad_shape[0] * grad_shape[1] * grad_shape[2] \
+            * grad_shape[3]
+    return flops
+
+
+@register_flop_formula(torch.ops.envconv.envelope_conv2d)
+def _(x_shape, raw_shape, w_shape, b_shape, size, env_stride, padding_mode, impl, stride, padding, dilation, groups,
+      *args, out_shape=None, **kwargs) -> int:
+    smoothed = (x_shape[0], x_shape[1], (x_shape[2] - 1) // env_stride[0] + 1, (x_shape[3] - 1) // env_stride[1] + 1)
+    return envelope_flops(x_shape, size, env_stride) + conv_flop_count(smoothed, w_shape, out_shape, transposed=False)
