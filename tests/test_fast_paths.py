@@ -1,24 +1,17 @@
-"""Every implementation of the envelope equals the reference, forward and backward, in both layouts."""
+"""The layers' routes through the envconv ops: the strided identity, the recomputing backward, both layouts."""
 
-import itertools
-
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from envconv import DisentangledConv2d, GaussianEnvelope
-from envconv import functional as EF
-
-TOL = {torch.float64: dict(rtol=1e-12, atol=1e-12), torch.float32: dict(rtol=1e-5, atol=1e-5)}
-CASES = list(itertools.product(["separable", "full", "auto"], [False, True], [1, 2, (2, 1)], [1, 3, 9]))
-CASES += [("fused", layout, stride, size)
-          for layout in (True, False) for stride in (1, 2, (2, 1)) for size in (1, 3, 9)]
+import reference as ref
+from envconv import DisentangledConv2d
+from envconv.ops import cpu
 
 
 def fused_available():
-    from envconv import cpu_kernels
-
-    return cpu_kernels.available()
+    return cpu.available()
 
 
 def inputs(channels, dtype, channels_last, shape=(2, 11, 13)):
@@ -30,49 +23,6 @@ def inputs(channels, dtype, channels_last, shape=(2, 11, 13)):
     return x.requires_grad_(), raw
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("impl, channels_last, stride, size", CASES)
-@pytest.mark.parametrize("padding_mode", ["zeros", "reflect"])
-def test_impl_matches_reference(dtype, impl, channels_last, stride, size, padding_mode):
-    if impl == "fused" and (padding_mode != "zeros" or not fused_available()):
-        pytest.skip("the fused kernel does zero padding on channels_last CPU tensors (and needs a C++ compiler)")
-    for channels in (3, 16):
-        x, raw = inputs(channels, dtype, channels_last)
-        sh, sw = (stride, stride) if isinstance(stride, int) else stride
-        want = EF.gaussian_envelope_reference(x, raw, size, padding_mode)[..., ::sh, ::sw]
-        got = EF.gaussian_envelope(x, raw, size, padding_mode, stride=stride, impl=impl)
-        torch.testing.assert_close(got, want, **TOL[dtype])
-        upstream = torch.randn_like(want)
-        want_grads = torch.autograd.grad(want, (x, raw), upstream)
-        got_grads = torch.autograd.grad(got, (x, raw), upstream, allow_unused=True)
-        for g, w in zip(got_grads, want_grads):
-            torch.testing.assert_close(g if g is not None else torch.zeros_like(w), w, **TOL[dtype])
-
-
-@pytest.mark.parametrize("impl", ["separable", "full"])
-def test_gradcheck_strided(impl):
-    x, raw = inputs(3, torch.float64, True, shape=(1, 7, 8))
-    assert torch.autograd.gradcheck(lambda a, b: EF.gaussian_envelope(a, b, 5, stride=2, impl=impl), (x, raw))
-
-
-def test_channels_last_is_kept():
-    x, raw = inputs(16, torch.float32, True)
-    for impl in ("separable", "full"):
-        out = EF.gaussian_envelope(x, raw, 9, impl=impl)
-        assert out.is_contiguous(memory_format=torch.channels_last)
-
-
-def test_choose_impl_rules():
-    nchw = torch.empty(1, 3, 224, 224)
-    assert EF.choose_impl(nchw, 9, needs_grad=True) == "separable"  # the stem in NCHW: batch folded
-    assert EF.choose_impl(nchw.contiguous(memory_format=torch.channels_last), 9, needs_grad=True) == "separable"
-    assert EF.choose_impl(torch.empty(1, 128, 56, 56), 3, needs_grad=True) == "full"
-    assert EF.choose_impl(torch.empty(1, 128, 56, 56), 9, needs_grad=True) == "separable"
-    assert EF.choose_impl(torch.empty(1, 512, 14, 14), 9, needs_grad=False) == "full"
-    with pytest.raises(ValueError, match="impl must be one of"):
-        EF.gaussian_envelope(nchw, torch.zeros(3), 3, impl="fft")
-
-
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_strided_identity_conv_samples_the_envelope(channels_last):
     torch.manual_seed(0)
@@ -81,28 +31,15 @@ def test_strided_identity_conv_samples_the_envelope(channels_last):
     with torch.no_grad():
         conv.envelope.raw_sigma.normal_()
     x, _ = inputs(8, torch.float64, channels_last, shape=(2, 15, 12))
-    want = plain(EF.gaussian_envelope_reference(x, conv.envelope.raw_sigma, 9))
+    raw = conv.envelope.raw_sigma.detach().numpy()
+    smoothed = torch.from_numpy(ref.envelope(x.detach().numpy(), raw, 9)).requires_grad_()
+    want = plain(smoothed)
     torch.testing.assert_close(conv(x), want, rtol=1e-12, atol=1e-12)
-    gw = torch.autograd.grad(want.sum(), conv.envelope.raw_sigma)[0]
-    gc = torch.autograd.grad(conv(x).sum(), conv.envelope.raw_sigma)[0]
-    torch.testing.assert_close(gc, gw, rtol=1e-12, atol=1e-12)
-
-
-def test_kernel_cache_follows_sigma_and_size_in_eval():
-    env = GaussianEnvelope(4, size=9).eval()
-    x = torch.randn(1, 4, 10, 10)
-    with torch.no_grad():
-        first = env(x)
-        torch.testing.assert_close(first, EF.gaussian_envelope_reference(x, env.raw_sigma, 9))
-        env.raw_sigma.add_(1.0)  # an optimizer step changes the parameter in place
-        torch.testing.assert_close(env(x), EF.gaussian_envelope_reference(x, env.raw_sigma, 9))
-        env.size = 3
-        torch.testing.assert_close(env(x), EF.gaussian_envelope_reference(x, env.raw_sigma, 3))
-        env.load_state_dict({"raw_sigma": torch.zeros(4)})
-        torch.testing.assert_close(env(x), EF.gaussian_envelope_reference(x, torch.zeros(4), 3))
-    # with gradients enabled the kernel is rebuilt, so sigma gets its gradient
-    env(x).sum().backward()
-    assert env.raw_sigma.grad is not None and float(env.raw_sigma.grad.abs().sum()) > 0
+    grad_smoothed = torch.autograd.grad(want.sum(), smoothed)[0][..., ::2, ::2]  # what the strided 1x1 conv reads
+    _, want_graw = ref.envelope_vjp(x.detach().numpy(), raw, 9, grad_smoothed.numpy(), stride=(2, 2))
+    got = torch.autograd.grad(conv(x).sum(), conv.envelope.raw_sigma)[0]
+    torch.testing.assert_close(got, torch.from_numpy(want_graw), rtol=1e-6, atol=1e-7)
+    assert conv.envelope.resolve_impl(x, stride=2) in ("fused", "separable", "full")
 
 
 CONV_CASES = [dict(kernel_size=3, stride=2, padding=1, bias=True), dict(kernel_size=1, stride=2, padding=0, bias=False),
@@ -136,7 +73,6 @@ def test_recomputing_backward_equals_autograd(cfg, channels_last, input_grad):
 
 def test_recomputing_backward_gradcheck_and_saves_only_the_input():
     conv = DisentangledConv2d(8, 4, 3, stride=2, padding=1, envelope_size=5, dtype=torch.float64)
-    conv.envelope.impl = "separable"  # autograd through the 1-D passes keeps two maps without recomputing
     x = torch.randn(1, 8, 7, 7, dtype=torch.float64, requires_grad=True)
     names = ["weight", "bias", "envelope.raw_sigma"]
 
@@ -158,29 +94,7 @@ def test_recomputing_backward_gradcheck_and_saves_only_the_input():
         sizes[recompute] = sum(saved.values())
     feature_map = x.numel()
     assert sizes[True] <= feature_map + 8 + 4 * 8 * 9  # the input, sigma and the weight
-    assert sizes[False] >= sizes[True] + 2 * feature_map - 1  # autograd also keeps two smoothed maps
-
-
-def test_fused_kernel_shared_sigma_gradcheck_and_fallback(monkeypatch):
-    from envconv import cpu_kernels
-
-    if not fused_available():
-        pytest.skip("no C++ compiler: the fused kernel could not be built")
-    x, _ = inputs(16, torch.float64, True, shape=(1, 6, 7))
-    shared = torch.tensor([0.3], dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda a, b: cpu_kernels.fused_envelope(a, b, 5, (2, 1)), (x, shared))
-    assert EF.choose_impl(x, 9, True, fused=True) == "fused"
-    assert EF.choose_impl(x, 9, True, fused=True, padding_mode="reflect") == "separable"
-    assert EF.choose_impl(x.contiguous(), 9, True, fused=True) == "fused"  # NCHW in training: converted
-    assert EF.choose_impl(x.contiguous(), 9, False, fused=True) == "full"  # NCHW inference: stays
-    assert EF.choose_impl(x[:, :3].contiguous(memory_format=torch.channels_last), 9, True, fused=True) == "fused"
-    monkeypatch.setattr(cpu_kernels, "_module", None)
-    monkeypatch.setattr(cpu_kernels, "_failed", "no compiler")
-    assert EF.choose_impl(x, 9, True, fused=True) == "separable"
-    with pytest.raises(RuntimeError, match="not available: no compiler"):
-        cpu_kernels.fused_envelope(x, shared, 5)
-    with pytest.raises(ValueError, match="float32/float64 CPU tensor"):
-        cpu_kernels.fused_envelope(x.half(), shared, 5)
+    assert sizes[False] >= sizes[True] + feature_map - 1  # the plain conv also keeps the smoothed map
 
 
 def test_recomputing_backward_with_the_fused_kernel():

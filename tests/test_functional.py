@@ -9,6 +9,7 @@ from scipy import ndimage
 
 import reference as ref
 from envconv import functional as EF
+from envconv.ops import gaussian_envelope
 
 
 @pytest.mark.parametrize("size", [1, 3, 5, 9, 15])
@@ -33,14 +34,14 @@ def test_envelope_matches_scipy(mode, size):
     g = torch.Generator().manual_seed(size)
     x = torch.randn(2, 4, 13, 11, generator=g, dtype=torch.float64)
     raw = torch.tensor([-2.0, 0.0, 1.3, 4.0], dtype=torch.float64)
-    out = EF.gaussian_envelope(x, raw, size, mode)
+    out = gaussian_envelope(x, raw, size, mode)
     np.testing.assert_allclose(out.numpy(), ref.envelope(x.numpy(), raw.numpy(), size, mode), rtol=0, atol=1e-10)
 
 
 def test_envelope_shared_sigma_and_kernel_larger_than_image():
     x = torch.randn(1, 3, 4, 5, dtype=torch.float64)
     raw = torch.tensor([0.9], dtype=torch.float64)
-    out = EF.gaussian_envelope(x, raw, 11)  # r = 5 > H, W: zero padding still exact
+    out = gaussian_envelope(x, raw, 11)  # r = 5 > H, W: zero padding still exact
     np.testing.assert_allclose(out.numpy(), ref.envelope(x.numpy(), raw.numpy(), 11), atol=1e-12)
 
 
@@ -50,7 +51,7 @@ def test_envelope_is_separable_2d_gaussian():
     raw = np.array([0.4])
     k = ref.kernel1d(raw, 7)[0]
     expected = ndimage.correlate(x[0, 0], np.outer(k, k), mode="constant")
-    out = EF.gaussian_envelope(torch.from_numpy(x), torch.from_numpy(raw), 7)
+    out = gaussian_envelope(torch.from_numpy(x), torch.from_numpy(raw), 7)
     np.testing.assert_allclose(out[0, 0].numpy(), expected, atol=1e-12)
 
 
@@ -59,9 +60,9 @@ def test_gradcheck_input_and_raw_sigma():
     x = torch.randn(2, 3, 7, 6, generator=g, dtype=torch.float64, requires_grad=True)
     raw = torch.tensor([-1.0, 0.0, 1.5], dtype=torch.float64, requires_grad=True)
     for mode in EF.PADDING_MODES:
-        assert torch.autograd.gradcheck(lambda a, b, m=mode: EF.gaussian_envelope(a, b, 5, m), (x, raw))
+        assert torch.autograd.gradcheck(lambda a, b, m=mode: gaussian_envelope(a, b, 5, m), (x, raw))
     shared = torch.tensor([0.3], dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda a, b: EF.gaussian_envelope(a, b, 9), (x, shared))
+    assert torch.autograd.gradcheck(lambda a, b: gaussian_envelope(a, b, 9), (x, shared))
 
 
 def _eq8_sigma_gradient(x, raw, upstream, size):
@@ -96,7 +97,7 @@ def test_gradients_agree_with_eq7_and_eq8():
     raw = np.array([-0.7, 0.0, 1.2])
     xt = torch.tensor(x, requires_grad=True)
     rt = torch.tensor(raw, requires_grad=True)
-    loss = (EF.gaussian_envelope(xt, rt, size) * torch.from_numpy(upstream)).sum()
+    loss = (gaussian_envelope(xt, rt, size) * torch.from_numpy(upstream)).sum()
     loss.backward()
     # autograd gives dl/draw; the chain rule through sigma = sqrt(softplus(raw)) gives dl/dsigma
     sigma = np.sqrt(ref.sigma2(raw))
@@ -108,7 +109,7 @@ def test_gradients_agree_with_eq7_and_eq8():
 def test_delta_limit_is_exact_identity():
     x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
     for raw in (-100.0, -30.0, float("-inf")):
-        out = EF.gaussian_envelope(x, torch.full((3,), raw, dtype=torch.float64), 9)
+        out = gaussian_envelope(x, torch.full((3,), raw, dtype=torch.float64), 9)
         assert torch.equal(out, x)
 
 
@@ -116,7 +117,7 @@ def test_large_sigma_limit_is_box_filter():
     x = torch.randn(1, 2, 9, 9, dtype=torch.float64)
     k = EF.gaussian_kernel1d(torch.tensor([1e9], dtype=torch.float64), 5)
     np.testing.assert_allclose(k.numpy(), 0.2, atol=1e-9)
-    out = EF.gaussian_envelope(x, torch.tensor([1e9, 1e9], dtype=torch.float64), 5)
+    out = gaussian_envelope(x, torch.tensor([1e9, 1e9], dtype=torch.float64), 5)
     box = ndimage.uniform_filter(x.numpy(), size=(1, 1, 5, 5), mode="constant")
     np.testing.assert_allclose(out.numpy(), box, atol=1e-8)
 
@@ -125,7 +126,7 @@ def test_large_sigma_limit_is_box_filter():
 def test_finite_forward_and_backward_over_raw_range(dtype):
     x = torch.randn(2, 41, 9, 9, dtype=dtype, requires_grad=True)
     raw = torch.linspace(-100, 100, 41, dtype=dtype).requires_grad_()
-    out = EF.gaussian_envelope(x, raw, 9)
+    out = gaussian_envelope(x, raw, 9)
     (out * torch.randn_like(out)).sum().backward()
     for t in (out, x.grad, raw.grad):
         assert torch.isfinite(t).all()
@@ -135,18 +136,20 @@ def test_finite_forward_and_backward_over_raw_range(dtype):
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_autocast_bfloat16_close_to_float32(channels_last):
+def test_autocast_leaves_the_envelope_in_its_input_dtype(channels_last):
+    """Like pooling, the envelope computes in its input's dtype under autocast; bfloat16 input stays close."""
     x = torch.randn(2, 4, 16, 16)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     raw = torch.tensor([-1.0, 0.0, 1.0, 2.0], requires_grad=True)
-    expected = EF.gaussian_envelope(x, raw, 9)
+    expected = gaussian_envelope(x, raw, 9)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = EF.gaussian_envelope(x, raw, 9)
+        assert gaussian_envelope(x, raw, 9).dtype == torch.float32
+        out = gaussian_envelope(x.bfloat16(), raw, 9)
     assert out.dtype == torch.bfloat16
     torch.testing.assert_close(out.float(), expected, atol=3e-2, rtol=2e-2)
     out.float().sum().backward()
-    assert torch.isfinite(raw.grad).all()
+    assert raw.grad.dtype == torch.float32 and torch.isfinite(raw.grad).all()
 
 
 @pytest.mark.parametrize(
@@ -167,27 +170,27 @@ def test_bad_arguments_name_the_problem():
     x = torch.randn(1, 3, 8, 8)
     raw = torch.zeros(3)
     with pytest.raises(ValueError, match="odd"):
-        EF.gaussian_envelope(x, raw, 4)
+        gaussian_envelope(x, raw, 4)
     with pytest.raises(ValueError, match="odd positive"):
-        EF.gaussian_envelope(x, raw, -1)
+        gaussian_envelope(x, raw, -1)
     with pytest.raises(TypeError, match="size"):
-        EF.gaussian_envelope(x, raw, 3.0)
+        gaussian_envelope(x, raw, 3.0)
     with pytest.raises(ValueError, match="padding_mode"):
-        EF.gaussian_envelope(x, raw, 3, "same")
+        gaussian_envelope(x, raw, 3, "same")
     with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
-        EF.gaussian_envelope(x[0], raw, 3)
+        gaussian_envelope(x[0], raw, 3)
     with pytest.raises(ValueError, match="raw_sigma"):
-        EF.gaussian_envelope(x, torch.zeros(2), 3)
+        gaussian_envelope(x, torch.zeros(2), 3)
     with pytest.raises(ValueError, match="reflect"):
-        EF.gaussian_envelope(torch.randn(1, 3, 4, 8), raw, 9, "reflect")
+        gaussian_envelope(torch.randn(1, 3, 4, 8), raw, 9, "reflect")
     with pytest.raises(ValueError, match="circular"):
-        EF.gaussian_envelope(torch.randn(1, 3, 3, 8), raw, 9, "circular")
+        gaussian_envelope(torch.randn(1, 3, 3, 8), raw, 9, "circular")
     # the largest sizes each mode accepts still match scipy
     small = torch.randn(1, 3, 4, 5, dtype=torch.float64)
     raw64 = torch.tensor([0.1, 0.5, 2.0], dtype=torch.float64)
     for mode, size in (("reflect", 7), ("circular", 9)):
         np.testing.assert_allclose(
-            EF.gaussian_envelope(small, raw64, size, mode).numpy(),
+            gaussian_envelope(small, raw64, size, mode).numpy(),
             ref.envelope(small.numpy(), raw64.numpy(), size, mode),
             atol=1e-10,
         )

@@ -58,6 +58,11 @@ def _kernels(raw_sigma: Tensor, size: int, channels: int, derivative: bool = Fal
     return kernel, EF.gaussian_kernel1d_derivative(raw_sigma, size).expand(channels, size)
 
 
+def _no_autocast(x: Tensor):
+    """Ops compute in their inputs' dtype: autocast (still on inside an op's kernel) must not recast them."""
+    return torch.autocast(x.device.type, enabled=False)
+
+
 def _run_kernel(x: Tensor, kernel: Tensor, stride: List[int], padding_mode: str, which: str) -> Tensor:
     if which == "fused":
         return cpu.forward(x, kernel, stride)
@@ -81,8 +86,9 @@ def _forward(x: Tensor, raw_sigma: Tensor, size: int, stride: List[int], padding
 
 @torch.library.custom_op("envconv::envelope", mutates_args=())
 def envelope(x: Tensor, raw_sigma: Tensor, size: int, stride: List[int], padding_mode: str, impl: str) -> Tensor:
-    """The envelope of ``x`` (N, C, H, W) at every ``stride``-th pixel; see :func:`envconv.functional.gaussian_envelope`."""
-    return _forward(x, raw_sigma, size, stride, padding_mode, impl)
+    """The envelope of ``x`` (N, C, H, W) at every ``stride``-th pixel; see :func:`envconv.ops.gaussian_envelope`."""
+    with _no_autocast(x):
+        return _forward(x, raw_sigma, size, stride, padding_mode, impl)
 
 
 @envelope.register_fake
@@ -114,6 +120,11 @@ envelope.register_autograd(_envelope_grad, setup_context=_envelope_setup)
 def envelope_backward(grad: Tensor, x: Tensor, raw_sigma: Tensor, size: int, stride: List[int], padding_mode: str,
                       impl: str, need_x: bool, need_sigma: bool) -> Tuple[Tensor, Tensor]:
     """``(grad_x, grad_raw_sigma)`` of :func:`envelope` by eq. (7) and (8); an empty tensor for one not needed."""
+    with _no_autocast(x):
+        return _backward(grad, x, raw_sigma, size, stride, padding_mode, impl, need_x, need_sigma)
+
+
+def _backward(grad, x, raw_sigma, size, stride, padding_mode, impl, need_x, need_sigma):
     empty = x.new_empty(0)
     if size == 1:
         grad_x = None
@@ -154,8 +165,9 @@ def envelope_conv2d(x: Tensor, raw_sigma: Tensor, weight: Tensor, bias: Optional
                     env_stride: List[int], padding_mode: str, impl: str, stride: List[int], padding: List[int],
                     dilation: List[int], groups: int) -> Tensor:
     """``conv2d(envelope(x), weight, bias, stride, padding, dilation, groups)``; backward recomputes the envelope."""
-    smoothed = _forward(x, raw_sigma, size, env_stride, padding_mode, impl)
-    return F.conv2d(smoothed, weight, bias, stride, padding, dilation, groups)
+    with _no_autocast(x):
+        smoothed = _forward(x, raw_sigma, size, env_stride, padding_mode, impl)
+        return F.conv2d(smoothed, weight, bias, stride, padding, dilation, groups)
 
 
 @envelope_conv2d.register_fake

@@ -1,0 +1,101 @@
+"""The ops seen by PyTorch's tools: the compiler (no graph breaks), torch.export, FlopCounterMode."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from envconv import DisentangledConv2d, create_model, disentangle, ops
+
+torchvision = pytest.importorskip("torchvision")
+
+# ResNet-50's seven envelopes at 224 x 224: (channels, height = width, stride of the envelope output)
+RESNET50_PLACES = [(3, 224, 1), (128, 56, 1), (256, 56, 2), (256, 28, 1), (512, 28, 2), (512, 14, 1), (1024, 14, 2)]
+
+
+def hand_macs(size):
+    """Multiply-adds of the separable envelope at the computed positions, counted by hand: C k OW (H + OH)."""
+    total = 0
+    for c, h, s in RESNET50_PLACES:
+        out = -(-h // s)
+        total += c * size * out * (h + out)
+    return total
+
+
+def small_model():
+    torch.manual_seed(0)
+    return create_model("small_resnet20", num_classes=4, in_chans=1)
+
+
+def training_step(model):
+    def step(x, y):
+        return F.cross_entropy(model(x), y)
+    return step
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_training_step_has_no_graph_break(channels_last):
+    model = small_model().train()
+    x, y = torch.randn(4, 1, 28, 28), torch.tensor([0, 1, 2, 3])
+    if channels_last:
+        model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    explanation = torch._dynamo.explain(training_step(model))(x, y)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    ops_in_graph = {str(node.target) for g in explanation.graphs for node in g.graph.nodes}
+    assert any(target.startswith("envconv.envelope_conv2d") for target in ops_in_graph), ops_in_graph
+
+
+def test_functional_op_with_a_gradient_has_no_graph_break():
+    x = torch.randn(2, 8, 12, 12, requires_grad=True).contiguous(memory_format=torch.channels_last)
+    raw = torch.zeros(8, requires_grad=True)
+    explanation = torch._dynamo.explain(lambda a, b: ops.gaussian_envelope(a, b, 9, stride=2).sum())(x, raw)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+
+
+def test_compiled_training_step_equals_eager():
+    """fullgraph compile (through AOTAutograd, so the ops' registered backward is traced) gives eager's gradients."""
+    model = small_model().double().train()
+    x, y = torch.randn(4, 1, 28, 28, dtype=torch.float64), torch.tensor([0, 1, 2, 3])
+    compiled = torch.compile(training_step(model), fullgraph=True, backend="aot_eager")
+    grads = []
+    for step in (training_step(model), compiled):
+        model.zero_grad()
+        step(x, y).backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_export_keeps_the_op_with_a_dynamic_batch():
+    model = small_model().eval()
+    x = torch.randn(3, 1, 28, 28)
+    batch = torch.export.Dim("batch", min=1, max=64)
+    program = torch.export.export(model, (x,), dynamic_shapes=({0: batch},))
+    targets = {str(node.target) for node in program.graph.nodes}
+    assert "envconv.envelope_conv2d.default" in targets
+    for n in (1, 3, 5):
+        inp = torch.randn(n, 1, 28, 28)
+        torch.testing.assert_close(program.module()(inp), model(inp), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("size", [9, 3])
+def test_flop_count_is_the_separable_count_whatever_kernel_runs(size):
+    plain = torchvision.models.resnet50().eval()
+    model = disentangle(torchvision.models.resnet50(), envelope_size=size).eval()
+    x = torch.randn(1, 3, 224, 224)
+
+    def flops(m, inp):
+        counter = FlopCounterMode(display=False)
+        with counter, torch.no_grad():
+            m(inp)
+        return counter.get_total_flops()
+
+    base = flops(plain, x)
+    extra = []
+    for impl, inp in (("separable", x), ("full", x), ("auto", x.contiguous(memory_format=torch.channels_last))):
+        for layer in model.modules():
+            if isinstance(layer, DisentangledConv2d):
+                layer.envelope.impl = impl
+        extra.append(flops(model, inp) - base)
+    assert extra == [2 * hand_macs(size)] * 3  # FLOPs are 2 per multiply-add
+    assert round(hand_macs(9) / 1e9, 4) == 0.0248 and round(hand_macs(3) / 1e9, 4) == 0.0083
