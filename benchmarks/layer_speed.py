@@ -2,9 +2,11 @@
 kornia's gaussian_blur2d and ``x.clone()`` (the bandwidth floor), at ResNet-50's seven envelope places.
 
 Each figure is ``time(ours) / time(other)`` measured in adjacent interleaved pairs
-(:func:`benchmarks.timing.paired_ratio`). "ours" is ``envconv.functional.gaussian_envelope``
-as the layers call it: the implementation picked by ``choose_impl`` and, at the identity
-places, only the positions the 1x1 stride-2 conv reads. The others compute the full map.
+(:func:`benchmarks.timing.paired_ratio`). "ours" is the ``envconv::envelope`` op
+(:func:`envconv.ops.gaussian_envelope`) as the layers call it: the implementations
+:mod:`envconv.ops.dispatch` picks and, at the identity places, only the positions the 1x1
+stride-2 conv reads. The others compute the full map; "naive separable" is two grouped 1-D
+convs with autograd through them (what the paper's formulation costs without our kernels).
 
     python -m benchmarks.layer_speed [--batch 32] [--repeats 15] [--sizes 9 3] [--layouts nchw channels_last]
 """
@@ -19,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from envconv import functional as EF
+from envconv import ops
 
 from .timing import paired_ratio
 
@@ -41,9 +44,14 @@ def _variants(x: torch.Tensor, raw: torch.Tensor, size: int, stride: int) -> Dic
         k = EF.gaussian_kernel1d(raw, size)
         return F.conv2d(x, (k[:, :, None] * k[:, None, :]).unsqueeze(1), padding=size // 2, groups=c)
 
+    def naive():
+        k = EF.gaussian_kernel1d(raw, size)
+        rows = F.conv2d(x, k.view(c, 1, 1, size), padding=(0, size // 2), groups=c)
+        return F.conv2d(rows, k.view(c, 1, size, 1), padding=(size // 2, 0), groups=c)
+
     variants = {
-        "ours": lambda: EF.gaussian_envelope(x, raw, size, stride=stride),
-        "naive separable": lambda: EF.gaussian_envelope_reference(x, raw, size),
+        "ours": lambda: ops.gaussian_envelope(x, raw, size, stride=stride),
+        "naive separable": naive,
         "full kxk depthwise": full,
         "clone": lambda: x.clone(),
     }
@@ -56,6 +64,14 @@ def _variants(x: torch.Tensor, raw: torch.Tensor, size: int, stride: int) -> Dic
 
         variants["kornia gaussian_blur2d"] = blur
     return variants
+
+
+def _impl_name(x: torch.Tensor, size: int, stride: int, train: bool) -> str:
+    """The implementations the dispatch picks: forward, and backward in training."""
+    if size == 1:
+        return "identity"
+    name = ops.forward_impl(x, size, [stride, stride], "zeros")
+    return f"{name} / {ops.backward_impl(x, size, [stride, stride], 'zeros')}" if train else name
 
 
 def _with_backward(fn: Callable[[], torch.Tensor], upstream: Dict[tuple, torch.Tensor]) -> Callable[[], None]:
@@ -94,7 +110,7 @@ def run(batch: int = 32, repeats: int = 15, sizes=(9, 3), layouts=("nchw", "chan
                             ratio = paired_ratio(ours, fn, repeats=repeats)
                             row = dict(place=name, shape=[c, hw, hw], stride=stride, batch=batch, size=size,
                                        layout=layout, mode=mode, versus=other, ratio=ratio.as_dict(),
-                                       impl=EF.choose_impl(x, size, train, fused=True) if size > 1 else "identity")
+                                       impl=_impl_name(x, size, stride, train))
                             rows.append(row)
                             log(f"{name:16s} {layout:13s} k={size} {mode:16s} ours/{other:22s} {ratio}  "
                                 f"({ratio.ms_a:.2f} vs {ratio.ms_b:.2f} ms)")

@@ -58,7 +58,7 @@ def test_results_are_written_atomically_with_the_machine(tmp_path, monkeypatch):
     assert not list(tmp_path.glob("*.tmp"))
 
 
-def test_training_step_breakdown_attributes_the_envelope_to_our_autograd_function():
+def test_training_step_breakdown_attributes_the_envelope_to_our_ops():
     rows = model_speed.breakdown("small_resnet20", batch=2, image_size=16, steps=1, rounds=1, num_classes=3)
     by_op = {r["op"]: r for r in rows}
     total = rows[-1]
@@ -66,8 +66,8 @@ def test_training_step_breakdown_attributes_the_envelope_to_our_autograd_functio
     assert abs(total["plain"] - sum(r["plain"] for r in rows[:-1])) < 1e-9
     assert abs(total["extra"] - (total["converted"] - total["plain"])) < 1e-9
     # the plain model never runs our op; the converted one does, forward and backward
-    for op in ("_EnvelopeThenConv", "_EnvelopeThenConvBackward"):
+    for op in ("envconv::envelope_conv2d", "envconv::envelope_backward"):
         assert by_op[op]["plain"] == 0 and by_op[op]["converted"] > 0
     assert [r["extra"] for r in rows[:-1]] == sorted((r["extra"] for r in rows[:-1]), reverse=True)
     table = model_speed.breakdown_markdown(rows, top=len(rows))
-    assert "| _EnvelopeThenConvBackward | 0.000 |" in table and table.splitlines()[-1].startswith("| total |")
+    assert "| envconv::envelope_backward | 0.000 |" in table and table.splitlines()[-1].startswith("| total |")
