@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv data test demo sigma-demo bench clean
+.PHONY: venv data test demo sigma-demo bench bench-gpu clean
 
 venv: $(STAMP)
 
@@ -32,6 +32,10 @@ sigma-demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run_all
+
+# On a machine with a CUDA GPU: Table 1f analogue and the per-implementation layer table (under 8 minutes).
+bench-gpu: $(STAMP)
+	$(PY) -m benchmarks.gpu
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache

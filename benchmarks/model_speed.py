@@ -6,7 +6,9 @@
   weight decay 1e-4) with ``k_g = 9``;
 * memory of the training step;
 * with ``--breakdown``: where the training step's extra time goes, from ``torch.profiler``
-  (self time per operator and per step, plain vs converted; an attribution, not a ratio).
+  (self time per operator and per step, plain vs converted; an attribution, not a ratio);
+* with ``--compile``: the training step of both models under ``torch.compile`` (inductor),
+  in the plain model's fastest layout; the envelopes stay ``envconv`` ops in the graph.
 
 Both models run in the same memory layout; every layout is measured, and the headline is
 the layout where the plain model is fastest. Times are paired ratios (converted / plain).
@@ -46,13 +48,14 @@ def _build(name: str, num_classes: int, in_chans: int):
     return plain, converted
 
 
-def _training_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
+def _training_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, compiled: bool = False) -> Callable[[], None]:
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
     model.train()
+    forward = torch.compile(model) if compiled else model
 
     def step():
         opt.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), y).backward()
+        F.cross_entropy(forward(x), y).backward()
         opt.step()
 
     step.optimizer = opt
@@ -178,6 +181,25 @@ def breakdown_markdown(rows: List[dict], top: int = 8) -> str:
     return "\n".join(lines)
 
 
+def compiled_training(model_name: str = "resnet50", batch: int = 16, image_size: int = 224, repeats: int = 9,
+                      layout: str = "channels_last", num_classes: int = 1000, in_chans: int = 3, device: str = "cpu",
+                      log=print) -> dict:
+    """Converted / plain training step (k_g = 9), both under ``torch.compile``, in ``layout``."""
+    fmt = MEMORY_FORMATS[layout]
+    plain, converted = (m.to(device, memory_format=fmt) for m in _build(model_name, num_classes, in_chans))
+    x = torch.randn(batch, in_chans, image_size, image_size, device=device).contiguous(memory_format=fmt)
+    y = torch.randint(0, num_classes, (batch,), device=device)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    steps = {name: _training_step(m, x, y, compiled=True) for name, m in (("plain", plain), ("converted", converted))}
+    for name, step in steps.items():  # compiles (minutes on a small CPU)
+        log(f"compiling the {name} training step ...")
+        step()
+    ratio = paired_ratio(steps["converted"], steps["plain"], repeats=repeats, sync=sync)
+    log(f"{model_name} {layout} compiled training step k9 {ratio}  ({ratio.ms_a:.1f} vs {ratio.ms_b:.1f} ms)")
+    return {"model": model_name, "batch": batch, "image_size": image_size, "device": device, "layout": layout,
+            "compiled_training_step_k9": ratio.as_dict()}
+
+
 def run(model_name: str = "resnet50", batch: int = 16, image_size: int = 224, repeats: int = 9,
         num_classes: int = 1000, in_chans: int = 3, layouts=("nchw", "channels_last"), device: str = "cpu",
         log=print) -> dict:
@@ -247,16 +269,27 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=9)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--save", action="store_true", help="also write results/<date>-<machine>-model.json and .md")
+    p.add_argument("--compile", action="store_true",
+                   help="instead: the training step of both models under torch.compile, in --layout")
+    p.add_argument("--layout", default="channels_last", choices=list(MEMORY_FORMATS),
+                   help="layout of --compile and --breakdown (default channels_last)")
     p.add_argument("--breakdown", action="store_true",
                    help="instead: profile the training step (channels_last) and print its extra time per operator")
     return p
 
 
 def main(args: argparse.Namespace):
+    if args.compile:
+        result = compiled_training(args.model, args.batch, args.image_size, args.repeats, args.layout,
+                                   device=args.device)
+        r = result["compiled_training_step_k9"]
+        print(f"\n**{args.model}, batch {args.batch}, {args.device}, {args.layout}, torch.compile**: training step "
+              f"k_g = 9, converted / plain {r['median']:.3f}x [{r['q1']:.3f}-{r['q3']:.3f}]")
+        return result
     if args.breakdown:
-        rows = breakdown(args.model, args.batch, args.image_size, device=args.device)
+        rows = breakdown(args.model, args.batch, args.image_size, layout=args.layout, device=args.device)
         print(f"\n**{args.model}, batch {args.batch}, {args.image_size}x{args.image_size}, {args.device}, "
-              f"channels_last**: training step (k_g = 9), profiler self time per step\n")
+              f"{args.layout}**: training step (k_g = 9), profiler self time per step\n")
         print(breakdown_markdown(rows))
         return rows
     result = run(args.model, args.batch, args.image_size, args.repeats, device=args.device)

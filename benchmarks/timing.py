@@ -12,7 +12,7 @@ import gc
 import statistics
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable, List
+from typing import Callable, List, Optional
 
 
 @dataclass
@@ -43,6 +43,18 @@ def _time(fn: Callable[[], object], sync: Callable[[], None]) -> float:
     return time.perf_counter() - start
 
 
+def cuda_event_time(fn: Callable[[], object], sync: Callable[[], None] = lambda: None) -> float:
+    """Seconds of ``fn`` on the current CUDA stream, between two CUDA events (the host does not wait in between)."""
+    import torch
+
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    fn()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / 1e3
+
+
 def _quartiles(values: List[float]):
     if len(values) < 2:
         return values[0], values[0]
@@ -51,8 +63,14 @@ def _quartiles(values: List[float]):
 
 
 def paired_ratio(a: Callable[[], object], b: Callable[[], object], repeats: int = 15, warmup: int = 2,
-                 sync: Callable[[], None] = lambda: None) -> Ratio:
-    """Time ``a`` and ``b`` in ``repeats`` adjacent pairs (order alternating); the ratio ``a / b``."""
+                 sync: Callable[[], None] = lambda: None,
+                 timer: Optional[Callable[[Callable[[], object], Callable[[], None]], float]] = None) -> Ratio:
+    """Time ``a`` and ``b`` in ``repeats`` adjacent pairs (order alternating); the ratio ``a / b``.
+
+    ``timer(fn, sync)`` returns the seconds of one call (default: wall clock between two
+    ``sync()`` calls; :func:`cuda_event_time` for GPU work).
+    """
+    _time_one = timer or _time
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     for _ in range(warmup):
@@ -63,9 +81,9 @@ def paired_ratio(a: Callable[[], object], b: Callable[[], object], repeats: int 
     try:
         for i in range(repeats):
             if i % 2 == 0:
-                ta, tb = _time(a, sync), _time(b, sync)
+                ta, tb = _time_one(a, sync), _time_one(b, sync)
             else:
-                tb, ta = _time(b, sync), _time(a, sync)
+                tb, ta = _time_one(b, sync), _time_one(a, sync)
             ratios.append(ta / tb)
             times_a.append(ta)
             times_b.append(tb)

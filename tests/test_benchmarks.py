@@ -71,3 +71,23 @@ def test_training_step_breakdown_attributes_the_envelope_to_our_ops():
     assert [r["extra"] for r in rows[:-1]] == sorted((r["extra"] for r in rows[:-1]), reverse=True)
     table = model_speed.breakdown_markdown(rows, top=len(rows))
     assert "| envconv::envelope_backward | 0.000 |" in table and table.splitlines()[-1].startswith("| total |")
+
+
+def test_gpu_benchmark_plumbing_on_cpu(tmp_path, monkeypatch):
+    """``benchmarks.gpu --device cpu --quick``: every table row is produced and the results file written."""
+    import json
+
+    from benchmarks import gpu, run_all
+
+    monkeypatch.setattr(run_all, "RESULTS", tmp_path)
+    monkeypatch.setattr(gpu, "PLACES", gpu.PLACES[:1] + gpu.PLACES[-1:])  # stem and stage 4 identity
+    result = gpu.main(gpu.get_args_parser().parse_args(["--device", "cpu", "--quick"]))
+    models = result["model"]
+    assert {(r["precision"], r["layout"], r["impl"]) for r in models} == {
+        (p, f, i) for p in ("fp32", "bf16") for f in ("nchw", "channels_last") for i in ("auto", "separable")}
+    assert all(r["training_step_k9"]["median"] > 0 and r["memory_ratio"] is None for r in models)
+    layers = result["layers"]
+    assert len(layers) == 2 * 2 * 2 * 2 * 2  # places x layouts x sizes x modes x (separable, full k x k)
+    written = json.loads((tmp_path / (result["written"].rsplit("/", 1)[-1] + ".json")).read_text())
+    assert written["settings"]["device"] == "cpu"
+    assert "| stage4 identity | channels_last |" in (tmp_path / (result["written"].rsplit("/", 1)[-1] + ".md")).read_text()
