@@ -73,7 +73,9 @@ class ConvVariant(nn.Conv2d):
 
         The new module has the same Conv2d arguments, ``weight`` and ``bias`` (copied by
         name), device, dtype, ``requires_grad`` flags and train/eval mode; ``kwargs`` are
-        the variant's own constructor options.
+        the variant's own constructor options. A frozen convolution (weight without
+        gradient, as a detection backbone's frozen stem) gives a frozen variant: its new
+        parameters (the envelope's sigma) do not train either.
 
         Raises:
             TypeError, ValueError: see :func:`conv_arguments`.
@@ -86,9 +88,15 @@ class ConvVariant(nn.Conv2d):
                     target = getattr(new, name)
                     target.copy_(source)
                     target.requires_grad_(source.requires_grad)
+        if not conv.weight.requires_grad:
+            for name, param in new.named_parameters():
+                if name not in ("weight", "bias"):
+                    param.requires_grad_(False)
         return new.train(conv.training)
 
     def _check_input(self, x: torch.Tensor) -> None:
+        if ops.fx_tracing():  # shapes are proxies under torch.fx; the traced module checks when it runs
+            return
         if x.dim() not in (3, 4):
             raise ValueError(
                 f"{type(self).__name__} expects input of shape (N, C, H, W) or (C, H, W), "
@@ -240,7 +248,8 @@ class DisentangledConv2d(EnvelopeConv2d):
         if self.order != "env-conv":
             return super().forward(x)
         self._check_input(x)
-        if x.dim() == 3:
+        tracing = ops.fx_tracing()
+        if not tracing and x.dim() == 3:
             return self.forward(x.unsqueeze(0)).squeeze(0)
         env, weight, bias = self.envelope, self.weight, self.bias
         # A strided 1x1 conv reads one pixel in stride^2: smooth only at those (exact, and
@@ -252,7 +261,7 @@ class DisentangledConv2d(EnvelopeConv2d):
             if sampled:
                 return F.conv2d(smoothed, weight, bias, 1, 0, self.dilation, self.groups)
             return self._conv_forward(smoothed, weight, bias)
-        dtype = _autocast_dtype(x)
+        dtype = None if tracing else _autocast_dtype(x)
         if dtype is not None:  # the op is not autocast-aware: give it what autocast would give the conv
             x, weight = x.to(dtype), weight.to(dtype)
             bias = bias.to(dtype) if bias is not None else None

@@ -174,6 +174,8 @@ class GaussianEnvelope(nn.Module):
 
     def forward(self, x: torch.Tensor, stride: Union[int, Sequence[int]] = 1) -> torch.Tensor:
         """Smooth ``x``; with ``stride > 1`` only at the positions a strided 1x1 conv reads."""
+        if ops.fx_tracing():  # no control flow on proxies: a 4-D input, checked when the traced module runs
+            return ops.gaussian_envelope(x, self.raw_sigma, self.size, self.padding_mode, stride, self.impl)
         if x.dim() == 3:
             return self.forward(x.unsqueeze(0), stride).squeeze(0)
         if x.dim() != 4:

@@ -98,4 +98,7 @@ def test_flop_count_is_the_separable_count_whatever_kernel_runs(size):
                 layer.envelope.impl = impl
         extra.append(flops(model, inp) - base)
     assert extra == [2 * hand_macs(size)] * 3  # FLOPs are 2 per multiply-add
+    # the README's figures: at the computed positions, and at full resolution (the paper's count)
     assert round(hand_macs(9) / 1e9, 4) == 0.0248 and round(hand_macs(3) / 1e9, 4) == 0.0083
+    full_resolution = [sum(c * k * h * 2 * h for c, h, _ in RESNET50_PLACES) for k in (9, 3)]
+    assert [round(m / 1e9, 4) for m in full_resolution] == [0.0406, 0.0135]

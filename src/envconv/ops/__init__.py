@@ -18,7 +18,14 @@ from . import library
 from .dispatch import IMPLS, backward_impl, forward_impl
 from .library import envelope_flops
 
-__all__ = ["IMPLS", "gaussian_envelope", "envelope_conv2d", "envelope_flops", "forward_impl", "backward_impl"]
+__all__ = ["IMPLS", "gaussian_envelope", "envelope_conv2d", "envelope_flops", "forward_impl", "backward_impl",
+           "fx_tracing"]
+
+
+def fx_tracing() -> bool:
+    """Whether ``torch.fx.symbolic_trace`` is tracing: shapes are proxies, so checks on them are skipped
+    (the op is recorded as one node; shapes are checked when the traced module runs)."""
+    return torch.fx._symbolic_trace.is_fx_tracing()
 
 
 def _pair(value: Union[int, Sequence[int]], name: str) -> List[int]:
@@ -68,7 +75,8 @@ def gaussian_envelope(
         >>> bool(torch.allclose(y, gaussian_envelope(x, torch.zeros(3), 9)[..., ::2, ::2], atol=1e-6))
         True
     """
-    EF.check_envelope_args(x, raw_sigma, size, padding_mode)
+    if not fx_tracing():
+        EF.check_envelope_args(x, raw_sigma, size, padding_mode)
     stride = _pair(stride, "stride")
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
@@ -104,7 +112,8 @@ def envelope_conv2d(
         >>> bool(torch.allclose(y, want, atol=1e-5))
         True
     """
-    EF.check_envelope_args(x, raw_sigma, size, padding_mode)
+    if not fx_tracing():
+        EF.check_envelope_args(x, raw_sigma, size, padding_mode)
     env_stride = _pair(env_stride, "env_stride")
     padding = [padding, padding] if isinstance(padding, int) else list(padding)
     if _exporting_onnx():

@@ -246,13 +246,21 @@ def _stem_backward(grad_out, x, raw_sigma, weight, size, need_w, bias_shape, nee
 def envelope_decomposed(x: Tensor, raw_sigma: Tensor, size: int, stride: List[int], padding_mode: str) -> Tensor:
     """The envelope from differentiable ATen ops only (two 1-D passes, no batch folding).
 
-    Used while the TorchScript ONNX exporter traces a model (:func:`torch.onnx.is_in_onnx_export`):
-    the exported graph then holds two depth-wise ``Conv`` nodes per envelope, whose kernel is
-    computed from the exported ``raw_sigma``, for any batch size.
+    Used while ``torch.onnx.export`` traces a model (:func:`torch.onnx.is_in_onnx_export`): the
+    exported graph then holds two depth-wise ``Conv`` nodes per envelope, for any batch size.
+    The dynamo exporter computes their kernel from the exported ``raw_sigma``; the TorchScript
+    exporter, which needs kernels of known shape, gets it as a constant.
     """
     if size == 1:
         return x[..., ::stride[0], ::stride[1]]
-    kernel = EF.gaussian_kernel1d(raw_sigma, size).to(x.dtype).expand(x.shape[1], size)
+    kernel = EF.gaussian_kernel1d(raw_sigma, size).to(x.dtype)
+    if torch.jit.is_tracing():
+        # The TorchScript exporter needs Conv kernels of known shape: bake the kernel in as a
+        # constant (the exported graph is for inference; sigma is fixed there anyway).
+        kernel = torch.tensor(kernel.detach().tolist(), dtype=x.dtype, device=x.device)
+        kernel = kernel.expand(int(raw_sigma.shape[0]) if raw_sigma.shape[0] > 1 else int(x.shape[1]), size)
+    else:
+        kernel = kernel.expand(x.shape[1], size)
     rows = composite.pass1d(x, kernel, 3, padding_mode, stride[1])
     return composite.pass1d(rows, kernel, 2, padding_mode, stride[0])
 

@@ -1,0 +1,62 @@
+"""Converted models in the tracers users run: torch.fx, torch.jit.trace, ONNX with a variable batch."""
+
+import numpy as np
+import pytest
+import torch
+
+from envconv import disentangle
+
+torchvision = pytest.importorskip("torchvision")
+
+
+def converted_resnet18():
+    torch.manual_seed(0)
+    model = disentangle(torchvision.models.resnet18(num_classes=7))
+    with torch.no_grad():  # distinct sigmas, so a wrong envelope would show
+        for name, p in model.named_parameters():
+            if name.endswith("raw_sigma"):
+                p.normal_()
+    return model.eval()
+
+
+def test_fx_symbolic_trace_and_feature_extractor_equal_eager():
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    model = converted_resnet18()
+    x = torch.randn(2, 3, 64, 64)
+    traced = torch.fx.symbolic_trace(model)
+    assert any("envconv.envelope_conv2d" in str(n.target) for n in traced.graph.nodes)
+    torch.testing.assert_close(traced(x), model(x))
+    features = create_feature_extractor(model, {"layer2": "c3", "layer4": "c5"})(x)
+    torch.testing.assert_close(features["c5"], model.layer4(model.layer3(features["c3"])))
+
+
+def test_jit_trace_checks_itself_and_runs_at_other_batch_sizes():
+    model = converted_resnet18()
+    with torch.no_grad():
+        traced = torch.jit.trace(model, torch.randn(2, 3, 32, 32), check_trace=True)
+        for n in (1, 3, 5):
+            x = torch.randn(n, 3, 32, 32)
+            torch.testing.assert_close(traced(x), model(x))
+
+
+def test_onnx_torchscript_exporter_with_a_dynamic_batch_axis(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    model = converted_resnet18()
+    path = tmp_path / "model.onnx"
+    torch.onnx.export(model, (torch.randn(2, 3, 32, 32),), str(path), dynamo=False, input_names=["x"],
+                      output_names=["y"], dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}})
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for n in (1, 3):
+        x = torch.randn(n, 3, 32, 32)
+        (y,) = session.run(None, {"x": x.numpy()})
+        np.testing.assert_allclose(y, model(x).detach().numpy(), atol=1e-4, rtol=1e-4)
+
+
+def test_a_frozen_convolution_gets_a_frozen_envelope():
+    model = torchvision.models.resnet18()
+    model.conv1.weight.requires_grad_(False)  # as resnet_fpn_backbone(trainable_layers=3) freezes the stem
+    disentangle(model)
+    assert not model.conv1.envelope.raw_sigma.requires_grad
+    assert model.layer2[0].conv1.envelope.raw_sigma.requires_grad
