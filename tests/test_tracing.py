@@ -60,3 +60,23 @@ def test_a_frozen_convolution_gets_a_frozen_envelope():
     disentangle(model)
     assert not model.conv1.envelope.raw_sigma.requires_grad
     assert model.layer2[0].conv1.envelope.raw_sigma.requires_grad
+
+
+def test_a_dilated_segmentation_backbone_gets_the_papers_seven_places():
+    """DeepLabV3's ResNet-50 dilates stages 3-4; an envconv-trained ResNet-50 still loads into it strictly."""
+    from torchvision.models.segmentation import deeplabv3_resnet50
+
+    seg = deeplabv3_resnet50(weights=None, weights_backbone=None, num_classes=3, aux_loss=False)
+    names = disentangle(seg.backbone)
+    trained = disentangle(torchvision.models.resnet50())
+    assert len(envconv_names(seg.backbone)) == len(envconv_names(trained)) == 7
+    assert envconv_names(seg.backbone) == envconv_names(trained)
+    state = {k: v for k, v in trained.state_dict().items() if not k.startswith("fc.")}
+    seg.backbone.load_state_dict(state, strict=True)
+    assert names is not None and seg.eval()(torch.randn(1, 3, 64, 64))["out"].shape == (1, 3, 64, 64)
+
+
+def envconv_names(model):
+    from envconv import DisentangledConv2d
+
+    return [n for n, m in model.named_modules() if isinstance(m, DisentangledConv2d)]

@@ -66,6 +66,32 @@ def _strided(conv: nn.Conv2d) -> bool:
     return any(s > 1 for s in conv.stride)
 
 
+def _dilated_stage_places(model: nn.Module) -> List[Tuple[str, bool]]:
+    """``(name, on_shortcut)`` of the paper's places in ResNet stages 2-4 that dilate instead of striding.
+
+    A segmentation backbone (torchvision's ``replace_stride_with_dilation``, DeepLabV3) keeps
+    the resolution from some stage on: the first block of that stage has no strided conv, but
+    it is still where the paper puts its envelopes - the residual path's spatial conv (the
+    second conv of a bottleneck, the first of a basic block) and the identity path's 1x1 conv.
+    """
+    places = []
+    for stage in ("layer2", "layer3", "layer4"):
+        blocks = getattr(model, stage, None)
+        if not isinstance(blocks, nn.Sequential) or len(blocks) == 0:
+            continue
+        block = blocks[0]
+        if any(_strided(m) for m in block.modules() if isinstance(m, nn.Conv2d)):
+            continue  # a striding stage: the strided rule finds it
+        spatial = getattr(block, "conv2" if hasattr(block, "conv3") else "conv1", None)
+        shortcut = getattr(block, "downsample", None)
+        shortcut_convs = [n for n, m in shortcut.named_modules() if isinstance(m, nn.Conv2d)] if shortcut else []
+        if not isinstance(spatial, nn.Conv2d) or not shortcut_convs:
+            continue
+        places += [(f"{stage}.0.{'conv2' if hasattr(block, 'conv3') else 'conv1'}", False),
+                   (f"{stage}.0.downsample.{shortcut_convs[0]}", True)]
+    return places
+
+
 def select_layers(model: nn.Module, where: Where = "downsample", stem: str = "paper") -> List[str]:
     """Names of the convolutions ``disentangle`` converts, in ``named_modules`` order.
 
@@ -75,7 +101,10 @@ def select_layers(model: nn.Module, where: Where = "downsample", stem: str = "pa
     * ``"downsample"`` - every strided convolution. On a ResNet these are the paper's
       layers (Fig. 5a): in the first block of stages 2-4, the strided 3x3 conv of the
       residual path and the strided 1x1 conv of the identity path. The same rule finds
-      the downsampling convolutions of any other CNN (MobileNet, RegNet, ...).
+      the downsampling convolutions of any other CNN (MobileNet, RegNet, ...). In a ResNet
+      whose stages 3-4 dilate instead of striding (a DeepLabV3 backbone), the same two
+      convolutions of those stages' first block are taken, so the places, and a converted
+      checkpoint's keys, do not depend on whether a stage strides or dilates.
     * ``"residual"`` / ``"identity"`` - only the strided convs off / on a shortcut path
       (a name component among :data:`SHORTCUT_NAMES`, e.g. ``layer2.0.downsample.0``).
     * a list of module names or glob patterns (``"layer*.0.conv2"``); each must match
@@ -100,6 +129,7 @@ def select_layers(model: nn.Module, where: Where = "downsample", stem: str = "pa
             )
         keep = {"downsample": lambda n: True, "residual": lambda n: not _on_shortcut(n), "identity": _on_shortcut}
         chosen = {n for n, m in convs[1:] if _strided(m) and keep[where](n)}
+        chosen |= {n for n, shortcut in _dilated_stage_places(model) if keep[where](n)}
         if not chosen:
             raise ValueError(f"where={where!r} selects no convolution of {type(model).__name__} (besides the stem)")
     elif callable(where):
