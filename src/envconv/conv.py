@@ -6,9 +6,7 @@ r"""Convolutions with extra machinery, built from a plain ``nn.Conv2d`` by name.
 * :class:`DisentangledConv2d` - the paper's method: the envelope is a learned Gaussian.
 """
 
-from __future__ import annotations
-
-from typing import Any, Dict
+from typing import Any, Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -244,7 +242,53 @@ class DisentangledConv2d(EnvelopeConv2d):
         #: forward more). ``False``: the envelope op and a plain conv, autograd between them.
         self.recompute_envelope = True
 
+    __jit_unused_properties__ = ["envelope_size", "_sampled", "_op_padding"]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():
+            return self._scripted_forward(x)
+        return self._forward(x)
+
+    def _scripted_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The forward under ``torch.jit.script``: the envelope + conv op on a 4-D input, as eager runs it."""
+        env = self.envelope
+        if self.order != "env-conv":
+            return env(self._conv_forward(x, self.weight, self.bias))
+        op_padding = self._script_padding
+        if len(op_padding) == 0:
+            return self._conv_forward(env(x), self.weight, self.bias)
+        sampled = self._script_sampled
+        env_stride = [self.stride[0], self.stride[1]] if sampled else [1, 1]
+        conv_stride = [1, 1] if sampled else [self.stride[0], self.stride[1]]
+        return torch.ops.envconv.envelope_conv2d(x, env.raw_sigma, self.weight, self.bias, env._size, env_stride,
+                                                 env.padding_mode, env.impl, conv_stride, op_padding,
+                                                 [self.dilation[0], self.dilation[1]], self.groups)
+
+    def __prepare_scriptable__(self):
+        """Called by ``torch.jit.script``: fix the op's arguments as plain attributes the script reads."""
+        self._script_sampled = self._sampled
+        padding = self._op_padding
+        self._script_padding = padding if padding is not None else []
+        return self
+
+    @property
+    def _sampled(self) -> bool:
+        """A strided 1x1 conv without padding: it reads the envelope only every stride-th pixel."""
+        return self.kernel_size == (1, 1) and self.padding in ((0, 0), "valid") and self.stride != (1, 1)
+
+    @property
+    def _op_padding(self) -> Optional[List[int]]:
+        """The conv padding for the envelope + conv op, or ``None`` when the layer runs envelope and conv apart."""
+        if not self.recompute_envelope or self.padding_mode != "zeros":
+            return None
+        if self._sampled or self.padding == "valid":
+            return [0, 0]
+        if isinstance(self.padding, str):
+            return None
+        return [int(self.padding[0]), int(self.padding[1])]
+
+    @torch.jit.unused
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.order != "env-conv":
             return super().forward(x)
         self._check_input(x)
@@ -254,9 +298,9 @@ class DisentangledConv2d(EnvelopeConv2d):
         env, weight, bias = self.envelope, self.weight, self.bias
         # A strided 1x1 conv reads one pixel in stride^2: smooth only at those (exact, and
         # 2-4x cheaper on the identity path of a ResNet).
-        sampled = self.kernel_size == (1, 1) and self.padding in ((0, 0), "valid") and self.stride != (1, 1)
-        padding = [0, 0] if sampled or self.padding == "valid" else self.padding
-        if not self.recompute_envelope or self.padding_mode != "zeros" or isinstance(padding, str):
+        sampled = self._sampled
+        padding = self._op_padding
+        if padding is None:
             smoothed = env(x, stride=self.stride) if sampled else env(x)
             if sampled:
                 return F.conv2d(smoothed, weight, bias, 1, 0, self.dilation, self.groups)
@@ -267,7 +311,7 @@ class DisentangledConv2d(EnvelopeConv2d):
             bias = bias.to(dtype) if bias is not None else None
         return ops.envelope_conv2d(x, env.raw_sigma, env.size, weight, bias, env_stride=self.stride if sampled else 1,
                                    padding_mode=env.padding_mode, stride=1 if sampled else self.stride,
-                                   padding=list(padding), dilation=self.dilation, groups=self.groups, impl=env.impl)
+                                   padding=padding, dilation=self.dilation, groups=self.groups, impl=env.impl)
 
     @property
     def envelope_size(self) -> int:

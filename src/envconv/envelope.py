@@ -1,9 +1,7 @@
 r"""``GaussianEnvelope``: the channel-wise Gaussian envelope as a module (paper eq. (3), (9))."""
 
-from __future__ import annotations
-
 import math
-from typing import Sequence, Union
+from typing import List, Sequence, Union
 
 import torch
 from torch import nn
@@ -73,6 +71,8 @@ class GaussianEnvelope(nn.Module):
     """
 
     raw_sigma: torch.Tensor
+    # TorchScript compiles forward's scripted branch only; these stay Python
+    __jit_unused_properties__ = ["size", "learnable", "sigma2", "sigma"]
 
     def __init__(
         self,
@@ -110,7 +110,7 @@ class GaussianEnvelope(nn.Module):
         padding_mode: str = "zeros",
         device=None,
         dtype=None,
-    ) -> "GaussianEnvelope":
+    ):
         r"""An envelope with a given, non-trainable sigma (the paper's Table 1h).
 
         Args:
@@ -172,8 +172,15 @@ class GaussianEnvelope(nn.Module):
         k = self.kernel1d()
         return k[:, :, None] * k[:, None, :]
 
-    def forward(self, x: torch.Tensor, stride: Union[int, Sequence[int]] = 1) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, stride: Union[int, List[int]] = 1) -> torch.Tensor:
         """Smooth ``x``; with ``stride > 1`` only at the positions a strided 1x1 conv reads."""
+        if torch.jit.is_scripting():  # torch.jit.script: the op itself, on a 4-D input
+            strides = [stride, stride] if isinstance(stride, int) else stride
+            return torch.ops.envconv.envelope(x, self.raw_sigma, self._size, strides, self.padding_mode, self.impl)
+        return self._forward(x, stride)
+
+    @torch.jit.unused
+    def _forward(self, x: torch.Tensor, stride: Union[int, Sequence[int]] = 1) -> torch.Tensor:
         if ops.fx_tracing():  # no control flow on proxies: a 4-D input, checked when the traced module runs
             return ops.gaussian_envelope(x, self.raw_sigma, self.size, self.padding_mode, stride, self.impl)
         if x.dim() == 3:

@@ -47,7 +47,7 @@ def test_timm_names_and_registration():
 def test_unknown_names():
     with pytest.raises(ValueError, match="unknown model source"):
         create_model("hub:resnet50")
-    with pytest.raises(ValueError, match="takes only .norm. in model_kwargs"):
+    with pytest.raises(ValueError, match="takes only 'norm' and 'global_pool' in model_kwargs"):
         create_model("small_resnet20", model_kwargs={"drop_rate": 0.1})
     with pytest.raises(ValueError, match="unknown model|no classification model"):
         create_model("torchvision:not_a_model")

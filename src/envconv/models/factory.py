@@ -49,8 +49,8 @@ def _build_base(name: str, num_classes: int, in_chans: int, model_kwargs: Dict[s
     if source not in ("", "torchvision", "timm"):
         raise ValueError(f"unknown model source {source!r} in {name!r}; use 'torchvision:NAME' or 'timm:NAME'")
     if not source and arch in SMALL_RESNETS:
-        if set(model_kwargs) - {"norm"}:
-            raise ValueError(f"{arch} takes only 'norm' in model_kwargs, got {sorted(model_kwargs)}")
+        if set(model_kwargs) - {"norm", "global_pool"}:
+            raise ValueError(f"{arch} takes only 'norm' and 'global_pool' in model_kwargs, got {sorted(model_kwargs)}")
         return small_resnet(arch, num_classes=num_classes, in_chans=in_chans, **model_kwargs)
     if source == "torchvision" or (not source and arch in _torchvision_names()):
         if not _available("torchvision"):

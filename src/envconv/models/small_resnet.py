@@ -11,9 +11,8 @@ Attribute names follow torchvision (``conv1``, ``bn1``, ``layer1``..., ``conv1``
 places with the same rule, and ``forward_features`` / ``forward_head`` follow timm.
 """
 
-from __future__ import annotations
 
-from typing import Dict, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -76,14 +75,20 @@ class SmallResNet(nn.Module):
     """
 
     def __init__(self, blocks: Sequence[int], widths: Sequence[int], num_classes: int = 10, in_chans: int = 3,
-                 norm: str = "batch") -> None:
+                 norm: str = "batch", global_pool: str = "avg") -> None:
         super().__init__()
         if len(blocks) != len(widths) or not blocks or min(blocks) < 1:
             raise ValueError(f"blocks and widths need one positive entry per stage, got {blocks} and {widths}")
         if norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+        if global_pool not in ("avg", ""):
+            raise ValueError(f"global_pool must be 'avg' or '' (none), got {global_pool!r}")
         self.num_classes, self.num_features = num_classes, widths[-1]
+        self.head_hidden_size = widths[-1]  # timm: the width forward_head(pre_logits=True) returns
         self.num_stages = len(blocks)
+        #: timm's feature description: the stem and each stage, with its stride from the input
+        self.feature_info = [dict(num_chs=widths[0], reduction=1, module="relu")] + [
+            dict(num_chs=w, reduction=2 ** i, module=f"layer{i + 1}") for i, w in enumerate(widths)]
         self.conv1 = _conv3x3(in_chans, widths[0])
         self.bn1 = _norm_layer(norm, widths[0])
         self.relu = nn.ReLU(inplace=True)
@@ -94,8 +99,9 @@ class SmallResNet(nn.Module):
                                                                      for _ in range(n - 1)]
             self.add_module(f"layer{i + 1}", nn.Sequential(*layers))
             in_planes = planes
-        self.global_pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(in_planes, num_classes)
+        self.pool_type = global_pool
+        self.global_pool = nn.AdaptiveAvgPool2d(1) if global_pool == "avg" else nn.Identity()
+        self.fc = nn.Linear(in_planes, num_classes) if num_classes > 0 else nn.Identity()
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -106,14 +112,44 @@ class SmallResNet(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The last stage's feature map, shape :math:`(N, \\text{num\\_features}, H/2^{S-1}, W/2^{S-1})`."""
         x = self.relu(self.bn1(self.conv1(x)))
+        if torch.jit.is_scripting():  # TorchScript has no getattr by a computed name
+            x = self.layer1(x)
+            if hasattr(self, "layer2"):
+                x = self.layer2(x)
+            if hasattr(self, "layer3"):
+                x = self.layer3(x)
+            if hasattr(self, "layer4"):
+                x = self.layer4(x)
+            return x
         for i in range(self.num_stages):
             x = getattr(self, f"layer{i + 1}")(x)
         return x
 
+    def __prepare_scriptable__(self):
+        if self.num_stages > 4:
+            raise TypeError(f"torch.jit.script supports SmallResNets of up to 4 stages, this one has {self.num_stages}")
+        return self
+
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Global average pooling and the classifier (or the pooled features if ``pre_logits``)."""
-        x = self.global_pool(x).flatten(1)
+        if self.pool_type == "avg":
+            x = self.global_pool(x).flatten(1)
         return x if pre_logits else self.fc(x)
+
+    def get_classifier(self) -> nn.Module:
+        """The classifier (timm's interface)."""
+        return self.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """A new classifier for ``num_classes`` (0: none, features out); ``global_pool`` ``"avg"`` or ``""``."""
+        if global_pool is not None:
+            if global_pool not in ("avg", ""):
+                raise ValueError(f"global_pool must be 'avg' or '' (none), got {global_pool!r}")
+            self.global_pool = nn.AdaptiveAvgPool2d(1) if global_pool == "avg" else nn.Identity()
+            self.pool_type = global_pool
+        self.num_classes = num_classes
+        device = next(self.parameters()).device
+        self.fc = nn.Linear(self.num_features, num_classes, device=device) if num_classes > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
@@ -127,9 +163,10 @@ SMALL_RESNETS: Dict[str, Tuple[Tuple[int, ...], Tuple[int, ...]]] = {
 }
 
 
-def small_resnet(name: str, num_classes: int = 10, in_chans: int = 3, norm: str = "batch") -> SmallResNet:
+def small_resnet(name: str, num_classes: int = 10, in_chans: int = 3, norm: str = "batch",
+                 global_pool: str = "avg") -> SmallResNet:
     """Build one of :data:`SMALL_RESNETS` by name."""
     if name not in SMALL_RESNETS:
         raise ValueError(f"unknown small ResNet {name!r}; choose one of {sorted(SMALL_RESNETS)}")
     blocks, widths = SMALL_RESNETS[name]
-    return SmallResNet(blocks, widths, num_classes=num_classes, in_chans=in_chans, norm=norm)
+    return SmallResNet(blocks, widths, num_classes=num_classes, in_chans=in_chans, norm=norm, global_pool=global_pool)

@@ -5,12 +5,17 @@ timm's ResNet-50 with the paper's envelopes, ``timm.create_model("envconv_small_
 num_classes=10, in_chans=1)`` envconv's small ResNet; keyword arguments that
 :func:`envconv.disentangle` knows (``method``, ``where``, ``stem``, ``envelope_size``...)
 go to the conversion, the rest to the model. Pretrained weights are not offered.
+
+Each name has its own pretrained cfg (``default_cfgs``, registered with the entrypoint):
+a timm base's cfg without its weight locations and with the envconv architecture name, or
+for the small ResNets their 32x32 input. Small ResNets also take ``features_only=True``
+(timm's ``FeatureListNet`` over the stem and the stages).
 """
 
 from __future__ import annotations
 
 import inspect
-from typing import Callable, List
+from typing import Any, Callable, Dict, List
 
 from ..convert import disentangle
 from .factory import create_model
@@ -22,6 +27,30 @@ __all__ = ["TIMM_BASES", "register_timm_models"]
 TIMM_BASES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d", "wide_resnet50_2")
 
 _DISENTANGLE_KEYS = {p for p in inspect.signature(disentangle).parameters if p != "model"}
+_WEIGHT_KEYS = ("url", "hf_hub_id", "hf_hub_filename", "hf_hub_revision", "file", "state_dict", "source", "tag",
+                "license", "paper_ids", "paper_name", "notes", "origin_url")
+
+#: timm reads the pretrained cfgs of the entrypoints registered from this module here.
+default_cfgs: Dict[str, Dict[str, Any]] = {}
+
+
+def _small_cfg(base: str) -> Dict[str, Any]:
+    from .small_resnet import SMALL_RESNETS
+
+    stages = len(SMALL_RESNETS[base][0])
+    side = 32 // 2 ** (stages - 1)
+    return dict(input_size=(3, 32, 32), pool_size=(side, side), crop_pct=1.0, interpolation="bilinear",
+                mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), first_conv="conv1", classifier="fc", num_classes=10)
+
+
+def _cfg(base: str) -> Dict[str, Any]:
+    """The pretrained cfg of ``envconv_<base>``: the base's, minus where its weights live."""
+    if base in SMALL_RESNETS:
+        return _small_cfg(base)
+    import timm
+
+    cfg = timm.models.get_pretrained_cfg(base.removeprefix("timm:")).to_dict()
+    return {k: v for k, v in cfg.items() if k not in _WEIGHT_KEYS and k != "architecture"}
 
 
 def _entrypoint(name: str, base: str) -> Callable:
@@ -33,7 +62,18 @@ def _entrypoint(name: str, base: str) -> Callable:
         options = {k: kwargs.pop(k) for k in list(kwargs) if k in _DISENTANGLE_KEYS}
         num_classes = kwargs.pop("num_classes", 10 if base in SMALL_RESNETS else 1000)
         in_chans = kwargs.pop("in_chans", 3)
-        return create_model(base, num_classes=num_classes, in_chans=in_chans, model_kwargs=kwargs, **options)
+        features = {k: kwargs.pop(k) for k in ("features_only", "out_indices") if k in kwargs} \
+            if base in SMALL_RESNETS else {}
+        model = create_model(base, num_classes=num_classes, in_chans=in_chans, model_kwargs=kwargs, **options)
+        import timm
+
+        cfg = timm.models.get_pretrained_cfg(name).to_dict()
+        if features.get("features_only"):
+            from timm.models import FeatureListNet
+
+            model = FeatureListNet(model, out_indices=features.get("out_indices", tuple(range(len(model.feature_info)))))
+        model.pretrained_cfg = model.default_cfg = cfg
+        return model
 
     build.__name__ = build.__qualname__ = name
     build.__module__ = __name__
@@ -49,6 +89,7 @@ def register_timm_models() -> List[str]:
     for base in list(SMALL_RESNETS) + [f"timm:{b}" for b in TIMM_BASES]:
         name = "envconv_" + base.removeprefix("timm:")
         if name not in globals():
+            default_cfgs[name] = _cfg(base)
             globals()[name] = register_model(_entrypoint(name, base))
         names.append(name)
     return names
