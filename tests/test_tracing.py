@@ -80,3 +80,18 @@ def envconv_names(model):
     from envconv import DisentangledConv2d
 
     return [n for n, m in model.named_modules() if isinstance(m, DisentangledConv2d)]
+
+
+def test_onnx_dynamo_exporter_with_a_dynamic_batch(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    model = converted_resnet18()
+    path = tmp_path / "model.onnx"
+    batch = torch.export.Dim("batch", min=1, max=16)
+    torch.onnx.export(model, (torch.randn(2, 3, 32, 32),), str(path), dynamo=True, input_names=["x"],
+                      output_names=["y"], dynamic_shapes=({0: batch},))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for n in (1, 3):
+        x = torch.randn(n, 3, 32, 32)
+        (y,) = session.run(None, {"x": x.numpy()})
+        np.testing.assert_allclose(y, model(x).detach().numpy(), atol=1e-4, rtol=1e-4)
