@@ -1,4 +1,5 @@
 import pytest
+import yaml
 
 from envconv.study import load_plan
 from study_helpers import write_plan
@@ -54,3 +55,21 @@ def test_the_bundled_study_plan_loads():
     assert configs["conv-env"]["order"] == "conv-env"
     assert configs["fixed-2"]["options"] == {"sigma": 2.0}
     assert {e.envelope_size for e in plan.evaluations} == {3, "auto"}
+
+
+def test_entries_may_have_their_own_seeds_and_only_selects_entries(tmp_path):
+    path = write_plan(tmp_path, seeds=(0, 1))
+    data = yaml.safe_load(path.read_text())
+    data["entries"][1]["seeds"] = [0, 1, 2, 3]
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    plan = load_plan(path)
+    assert [r.name for r in plan.runs(tmp_path / "out")] == [
+        "none_seed0", "gaussian_seed0", "none_seed1", "gaussian_seed1", "gaussian_seed2", "gaussian_seed3"]
+    assert [r.name for r in plan.runs(tmp_path / "out", only=["gaussian"])] == [
+        "gaussian_seed0", "gaussian_seed1", "gaussian_seed2", "gaussian_seed3"]
+    with pytest.raises(ValueError, match="no entry 'nonee'"):
+        plan.runs(tmp_path / "out", only=["nonee"])
+    data["entries"][1]["seeds"] = [1, 1]
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    with pytest.raises(ValueError, match="seeds must be a list of distinct integers"):
+        load_plan(path)

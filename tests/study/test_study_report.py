@@ -61,6 +61,11 @@ def test_report_tables_equal_a_hand_computation_from_the_run_directories(finishe
     diffs = np.array([errors[("gaussian", s)] - errors[("none", s)] for s in (0, 1)])
     half = 12.706 * diffs.std(ddof=1) / np.sqrt(2)   # t(0.975, 1 df)
     assert f"{diffs.mean():+.2f} [{diffs.mean() - half:+.2f}, {diffs.mean() + half:+.2f}] (n=2)" in report
+    # the verdict row: the detectable difference is the half-width, the paper's Δ is 23.03 - 23.81
+    claim_row = next(line for line in report.splitlines() if line.startswith("| 1a | envelopes help |"))
+    assert f"| ±{half:.2f} | -0.78 |" in claim_row
+    assert "![paired differences of every claim](reproduction/claims.png)" in report
+    assert (tmp / "docs" / "reproduction" / "claims.png").stat().st_size > 1000
     # the shrunk evaluation reuses ours' checkpoints, so it has ours' extra parameters (its sigmas)
     extra = _read(tmp / "out" / "gaussian_seed0" / "summary.json")["parameters"] - _read(
         tmp / "out" / "none_seed0" / "summary.json")["parameters"]

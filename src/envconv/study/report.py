@@ -25,7 +25,7 @@ from .plan import Claim, Plan
 from .runner import FAILED, RUN_INFO, measured_epoch_seconds
 from .stats import Difference, paired_difference, summarize
 
-__all__ = ["Result", "collect_results", "write_results_csv", "verdict", "write_report", "RESULT_COLUMNS"]
+__all__ = ["Result", "collect_results", "write_results_csv", "verdict", "detectable", "write_report", "RESULT_COLUMNS"]
 
 RESULT_COLUMNS = ("run", "table", "label", "seed", "epochs", "test_top1_err", "probe_err", "train_seconds")
 
@@ -251,19 +251,79 @@ def _plot_sigmas(checkpoint: Path, title: str, png: Path) -> bool:
     return True
 
 
-def _claims_section(plan: Plan, results: List[Result]) -> List[str]:
+def _claim_differences(plan: Plan, results: List[Result]) -> List[Optional[Difference]]:
+    return [paired_difference(_by_seed(results, c.a, c.metric), _by_seed(results, c.b, c.metric))
+            for c in plan.claims]
+
+
+def detectable(diff: Optional[Difference]) -> Optional[float]:
+    """The smallest |mean paired difference| these seeds could tell from 0: the 95% interval's half-width."""
+    if diff is None or diff.low is None:
+        return None
+    return (diff.high - diff.low) / 2
+
+
+def _paper_difference(plan: Plan, claim: Claim) -> Optional[float]:
+    papers = _papers(plan)
+    a, b = papers.get(claim.a), papers.get(claim.b)
+    return None if claim.metric != "test" or a is None or b is None else a - b
+
+
+def _claims_section(plan: Plan, results: List[Result], asset_dir: Path, docs_dir: Path) -> List[str]:
     labels = _labels(plan)
+    diffs = _claim_differences(plan, results)
     lines = ["## Verdicts", "",
              f"Each claim compares two settings seed by seed (Δ = error of the first minus the second, in points, "
              f"with the 95% t-interval of the mean paired difference). *better*: holds when the interval lies "
-             f"below 0. *same*: holds when it lies inside ±{plan.margin} points.", "",
-             "| table | claim of the paper | comparison | metric | Δ [95% CI] | verdict |", "|---|---|---|---|---|---|"]
-    for c in plan.claims:
-        diff = paired_difference(_by_seed(results, c.a, c.metric), _by_seed(results, c.b, c.metric))
+             f"below 0. *same*: holds when it lies inside ±{plan.margin} points. *Detectable*: the interval's "
+             f"half-width, the smallest mean difference these seeds could have told from 0.", "",
+             "| table | claim of the paper | comparison | metric | Δ [95% CI] | detectable | paper Δ | verdict |",
+             "|---|---|---|---|---|---|---|---|"]
+    for c, diff in zip(plan.claims, diffs):
         relation = "better than" if c.kind == "better" else "same as"
+        half, paper = detectable(diff), _paper_difference(plan, c)
         lines.append(f"| {c.table} | {c.text} | {labels[c.a]} {relation} {labels[c.b]} | {c.metric} "
-                     f"| {diff if diff else '-'} | {verdict(c, diff, plan.margin)} |")
+                     f"| {diff if diff else '-'} | {'-' if half is None else f'±{half:.2f}'} "
+                     f"| {'' if paper is None else f'{paper:+.2f}'} | {verdict(c, diff, plan.margin)} |")
+    png = asset_dir / "claims.png"
+    if _forest_plot(plan, diffs, png):
+        lines += ["", f"![paired differences of every claim]({png.relative_to(docs_dir).as_posix()})"]
     return lines + [""]
+
+
+def _forest_plot(plan: Plan, diffs: List[Optional[Difference]], path: Path) -> bool:
+    """Every claim's paired difference with its 95% interval, 0 and the ±margin band, the paper's Δ beside it."""
+    try:
+        from ..analysis.plots import pyplot
+        plt = pyplot()
+    except ImportError:
+        return False
+    rows = [(c, d) for c, d in zip(plan.claims, diffs) if d is not None]
+    if not rows:
+        return False
+    fig, ax = plt.subplots(figsize=(7.5, 0.9 + 0.38 * len(rows)))
+    ax.axvspan(-plan.margin, plan.margin, color="0.9", label=f"±{plan.margin} points")
+    ax.axvline(0, color="0.4", linewidth=1)
+    for y, (claim, diff) in enumerate(rows):
+        low, high = (diff.low, diff.high) if diff.low is not None else (diff.mean, diff.mean)
+        ax.errorbar([diff.mean], [y], xerr=[[diff.mean - low], [high - diff.mean]], fmt="o", color="C0", capsize=3,
+                    label="ours: Δ [95% CI]" if y == 0 else None)
+        paper = _paper_difference(plan, claim)
+        if paper is not None:
+            ax.plot([paper], [y], marker="D", color="C3", linestyle="none",
+                    label="paper (ResNet-50, ImageNet)" if not any(_paper_difference(plan, c) is not None
+                                                                     for c, _ in rows[:y]) else None)
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels([f"{c.table}: {c.a} vs {c.b}" + (" (probe)" if c.metric == "probe" else "") for c, _ in rows],
+                       fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("paired difference of top-1 error (points; < 0: the first is better)")
+    ax.legend(loc="best", fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
 
 
 def _setup_section(plan: Plan, results: List[Result], out_dir: Path, n_runs: int) -> List[str]:
@@ -318,7 +378,7 @@ def write_report(plan: Plan, out_dir: Path, docs_dir: Path) -> Dict[str, Any]:
              f"[reproduction/results.csv](reproduction/results.csv). The paper's numbers are ResNet-50 on "
              f"ImageNet (Kobayashi 2023, Table 1), so only the direction and size of differences compare.", ""]
     lines += _setup_section(plan, results, out_dir, n_runs)
-    lines += _claims_section(plan, results)
+    lines += _claims_section(plan, results, asset_dir, docs_dir)
     lines += ["## Tables", ""]
     for table in _table_names(plan):
         lines += _table_section(plan, results, table, asset_dir, docs_dir)
