@@ -110,3 +110,20 @@ def test_every_bundled_config_validates_and_builds(name):
 def test_yaml_on_off_mean_on_off_for_the_progress_bar():
     assert validate_config(apply_overrides({}, ["output.progress=off"]))["output"]["progress"] == "off"
     assert validate_config(apply_overrides({}, ["output.progress=on"]))["output"]["progress"] == "on"
+
+
+def test_scientific_notation_is_a_number_in_overrides_and_files(tmp_path):
+    from envconv.config import resolve_config
+
+    config = resolve_config("fashion_mnist_resnet20", ["train.lr=1e-3", "train.weight_decay=5.0e-4"])
+    assert config["train"]["lr"] == 1e-3 and config["train"]["weight_decay"] == 5e-4
+    (tmp_path / "c.yaml").write_text("base: fashion_mnist_resnet20\ntrain: {lr: 2E-2, momentum: .9}\n")
+    config = resolve_config(tmp_path / "c.yaml", [])
+    assert config["train"]["lr"] == 0.02 and config["train"]["momentum"] == 0.9
+
+
+def test_path_overrides_are_kept_as_text():
+    from envconv.config import resolve_config
+
+    config = resolve_config("fashion_mnist_resnet20", ["output.dir=runs/exp #2: b", "data.root=null"])
+    assert config["output"]["dir"] == "runs/exp #2: b" and config["data"]["root"] is None

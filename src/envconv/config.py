@@ -1,7 +1,8 @@
 """Run configuration: YAML files, ``--set key=value`` overrides, validation and dumping.
 
 A config is a nested dict with the sections of :data:`DEFAULTS`. Files are read with
-``yaml.safe_load`` (no code is ever executed) and merged over the defaults; a file may
+:func:`yaml_load` (PyYAML's safe loader, so no code is ever executed, that also reads
+``1e-3`` as a number) and merged over the defaults; a file may
 name a ``base`` config (a path relative to itself, or a bundled config name) that it
 extends, so a baseline twin is three lines. Every key is checked: a misspelt key is an
 error naming the section's keys, not a silently ignored setting.
@@ -16,13 +17,38 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
 import yaml
 
-__all__ = ["DEFAULTS", "CONFIG_DIR", "bundled_configs", "find_config", "load_config", "apply_overrides",
+__all__ = ["DEFAULTS", "CONFIG_DIR", "PATH_KEYS", "yaml_load", "bundled_configs", "find_config", "load_config",
+           "apply_overrides",
            "resolve_config", "validate_config", "dump_config"]
+
+class _Loader(yaml.SafeLoader):
+    """The safe loader, reading floats as YAML 1.2 does: ``1e-3`` and ``5.0e-4`` are numbers, not strings."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                 |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                 |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                 |[-+]?\.(?:inf|Inf|INF)
+                 |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+
+def yaml_load(text: str) -> Any:
+    """Parse YAML safely (no tags that build objects), with scientific notation read as floats."""
+    return yaml.load(text, Loader=_Loader)
+
+
+#: Keys holding paths: ``--set`` keeps their text as it is (no YAML parsing, so ``#``, ``: ``
+#: and spaces stay part of the path); ``null`` or an empty value unsets them.
+PATH_KEYS = {("output", "dir"), ("data", "root"), ("data", "train"), ("data", "val")}
 
 #: Where the bundled YAML configs live (the repository's ``configs/`` links here).
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -139,7 +165,7 @@ def load_config(path: Union[str, os.PathLike], _seen: Sequence[Path] = ()) -> Di
     if file in _seen:
         raise ValueError(f"config {file} extends itself through 'base'")
     try:
-        data = yaml.safe_load(file.read_text()) or {}
+        data = yaml_load(file.read_text()) or {}
     except yaml.YAMLError as err:
         raise ValueError(f"config {file} is not valid YAML: {err}") from err
     if not isinstance(data, dict):
@@ -156,13 +182,13 @@ def load_config(path: Union[str, os.PathLike], _seen: Sequence[Path] = ()) -> Di
 def _parse_value(text: str) -> Any:
     # YAML scalars: 0.1 -> float, true -> bool, null -> None, [1, 2] -> list; anything else stays a string.
     try:
-        return yaml.safe_load(text)
+        return yaml_load(text)
     except yaml.YAMLError:
         return text
 
 
 def apply_overrides(config: Dict[str, Any], overrides: Sequence[str]) -> Dict[str, Any]:
-    """Apply ``section.key=value`` overrides (values parsed as YAML) and return a new config."""
+    """Apply ``section.key=value`` overrides (values parsed as YAML, paths kept as text) and return a new config."""
     config = copy.deepcopy(config)
     for item in overrides:
         key, sep, text = item.partition("=")
@@ -177,7 +203,10 @@ def apply_overrides(config: Dict[str, Any], overrides: Sequence[str]) -> Dict[st
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ValueError(f"override {item!r}: {part!r} is not a section")
-        node[parts[-1]] = _parse_value(text)
+        if tuple(parts) in PATH_KEYS:
+            node[parts[-1]] = None if text.strip() in ("", "null", "~") else text
+        else:
+            node[parts[-1]] = _parse_value(text)
     return config
 
 

@@ -212,3 +212,40 @@ def test_compiled_run_saves_the_plain_model(tmp_path):
     assert not [k for k in weights if "_orig_mod" in k or k.startswith("module.")]
     model, _ = model_from_checkpoint(run / "last.pt")  # loads strictly into a fresh model
     assert model.conv1.envelope.raw_sigma.detach().abs().sum().item() > 0  # sigma trained under torch.compile
+
+
+def test_a_run_directory_with_hash_colon_and_spaces_is_the_directory_resumed(tmp_path):
+    odd = tmp_path / "exp #2: ünï"
+    train(tiny_config(odd, train={"epochs": 1}), quiet=True)
+    (tmp_path / "exp").mkdir()  # what "exp #2" would have become as a YAML value
+    assert main(["train", "--resume", str(odd), "--set", "train.epochs=2", "--quiet"]) == 0
+    assert load_checkpoint(odd / "last.pt")["epoch"] == 2 and not list((tmp_path / "exp").iterdir())
+    config = trainer.config_from_args(trainer.get_args_parser().parse_args(
+        ["--config", str(odd / "config.yaml"), "--set", f"output.dir={tmp_path / 'my run #3'}"]))
+    assert config["output"]["dir"] == str(tmp_path / "my run #3")
+
+
+def test_resume_into_another_directory_forks_the_run(tmp_path, capsys):
+    train(tiny_config(tmp_path / "run", train={"epochs": 1}), quiet=True)
+    before = (tmp_path / "run" / "last.pt").read_bytes()
+    assert main(["train", "--resume", str(tmp_path / "run"), "--set", f"output.dir={tmp_path / 'fork'}",
+                 "--set", "train.epochs=2", "--quiet"]) == 0
+    assert (tmp_path / "run" / "last.pt").read_bytes() == before  # the original is untouched
+    assert load_checkpoint(tmp_path / "fork" / "last.pt")["epoch"] == 2
+    assert len(_metrics(tmp_path / "fork")) == 2 and len(_metrics(tmp_path / "run")) == 1
+    assert main(["train", "--resume", str(tmp_path / "run"), "--set", f"output.dir={tmp_path / 'fork'}",
+                 "--quiet"]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+
+
+def test_resuming_to_fewer_epochs_is_refused_and_keeps_the_record(tmp_path, capsys):
+    train(tiny_config(tmp_path / "run", train={"epochs": 2}), quiet=True)
+    summary = (tmp_path / "run" / "summary.json").read_text()
+    assert main(["train", "--resume", str(tmp_path / "run"), "--set", "train.epochs=1", "--quiet"]) == 2
+    assert "has trained 2 epochs; train.epochs=1 would train none" in capsys.readouterr().err
+    assert (tmp_path / "run" / "summary.json").read_text() == summary
+
+
+def test_amp_needs_float32(tmp_path):
+    with pytest.raises(ValueError, match="train.amp=bf16 needs train.dtype=float32"):
+        train(tiny_config(tmp_path / "run", train={"amp": "bf16", "dtype": "float64"}), quiet=True)

@@ -33,7 +33,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 
 import yaml
 
-from ..config import apply_overrides, find_config, load_config, validate_config
+from ..config import apply_overrides, find_config, load_config, validate_config, yaml_load
 
 __all__ = ["Plan", "Entry", "Evaluation", "Claim", "Run", "load_plan", "PLAN_KEYS"]
 
@@ -201,7 +201,7 @@ def load_plan(path: Union[str, Path]) -> Plan:
     if not path.is_file():
         raise FileNotFoundError(f"no study plan {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml_load(path.read_text())
     except yaml.YAMLError as err:
         raise ValueError(f"plan {path} is not valid YAML: {err}") from err
     data = _check_keys(data, PLAN_KEYS, f"plan {path}")

@@ -17,6 +17,7 @@ import contextlib
 import json
 import os
 import random
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -171,6 +172,9 @@ def _train_locked(config, train_cfg, out_cfg, ctx, resume, quiet, run_dir: Path)
     checkpoint = load_checkpoint(run_dir / LAST) if resume else None
     if checkpoint is not None:
         _check_resume_changes(checkpoint["config"], config)
+        if train_cfg["epochs"] < checkpoint["epoch"]:
+            raise ValueError(f"{run_dir} has trained {checkpoint['epoch']} epochs; train.epochs={train_cfg['epochs']} "
+                             f"would train none and rewrite its record. Ask for more epochs, or start a new run")
     amp_dtype = AMP_DTYPES[train_cfg["amp"]]
     dtype = DTYPES[train_cfg["dtype"]]
     if amp_dtype is not None and dtype != torch.float32:
@@ -329,11 +333,37 @@ def config_from_args(args: argparse.Namespace) -> Dict[str, Any]:
         run_dir = Path(args.resume)
         if not (run_dir / CONFIG_FILE).is_file():
             raise FileNotFoundError(f"{run_dir} is not a run directory (no {CONFIG_FILE})")
-        overrides: List[str] = [*args.overrides, f"output.dir={run_dir}"]
-        return resolve_config(run_dir / CONFIG_FILE, overrides)
+        config = resolve_config(run_dir / CONFIG_FILE, args.overrides)
+        asked = [o.partition("=")[2] for o in args.overrides if o.partition("=")[0].strip() == "output.dir"]
+        if asked and Path(asked[-1]).resolve() != run_dir.resolve():
+            fork_run(run_dir, Path(asked[-1]))  # resume a copy: the original run stays as it is
+        else:
+            config["output"]["dir"] = str(run_dir)  # the path as given, never re-parsed
+        return config
     if not args.config:
         raise ValueError("give --config CONFIG (a YAML file or a bundled config name) or --resume RUN_DIR")
     return resolve_config(args.config, args.overrides)
+
+
+#: The files of a run directory that a fork copies (checkpoints and logs; not the lock or tensorboard).
+FORK_FILES = (CONFIG_FILE, LAST, BEST, "metrics.csv", "sigma.json")
+
+
+def fork_run(source: Path, target: Path) -> None:
+    """Copy run ``source``'s checkpoints and logs into the new directory ``target`` (``--resume`` with another
+    ``output.dir``), so the resumed training writes there and ``source`` is left untouched.
+
+    Raises:
+        FileExistsError: ``target`` already holds a run.
+    """
+    if (target / LAST).exists() or (target / CONFIG_FILE).exists():
+        raise FileExistsError(f"cannot fork {source} into {target}: it already holds a run")
+    if not (source / LAST).is_file():
+        raise FileNotFoundError(f"{source} has no {LAST} to resume from")
+    target.mkdir(parents=True, exist_ok=True)
+    for name in FORK_FILES:
+        if (source / name).is_file():
+            shutil.copy2(source / name, target / name)
 
 
 def main(args: argparse.Namespace) -> int:
