@@ -232,7 +232,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError, ImportError, FloatingPointError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError, ImportError,
+            FloatingPointError) as err:
         print(f"envconv {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

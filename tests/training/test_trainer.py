@@ -249,3 +249,37 @@ def test_resuming_to_fewer_epochs_is_refused_and_keeps_the_record(tmp_path, caps
 def test_amp_needs_float32(tmp_path):
     with pytest.raises(ValueError, match="train.amp=bf16 needs train.dtype=float32"):
         train(tiny_config(tmp_path / "run", train={"amp": "bf16", "dtype": "float64"}), quiet=True)
+
+
+def test_a_nan_validation_loss_fails_the_run_and_keeps_the_last_checkpoint(tmp_path, monkeypatch, capsys):
+    train(tiny_config(tmp_path / "run", train={"epochs": 1}), quiet=True)
+    before = {name: (tmp_path / "run" / name).read_bytes() for name in ("last.pt", "best.pt")}
+    real = trainer.evaluate
+
+    def nan_eval(*args, **kwargs):
+        stats = real(*args, **kwargs)
+        return type(stats)(float("nan"), float("nan"), float("nan"), stats.images, stats.seconds)
+
+    monkeypatch.setattr(trainer, "evaluate", nan_eval)
+    assert main(["train", "--resume", str(tmp_path / "run"), "--set", "train.epochs=2", "--quiet"]) == 2
+    assert "validation loss is not finite in epoch 2" in capsys.readouterr().err
+    assert {name: (tmp_path / "run" / name).read_bytes() for name in before} == before
+    assert len(_metrics(tmp_path / "run")) == 1  # the NaN epoch is not recorded
+
+
+def test_a_fresh_run_never_appends_to_another_runs_records(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.csv").write_text("epoch,lr\n1,0.1\n")
+    config = tiny_config(run, train={"epochs": 1})
+    with pytest.raises(FileExistsError, match=r"already holds a run \(metrics.csv\); delete them to start afresh"):
+        train(config, quiet=True)
+    assert (run / "metrics.csv").read_text() == "epoch,lr\n1,0.1\n"
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NotADirectoryError, match="is a file, not a directory"):
+        train(tiny_config(tmp_path / "file", train={"epochs": 1}), quiet=True)
+
+
+def test_an_empty_data_set_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="the training data set is empty"):
+        train(tiny_config(tmp_path / "run", data={"synthetic_size": [0, 0]}), quiet=True)

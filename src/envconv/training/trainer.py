@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import random
 import shutil
@@ -35,7 +36,7 @@ from ..data import build_datasets, build_loader, epoch_seed
 from ..methods.cbs import set_curriculum_epoch
 from ..models.factory import create_model_from_config
 from . import distributed
-from .engine import EpochStats, evaluate, train_one_epoch
+from .engine import EpochStats, NonFiniteLossError, evaluate, train_one_epoch
 from .optim import build_optimizer, build_scheduler
 from .progress import ProgressBar, RunLog
 
@@ -99,9 +100,18 @@ def _seed_epoch(seed: int, epoch: int, rank: int, loader) -> None:
     loader.sampler.set_epoch(epoch)
 
 
+#: Files that record finished epochs: a fresh run never starts in a directory holding one.
+RECORD_FILES = (LAST, BEST, SUMMARY_FILE, "metrics.csv", "sigma.json")
+
+
 def _prepare_run_dir(run_dir: Path, resume: bool, ctx: distributed.DistributedContext) -> None:
-    if not resume and (run_dir / LAST).exists():
-        raise FileExistsError(f"{run_dir} already holds a run ({LAST}); resume it with --resume {run_dir}, "
+    if run_dir.exists() and not run_dir.is_dir():
+        raise NotADirectoryError(f"output.dir {run_dir} is a file, not a directory")
+    held = [name for name in RECORD_FILES if (run_dir / name).exists()] if not resume else []
+    if held:
+        hint = (f"resume it with --resume {run_dir}" if LAST in held
+                else "delete them to start afresh (no checkpoint to resume from)")
+        raise FileExistsError(f"{run_dir} already holds a run ({', '.join(held)}); {hint}, "
                               f"or choose another directory with --set output.dir=...")
     if ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -201,6 +211,9 @@ def _train_locked(config, train_cfg, out_cfg, ctx, resume, quiet, run_dir: Path)
     if ctx.is_main:
         atomic_write_bytes(dump_config(config).encode(), run_dir / CONFIG_FILE)
     train_loader, val_loader = _loaders(config, ctx)
+    for split, loader in (("training", train_loader), ("validation", val_loader)):
+        if len(loader.dataset) == 0:
+            raise ValueError(f"the {split} data set is empty (data: {config['data']['dataset']}); nothing to train on")
     net = _wrap(model, ctx, train_cfg["compile"])
 
     n_params = sum(p.numel() for p in model.parameters())
@@ -229,6 +242,7 @@ def _train_locked(config, train_cfg, out_cfg, ctx, resume, quiet, run_dir: Path)
                 val = evaluate(net, val_loader, device=ctx.device, amp_dtype=amp_dtype,
                                channels_last=train_cfg["channels_last"], dtype=dtype, progress=bar)
                 bar.close()
+                _check_validation(val, epoch)
             log.log_epoch(_metrics_row(epoch, lr, stats, val), envelope_sigmas(model))
             is_best = val is not None and val.top1_err < best_err
             best_err = val.top1_err if is_best else best_err
@@ -253,6 +267,14 @@ def _train_locked(config, train_cfg, out_cfg, ctx, resume, quiet, run_dir: Path)
     if ctx.is_main:
         atomic_write_bytes(json.dumps(summary, indent=1).encode(), run_dir / SUMMARY_FILE)
     return summary
+
+
+def _check_validation(val: EpochStats, epoch: int) -> None:
+    """A NaN/infinite validation loss ends the run before this epoch is recorded or saved."""
+    if val.images == 0 or not all(math.isfinite(v) for v in (val.loss, val.top1_err)):
+        raise NonFiniteLossError(
+            f"the validation loss is not finite in epoch {epoch} ({val.loss}); stopping without writing this "
+            f"epoch's checkpoint. Lower train.lr or add train.warmup_epochs; the last finished checkpoint is intact")
 
 
 def _restore(checkpoint: Dict[str, Any], model, optimizer, scheduler, scaler) -> None:
