@@ -97,3 +97,15 @@ def test_model_from_checkpoint_checks_the_weights(tmp_path):
         model_from_checkpoint(tmp_path / "b.pt")
     with pytest.raises(ValueError, match="is a directory"):
         load_checkpoint(tmp_path)
+
+
+def test_a_checkpoint_with_a_foreign_config_is_refused_naming_the_file(tmp_path):
+    import torch
+
+    from envconv.checkpoint import load_checkpoint
+
+    for config in ({"model": {"name": 5}}, {"optimizer": "adam"}, "not a mapping"):
+        path = tmp_path / "foreign.pt"
+        torch.save({"model": {}, "config": config, "epoch": 1}, path)
+        with pytest.raises(ValueError, match="foreign.pt: its config"):
+            load_checkpoint(path)

@@ -88,3 +88,36 @@ def test_summary_of_a_model_name_and_of_a_checkpoint(tmp_path, capsys):
     model, _ = model_from_checkpoint(run / "last.pt")
     stem = model.conv1.envelope.sigma.item()
     assert "epoch 1" in out and re.search(rf"conv1\s+1\s+9\s+{stem:.4f}", out)
+
+
+@pytest.mark.parametrize("override, key", [
+    ("train.nesterov=maybe", "train.nesterov"), ("train.momentum=5", "train.momentum"),
+    ("train.seed=abc", "train.seed"), ("data.mean=0.5", "data.mean"), ("output.dir=runs/{foo}", "output.dir"),
+    ("train.label_smoothing=2", "train.label_smoothing"), ("model.num_classes=0", "model.num_classes"),
+    ("data.image_size=100000", "data.image_size"), ("train.epochs=0", "train.epochs"),
+    ("data.workers=-1", "data.workers"), ("train.gamma=0", "train.gamma"), ("data.synthetic_size=[0]", "data.synthetic_size"),
+])
+def test_bad_set_values_exit_2_naming_the_key(override, key, capsys, tmp_path):
+    code = main(["train", "--config", "fashion_mnist_resnet20", "--set", f"output.dir={tmp_path / 'run'}",
+                 "--set", override])
+    err = capsys.readouterr().err
+    assert code == 2 and key in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def test_bad_config_files_and_plans_exit_2_naming_the_file(tmp_path, capsys):
+    listed = tmp_path / "listed.yaml"
+    listed.write_text("base: [a.yaml, b.yaml]\n")
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"train:\n  lr: \xff\xfe\n")
+    for path, message in ((listed, "base must name one config file"), (binary, "is not UTF-8 text")):
+        assert main(["train", "--config", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and str(path.name) in err
+    plan = tmp_path / "plan.yaml"
+    for text, message in (("base: fashion_mnist_resnet20\nseeds: [0]\nentries: 5\n", "entries must be a list"),
+                          ("name: ../../x\nbase: fashion_mnist_resnet20\nseeds: [0]\nentries: []\n",
+                           "name '../../x' must be")):
+        plan.write_text(text)
+        assert main(["study", str(plan), "--dry-run"]) == 2
+        assert message in capsys.readouterr().err

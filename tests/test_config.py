@@ -32,9 +32,9 @@ def test_unknown_keys_and_bad_choices_are_named():
         validate_config({"trian": {}})
     with pytest.raises(ValueError, match="train.amp must be one of"):
         validate_config({"train": {"amp": "fp8"}})
-    with pytest.raises(ValueError, match="train.epochs must be a positive integer"):
+    with pytest.raises(ValueError, match="train.epochs must be an integer >= 1"):
         validate_config({"train": {"epochs": 0}})
-    with pytest.raises(ValueError, match="train.lr must be a non-negative number"):
+    with pytest.raises(ValueError, match="train.lr must be a number >= 0"):
         validate_config({"train": {"lr": "fast"}})
 
 

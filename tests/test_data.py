@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from envconv.config import validate_config
+from envconv.config import DEFAULTS, validate_config
 from envconv.data import (
     FASHION_MNIST_ROOT,
     CropFlip,
@@ -180,3 +180,16 @@ def test_digits_are_scikit_learns_images_split_and_scaled():
     assert big.images.shape == (597, 3, 28, 28) and float(big.images.min()) >= 0 and float(big.images.max()) <= 1
     # bilinear upsampling keeps the mean grey level of each image (to the border's effect)
     assert torch.allclose(big.images[:, 0].mean((1, 2)), test.images.squeeze(1).mean((1, 2)), atol=0.03)
+
+
+def test_a_file_for_a_folder_and_a_too_large_subset_are_reported(tmp_path, fashion_root):
+    from envconv.data import build_dataset
+
+    file = tmp_path / "file"
+    file.write_text("x")
+    cfg = {**DEFAULTS["data"], "root": str(file)}
+    with pytest.raises(NotADirectoryError, match="is a file, not a folder"):
+        build_dataset(cfg, "train", 1, 10)
+    cfg = {**DEFAULTS["data"], "root": str(fashion_root), "train_subset": 1000}
+    with pytest.warns(UserWarning, match="subset of 1000 images was asked for, but the data set holds only 128"):
+        assert len(build_dataset(cfg, "train", 1, 10)) == 128

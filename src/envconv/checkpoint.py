@@ -112,7 +112,16 @@ def load_checkpoint(path: Union[str, os.PathLike]) -> Dict[str, Any]:
     if missing:
         raise ValueError(f"{path} is not an envconv training checkpoint (missing {missing}); "
                          f"for a bare state dict use `envconv envelopes`")
-    return dict(ckpt)
+    ckpt = dict(ckpt)
+    from .config import validate_config
+
+    try:  # a foreign or hand-made config must fail here, naming the file, not deep inside a command
+        ckpt["config"] = validate_config(ckpt["config"]) if isinstance(ckpt["config"], Mapping) else None
+    except (ValueError, TypeError, KeyError) as err:
+        raise ValueError(f"{path}: its config is not a valid envconv config ({err})") from err
+    if ckpt["config"] is None or not isinstance(ckpt["epoch"], int):
+        raise ValueError(f"{path}: its config or epoch is not an envconv training checkpoint's")
+    return ckpt
 
 
 def model_from_checkpoint(path: Union[str, os.PathLike], device: Union[str, torch.device] = "cpu"):

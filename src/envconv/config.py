@@ -165,12 +165,16 @@ def load_config(path: Union[str, os.PathLike], _seen: Sequence[Path] = ()) -> Di
     if file in _seen:
         raise ValueError(f"config {file} extends itself through 'base'")
     try:
-        data = yaml_load(file.read_text()) or {}
+        data = yaml_load(file.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as err:
+        raise ValueError(f"config {file} is not UTF-8 text ({err.reason} at byte {err.start})") from err
     except yaml.YAMLError as err:
         raise ValueError(f"config {file} is not valid YAML: {err}") from err
     if not isinstance(data, dict):
         raise ValueError(f"config {file} must hold a mapping of sections, got {type(data).__name__}")
     base = data.pop("base", None)
+    if base is not None and not isinstance(base, str):
+        raise ValueError(f"config {file}: base must name one config file, got {base!r}")
     data.setdefault("name", file.stem)
     if base is None:
         return data
@@ -235,19 +239,91 @@ def validate_config(config: Dict[str, Any]) -> Dict[str, Any]:
     for section, key in _FREE_MAPPINGS:
         if not isinstance(full[section][key], dict):
             raise ValueError(f"{section}.{key} must be a mapping, got {full[section][key]!r}")
-    train = full["train"]
-    for key in ("epochs", "batch_size", "base_batch_size", "step_size", "eval_every", "log_every"):
-        if not isinstance(train[key], int) or isinstance(train[key], bool) or train[key] < 1:
-            raise ValueError(f"train.{key} must be a positive integer, got {train[key]!r}")
-    for key in ("lr", "momentum", "weight_decay", "gamma", "label_smoothing", "warmup_epochs"):
-        value = train[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            raise ValueError(f"train.{key} must be a non-negative number, got {value!r}")
-    data = full["data"]
-    if len(data["mean"]) != len(data["std"]) or any(s <= 0 for s in data["std"]):
-        raise ValueError(f"data.mean and data.std need one entry per channel, std > 0; "
-                         f"got {data['mean']}, {data['std']}")
+    for (section, key), rule in _RULES.items():
+        rule(f"{section}.{key}", full[section][key])
+    model, data = full["model"], full["data"]
+    for key in ("mean", "std"):
+        values = data[key]
+        if not isinstance(values, list) or len(values) not in (1, model["in_chans"]) \
+                or not all(_is_number(v) for v in values):
+            raise ValueError(f"data.{key} must be a list of model.in_chans = {model['in_chans']} numbers (or one for "
+                             f"all channels), got {values!r}")
+    if any(v <= 0 for v in data["std"]):
+        raise ValueError(f"data.std must be positive, got {data['std']!r}")
+    fields = set(re.findall(r"{([^{}]*)}", full["output"]["dir"]))
+    if fields - {"name"}:
+        raise ValueError(f"output.dir may hold the placeholder {{name}} only, got {full['output']['dir']!r}")
     return full
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _integer(low: int, high: Optional[int] = None, optional: bool = False):
+    def check(key: str, value: Any) -> None:
+        if optional and value is None:
+            return
+        if not isinstance(value, int) or isinstance(value, bool) or value < low or (high is not None and value > high):
+            bound = f">= {low}" + (f" and <= {high}" if high is not None else "")
+            raise ValueError(f"{key} must be an integer {bound}{' (or null)' if optional else ''}, got {value!r}")
+    return check
+
+
+def _number(low: float, high: Optional[float] = None, low_open: bool = False):
+    def check(key: str, value: Any) -> None:
+        if not _is_number(value) or value != value or (value <= low if low_open else value < low) \
+                or (high is not None and value >= high):
+            span = f"{'>' if low_open else '>='} {low}" + (f" and < {high}" if high is not None else "")
+            raise ValueError(f"{key} must be a number {span}, got {value!r}")
+    return check
+
+
+def _boolean(key: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{key} must be true or false, got {value!r}")
+
+
+def _text(key: str, value: Any) -> None:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{key} must be a non-empty string, got {value!r}")
+
+
+def _optional_text(key: str, value: Any) -> None:
+    if value is not None:
+        _text(key, value)
+
+
+def _envelope_size(key: str, value: Any) -> None:
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1 or value % 2 == 0):
+        raise ValueError(f"{key} must be an odd positive integer or null, got {value!r}")
+
+
+def _pair_of_counts(key: str, value: Any) -> None:
+    if not isinstance(value, list) or len(value) != 2 or not all(isinstance(v, int) and not isinstance(v, bool)
+                                                                and v >= 0 for v in value):
+        raise ValueError(f"{key} must be a list of two non-negative integers [train, val], got {value!r}")
+
+
+#: The type and range of every key that is not a choice (:data:`_CHOICES`) or a free mapping.
+_RULES = {
+    ("model", "name"): _text, ("model", "num_classes"): _integer(1), ("model", "in_chans"): _integer(1),
+    ("model", "method"): _text, ("model", "where"): lambda k, v: None,  # checked by the converter
+    ("model", "stem"): _text, ("model", "envelope_size"): _envelope_size, ("model", "shared_sigma"): _boolean,
+    ("data", "train_subset"): _integer(1, optional=True), ("data", "val_subset"): _integer(1, optional=True),
+    ("data", "image_size"): _integer(1, 4096), ("data", "crop_padding"): _integer(0, 1024),
+    ("data", "eval_resize"): _integer(1, 8192, optional=True), ("data", "workers"): _integer(0, 256),
+    ("data", "synthetic_size"): _pair_of_counts, ("data", "root"): _optional_text, ("data", "train"): _optional_text,
+    ("data", "val"): _optional_text, ("model", "order"): _optional_text,
+    ("train", "epochs"): _integer(1), ("train", "batch_size"): _integer(1), ("train", "base_batch_size"): _integer(1),
+    ("train", "lr"): _number(0), ("train", "momentum"): _number(0, 1), ("train", "nesterov"): _boolean,
+    ("train", "weight_decay"): _number(0), ("train", "sigma_weight_decay"): _boolean,
+    ("train", "norm_weight_decay"): _boolean, ("train", "step_size"): _integer(1),
+    ("train", "gamma"): _number(0, low_open=True), ("train", "warmup_epochs"): _number(0),
+    ("train", "label_smoothing"): _number(0, 1), ("train", "seed"): _integer(0), ("train", "device"): _text,
+    ("train", "channels_last"): _boolean, ("train", "compile"): _boolean, ("train", "eval_every"): _integer(1),
+    ("train", "log_every"): _integer(1), ("output", "dir"): _text, ("output", "tensorboard"): _boolean,
+}
 
 
 def resolve_config(path: Union[str, os.PathLike], overrides: Sequence[str] = ()) -> Dict[str, Any]:

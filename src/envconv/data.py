@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -100,6 +101,9 @@ class FashionMNIST(Dataset):
         if split not in _FASHION_FILES:
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
         root = Path(root or FASHION_MNIST_ROOT)
+        if root.exists() and not root.is_dir():
+            raise NotADirectoryError(f"Fashion-MNIST folder {root} is a file, not a folder; give the folder that "
+                                     f"holds the IDX .gz files")
         if not root.is_dir():
             raise FileNotFoundError(f"Fashion-MNIST folder {root} does not exist; {_INSTALL_HINT}")
         images_file, labels_file = (_find_file(root, stem) for stem in _FASHION_FILES[split])
@@ -268,6 +272,8 @@ def _imagefolder_transform(cfg: Dict[str, Any], train: bool, in_chans: int):
 def _imagefolder(path: Optional[str], key: str, transform):
     if not path:
         raise ValueError(f"data.{key} must name a folder for data.dataset=imagefolder")
+    if Path(path).exists() and not Path(path).is_dir():
+        raise NotADirectoryError(f"data.{key}: {path} is a file, not an image folder")
     if not Path(path).is_dir():
         raise FileNotFoundError(f"data.{key}: image folder {path} does not exist")
     from torchvision.datasets import ImageFolder
@@ -280,6 +286,9 @@ def _imagefolder(path: Optional[str], key: str, transform):
 
 
 def _subset(dataset: Dataset, count: Optional[int], seed: int) -> Dataset:
+    if count is not None and count > len(dataset):
+        warnings.warn(f"a subset of {count} images was asked for, but the data set holds only {len(dataset)}: "
+                      f"using all {len(dataset)}", UserWarning, stacklevel=3)
     if count is None or count >= len(dataset):
         return dataset
     if count < 1:

@@ -28,7 +28,7 @@ def _metrics(run_dir):
 def test_a_run_writes_its_files(tmp_path):
     run = tmp_path / "run"
     summary = train(tiny_config(run), quiet=True)
-    assert sorted(p.name for p in run.iterdir()) == [".lock", "best.pt", "config.yaml", "last.pt", "metrics.csv",
+    assert sorted(p.name for p in run.iterdir()) == ["best.pt", "config.yaml", "last.pt", "metrics.csv",
                                                      "sigma.json", "summary.json"]
     rows = _metrics(run)
     assert list(rows[0]) == list(METRICS_COLUMNS) and [r["epoch"] for r in rows] == ["1", "2"]
@@ -176,7 +176,7 @@ def test_clear_errors(tmp_path, capsys):
     assert main(["train", "--config", str(config)]) == 2
     assert "apt-get install dataset-fashion-mnist" in capsys.readouterr().err
     assert main(["train", "--config", "fashion_mnist_resnet20", "--set", "train.lr=fast"]) == 2
-    assert "train.lr must be a non-negative number" in capsys.readouterr().err
+    assert "train.lr must be a number >= 0" in capsys.readouterr().err
     with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
         train(tiny_config(tmp_path / "amp", train={"amp": "fp16"}), quiet=True)
 
@@ -283,3 +283,20 @@ def test_a_fresh_run_never_appends_to_another_runs_records(tmp_path, capsys):
 def test_an_empty_data_set_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="the training data set is empty"):
         train(tiny_config(tmp_path / "run", data={"synthetic_size": [0, 0]}), quiet=True)
+
+
+def test_resuming_a_run_without_a_finished_epoch_says_how_to_start_afresh(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump(tiny_config(run)))  # as a Ctrl-C in epoch 1 leaves it
+    assert main(["train", "--resume", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "has no finished epoch to resume" in err and f"envconv train --config {run / 'config.yaml'}" in err
+    assert main(["train", "--config", str(run / "config.yaml"), "--set", f"output.dir={run}", "--quiet",
+                 "--set", "train.epochs=1"]) == 0
+
+
+def test_a_run_that_fails_before_writing_leaves_no_directory(tmp_path):
+    with pytest.raises(ValueError, match="empty"):
+        train(tiny_config(tmp_path / "run", data={"synthetic_size": [0, 0]}), quiet=True)
+    assert not (tmp_path / "run").exists()

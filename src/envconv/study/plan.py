@@ -209,6 +209,13 @@ def load_plan(path: Union[str, Path]) -> Plan:
         if key not in data:
             raise ValueError(f"plan {path} needs '{key}'")
     seeds = _seeds(data["seeds"], f"plan {path}")
+    for key in ("entries", "evaluations", "claims"):
+        if data.get(key) is not None and not isinstance(data[key], list):
+            raise ValueError(f"plan {path}: {key} must be a list, got {data[key]!r}")
+    name = str(data.get("name", path.stem))
+    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$", name):
+        raise ValueError(f"plan {path}: name {name!r} must be letters, digits, '_', '.', '+' or '-' "
+                         f"(it names a directory)")
     seen: set = set()
     entries = []
     for i, item in enumerate(data["entries"] or []):
@@ -240,7 +247,7 @@ def load_plan(path: Union[str, Path]) -> Plan:
     if probe is not None:
         probe = dict(_check_keys(probe, _PROBE_KEYS, f"plan {path}, probe"))
         probe.setdefault("dataset", "digits")
-    plan = Plan(path, str(data.get("name", path.stem)), str(data["base"]), _overrides(data.get("set"), f"plan {path}"),
+    plan = Plan(path, name, str(data["base"]), _overrides(data.get("set"), f"plan {path}"),
                 list(seeds), baseline, entries, evaluations, claims, probe, float(data.get("margin", 0.3)))
     _check_entries(plan)
     return plan

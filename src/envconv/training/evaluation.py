@@ -63,6 +63,8 @@ def evaluate_checkpoint(
         A dict with the checkpoint, epoch, envelope sizes, images, loss, top-1 / top-5 error (%)
         and images/s.
     """
+    if batch_size is not None and (isinstance(batch_size, bool) or batch_size < 1):
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     torch_device = pick_device(device)
     model, ckpt = model_from_checkpoint(checkpoint, torch_device)
     config = ckpt["config"]

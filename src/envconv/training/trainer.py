@@ -123,15 +123,21 @@ def _run_dir_lock(run_dir: Path, ctx: distributed.DistributedContext):
     if not ctx.is_main or fcntl is None:  # no fcntl on Windows: no lock
         yield
         return
-    with open(run_dir / LOCK_FILE, "w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise FileExistsError(f"{run_dir} is in use: another envconv train holds {run_dir / LOCK_FILE}") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    try:
+        with open(run_dir / LOCK_FILE, "w") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise FileExistsError(f"{run_dir} is in use: another envconv train holds {run_dir / LOCK_FILE}") \
+                    from None
+            try:
+                yield
+            finally:
+                (run_dir / LOCK_FILE).unlink(missing_ok=True)  # while still held: no one else can be using it
+                fcntl.flock(handle, fcntl.LOCK_UN)
+    finally:
+        if run_dir.is_dir() and not any(run_dir.iterdir()):  # a run that failed before writing anything
+            run_dir.rmdir()
 
 
 def _log(ctx, quiet: bool, message: str) -> None:
@@ -208,12 +214,12 @@ def _train_locked(config, train_cfg, out_cfg, ctx, resume, quiet, run_dir: Path)
         _restore(checkpoint, model, optimizer, scheduler, scaler)
         start_epoch, best_err = checkpoint["epoch"] + 1, checkpoint["best_val_top1_err"]
         log.truncate(checkpoint["epoch"])
-    if ctx.is_main:
-        atomic_write_bytes(dump_config(config).encode(), run_dir / CONFIG_FILE)
     train_loader, val_loader = _loaders(config, ctx)
     for split, loader in (("training", train_loader), ("validation", val_loader)):
         if len(loader.dataset) == 0:
             raise ValueError(f"the {split} data set is empty (data: {config['data']['dataset']}); nothing to train on")
+    if ctx.is_main:  # after the data is found: a run that cannot start leaves nothing behind
+        atomic_write_bytes(dump_config(config).encode(), run_dir / CONFIG_FILE)
     net = _wrap(model, ctx, train_cfg["compile"])
 
     n_params = sum(p.numel() for p in model.parameters())
@@ -355,6 +361,9 @@ def config_from_args(args: argparse.Namespace) -> Dict[str, Any]:
         run_dir = Path(args.resume)
         if not (run_dir / CONFIG_FILE).is_file():
             raise FileNotFoundError(f"{run_dir} is not a run directory (no {CONFIG_FILE})")
+        if not (run_dir / LAST).is_file():
+            raise FileNotFoundError(f"{run_dir} has no finished epoch to resume ({LAST} is missing); start it afresh "
+                                    f"with: envconv train --config {run_dir / CONFIG_FILE} --set output.dir={run_dir}")
         config = resolve_config(run_dir / CONFIG_FILE, args.overrides)
         asked = [o.partition("=")[2] for o in args.overrides if o.partition("=")[0].strip() == "output.dir"]
         if asked and Path(asked[-1]).resolve() != run_dir.resolve():
