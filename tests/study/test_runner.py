@@ -100,3 +100,16 @@ def test_a_run_that_diverges_is_recorded_and_the_study_goes_on(tmp_path, monkeyp
     assert any("skipped: it failed before" in line for line in lines)
     report = write_report(plan, out, tmp_path / "docs")["markdown"].read_text()
     assert "Failed, left out: gaussian_seed0 (the training loss is nan in epoch 1, step 3)." in report
+
+
+def test_an_unfinished_run_without_its_checkpoint_restarts_cleanly(tmp_path):
+    """Committed records of a run whose checkpoint stayed on another machine: the run starts again."""
+    plan = load_plan(write_plan(tmp_path, seeds=(0,)))
+    run_dir = tmp_path / "out" / "none_seed0"
+    run_dir.mkdir(parents=True)
+    (run_dir / "metrics.csv").write_text("epoch,lr\n1,0.1\n")
+    lines = []
+    run_study(plan, tmp_path / "out", quiet=True, log=lines.append)
+    assert any("restarting the run" in line for line in lines)
+    assert (run_dir / "summary.json").exists()
+    assert [row.split(",")[0] for row in (run_dir / "metrics.csv").read_text().splitlines()[1:]] == ["1"]

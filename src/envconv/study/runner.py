@@ -162,6 +162,12 @@ def _train(run: Run, quiet: bool, log) -> bool:
         log(f"  skipped: it failed before ({run_dir / FAILED}; delete the file to try again)")
         return False
     run_dir.mkdir(parents=True, exist_ok=True)
+    if not (run_dir / LAST).exists():  # records of an unfinished run whose checkpoint is gone (another machine)
+        stale = [name for name in ("metrics.csv", "sigma.json") if (run_dir / name).exists()]
+        if stale:
+            log(f"  no checkpoint to resume from: restarting the run (removing its stale {', '.join(stale)})")
+            for name in stale:
+                (run_dir / name).unlink()
     _write_run_info(run)
     try:
         train(run.config, resume=(run_dir / LAST).exists(), quiet=quiet)
