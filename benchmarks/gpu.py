@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import itertools
 from typing import Callable, Dict, List
 
@@ -128,32 +129,43 @@ def layer_table(device: torch.device, batch: int, repeats: int, impls, sizes=(9,
     for (place, c, hw, stride), layout, size in itertools.product(PLACES, FORMATS, sizes):
         hw = max(hw // scale, 4)
         x = torch.randn(batch, c, hw, hw, device=device).contiguous(memory_format=FORMATS[layout])
-        raw = torch.zeros(c, device=device)
-        clone = lambda: x.clone()  # noqa: E731
         for mode in ("forward", "forward+backward"):
             train = mode == "forward+backward"
-            xg = x.detach().requires_grad_(train and place != "stem")
-            rg = raw.detach().requires_grad_(train)
-            variants: Dict[str, Callable[[], torch.Tensor]] = {
-                impl: (lambda impl=impl: envconv.gaussian_envelope(xg, rg, size, stride=stride, impl=impl))
-                for impl in impls}
-
-            def full():
-                k = EF.gaussian_kernel1d(rg, size)
-                return F.conv2d(xg, (k[:, :, None] * k[:, None, :]).unsqueeze(1), padding=size // 2,
-                                groups=c)[..., ::stride, ::stride]
-            variants["full kxk depthwise"] = full
-            for name, fn in variants.items():
-                def run(fn=fn):
-                    out = fn()
-                    if train:
-                        out.backward(torch.ones_like(out))
+            variants = _layer_variants(x, size, stride, impls, train, needs_input_grad=place != "stem")
+            clone = variants.pop("clone")
+            for name, run in variants.items():
                 ratio = paired_ratio(run, clone, repeats=repeats, timer=timer)
                 rows.append(dict(place=place, shape=[c, hw, hw], stride=stride, size=size, layout=layout, mode=mode,
                                  impl=name, over_clone=ratio.as_dict(), ms=ratio.ms_a))
                 log(f"{place:16s} {layout:13s} k={size} {mode:16s} {name:20s} {ratio.median:6.2f}x clone "
                     f"({ratio.ms_a:.3f} ms)")
     return rows
+
+
+def _layer_variants(x: torch.Tensor, size: int, stride: int, impls, train: bool,
+                    needs_input_grad: bool) -> Dict[str, Callable[[], None]]:
+    """Callables timing each implementation (and the full k x k depth-wise conv, and ``x.clone()``) on ``x``."""
+    c = x.shape[1]
+    xg = x.detach().requires_grad_(train and needs_input_grad)
+    rg = torch.zeros(c, device=x.device, requires_grad=train)
+
+    def full():
+        k = EF.gaussian_kernel1d(rg, size)
+        weight = (k[:, :, None] * k[:, None, :]).unsqueeze(1)
+        return F.conv2d(xg, weight, padding=size // 2, groups=c)[..., ::stride, ::stride]
+
+    def timed(fn: Callable[[], torch.Tensor]) -> Callable[[], None]:
+        def run():
+            out = fn()
+            if train:
+                out.backward(torch.ones_like(out))
+        return run
+
+    variants = {impl: timed(functools.partial(envconv.gaussian_envelope, xg, rg, size, stride=stride, impl=impl))
+                for impl in impls}
+    variants["full kxk depthwise"] = timed(full)
+    variants["clone"] = x.clone
+    return variants
 
 
 def markdown(models: List[dict], layers: List[dict], settings: dict) -> str:

@@ -90,4 +90,5 @@ def test_gpu_benchmark_plumbing_on_cpu(tmp_path, monkeypatch):
     assert len(layers) == 2 * 2 * 2 * 2 * 2  # places x layouts x sizes x modes x (separable, full k x k)
     written = json.loads((tmp_path / (result["written"].rsplit("/", 1)[-1] + ".json")).read_text())
     assert written["settings"]["device"] == "cpu"
-    assert "| stage4 identity | channels_last |" in (tmp_path / (result["written"].rsplit("/", 1)[-1] + ".md")).read_text()
+    markdown = (tmp_path / (result["written"].rsplit("/", 1)[-1] + ".md")).read_text()
+    assert "| stage4 identity | channels_last |" in markdown

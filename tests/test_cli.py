@@ -95,7 +95,8 @@ def test_summary_of_a_model_name_and_of_a_checkpoint(tmp_path, capsys):
     ("train.seed=abc", "train.seed"), ("data.mean=0.5", "data.mean"), ("output.dir=runs/{foo}", "output.dir"),
     ("train.label_smoothing=2", "train.label_smoothing"), ("model.num_classes=0", "model.num_classes"),
     ("data.image_size=100000", "data.image_size"), ("train.epochs=0", "train.epochs"),
-    ("data.workers=-1", "data.workers"), ("train.gamma=0", "train.gamma"), ("data.synthetic_size=[0]", "data.synthetic_size"),
+    ("data.workers=-1", "data.workers"), ("train.gamma=0", "train.gamma"),
+    ("data.synthetic_size=[0]", "data.synthetic_size"),
 ])
 def test_bad_set_values_exit_2_naming_the_key(override, key, capsys, tmp_path):
     code = main(["train", "--config", "fashion_mnist_resnet20", "--set", f"output.dir={tmp_path / 'run'}",

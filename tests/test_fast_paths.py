@@ -1,6 +1,5 @@
 """The layers' routes through the envconv ops: the strided identity, the recomputing backward, both layouts."""
 
-import numpy as np
 import pytest
 import torch
 from torch import nn

@@ -142,7 +142,7 @@ def gaussian_kernel1d_derivative(raw_sigma: torch.Tensor, size: int) -> torch.Te
 
 
 def check_envelope_args(x: torch.Tensor, raw_sigma: torch.Tensor, size: int, padding_mode: str) -> None:
-    """Check the arguments of an envelope of ``x`` (N, C, H, W) with ``raw_sigma`` (C,) or (1,); raise naming the problem."""
+    """Check an envelope's arguments: ``x`` (N, C, H, W), ``raw_sigma`` (C,) or (1,); raise naming the problem."""
     if raw_sigma.dim() != 1:
         raise ValueError(f"raw_sigma must have shape (C,) or (1,), got {tuple(raw_sigma.shape)}")
     channels_of_param = raw_sigma.shape[0]

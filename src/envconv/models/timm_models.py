@@ -71,7 +71,8 @@ def _entrypoint(name: str, base: str) -> Callable:
         if features.get("features_only"):
             from timm.models import FeatureListNet
 
-            model = FeatureListNet(model, out_indices=features.get("out_indices", tuple(range(len(model.feature_info)))))
+            indices = features.get("out_indices", tuple(range(len(model.feature_info))))
+            model = FeatureListNet(model, out_indices=indices)
         model.pretrained_cfg = model.default_cfg = cfg
         return model
 

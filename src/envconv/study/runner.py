@@ -131,7 +131,8 @@ def dry_run(plan: Plan, out_dir: Path, log: Callable[[str], None] = print) -> Di
     """List the grid with each run's state and an estimated time; trains nothing."""
     runs = plan.runs(out_dir)
     estimates = _epoch_estimates(plan, runs, measure=True)
-    log(f"study {plan.name}: {len(plan.entries)} entries x {len(plan.all_seeds())} seeds = {len(runs)} runs in {out_dir}")
+    log(f"study {plan.name}: {len(plan.entries)} entries x {len(plan.all_seeds())} seeds = {len(runs)} runs "
+        f"in {out_dir}")
     log(f"{'run':32s} {'epochs':>7s} {'s/epoch':>8s}  state")
     for run in runs:
         done, epochs = _epochs_done(run), run.config["train"]["epochs"]
