@@ -26,6 +26,8 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 
+from .layout import memory_format
+
 __all__ = ["available", "load", "unavailable_reason", "supports", "forward", "backward"]
 
 _SOURCE = Path(__file__).resolve().parent.parent / "csrc" / "envelope_cpu.cpp"
@@ -104,9 +106,7 @@ def _channels_last(x: torch.Tensor) -> torch.Tensor:
 
 def _like_input(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """The kernel's channels_last result in ``x``'s memory format."""
-    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-        return y
-    return y.contiguous()
+    return y.contiguous(memory_format=memory_format(x))
 
 
 def forward(x: torch.Tensor, kernel: torch.Tensor, stride: Sequence[int]) -> torch.Tensor:

@@ -29,6 +29,7 @@ from typing import Optional, Sequence
 import torch
 
 from . import cpu
+from .layout import is_channels_last
 
 __all__ = ["IMPLS", "forward_impl", "backward_impl", "triton_unsupported"]
 
@@ -86,8 +87,7 @@ def forward_impl(x: torch.Tensor, size: int, stride: Sequence[int], padding_mode
         return _forced(x, padding_mode, impl)
     if size <= 3:  # one 3x3 depth-wise conv beats two 1-D passes and the C++ kernel
         return "full"
-    if x.device.type == "cpu" and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() \
-            and _fused_ok(x, padding_mode):
+    if x.device.type == "cpu" and is_channels_last(x) and _fused_ok(x, padding_mode):
         return "fused"
     if x.device.type == "cuda" and CUDA_RULES and CUDA_RULES.get("forward") == "triton" \
             and triton_unsupported(x, padding_mode) is None:

@@ -27,6 +27,7 @@ from torch.utils.flop_counter import conv_flop_count, register_flop_formula
 
 from .. import functional as EF
 from . import composite, cpu, dispatch
+from .layout import empty_like_layout, memory_format
 
 __all__ = ["envelope", "envelope_backward", "envelope_conv2d", "envelope_decomposed", "envelope_flops",
            "STEM_CHANNELS"]
@@ -34,16 +35,6 @@ __all__ = ["envelope", "envelope_backward", "envelope_conv2d", "envelope_decompo
 #: An envelope + conv with at most this many input channels, whose input needs no gradient (a
 #: stem on the image), gets its sigma gradient from forward convolutions (:func:`_stem_backward`).
 STEM_CHANNELS = 4
-
-
-def _memory_format(x: Tensor) -> torch.memory_format:
-    channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-    return torch.channels_last if channels_last else torch.contiguous_format
-
-
-def _empty(x: Tensor, shape) -> Tensor:
-    """An uninitialised tensor of ``shape`` with ``x``'s dtype, device and memory format."""
-    return torch.empty(tuple(shape), dtype=x.dtype, device=x.device, memory_format=_memory_format(x))
 
 
 def _out_size(x: Tensor, stride: List[int]):
@@ -71,12 +62,12 @@ def _run_kernel(x: Tensor, kernel: Tensor, stride: List[int], padding_mode: str,
 
         return triton_kernels.forward(x, kernel, stride)
     out = composite.forward(x, kernel.to(x.dtype), stride, padding_mode, which)
-    return out.contiguous(memory_format=_memory_format(x))
+    return out.contiguous(memory_format=memory_format(x))
 
 
 def _forward(x: Tensor, raw_sigma: Tensor, size: int, stride: List[int], padding_mode: str, impl: str) -> Tensor:
     if size == 1:  # the 1-tap envelope is the identity, whatever sigma (a copy: op outputs never alias inputs)
-        return x[..., ::stride[0], ::stride[1]].contiguous(memory_format=_memory_format(x)).clone()
+        return x[..., ::stride[0], ::stride[1]].contiguous(memory_format=memory_format(x)).clone()
     which = dispatch.forward_impl(x, size, stride, padding_mode, impl)
     kernel, _ = _kernels(raw_sigma, size, x.shape[1])
     return _run_kernel(x, kernel, stride, padding_mode, which)
@@ -93,7 +84,7 @@ def envelope(x: Tensor, raw_sigma: Tensor, size: int, stride: List[int], padding
 
 @envelope.register_fake
 def _(x, raw_sigma, size, stride, padding_mode, impl):
-    return _empty(x, (x.shape[0], x.shape[1], *_out_size(x, stride)))
+    return empty_like_layout(x, (x.shape[0], x.shape[1], *_out_size(x, stride)))
 
 
 def _envelope_setup(ctx, inputs, output):
@@ -129,7 +120,7 @@ def _backward(grad, x, raw_sigma, size, stride, padding_mode, impl, need_x, need
     if size == 1:
         grad_x = None
         if need_x:
-            grad_x = torch.zeros_like(x, memory_format=_memory_format(x))
+            grad_x = torch.zeros_like(x, memory_format=memory_format(x))
             grad_x[..., ::stride[0], ::stride[1]] = grad
         grad_raw = torch.zeros_like(raw_sigma) if need_sigma else None
     else:
@@ -145,7 +136,7 @@ def _backward(grad, x, raw_sigma, size, stride, padding_mode, impl, need_x, need
             grad_x, grad_c = composite.backward(grad, x, kernel.to(x.dtype), dkernel, stride, padding_mode, need_x,
                                                 need_sigma)
             if grad_x is not None:
-                grad_x = grad_x.contiguous(memory_format=_memory_format(x))
+                grad_x = grad_x.contiguous(memory_format=memory_format(x))
         grad_raw = None
         if need_sigma:
             grad_raw = (grad_c.sum().reshape(1) if raw_sigma.shape[0] != x.shape[1] else grad_c).to(raw_sigma.dtype)
@@ -154,7 +145,7 @@ def _backward(grad, x, raw_sigma, size, stride, padding_mode, impl, need_x, need
 
 @envelope_backward.register_fake
 def _(grad, x, raw_sigma, size, stride, padding_mode, impl, need_x, need_sigma):
-    grad_x = _empty(x, x.shape) if need_x else x.new_empty(0)
+    grad_x = empty_like_layout(x, x.shape) if need_x else x.new_empty(0)
     return grad_x, raw_sigma.new_empty(raw_sigma.shape if need_sigma else (0,))
 
 
@@ -172,7 +163,7 @@ def envelope_conv2d(x: Tensor, raw_sigma: Tensor, weight: Tensor, bias: Optional
 
 @envelope_conv2d.register_fake
 def _(x, raw_sigma, weight, bias, size, env_stride, padding_mode, impl, stride, padding, dilation, groups):
-    smoothed = _empty(x, (x.shape[0], x.shape[1], *_out_size(x, env_stride)))
+    smoothed = empty_like_layout(x, (x.shape[0], x.shape[1], *_out_size(x, env_stride)))
     return F.conv2d(smoothed, weight, bias, stride, padding, dilation, groups)
 
 
@@ -194,7 +185,7 @@ def _conv2d_grad(ctx, grad_out):
                                       (stride, padding, dilation)), *tail)
     smoothed = torch.ops.envconv.envelope(x, raw_sigma, size, env_stride, padding_mode, impl)
     grad_s, grad_w, grad_b = torch.ops.aten.convolution_backward(
-        grad_out.contiguous(memory_format=_memory_format(smoothed)), smoothed, weight, ctx.bias_shape,
+        grad_out.contiguous(memory_format=memory_format(smoothed)), smoothed, weight, ctx.bias_shape,
         list(stride), list(padding), list(dilation), False, [0, 0], groups, [need_x or need_raw, need_w, need_b])
     grad_x = grad_raw = None
     if need_x or need_raw:
@@ -232,7 +223,7 @@ def _stem_backward(grad_out, x, raw_sigma, weight, size, need_w, bias_shape, nee
     rows, drows = composite.pass1d(flat, kernel, 2, "zeros"), composite.pass1d(flat, dkernel, 2, "zeros")
     smoothed = composite.pass1d(rows, kernel, 3, "zeros").view(n, c, h, w)
     deriv = (composite.pass1d(drows, kernel, 3, "zeros") + composite.pass1d(rows, dkernel, 3, "zeros")).view(n, c, h, w)
-    both = torch.cat([smoothed, deriv], 1).contiguous(memory_format=_memory_format(grad_out))
+    both = torch.cat([smoothed, deriv], 1).contiguous(memory_format=memory_format(grad_out))
     _, grad_both, grad_b = torch.ops.aten.convolution_backward(
         grad_out, both, weight.repeat(1, 2, 1, 1), bias_shape, list(conv_args[0]), list(conv_args[1]),
         list(conv_args[2]), False, [0, 0], 1, [False, True, need_b])
