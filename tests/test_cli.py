@@ -38,9 +38,9 @@ def test_envelopes_summary(tmp_path, capsys):
     torch.save({"model": torch.nn.Sequential(layer).state_dict()}, path)
     assert main(["envelopes", str(path)]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0].split() == ["layer", "sigmas", "mean", "min", "max"]
+    assert out[0].split() == ["layer", "path", "channels", "k_g", "sigma", "mean", "min", "max"]
     sig = [math.sqrt(math.log1p(math.exp(v))) for v in (0.0, 1.0, 2.0)]
-    assert out[1].split() == ["0", "3", f"{sum(sig) / 3:.4f}", f"{sig[0]:.4f}", f"{sig[2]:.4f}"]
+    assert out[1].split() == ["0", "stem", "3", "-", f"{sum(sig) / 3:.4f}", f"{sig[0]:.4f}", f"{sig[2]:.4f}"]
 
 
 def test_envelopes_errors_are_clear(tmp_path, capsys):
@@ -73,21 +73,21 @@ def test_methods_unknown_model_is_a_clear_error(capsys):
 
 
 def test_summary_of_a_model_name_and_of_a_checkpoint(tmp_path, capsys):
-    from envconv.checkpoint import model_from_checkpoint
+    from envconv.models import model_from_checkpoint
     from envconv.training.trainer import train
     from run_helpers import tiny_config
 
     assert main(["summary", "--model", "resnet50"]) == 0
     out = capsys.readouterr().out
     assert "25,559,723 parameters" in out  # torchvision's 25,557,032 + 2,691 sigmas (7 envelopes)
-    assert re.search(r"layer2\.0\.downsample\.0\s+256\s+9\s+0\.8326", out)
+    assert re.search(r"layer2\.0\.downsample\.0\s+identity\s+256\s+9\s+0\.8326", out)
     run = tmp_path / "run"
     train(tiny_config(run, train={"epochs": 1}), quiet=True)
     assert main(["summary", "--checkpoint", str(run / "last.pt")]) == 0
     out = capsys.readouterr().out
     model, _ = model_from_checkpoint(run / "last.pt")
     stem = model.conv1.envelope.sigma.item()
-    assert "epoch 1" in out and re.search(rf"conv1\s+1\s+9\s+{stem:.4f}", out)
+    assert "epoch 1" in out and re.search(rf"conv1\s+stem\s+1\s+9\s+{stem:.4f}", out)
 
 
 @pytest.mark.parametrize("override, key", [

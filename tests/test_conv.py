@@ -229,7 +229,7 @@ def test_layer_under_bfloat16_autocast_close_to_float32():
     assert torch.isfinite(layer.envelope.raw_sigma.grad).all() and layer.envelope.raw_sigma.grad.abs().sum() > 0
 
 
-def test_state_dict_round_trip_and_output_memory_format():
+def test_state_dict_round_trip_and_channels_last_input():
     a = _random_layer("env-conv", 3, 2, 1, 1, 1, True)
     b = DisentangledConv2d(4, 8, 3, stride=2, padding=1, envelope_size=5, dtype=torch.float64)
     b.load_state_dict(a.state_dict())
@@ -238,6 +238,8 @@ def test_state_dict_round_trip_and_output_memory_format():
     # channels_last input: same values (layout is an implementation detail, values are not)
     x_cl = x.contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(a(x_cl), a(x), atol=1e-12, rtol=0)
+    # and the output keeps the input's layout, as nn.Conv2d does
+    assert a(x_cl).is_contiguous(memory_format=torch.channels_last) and a(x).is_contiguous()
 
 
 @pytest.mark.parametrize("shared", [False, True])

@@ -2,13 +2,13 @@
 
 from . import functional, methods, ops
 from .conv import ConvVariant, DisentangledConv2d, EnvelopeConv2d
-from .convert import EnvelopeInfo, disentangle, envelopes, select_layers, shrink
+from .convert import disentangle, select_layers, shrink
 from .envelope import GaussianEnvelope
+from .listing import EnvelopeInfo, envelopes
 from .methods import METHODS, set_curriculum_epoch
 from .models import create_model, list_models, register_timm_models
 from .ops import envelope_conv2d, gaussian_envelope
-
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = [
     "ConvVariant",

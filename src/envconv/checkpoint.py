@@ -1,25 +1,21 @@
 """Checkpoint I/O: atomic writes, and reading state dicts and checkpoints safely (``weights_only=True``).
 
 Training, evaluation, probing and analysis all read checkpoints through this module; none
-of them needs the training loop to get a model back.
+of them needs the training loop. A model is rebuilt from a checkpoint by
+:func:`envconv.models.model_from_checkpoint`, its envelopes listed by :func:`envconv.envelopes`.
 """
 
 from __future__ import annotations
 
 import io
 import os
-from collections import OrderedDict
 from typing import Any, Dict, Mapping, Union
 
 import torch
 
-from .convert import layer_name
-from .functional import sigma2_from_raw
+from ._deprecation import deprecated_names
 
-__all__ = ["load_state_dict_file", "envelope_sigmas_from_file", "CHECKPOINT_KEYS", "atomic_write_bytes", "atomic_save",
-           "load_checkpoint", "model_from_checkpoint"]
-
-_RAW_SIGMA = "raw_sigma"
+__all__ = ["load_state_dict_file", "CHECKPOINT_KEYS", "atomic_write_bytes", "atomic_save", "load_checkpoint"]
 
 
 def _safe_load(path: str) -> Any:
@@ -55,20 +51,6 @@ def load_state_dict_file(path: Union[str, os.PathLike]) -> Mapping[str, torch.Te
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ValueError(f"{path} does not hold a state dict (a mapping of names to tensors)")
     return obj
-
-
-def envelope_sigmas_from_file(path: Union[str, os.PathLike]) -> Dict[str, torch.Tensor]:
-    """Per-layer sigmas stored in a state dict file, keyed by the owning layer's name.
-
-    Every entry whose key ends in ``raw_sigma`` is an envelope; its sigma is
-    ``sqrt(softplus(raw_sigma))``. ``"layer2.0.conv2.envelope.raw_sigma"`` is reported
-    as ``"layer2.0.conv2"``.
-    """
-    sigmas: Dict[str, torch.Tensor] = OrderedDict()
-    for key, value in load_state_dict_file(path).items():
-        if key == _RAW_SIGMA or key.endswith("." + _RAW_SIGMA):
-            sigmas[layer_name(key[: -len(_RAW_SIGMA)].rstrip("."))] = sigma2_from_raw(value.double()).sqrt()
-    return sigmas
 
 
 # --- training checkpoints -------------------------------------------------------------------------
@@ -124,18 +106,8 @@ def load_checkpoint(path: Union[str, os.PathLike]) -> Dict[str, Any]:
     return ckpt
 
 
-def model_from_checkpoint(path: Union[str, os.PathLike], device: Union[str, torch.device] = "cpu"):
-    """Rebuild the model of a training checkpoint from its config and load its weights.
-
-    Returns:
-        ``(model, checkpoint)``: the model in eval mode on ``device``, and the checkpoint dict.
-    """
-    from .models.factory import create_model_from_config
-
-    ckpt = load_checkpoint(path)
-    model = create_model_from_config(ckpt["config"]["model"])
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as err:
-        raise ValueError(f"{os.fspath(path)}: the weights do not fit the model its config describes ({err})") from err
-    return model.to(device).eval(), ckpt
+# Moved; kept for one release.
+__getattr__ = deprecated_names(__name__, {
+    "model_from_checkpoint": ("envconv.models.factory", "model_from_checkpoint"),
+    "envelope_sigmas_from_file": ("envconv._deprecation", "envelope_sigmas_from_file"),
+})

@@ -10,15 +10,29 @@ import sys
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from . import __version__
+from .version import __version__
 
 
-def _format_table(header: Sequence[str], rows: Sequence[Sequence[str]], min_width: int = 0) -> str:
-    """Right-aligned plain-text table; columns at least ``min_width`` wide."""
+def _format_table(header: Sequence[str], rows: Sequence[Sequence[str]], min_width: int = 0,
+                  align: str = "") -> str:
+    """Plain-text table; columns at least ``min_width`` wide, aligned by ``align`` ("l" / "r" per column,
+    right for columns it does not cover). A last column aligned "l" is not padded."""
     widths = [max(min_width, len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-    lines = ["  ".join(h.rjust(w) for h, w in zip(header, widths))]
-    lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows]
-    return "\n".join(lines)
+    align = align.ljust(len(header), "r")
+
+    def line(cells: Sequence[str]) -> str:
+        text = "  ".join(c.ljust(w) if a == "l" else c.rjust(w) for c, w, a in zip(cells, widths, align))
+        return text.rstrip()
+
+    return "\n".join([line(header)] + [line(r) for r in rows])
+
+
+def _envelope_table(rows) -> str:
+    """The table of :func:`envconv.envelopes` rows printed by ``envconv summary`` and ``envconv envelopes``."""
+    return _format_table(
+        ["layer", "path", "channels", "k_g", "sigma mean", "min", "max"],
+        [[r.name, r.path, str(r.channels), "-" if r.size is None else str(r.size), f"{r.sigma_mean:.4f}",
+          f"{r.sigma_min:.4f}", f"{r.sigma_max:.4f}"] for r in rows], align="ll")
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -88,23 +102,20 @@ def _cmd_sigma_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_envelopes(args: argparse.Namespace) -> int:
-    from .checkpoint import envelope_sigmas_from_file
+    from .checkpoint import load_state_dict_file
+    from .listing import envelopes
 
-    rows = [
-        [name, str(s.numel()), f"{float(s.mean()):.4f}", f"{float(s.min()):.4f}", f"{float(s.max()):.4f}"]
-        for name, s in envelope_sigmas_from_file(args.path).items()
-    ]
+    rows = envelopes(load_state_dict_file(args.path))
     if not rows:
         print(f"{args.path}: no envelopes (no '*raw_sigma' entries in the state dict)")
         return 0
-    print(_format_table(["layer", "sigmas", "mean", "min", "max"], rows))
+    print(_envelope_table(rows))
     return 0
 
 
 def _cmd_summary(args: argparse.Namespace) -> int:
-    from .checkpoint import model_from_checkpoint
-    from .convert import envelopes
-    from .models import create_model
+    from .listing import envelopes
+    from .models import create_model, model_from_checkpoint
 
     if args.checkpoint:
         model, ckpt = model_from_checkpoint(args.checkpoint)
@@ -113,13 +124,9 @@ def _cmd_summary(args: argparse.Namespace) -> int:
     else:
         model = create_model(args.model, num_classes=args.num_classes, in_chans=args.in_chans, method=args.method)
         title = f"{args.model} ({args.method}), freshly initialised"
-    rows = [[r.name, str(r.channels), str(r.size), f"{r.sigma_mean:.4f}", f"{r.sigma_min:.4f}", f"{r.sigma_max:.4f}"]
-            for r in envelopes(model)]
+    rows = envelopes(model)
     print(f"{title}; {sum(p.numel() for p in model.parameters()):,} parameters")
-    if not rows:
-        print("no Gaussian envelopes")
-        return 0
-    print(_format_table(["layer", "channels", "k_g", "sigma mean", "min", "max"], rows))
+    print(_envelope_table(rows) if rows else "no Gaussian envelopes")
     return 0
 
 
@@ -141,13 +148,8 @@ def _cmd_methods(args: argparse.Namespace) -> int:
         layers = sum(isinstance(m, ConvVariant) for m in model.modules())
         extra = sum(p.numel() for p in model.parameters()) - base
         rows.append([name, spec.reference, str(layers), f"{extra:,}", spec.summary])
-    widths = [max(len(r[i]) for r in rows + [["method", "paper", "layers", "extra params", ""]]) for i in range(4)]
-    header = ["method".ljust(widths[0]), "paper".ljust(widths[1]), "layers".rjust(widths[2]),
-              "extra params".rjust(widths[3]), "what replaces the convolution"]
-    print("  ".join(header))
-    for r in rows:
-        print("  ".join([r[0].ljust(widths[0]), r[1].ljust(widths[1]), r[2].rjust(widths[2]), r[3].rjust(widths[3]),
-                         r[4]]))
+    print(_format_table(["method", "paper", "layers", "extra params", "what replaces the convolution"], rows,
+                        align="llrrl"))
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Whole-model operations: converting a CNN (``disentangle``), shrinking envelopes, listing sigmas.
+"""Whole-model operations: converting a CNN (``disentangle``), placement rules, shrinking envelopes.
 
 The converter decides *where* replacements go; *what* goes there is a method of
 :mod:`envconv.methods`. Modules are replaced by attribute name, never by position, and
@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import fnmatch
 import logging
-from dataclasses import asdict, dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 from torch import nn
 
 from . import functional as EF
+from ._deprecation import deprecated_names
 from .envelope import GaussianEnvelope
 from .methods import build_replacement, check_options, get_method
 
 __all__ = [
-    "EnvelopeInfo",
     "STEMS",
     "WHERE_RULES",
     "SHORTCUT_NAMES",
@@ -29,9 +28,7 @@ __all__ = [
     "modify_stem",
     "shrink",
     "auto_envelope_size",
-    "envelopes",
-    "envelope_sigmas",
-    "layer_name",
+    "layer_path",
 ]
 
 log = logging.getLogger("envconv")
@@ -60,6 +57,21 @@ def stem_name(model: nn.Module) -> str:
 
 def _on_shortcut(name: str) -> bool:
     return any(part in SHORTCUT_NAMES for part in name.split("."))
+
+
+def layer_path(name: str, stem: str) -> str:
+    """The path a layer is on: ``"stem"``, ``"identity"`` (a shortcut's convolution) or ``"residual"``.
+
+    ``stem`` is the stem's name (:func:`stem_name`); a converted stem's convolution may sit
+    inside the layer, so a layer containing it counts as the stem.
+
+    Example:
+        >>> [layer_path(n, "conv1") for n in ("conv1", "layer2.0.conv2", "layer2.0.downsample.0")]
+        ['stem', 'residual', 'identity']
+    """
+    if stem and (stem == name or stem.startswith(name + ".")):
+        return "stem"
+    return "identity" if _on_shortcut(name) else "residual"
 
 
 def _strided(conv: nn.Conv2d) -> bool:
@@ -274,15 +286,6 @@ def disentangle(
     return model
 
 
-def layer_name(envelope_name: str) -> str:
-    """Name of the layer that owns an envelope: ``"layer2.0.conv2.envelope"`` -> ``"layer2.0.conv2"``.
-
-    A free-standing envelope keeps its own name; the root module is ``"(root)"``.
-    """
-    name = "" if envelope_name == "envelope" else envelope_name.removesuffix(".envelope")
-    return name or "(root)"
-
-
 def auto_envelope_size(envelope: GaussianEnvelope, eps: float = 1e-2) -> int:
     r"""Smallest odd size whose truncation keeps at least ``1 - eps`` of the envelope's 2-D mass.
 
@@ -294,12 +297,9 @@ def auto_envelope_size(envelope: GaussianEnvelope, eps: float = 1e-2) -> int:
         raise ValueError(f"eps must be in (0, 1), got {eps!r}")
     size = envelope.size
     raw = envelope.raw_sigma.detach().double().max().reshape(1)
-    kernel = EF.gaussian_kernel1d(raw, size)[0]
-    r = size // 2
-    for s in range(1, size + 1, 2):
-        mass = float(kernel[r - s // 2 : r + s // 2 + 1].sum()) ** 2
-        if mass >= 1 - eps:
-            return s
+    for taps in range(1, size, 2):
+        if float(EF.central_mass(raw, size, taps)) >= 1 - eps:
+            return taps
     return size
 
 
@@ -332,49 +332,10 @@ def shrink(module: nn.Module, size: Union[int, str] = 3, *, eps: float = 1e-2) -
     return module
 
 
-@dataclass(frozen=True)
-class EnvelopeInfo:
-    """One envelope of a model: where it is and what sigma it learned."""
-
-    name: str
-    channels: int
-    size: int
-    shared: bool
-    learnable: bool
-    sigma_mean: float
-    sigma_min: float
-    sigma_max: float
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-
-def envelopes(model: nn.Module) -> List[EnvelopeInfo]:
-    """List every :class:`GaussianEnvelope` in ``model`` with its sigma statistics.
-
-    The name is that of the module owning the envelope (e.g. ``"layer2.0.conv2"``
-    for a :class:`DisentangledConv2d`), in ``named_modules`` order.
-    """
-    rows = []
-    for name, m in model.named_modules():
-        if isinstance(m, GaussianEnvelope):
-            sigma = m.sigma.detach().double()
-            rows.append(
-                EnvelopeInfo(
-                    name=layer_name(name),
-                    channels=m.channels,
-                    size=m.size,
-                    shared=m.shared,
-                    learnable=m.learnable,
-                    sigma_mean=float(sigma.mean()),
-                    sigma_min=float(sigma.min()),
-                    sigma_max=float(sigma.max()),
-                )
-            )
-    return rows
-
-
-def envelope_sigmas(model: nn.Module) -> Dict[str, List[float]]:
-    """Every :class:`GaussianEnvelope`'s sigma per channel, keyed as in :func:`envelopes`."""
-    return {layer_name(name): m.sigma.detach().double().cpu().tolist()
-            for name, m in model.named_modules() if isinstance(m, GaussianEnvelope)}
+# Moved to envconv.listing; kept for one release.
+__getattr__ = deprecated_names(__name__, {
+    "EnvelopeInfo": ("envconv.listing", "EnvelopeInfo"),
+    "envelopes": ("envconv.listing", "envelopes"),
+    "layer_name": ("envconv.listing", "layer_name"),
+    "envelope_sigmas": ("envconv._deprecation", "envelope_sigmas"),
+})

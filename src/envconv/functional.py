@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "central_mass",
     "PADDING_MODES",
     "MIN_SIGMA2",
     "check_envelope_size",
@@ -118,6 +119,31 @@ def gaussian_kernel1d(raw_sigma: torch.Tensor, size: int) -> torch.Tensor:
     x2 = torch.arange(-r, r + 1, device=raw_sigma.device, dtype=raw_sigma.dtype).square()
     sigma2 = sigma2_from_raw(raw_sigma).clamp_min(MIN_SIGMA2)
     return torch.softmax(-x2 / (2.0 * sigma2[:, None]), dim=1)
+
+
+def central_mass(raw_sigma: torch.Tensor, size: int, taps: int) -> torch.Tensor:
+    r"""Per channel, the share of the ``size`` x ``size`` envelope's mass inside its central ``taps`` x ``taps``.
+
+    The separable 2-D envelope's central part holds :math:`m^2`, :math:`m` the sum of the
+    central ``taps`` entries of :func:`gaussian_kernel1d`. ``1 - central_mass`` is what
+    shrinking the envelope to ``taps`` at inference (Table 1e) leaves out.
+
+    Args:
+        raw_sigma: raw parameters :math:`\tilde\sigma`, shape :math:`(C,)`.
+        size: the envelope's size :math:`k_g`.
+        taps: the central size kept (odd; capped at ``size``).
+
+    Returns:
+        Tensor of shape :math:`(C,)`.
+
+    Example:
+        >>> central_mass(torch.zeros(1, dtype=torch.float64), 9, 3)  # sigma = 0.83: 3 taps keep 89%
+        tensor([0.8930], dtype=torch.float64)
+    """
+    check_envelope_size(taps, "taps")
+    kernel = gaussian_kernel1d(raw_sigma, size)
+    r, t = size // 2, min(taps, size) // 2
+    return kernel[:, r - t : r + t + 1].sum(dim=1).square()
 
 
 def gaussian_kernel1d_derivative(raw_sigma: torch.Tensor, size: int) -> torch.Tensor:

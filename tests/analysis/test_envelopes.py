@@ -3,8 +3,8 @@ import math
 import numpy as np
 import pytest
 
-from envconv import create_model
-from envconv.analysis import envelope_kernel1d, envelope_kernel2d, layer_sigmas, mass_kept
+from envconv import create_model, envelopes
+from envconv.analysis import envelope_kernel1d, envelope_kernel2d, envelope_row, mass_kept
 
 
 def test_kernels_are_the_normalised_gaussian():
@@ -21,13 +21,8 @@ def test_mass_kept_by_three_taps_is_the_central_square():
     np.testing.assert_allclose(mass_kept(np.array([1.0, 1e-3]), 9, 3), [expected, 1.0], rtol=1e-12)
 
 
-def test_layer_sigmas_name_the_paths_of_a_converted_resnet():
-    model = create_model("small_resnet20", num_classes=10, in_chans=1, method="gaussian")
-    layers = layer_sigmas(model)
-    assert [(layer.name, layer.path) for layer in layers] == [
-        ("conv1", "stem"), ("layer2.0.conv1", "residual"), ("layer2.0.downsample.0", "identity"),
-        ("layer3.0.conv1", "residual"), ("layer3.0.downsample.0", "identity")]
-    assert layers[1].sigmas.shape == (16,) and layers[1].size == 9
-    row = layers[1].as_dict()
-    assert row["sigma_mean"] == pytest.approx(float(layers[1].sigmas.mean()))
-    assert layer_sigmas(create_model("small_resnet20", num_classes=10, in_chans=1, method="none")) == []
+def test_envelope_row_adds_the_three_tap_mass():
+    row = envelopes(create_model("small_resnet20", num_classes=10, in_chans=1))[1]
+    out = envelope_row(row)
+    assert out["mass_3_taps_mean"] == pytest.approx(float(mass_kept(row.sigmas, 9, 3).mean()))
+    assert out["sigmas"] == list(row.sigmas) and out["path"] == "residual"

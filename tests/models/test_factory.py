@@ -4,7 +4,11 @@ import pytest
 import torch
 from torch import nn
 
+import envconv
 from envconv import create_model, envelopes, list_models
+from envconv.checkpoint import atomic_save, load_checkpoint
+from envconv.config import validate_config
+from envconv.models import model_from_checkpoint
 
 
 def test_create_model_defaults_to_the_papers_conversion_and_none_is_the_baseline():
@@ -53,3 +57,32 @@ def test_unknown_names():
         create_model("torchvision:not_a_model")
     with pytest.raises(ValueError, match="unknown model"):
         create_model("not_a_model_at_all")
+
+
+def test_model_from_checkpoint_checks_the_weights(tmp_path):
+    config = validate_config({"model": {"name": "small_resnet20", "num_classes": 3, "in_chans": 1}})
+    model = envconv.create_model("small_resnet20", num_classes=3, in_chans=1)
+    with torch.no_grad():
+        model.conv1.envelope.raw_sigma.fill_(1.5)
+    atomic_save({"model": model.state_dict(), "config": config, "epoch": 4}, tmp_path / "a.pt")
+    loaded, ckpt = model_from_checkpoint(tmp_path / "a.pt")
+    assert ckpt["epoch"] == 4 and not loaded.training
+    assert torch.equal(loaded.conv1.envelope.raw_sigma, torch.tensor([1.5]))
+    other = envconv.create_model("small_resnet20", num_classes=5, in_chans=1)
+    atomic_save({"model": other.state_dict(), "config": config, "epoch": 4}, tmp_path / "b.pt")
+    with pytest.raises(ValueError, match="do not fit the model its config describes"):
+        model_from_checkpoint(tmp_path / "b.pt")
+    with pytest.raises(ValueError, match="is a directory"):
+        load_checkpoint(tmp_path)
+
+
+def test_a_checkpoint_with_a_foreign_config_is_refused_naming_the_file(tmp_path):
+    import torch
+
+    from envconv.checkpoint import load_checkpoint
+
+    for config in ({"model": {"name": 5}}, {"optimizer": "adam"}, "not a mapping"):
+        path = tmp_path / "foreign.pt"
+        torch.save({"model": {}, "config": config, "epoch": 1}, path)
+        with pytest.raises(ValueError, match="foreign.pt: its config"):
+            load_checkpoint(path)

@@ -73,3 +73,15 @@ def test_entries_may_have_their_own_seeds_and_only_selects_entries(tmp_path):
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     with pytest.raises(ValueError, match="seeds must be a list of distinct integers"):
         load_plan(path)
+
+
+def test_the_plan_keeps_its_own_name_whatever_its_entries_and_evaluations_are_called(tmp_path):
+    # the bundled plan: its runs go to results/study-fashion_mnist, not to a directory named after an evaluation
+    from pathlib import Path
+
+    plan = load_plan(Path(__file__).resolve().parents[2] / "studies" / "fashion_mnist.yaml")
+    assert plan.name == "fashion_mnist" and plan.evaluations and plan.evaluations[-1].name != plan.name
+    named = load_plan(write_plan(tmp_path, extra={"name": "mine", "evaluations": [
+        {"name": "gaussian-k3", "of": "gaussian", "envelope_size": 3}]}))
+    assert named.name == "mine"
+    assert named.runs(tmp_path / "out")[0].config["name"] == "mine-none_seed0"

@@ -59,7 +59,7 @@ def test_report_tables_equal_a_hand_computation_from_the_run_directories(finishe
         assert f"| {label} | " in report
         assert f"{values.mean():.2f} ± {values.std(ddof=1):.2f} (n=2)" in report
     diffs = np.array([errors[("gaussian", s)] - errors[("none", s)] for s in (0, 1)])
-    half = 12.706 * diffs.std(ddof=1) / np.sqrt(2)   # t(0.975, 1 df)
+    half = 12.7062047 * diffs.std(ddof=1) / np.sqrt(2)   # t(0.975, 1 df)
     assert f"{diffs.mean():+.2f} [{diffs.mean() - half:+.2f}, {diffs.mean() + half:+.2f}] (n=2)" in report
     # the verdict row: the detectable difference is the half-width, the paper's Δ is 23.03 - 23.81
     claim_row = next(line for line in report.splitlines() if line.startswith("| 1a | envelopes help |"))

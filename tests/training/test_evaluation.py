@@ -2,14 +2,15 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from envconv.checkpoint import model_from_checkpoint
 from envconv.cli import main
 from envconv.convert import shrink
 from envconv.data import build_dataset
+from envconv.models import model_from_checkpoint
 from envconv.training.evaluation import evaluate_checkpoint
 from envconv.training.trainer import train
 from run_helpers import tiny_config
@@ -45,12 +46,26 @@ def test_eval_equals_a_direct_evaluation(checkpoint, size):
     assert set(result["envelope_sizes"].values()) == {9 if size is None else 3}
 
 
-def test_shrinking_changes_the_outputs_but_keeps_sigma(checkpoint):
+def _auto_size(raw_sigma, size=9, eps=1e-2):
+    """By hand: the smallest odd size whose central taps hold 1 - eps of the widest channel's 2-D envelope."""
+    sigma2 = np.log1p(np.exp(raw_sigma.double().numpy().max()))
+    x = np.arange(size) - size // 2
+    g = np.exp(-x ** 2 / (2 * sigma2))
+    g /= g.sum()
+    return next(s for s in range(1, size + 1, 2) if g[size // 2 - s // 2: size // 2 + s // 2 + 1].sum() ** 2 >= 1 - eps)
+
+
+def test_shrinking_changes_the_outputs_and_sizes_follow_the_stored_sigmas(checkpoint):
+    stored = checkpoint.read_bytes()
     full = evaluate_checkpoint(checkpoint, workers=0)
     small = evaluate_checkpoint(checkpoint, envelope_size=3, workers=0)
     assert small["loss"] != full["loss"]  # a 3-tap envelope is a different (truncated) filter
     auto = evaluate_checkpoint(checkpoint, envelope_size="auto", eps=1e-2, workers=0)
-    assert all(s in (3, 5, 7, 9) for s in auto["envelope_sizes"].values())
+    state = torch.load(checkpoint, weights_only=True)["model"]
+    expected = {key.removesuffix(".envelope.raw_sigma"): _auto_size(value)
+                for key, value in state.items() if key.endswith("raw_sigma")}
+    assert auto["envelope_sizes"] == expected and len(expected) == 5
+    assert checkpoint.read_bytes() == stored  # evaluating shrunk envelopes leaves the stored sigmas alone
 
 
 def test_eval_command_prints_and_writes_json(checkpoint, capsys):

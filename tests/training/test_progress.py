@@ -1,22 +1,23 @@
-"""Progress bar and the per-epoch records of a run directory."""
+"""The tqdm progress bar and the per-epoch records of a run directory."""
 
 import io
 import json
 
 import pytest
 
-from envconv.training.progress import METRICS_COLUMNS, ProgressBar, RunLog
+from envconv.training.progress import METRICS_COLUMNS, RunLog, progress_bar
 
 
 def test_progress_bar_draws_only_when_enabled():
     out = io.StringIO()
-    bar = ProgressBar(10, "epoch 1/3", enabled=True, stream=out, width=10)
-    bar.update(5, loss=0.25)
-    bar.close()
-    text = out.getvalue()
-    assert "\repoch 1/3 [#####.....] 5/10" in text and "loss 0.25" in text
+    with progress_bar(10, "epoch 1/3", enabled=True, stream=out) as bar:
+        bar.set_postfix(loss=0.25, refresh=False)
+        bar.update(5)
+        bar.refresh()
+        assert "epoch 1/3:  50%" in out.getvalue() and "5/10" in out.getvalue() and "loss=0.25" in out.getvalue()
     silent = io.StringIO()
-    ProgressBar(10, "x", enabled=False, stream=silent).update(5)
+    with progress_bar(10, "x", enabled=False, stream=silent) as bar:
+        bar.update(5)
     assert silent.getvalue() == ""
 
 

@@ -1,5 +1,6 @@
 """The trainer: run-directory files, exact resume, interruption, non-finite loss, clear errors."""
 
+import argparse
 import csv
 import json
 import os
@@ -11,8 +12,9 @@ import pytest
 import torch
 import yaml
 
-from envconv.checkpoint import load_checkpoint, model_from_checkpoint
+from envconv.checkpoint import load_checkpoint
 from envconv.cli import main
+from envconv.models import model_from_checkpoint
 from envconv.training import engine, trainer
 from envconv.training.engine import NonFiniteLossError
 from envconv.training.progress import METRICS_COLUMNS
@@ -220,7 +222,7 @@ def test_a_run_directory_with_hash_colon_and_spaces_is_the_directory_resumed(tmp
     (tmp_path / "exp").mkdir()  # what "exp #2" would have become as a YAML value
     assert main(["train", "--resume", str(odd), "--set", "train.epochs=2", "--quiet"]) == 0
     assert load_checkpoint(odd / "last.pt")["epoch"] == 2 and not list((tmp_path / "exp").iterdir())
-    config = trainer.config_from_args(trainer.get_args_parser().parse_args(
+    config = trainer.config_from_args(trainer.add_arguments(argparse.ArgumentParser()).parse_args(
         ["--config", str(odd / "config.yaml"), "--set", f"output.dir={tmp_path / 'my run #3'}"]))
     assert config["output"]["dir"] == str(tmp_path / "my run #3")
 

@@ -10,7 +10,8 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .envelopes import LayerSigmas, envelope_kernel2d
+from ..listing import EnvelopeInfo
+from .envelopes import envelope_kernel2d
 
 __all__ = ["pyplot", "plot_sigmas", "plot_envelopes", "plot_history", "plot_sigma_history", "plot_gradcam",
            "plot_erf"]
@@ -30,13 +31,13 @@ def pyplot():
     return plt
 
 
-def plot_sigmas(layers: Sequence[LayerSigmas], title: str = ""):
+def plot_sigmas(layers: Sequence[EnvelopeInfo], title: str = ""):
     """Fig. 4a: one dot per channel's sigma, a column per layer, coloured by path; mean and max marked."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(layers) + 1.5), 3.6))
     rng = np.random.default_rng(0)
     for i, layer in enumerate(layers):
-        s = layer.sigmas
+        s = np.asarray(layer.sigmas)
         ax.scatter(i + rng.uniform(-0.18, 0.18, s.size), s, s=8, alpha=0.6, color=_PATH_COLOURS[layer.path],
                    label=layer.path, zorder=3)  # above the mean bar (a stem has one channel)
         ax.plot([i - 0.3, i + 0.3], [s.mean()] * 2, color="k", linewidth=2, label="mean")
@@ -52,12 +53,12 @@ def plot_sigmas(layers: Sequence[LayerSigmas], title: str = ""):
     return fig
 
 
-def plot_envelopes(layers: Sequence[LayerSigmas]):
+def plot_envelopes(layers: Sequence[EnvelopeInfo]):
     """Fig. 4b: the 2-D envelope of the mean-sigma and of the max-sigma channel of each layer."""
     plt = pyplot()
     fig, axes = plt.subplots(2, len(layers), figsize=(1.6 * len(layers) + 0.4, 3.6), squeeze=False)
     for j, layer in enumerate(layers):
-        for i, (what, sigma) in enumerate((("mean", layer.sigmas.mean()), ("max", layer.sigmas.max()))):
+        for i, (what, sigma) in enumerate((("mean", layer.sigma_mean), ("max", layer.sigma_max))):
             ax = axes[i, j]
             ax.imshow(envelope_kernel2d(float(sigma), layer.size), cmap="viridis", vmin=0)
             ax.set_xticks([])

@@ -2,7 +2,7 @@
 
 Writes ``OUT/report.md``, ``OUT/report.html`` (the PNGs sit beside them) and
 ``OUT/analysis.json`` (every number shown). Models are rebuilt from their checkpoints
-(:func:`envconv.checkpoint.model_from_checkpoint`); the training loop is never imported.
+(:func:`envconv.models.model_from_checkpoint`); the training loop is never imported.
 """
 
 from __future__ import annotations
@@ -16,10 +16,12 @@ from typing import Any, Dict, List, Optional, Union
 import numpy as np
 import torch
 
-from ..checkpoint import atomic_write_bytes, model_from_checkpoint
+from ..checkpoint import atomic_write_bytes
 from ..data import build_dataset
+from ..listing import EnvelopeInfo, envelopes
+from ..models import model_from_checkpoint
 from .document import Document
-from .envelopes import LayerSigmas, layer_sigmas
+from .envelopes import envelope_row
 from .erf import effective_receptive_field, stage_names, tile_to_size
 from .gradcam import gradcam_maps
 
@@ -87,7 +89,7 @@ def _images(dataset, count: int):
     return torch.stack([x for x, _ in items]), [int(y) for _, y in items], getattr(dataset, "classes", None)
 
 
-def _sigma_section(doc: Document, target: AnalysisTarget, layers: List[LayerSigmas], out_dir: Path, tag: str) -> None:
+def _sigma_section(doc: Document, target: AnalysisTarget, layers: List[EnvelopeInfo], out_dir: Path, tag: str) -> None:
     from .plots import plot_envelopes, plot_sigmas
 
     doc.heading(f"Sigma per layer: {target.name}")
@@ -95,7 +97,7 @@ def _sigma_section(doc: Document, target: AnalysisTarget, layers: List[LayerSigm
         doc.text(f"{target.name} has no Gaussian envelopes (model.method = {target.config['model']['method']}): "
                  f"there are no sigmas to show.")
         return
-    rows = [layer.as_dict() for layer in layers]
+    rows = [envelope_row(layer) for layer in layers]
     doc.table(["layer", "path", "channels", "k_g", "sigma mean", "min", "max", "3-tap mass (mean)", "3-tap mass (min)"],
               [[r["name"], r["path"], r["channels"], r["size"], f"{r['sigma_mean']:.3f}", f"{r['sigma_min']:.3f}",
                 f"{r['sigma_max']:.3f}", f"{100 * r['mass_3_taps_mean']:.2f}%", f"{100 * r['mass_3_taps_min']:.2f}%"]
@@ -226,12 +228,12 @@ def analyze(path: Union[str, Path], *, compare: Optional[Union[str, Path]] = Non
                                     f"method {t.config['model']['method']})" for t in targets) + ".")
     result: Dict[str, Any] = {"models": {}, "erf": None, "gradcam": None}
     for i, target in enumerate(targets):
-        layers = layer_sigmas(target.model)
+        layers = envelopes(target.model)
         _sigma_section(doc, target, layers, out_dir, f"model{i}")
         history = _history_section(doc, target, out_dir, f"model{i}")
         result["models"][target.name] = {"checkpoint": str(target.checkpoint), "epoch": target.epoch,
                                          "method": target.config["model"]["method"],
-                                         "layers": [layer.as_dict() for layer in layers], "history": history}
+                                         "layers": [envelope_row(layer) for layer in layers], "history": history}
     dataset = _validation_data(targets[0], data)
     gradcam_images, labels, classes = _images(dataset, images)
     erf_batch, _, _ = _images(dataset, erf_images)

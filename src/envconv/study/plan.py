@@ -212,9 +212,9 @@ def load_plan(path: Union[str, Path]) -> Plan:
     for key in ("entries", "evaluations", "claims"):
         if data.get(key) is not None and not isinstance(data[key], list):
             raise ValueError(f"plan {path}: {key} must be a list, got {data[key]!r}")
-    name = str(data.get("name", path.stem))
-    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$", name):
-        raise ValueError(f"plan {path}: name {name!r} must be letters, digits, '_', '.', '+' or '-' "
+    plan_name = str(data.get("name", path.stem))
+    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$", plan_name):
+        raise ValueError(f"plan {path}: name {plan_name!r} must be letters, digits, '_', '.', '+' or '-' "
                          f"(it names a directory)")
     seen: set = set()
     entries = []
@@ -247,7 +247,7 @@ def load_plan(path: Union[str, Path]) -> Plan:
     if probe is not None:
         probe = dict(_check_keys(probe, _PROBE_KEYS, f"plan {path}, probe"))
         probe.setdefault("dataset", "digits")
-    plan = Plan(path, name, str(data["base"]), _overrides(data.get("set"), f"plan {path}"),
+    plan = Plan(path, plan_name, str(data["base"]), _overrides(data.get("set"), f"plan {path}"),
                 list(seeds), baseline, entries, evaluations, claims, probe, float(data.get("margin", 0.3)))
     _check_entries(plan)
     return plan

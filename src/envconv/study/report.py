@@ -1,6 +1,6 @@
 """``envconv study --report``: tables, plots and verdicts from a study's run directories alone.
 
-Reads each run's ``summary.json`` (final test error, parameters, learned sigmas),
+Reads each run's ``summary.json`` (final test error, parameters), ``sigma.json`` (learned sigmas),
 ``metrics.csv`` (seconds per epoch), ``eval-last-k*.json`` (shrunk envelopes),
 ``probe-last-*.json`` (transfer probe) and ``study-run.json`` (hardware), and writes
 ``DOCS/reproduction.md``, ``DOCS/reproduction/results.csv`` and the plots beside it.
@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from ..checkpoint import atomic_write_bytes
+from ..listing import EnvelopeInfo, run_envelopes
 from ..training.evaluation import default_output as eval_output
 from ..training.probe import default_output as probe_output
 from ..training.trainer import LAST, SUMMARY_FILE, run_dir_of
@@ -228,24 +229,22 @@ def _sigma_section(plan: Plan, results: List[Result], asset_dir: Path, docs_dir:
     lines += [f"| {e['name']} | {e['channels']} | {e['sigma_mean']:.3f} | {e['sigma_min']:.3f} | {e['sigma_max']:.3f} |"
               for e in run.summary["envelopes"]]
     png = asset_dir / "sigma.png"
-    if _plot_sigmas(Path(run.config["output"]["dir"]) / LAST, f"{run.run}: sigma per channel (Fig. 4a)", png):
+    layers = run_envelopes(run_dir_of(run.config))
+    if _plot_sigmas(layers, f"{run.run}: sigma per channel (Fig. 4a)", png):
         lines += ["", f"![sigma per channel]({png.relative_to(docs_dir).as_posix()})"]
     return lines + [""]
 
 
-def _plot_sigmas(checkpoint: Path, title: str, png: Path) -> bool:
-    """The analysis report's Fig. 4a plot of one run (False when matplotlib or the checkpoint is missing)."""
+def _plot_sigmas(layers: List[EnvelopeInfo], title: str, png: Path) -> bool:
+    """The analysis report's Fig. 4a plot of one run (False when matplotlib is missing or there are no sigmas)."""
     try:
         from ..analysis.plots import plot_sigmas, pyplot
         plt = pyplot()
     except ImportError:
         return False
-    if not checkpoint.is_file():
+    if not layers:
         return False
-    from ..analysis.envelopes import layer_sigmas
-    from ..checkpoint import model_from_checkpoint
-
-    fig = plot_sigmas(layer_sigmas(model_from_checkpoint(checkpoint)[0]), title)
+    fig = plot_sigmas(layers, title)
     fig.savefig(png, dpi=100)
     plt.close(fig)
     return True

@@ -22,7 +22,6 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from .. import __version__
 from ..checkpoint import atomic_write_bytes
 from ..data import build_dataset
 from ..machine import machine_info
@@ -33,6 +32,7 @@ from ..training.evaluation import evaluate_checkpoint
 from ..training.probe import default_output as probe_output
 from ..training.probe import linear_probe
 from ..training.trainer import LAST, SUMMARY_FILE, run_dir_of, train
+from ..version import __version__
 from .plan import Plan, Run
 
 __all__ = ["run_study", "dry_run", "measure_epoch_seconds", "measured_epoch_seconds", "RUN_INFO", "FAILED",

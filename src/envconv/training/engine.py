@@ -117,7 +117,9 @@ def train_one_epoch(
         if step % log_every == 0:
             _check_finite(sums, epoch, step)
             if progress is not None:
-                progress.update(step, loss=float(sums[0] / sums[3]), err=float(100 * (1 - sums[1] / sums[3])))
+                progress.set_postfix(loss=float(sums[0] / sums[3]), err=float(100 * (1 - sums[1] / sums[3])),
+                                     refresh=False)
+                progress.update(step - progress.n)
     _check_finite(sums, epoch, None)
     return _stats(sums, time.perf_counter() - start)
 
@@ -145,7 +147,7 @@ def evaluate(
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64, device=device)
     start = time.perf_counter()
-    for step, (images, targets) in enumerate(loader, 1):
+    for images, targets in loader:
         images, targets = _to_device(images, targets, device, channels_last, dtype)
         with autocast(device, amp_dtype):
             logits = model(images)
@@ -154,7 +156,7 @@ def evaluate(
         sums[1:3] += topk_correct(logits, targets)
         sums[3] += n
         if progress is not None:
-            progress.update(step)
+            progress.update(1)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return _stats(sums, time.perf_counter() - start)

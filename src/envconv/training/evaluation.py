@@ -14,12 +14,14 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
-from ..checkpoint import atomic_write_bytes, model_from_checkpoint
-from ..convert import envelopes, shrink
+from ..checkpoint import atomic_write_bytes
+from ..convert import shrink
 from ..data import build_dataset, build_loader
+from ..listing import envelopes
+from ..models import model_from_checkpoint
 from .distributed import pick_device
 from .engine import evaluate
-from .progress import ProgressBar
+from .progress import progress_bar
 
 __all__ = ["evaluate_checkpoint", "data_config_for", "add_arguments", "main"]
 
@@ -75,9 +77,9 @@ def evaluate_checkpoint(
     loader = build_loader(dataset, batch_size or config["train"]["batch_size"], train=False,
                           workers=data_cfg["workers"] if workers is None else workers,
                           pin_memory=torch_device.type == "cuda")
-    bar = ProgressBar(len(loader), "eval", enabled=sys.stderr.isatty())
-    stats = evaluate(model, loader, device=torch_device, channels_last=config["train"]["channels_last"], progress=bar)
-    bar.close()
+    with progress_bar(len(loader), "eval", enabled=sys.stderr.isatty()) as bar:
+        stats = evaluate(model, loader, device=torch_device, channels_last=config["train"]["channels_last"],
+                         progress=bar)
     return {"checkpoint": str(checkpoint), "epoch": ckpt["epoch"], "model": config["model"]["name"],
             "method": config["model"]["method"],
             "envelope_sizes": {row.name: row.size for row in envelopes(model)},

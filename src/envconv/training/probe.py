@@ -20,11 +20,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checkpoint import atomic_write_bytes, model_from_checkpoint
+from ..checkpoint import atomic_write_bytes
 from ..data import build_datasets, build_loader
+from ..models import model_from_checkpoint
 from .distributed import pick_device
 from .engine import topk_correct
-from .progress import ProgressBar
+from .progress import progress_bar
 
 __all__ = ["PROBE_DATASETS", "classifier_of", "extract_features", "train_linear_probe", "linear_probe",
            "default_output", "add_arguments", "main"]
@@ -47,11 +48,11 @@ def extract_features(model: nn.Module, loader, device: torch.device,
     hook = classifier_of(model).register_forward_pre_hook(lambda _m, inputs: captured.append(inputs[0].float().cpu()))
     labels = []
     try:
-        for step, (images, targets) in enumerate(loader, 1):
+        for images, targets in loader:
             model(images.to(device))
             labels.append(targets)
             if progress is not None:
-                progress.update(step)
+                progress.update(1)
     finally:
         hook.remove()
     return torch.cat(captured), torch.cat(labels)
@@ -141,9 +142,8 @@ def linear_probe(
     features = {}
     for split, data in datasets.items():
         loader = build_loader(data, batch_size, train=False, workers=data_cfg["workers"])
-        bar = ProgressBar(len(loader), f"features ({split})", enabled=sys.stderr.isatty())
-        features[split] = extract_features(model, loader, torch_device, progress=bar)
-        bar.close()
+        with progress_bar(len(loader), f"features ({split})", enabled=sys.stderr.isatty()) as bar:
+            features[split] = extract_features(model, loader, torch_device, progress=bar)
     train_x, train_y = features["train"]
     probe = train_linear_probe(train_x, train_y, classes, epochs=epochs, lr=lr, batch_size=batch_size,
                                weight_decay=weight_decay, seed=seed)

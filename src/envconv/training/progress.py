@@ -6,41 +6,24 @@ import csv
 import io
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, TextIO
 
+from tqdm import tqdm
+
 from ..checkpoint import atomic_write_bytes
 
-__all__ = ["ProgressBar", "RunLog", "METRICS_COLUMNS"]
+__all__ = ["progress_bar", "RunLog", "METRICS_COLUMNS", "METRICS_FILE", "SIGMA_FILE"]
 
+METRICS_FILE, SIGMA_FILE = "metrics.csv", "sigma.json"
 METRICS_COLUMNS = ("epoch", "lr", "train_loss", "train_top1_err", "train_top5_err", "val_loss", "val_top1_err",
                    "val_top5_err", "seconds", "images_per_s")
 
 
-class ProgressBar:
-    """A one-line text progress bar (``\\r`` updates) for ``total`` steps; silent when not enabled."""
-
-    def __init__(self, total: int, desc: str, enabled: bool, stream: Optional[TextIO] = None, width: int = 24):
-        self.total, self.desc, self.enabled, self.width = max(total, 1), desc, enabled, width
-        self.stream = stream or sys.stderr
-        self.start = time.perf_counter()
-
-    def update(self, step: int, **values: float) -> None:
-        if not self.enabled:
-            return
-        done = int(self.width * min(step, self.total) / self.total)
-        elapsed = time.perf_counter() - self.start
-        eta = elapsed / max(step, 1) * (self.total - step)
-        extra = "  ".join(f"{k} {v:.4g}" for k, v in values.items())
-        self.stream.write(f"\r{self.desc} [{'#' * done}{'.' * (self.width - done)}] {step}/{self.total} "
-                          f"{elapsed:.0f}s<{eta:.0f}s  {extra}\x1b[K")
-        self.stream.flush()
-
-    def close(self) -> None:
-        if self.enabled:
-            self.stream.write("\r\x1b[K")
-            self.stream.flush()
+def progress_bar(total: int, desc: str, enabled: bool, stream: Optional[TextIO] = None) -> tqdm:
+    """A tqdm bar of ``total`` steps on ``stream`` (stderr), cleared when closed; silent when not ``enabled``."""
+    return tqdm(total=total, desc=desc, disable=not enabled, file=stream or sys.stderr, leave=False,
+                dynamic_ncols=True, unit="step")
 
 
 class RunLog:
@@ -52,7 +35,7 @@ class RunLog:
 
     def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool = True) -> None:
         self.run_dir, self.enabled = Path(run_dir), enabled
-        self.metrics_path, self.sigma_path = self.run_dir / "metrics.csv", self.run_dir / "sigma.json"
+        self.metrics_path, self.sigma_path = self.run_dir / METRICS_FILE, self.run_dir / SIGMA_FILE
         self.writer = None
         if enabled and tensorboard:
             try:

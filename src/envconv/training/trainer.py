@@ -28,24 +28,24 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import __version__
 from ..checkpoint import atomic_save, atomic_write_bytes, load_checkpoint
 from ..config import dump_config, resolve_config, validate_config
-from ..convert import envelope_sigmas, envelopes
 from ..data import build_datasets, build_loader, epoch_seed
+from ..listing import envelopes
 from ..methods.cbs import set_curriculum_epoch
 from ..models.factory import create_model_from_config
+from ..version import __version__
 from . import distributed
 from .engine import EpochStats, NonFiniteLossError, evaluate, train_one_epoch
 from .optim import build_optimizer, build_scheduler
-from .progress import ProgressBar, RunLog
+from .progress import METRICS_FILE, SIGMA_FILE, RunLog, progress_bar
 
 try:
     import fcntl
 except ImportError:  # Windows: no run-directory lock
     fcntl = None
 
-__all__ = ["train", "run_dir_of", "get_args_parser", "main", "AMP_DTYPES", "LAST", "BEST"]
+__all__ = ["train", "run_dir_of", "add_arguments", "config_from_args", "main", "AMP_DTYPES", "LAST", "BEST"]
 
 LAST, BEST, CONFIG_FILE, SUMMARY_FILE, LOCK_FILE = "last.pt", "best.pt", "config.yaml", "summary.json", ".lock"
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -101,7 +101,7 @@ def _seed_epoch(seed: int, epoch: int, rank: int, loader) -> None:
 
 
 #: Files that record finished epochs: a fresh run never starts in a directory holding one.
-RECORD_FILES = (LAST, BEST, SUMMARY_FILE, "metrics.csv", "sigma.json")
+RECORD_FILES = (LAST, BEST, SUMMARY_FILE, METRICS_FILE, SIGMA_FILE)
 
 
 def _prepare_run_dir(run_dir: Path, resume: bool, ctx: distributed.DistributedContext) -> None:
@@ -235,21 +235,20 @@ def _train_locked(config, train_cfg, out_cfg, ctx, resume, quiet, run_dir: Path)
             set_curriculum_epoch(model, epoch - 1)
             _seed_epoch(train_cfg["seed"], epoch, ctx.rank, train_loader)
             lr = optimizer.param_groups[0]["lr"]
-            bar = ProgressBar(len(train_loader), f"epoch {epoch}/{train_cfg['epochs']}", progress_on and ctx.is_main)
-            stats = train_one_epoch(net, train_loader, optimizer, device=ctx.device, scaler=scaler,
-                                    amp_dtype=amp_dtype, channels_last=train_cfg["channels_last"], dtype=dtype,
-                                    label_smoothing=train_cfg["label_smoothing"], log_every=train_cfg["log_every"],
-                                    progress=bar, epoch=epoch)
-            bar.close()
+            with progress_bar(len(train_loader), f"epoch {epoch}/{train_cfg['epochs']}",
+                              progress_on and ctx.is_main) as bar:
+                stats = train_one_epoch(net, train_loader, optimizer, device=ctx.device, scaler=scaler,
+                                        amp_dtype=amp_dtype, channels_last=train_cfg["channels_last"], dtype=dtype,
+                                        label_smoothing=train_cfg["label_smoothing"],
+                                        log_every=train_cfg["log_every"], progress=bar, epoch=epoch)
             scheduler.step()
             val = None
             if epoch % train_cfg["eval_every"] == 0 or epoch == train_cfg["epochs"]:
-                bar = ProgressBar(len(val_loader), "  eval", progress_on and ctx.is_main)
-                val = evaluate(net, val_loader, device=ctx.device, amp_dtype=amp_dtype,
-                               channels_last=train_cfg["channels_last"], dtype=dtype, progress=bar)
-                bar.close()
+                with progress_bar(len(val_loader), "  eval", progress_on and ctx.is_main) as bar:
+                    val = evaluate(net, val_loader, device=ctx.device, amp_dtype=amp_dtype,
+                                   channels_last=train_cfg["channels_last"], dtype=dtype, progress=bar)
                 _check_validation(val, epoch)
-            log.log_epoch(_metrics_row(epoch, lr, stats, val), envelope_sigmas(model))
+            log.log_epoch(_metrics_row(epoch, lr, stats, val), {e.name: list(e.sigmas) for e in envelopes(model)})
             is_best = val is not None and val.top1_err < best_err
             best_err = val.top1_err if is_best else best_err
             if ctx.is_main:
@@ -349,10 +348,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
-def get_args_parser() -> argparse.ArgumentParser:
-    return add_arguments(argparse.ArgumentParser("envconv train", description=__doc__.splitlines()[0]))
-
-
 def config_from_args(args: argparse.Namespace) -> Dict[str, Any]:
     """The full config an ``envconv train`` command line describes."""
     if args.resume:
@@ -365,11 +360,11 @@ def config_from_args(args: argparse.Namespace) -> Dict[str, Any]:
             raise FileNotFoundError(f"{run_dir} has no finished epoch to resume ({LAST} is missing); start it afresh "
                                     f"with: envconv train --config {run_dir / CONFIG_FILE} --set output.dir={run_dir}")
         config = resolve_config(run_dir / CONFIG_FILE, args.overrides)
-        asked = [o.partition("=")[2] for o in args.overrides if o.partition("=")[0].strip() == "output.dir"]
-        if asked and Path(asked[-1]).resolve() != run_dir.resolve():
-            fork_run(run_dir, Path(asked[-1]))  # resume a copy: the original run stays as it is
+        asked, own = Path(config["output"]["dir"]), Path(resolve_config(run_dir / CONFIG_FILE)["output"]["dir"])
+        if asked != own and asked.resolve() != run_dir.resolve():
+            fork_run(run_dir, asked)  # --set output.dir=OTHER: resume a copy, the original run stays as it is
         else:
-            config["output"]["dir"] = str(run_dir)  # the path as given, never re-parsed
+            config["output"]["dir"] = str(run_dir)  # the run where it is now, even if it was moved
         return config
     if not args.config:
         raise ValueError("give --config CONFIG (a YAML file or a bundled config name) or --resume RUN_DIR")
@@ -377,7 +372,7 @@ def config_from_args(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 #: The files of a run directory that a fork copies (checkpoints and logs; not the lock or tensorboard).
-FORK_FILES = (CONFIG_FILE, LAST, BEST, "metrics.csv", "sigma.json")
+FORK_FILES = (CONFIG_FILE, LAST, BEST, METRICS_FILE, SIGMA_FILE)
 
 
 def fork_run(source: Path, target: Path) -> None:

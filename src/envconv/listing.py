@@ -1,0 +1,166 @@
+"""Listing envelopes: which layers have one, where they sit and what sigma each channel learned.
+
+:func:`envelopes` is the one way to list them, from a model or from a state dict (a file
+read with :func:`envconv.checkpoint.load_state_dict_file`); the CLI, the trainer's
+``sigma.json``, ``summary.json`` and the analysis report all read it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import List, Mapping, Optional, Tuple, Union
+
+import torch
+from torch import nn
+
+from .convert import layer_path, stem_name
+from .envelope import GaussianEnvelope
+from .functional import sigma2_from_raw
+
+__all__ = ["EnvelopeInfo", "envelopes", "run_envelopes", "layer_name"]
+
+_RAW_SIGMA = "raw_sigma"
+
+
+def layer_name(envelope_name: str) -> str:
+    """Name of the layer that owns an envelope: ``"layer2.0.conv2.envelope"`` -> ``"layer2.0.conv2"``.
+
+    A free-standing envelope keeps its own name; the root module is ``"(root)"``.
+
+    Example:
+        >>> layer_name("layer2.0.conv2.envelope"), layer_name("envelope")
+        ('layer2.0.conv2', '(root)')
+    """
+    name = "" if envelope_name == "envelope" else envelope_name.removesuffix(".envelope")
+    return name or "(root)"
+
+
+@dataclass(frozen=True)
+class EnvelopeInfo:
+    """One envelope: its layer, its path in the network and the sigma of every channel.
+
+    Attributes:
+        name: the layer owning the envelope (``"layer2.0.conv2"``), see :func:`layer_name`.
+        path: ``"stem"`` (the first convolution), ``"identity"`` (a shortcut's convolution, a name
+            component among :data:`envconv.convert.SHORTCUT_NAMES`) or ``"residual"``.
+        channels: number of sigmas stored (1 for a shared sigma).
+        size: the number of taps :math:`k_g`; ``None`` when listed from a state dict (the size
+            is not part of it).
+        shared: one sigma for all channels (Table 1d); ``None`` from a state dict.
+        learnable: sigma is a parameter, not a buffer; ``None`` from a state dict.
+        sigmas: :math:`\\sigma_c = \\sqrt{\\mathrm{softplus}(\\tilde\\sigma_c)}` per channel.
+    """
+
+    name: str
+    path: str
+    channels: int
+    size: Optional[int]
+    shared: Optional[bool]
+    learnable: Optional[bool]
+    sigmas: Tuple[float, ...]
+
+    @property
+    def sigma_mean(self) -> float:
+        return sum(self.sigmas) / len(self.sigmas)
+
+    @property
+    def sigma_min(self) -> float:
+        return min(self.sigmas)
+
+    @property
+    def sigma_max(self) -> float:
+        return max(self.sigmas)
+
+    def as_dict(self, with_sigmas: bool = False) -> dict:
+        """The fields and the sigma mean / min / max; every channel's sigma only if ``with_sigmas``."""
+        row = {"name": self.name, "path": self.path, "channels": self.channels, "size": self.size,
+               "shared": self.shared, "learnable": self.learnable, "sigma_mean": self.sigma_mean,
+               "sigma_min": self.sigma_min, "sigma_max": self.sigma_max}
+        if with_sigmas:
+            row["sigmas"] = list(self.sigmas)
+        return row
+
+
+def _sigmas(raw_sigma: torch.Tensor) -> Tuple[float, ...]:
+    return tuple(sigma2_from_raw(raw_sigma.detach().double().cpu().reshape(-1)).sqrt().tolist())
+
+
+def _from_model(model: nn.Module) -> List[EnvelopeInfo]:
+    stem = stem_name(model) if any(isinstance(m, nn.Conv2d) for m in model.modules()) else ""
+    rows = []
+    for name, m in model.named_modules():
+        if isinstance(m, GaussianEnvelope):
+            owner = layer_name(name)
+            rows.append(EnvelopeInfo(owner, layer_path(owner, stem), m.channels, m.size, m.shared, m.learnable,
+                                     _sigmas(m.raw_sigma)))
+    return rows
+
+
+def _from_state_dict(state: Mapping[str, torch.Tensor]) -> List[EnvelopeInfo]:
+    # the stem is the first convolution weight, as named_modules() lists the first Conv2d
+    convs = [k.removesuffix(".weight") for k, v in state.items() if k.endswith("weight") and v.dim() == 4]
+    stem = convs[0] if convs else ""
+    rows = []
+    for key, value in state.items():
+        if key == _RAW_SIGMA or key.endswith("." + _RAW_SIGMA):
+            owner = layer_name(key[: -len(_RAW_SIGMA)].rstrip("."))
+            sigmas = _sigmas(value)
+            rows.append(EnvelopeInfo(owner, layer_path(owner, stem), len(sigmas), None, None, None, sigmas))
+    return rows
+
+
+def envelopes(source: Union[nn.Module, Mapping[str, torch.Tensor]]) -> List[EnvelopeInfo]:
+    """List every Gaussian envelope of a model or a state dict, in module order.
+
+    From a model, every :class:`~envconv.GaussianEnvelope`; from a state dict (e.g.
+    ``envconv.checkpoint.load_state_dict_file(path)``), every entry whose key ends in
+    ``raw_sigma``. Either way, each channel's :math:`\\sigma_c = \\sqrt{\\mathrm{softplus}(\\tilde\\sigma_c)}`.
+
+    Args:
+        source: an ``nn.Module`` or a mapping of names to tensors.
+
+    Returns:
+        One :class:`EnvelopeInfo` per envelope (empty when there is none).
+
+    Example:
+        >>> import envconv
+        >>> model = envconv.create_model("small_resnet20", num_classes=10, in_chans=1)
+        >>> [(e.name, e.path, e.channels) for e in envconv.envelopes(model)][:3]
+        [('conv1', 'stem', 1), ('layer2.0.conv1', 'residual', 16), ('layer2.0.downsample.0', 'identity', 16)]
+        >>> round(envconv.envelopes(model.state_dict())[1].sigma_mean, 4)  # raw sigma 0: sqrt(log 2)
+        0.8326
+    """
+    if isinstance(source, nn.Module):
+        return _from_model(source)
+    if isinstance(source, Mapping):
+        return _from_state_dict(source)
+    raise TypeError(f"envelopes() takes an nn.Module or a state dict, got {type(source).__name__}")
+
+
+def run_envelopes(run_dir: Union[str, os.PathLike], epoch: Optional[int] = None) -> List[EnvelopeInfo]:
+    """The envelopes of a training run at an epoch (default: its last), from its small files alone.
+
+    The layers, paths and sizes come from a fresh model of the run's ``config.yaml``, the sigmas
+    from ``sigma.json``; no checkpoint is read, so committed run directories (``results/``)
+    give the same rows on any machine.
+
+    Raises:
+        FileNotFoundError: the run directory lacks ``config.yaml`` or ``sigma.json``.
+        ValueError: ``sigma.json`` has no record of ``epoch``.
+    """
+    from .config import resolve_config
+    from .models import create_model_from_config
+
+    run_dir = Path(run_dir)
+    for name in ("config.yaml", "sigma.json"):
+        if not (run_dir / name).is_file():
+            raise FileNotFoundError(f"{run_dir} is not a run directory with records ({name} is missing)")
+    records = json.loads((run_dir / "sigma.json").read_text())
+    record = next((r for r in reversed(records) if epoch is None or r["epoch"] == epoch), None)
+    if record is None:
+        raise ValueError(f"{run_dir / 'sigma.json'} has no record of epoch {epoch}")
+    model = create_model_from_config(resolve_config(run_dir / "config.yaml")["model"])
+    return [replace(row, sigmas=tuple(record["sigma"][row.name])) for row in envelopes(model)]

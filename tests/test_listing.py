@@ -1,0 +1,110 @@
+"""envconv.envelopes: every envelope of a model or a state dict, its path and its sigmas."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from envconv import DisentangledConv2d, GaussianEnvelope, create_model, envelopes
+
+
+def test_envelopes_lists_layers_with_sigma_statistics():
+    model = nn.Sequential()
+    model.add_module("stem", DisentangledConv2d(3, 8, 3, envelope_size=9))
+    body = nn.Sequential(nn.ReLU(), DisentangledConv2d(8, 16, 3, order="conv-env", shared_sigma=True))
+    model.add_module("body", body)
+    model.add_module("blur", GaussianEnvelope.fixed(16, sigma=0.7, size=5))
+    with torch.no_grad():
+        model.stem.envelope.raw_sigma.copy_(torch.tensor([-1.0, 0.0, 2.0]))
+        model.body[1].envelope.raw_sigma.fill_(1.0)
+    rows = envelopes(model)
+    assert [r.name for r in rows] == ["stem", "body.1", "blur"]
+    sig = [math.sqrt(math.log1p(math.exp(v))) for v in (-1.0, 0.0, 2.0)]
+    stem = rows[0]
+    assert (stem.channels, stem.size, stem.shared, stem.learnable) == (3, 9, False, True)
+    assert stem.sigma_mean == pytest.approx(sum(sig) / 3, rel=1e-6)
+    assert stem.sigma_min == pytest.approx(sig[0], rel=1e-6)
+    assert stem.sigma_max == pytest.approx(sig[2], rel=1e-6)
+    body = rows[1]
+    assert (body.channels, body.shared) == (16, True)
+    assert body.sigma_min == body.sigma_max == pytest.approx(math.sqrt(math.log1p(math.e)), rel=1e-6)
+    blur = rows[2]
+    assert (blur.size, blur.learnable) == (5, False)
+    assert blur.sigma_mean == pytest.approx(0.7, rel=1e-6)
+    assert rows[0].as_dict()["name"] == "stem"
+
+
+def test_envelopes_of_a_plain_model_is_empty():
+    assert envelopes(nn.Sequential(nn.Conv2d(3, 3, 3))) == []
+
+
+def test_layer_name_strips_the_envelope_attribute():
+    from envconv.listing import layer_name
+
+    assert layer_name("layer2.0.conv2.envelope") == "layer2.0.conv2"
+    assert layer_name("envelope") == "(root)"
+    assert layer_name("") == "(root)"
+    assert layer_name("blur") == "blur"
+    # a root DisentangledConv2d reports its envelope under "(root)"
+    assert [r.name for r in envelopes(DisentangledConv2d(3, 4, 3))] == ["(root)"]
+
+
+def test_paths_of_a_converted_resnet_and_the_same_rows_from_its_state_dict():
+    model = create_model("small_resnet20", num_classes=10, in_chans=1, method="gaussian")
+    with torch.no_grad():
+        model.layer2[0].conv1.envelope.raw_sigma.copy_(torch.linspace(-2, 2, 16))
+    rows = envelopes(model)
+    assert [(r.name, r.path) for r in rows] == [
+        ("conv1", "stem"), ("layer2.0.conv1", "residual"), ("layer2.0.downsample.0", "identity"),
+        ("layer3.0.conv1", "residual"), ("layer3.0.downsample.0", "identity")]
+    expected = [math.sqrt(math.log1p(math.exp(v))) for v in torch.linspace(-2, 2, 16).tolist()]
+    assert rows[1].sigmas == pytest.approx(expected, rel=1e-6) and rows[1].size == 9
+    assert rows[1].as_dict(with_sigmas=True)["sigmas"] == list(rows[1].sigmas)
+    from_state = envelopes(model.state_dict())
+    assert [(r.name, r.path, r.channels, r.sigmas) for r in from_state] == [
+        (r.name, r.path, r.channels, r.sigmas) for r in rows]
+    assert {(r.size, r.shared, r.learnable) for r in from_state} == {(None, None, None)}
+
+
+def test_envelopes_refuses_other_objects():
+    with pytest.raises(TypeError, match="nn.Module or a state dict"):
+        envelopes([1, 2])
+
+
+@pytest.mark.parametrize("module, name, args", [
+    ("envconv.convert", "envelope_sigmas", "model"), ("envconv.convert", "envelopes", "model"),
+    ("envconv.analysis", "layer_sigmas", "model"), ("envconv.checkpoint", "envelope_sigmas_from_file", "path")])
+def test_old_names_still_work_for_one_release_with_a_deprecation_warning(tmp_path, module, name, args):
+    import importlib
+
+    model = create_model("small_resnet20", num_classes=10, in_chans=1)
+    torch.save(model.state_dict(), tmp_path / "m.pt")
+    with pytest.warns(DeprecationWarning, match=f"{name} is deprecated"):
+        old = getattr(importlib.import_module(module), name)
+    result = old(model if args == "model" else tmp_path / "m.pt")
+    assert len(result) == 5
+    with pytest.raises(AttributeError, match="no_such_name"):
+        importlib.import_module(module).__getattr__("no_such_name")
+
+
+def test_run_envelopes_reads_a_run_directory_without_its_checkpoints(tmp_path):
+    from envconv.listing import run_envelopes
+    from envconv.models import model_from_checkpoint
+    from envconv.training.trainer import train
+    from run_helpers import tiny_config
+
+    run = tmp_path / "run"
+    train(tiny_config(run, train={"epochs": 2, "lr": 0.8}), quiet=True)
+    expected = envelopes(model_from_checkpoint(run / "last.pt")[0])
+    for name in ("last.pt", "best.pt"):
+        (run / name).unlink()
+    rows = run_envelopes(run)
+    assert [(r.name, r.path, r.size) for r in rows] == [(r.name, r.path, r.size) for r in expected]
+    for got, want in zip(rows, expected):
+        assert got.sigmas == pytest.approx(want.sigmas, rel=1e-12)
+    assert run_envelopes(run, epoch=1)[0].sigmas != rows[0].sigmas  # the stem's sigma moved in epoch 2
+    with pytest.raises(ValueError, match="no record of epoch 7"):
+        run_envelopes(run, epoch=7)
+    with pytest.raises(FileNotFoundError, match="config.yaml is missing"):
+        run_envelopes(tmp_path)
