@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv data test demo sigma-demo bench bench-gpu clean
+.PHONY: venv data test docs demo sigma-demo bench bench-gpu clean
 
 venv: $(STAMP)
 
@@ -17,6 +17,11 @@ $(STAMP): pyproject.toml requirements-dev.txt
 
 test: $(STAMP)
 	$(PY) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests were collected"; exit 0; fi; exit $$rc
+
+# The documentation site (Sphinx + MyST) into build/docs; a warning or a broken reference fails the build.
+docs: $(STAMP)
+	$(PY) -m sphinx -W --keep-going -n -q -b html docs build/docs
+	@echo "open build/docs/index.html"
 
 # Fashion-MNIST from Debian's dataset-fashion-mnist (apt-get) unless it is there already.
 data:
@@ -38,4 +43,4 @@ bench-gpu: $(STAMP)
 	$(PY) -m benchmarks.gpu
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache docs/_generated

@@ -36,13 +36,13 @@ def _envelope_table(rows) -> str:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import format_demo, run_demo
+    from .demo import format_demo, run_demo, study_spread
 
     print(f"Training small_resnet20 on Fashion-MNIST ({args.train_subset or 60000:,} training images, "
           f"{args.epochs} epochs) with Gaussian envelopes, then without; run directories under {args.out_dir}.")
     summaries = run_demo(args.out_dir, epochs=args.epochs, train_subset=args.train_subset or None, root=args.root,
                          extra=args.overrides)
-    print(format_demo(summaries))
+    print(format_demo(summaries, study_spread()))
     if args.no_analysis:
         return 0
     from .analysis import analyze

@@ -46,7 +46,7 @@ def yaml_load(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)
 
 
-#: Keys holding paths: ``--set`` keeps their text as it is (no YAML parsing, so ``#``, ``: ``
+#: The keys holding paths. ``--set`` keeps their text as it is (no YAML parsing, so ``#``, ``: ``
 #: and spaces stay part of the path); ``null`` or an empty value unsets them.
 PATH_KEYS = {("output", "dir"), ("data", "root"), ("data", "train"), ("data", "val")}
 
@@ -87,14 +87,15 @@ DEFAULTS: Dict[str, Dict[str, Any]] = {
     "train": {
         "epochs": 30,
         "batch_size": 128,           # global batch, summed over all processes
-        "lr": 0.1,                   # learning rate for a batch of base_batch_size ...
-        "base_batch_size": 256,      # ... scaled linearly to batch_size (Goyal et al.)
+        "lr": 0.1,                   # learning rate for a batch of base_batch_size, scaled linearly to batch_size
+        "base_batch_size": 256,      # the batch lr is given for (linear scaling, Goyal et al.)
         "momentum": 0.9,
         "nesterov": False,
         "weight_decay": 1e-4,
         "sigma_weight_decay": False,  # weight decay on the envelopes' raw sigma
         "norm_weight_decay": True,    # weight decay on normalisation weights / biases and conv biases
         "schedule": "step",          # step | cosine
+        "schedule_per_step": False,  # move the lr after every step (cosine then ends at 0), not every epoch
         "step_size": 30,             # step: epochs between divisions
         "gamma": 0.1,                # step: the factor
         "warmup_epochs": 0,          # W epochs of linear warm-up: epoch e <= W at lr * e / (W + 1)
@@ -321,7 +322,8 @@ _RULES = {
     ("train", "norm_weight_decay"): _boolean, ("train", "step_size"): _integer(1),
     ("train", "gamma"): _number(0, low_open=True), ("train", "warmup_epochs"): _number(0),
     ("train", "label_smoothing"): _number(0, 1), ("train", "seed"): _integer(0), ("train", "device"): _text,
-    ("train", "channels_last"): _boolean, ("train", "compile"): _boolean, ("train", "eval_every"): _integer(1),
+    ("train", "channels_last"): _boolean, ("train", "schedule_per_step"): _boolean, ("train", "compile"): _boolean,
+    ("train", "eval_every"): _integer(1),
     ("train", "log_every"): _integer(1), ("output", "dir"): _text, ("output", "tensorboard"): _boolean,
 }
 

@@ -17,7 +17,7 @@ from .envelope import GaussianEnvelope
 
 __all__ = ["ORDERS", "ConvVariant", "EnvelopeConv2d", "DisentangledConv2d", "conv_arguments"]
 
-#: Processing orders: envelope then convolution (eq. (3)-(4), the paper's choice) or
+#: The processing orders, envelope then convolution (eq. (3)-(4), the paper's choice) or
 #: convolution then envelope (eq. (5)-(6)).
 ORDERS = ("env-conv", "conv-env")
 
@@ -76,7 +76,7 @@ class ConvVariant(nn.Conv2d):
         parameters (the envelope's sigma) do not train either.
 
         Raises:
-            TypeError, ValueError: see :func:`conv_arguments`.
+            TypeError, ValueError: see :func:`~envconv.conv.conv_arguments`.
         """
         new = cls(**conv_arguments(conv), **kwargs)
         with torch.no_grad():
@@ -181,8 +181,8 @@ class DisentangledConv2d(EnvelopeConv2d):
     state dict as ``envelope.raw_sigma``.
 
     Args:
-        in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
-        bias, padding_mode: as in :class:`torch.nn.Conv2d`.
+        in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode: as in
+            :class:`torch.nn.Conv2d`.
         envelope_size: :math:`k_g = 2r + 1` of the envelope (paper: 9).
         order: ``"env-conv"`` or ``"conv-env"``.
         shared_sigma: one sigma for all channels (Table 1d) instead of one per channel.

@@ -33,9 +33,9 @@ __all__ = [
 
 log = logging.getLogger("envconv")
 
-#: Rule-based placements: every strided convolution, or only those of one path (Table 1a).
+#: The rule-based placements, every strided convolution, or only those of one path (Table 1a).
 WHERE_RULES = ("downsample", "residual", "identity")
-#: Stem handling: the stem conv converted (Fig. 5b), left alone, or the modified stem of Fig. 5c.
+#: The stem handlings, the stem conv converted (Fig. 5b), left alone, or the modified stem of Fig. 5c.
 STEMS = ("paper", "none", "modified")
 #: A strided convolution whose name has one of these components is on the identity (shortcut) path.
 SHORTCUT_NAMES = ("downsample", "shortcut", "skip", "proj", "projection")
@@ -118,7 +118,7 @@ def select_layers(model: nn.Module, where: Where = "downsample", stem: str = "pa
       convolutions of those stages' first block are taken, so the places, and a converted
       checkpoint's keys, do not depend on whether a stage strides or dilates.
     * ``"residual"`` / ``"identity"`` - only the strided convs off / on a shortcut path
-      (a name component among :data:`SHORTCUT_NAMES`, e.g. ``layer2.0.downsample.0``).
+      (a name component among :data:`~envconv.convert.SHORTCUT_NAMES`, e.g. ``layer2.0.downsample.0``).
     * a list of module names or glob patterns (``"layer*.0.conv2"``); each must match
       at least one convolution.
     * a predicate ``where(name, module) -> bool`` called for every convolution.
@@ -229,7 +229,7 @@ def disentangle(
     replaced, by attribute name, with the method's module built from it: weights, bias,
     device, dtype, ``requires_grad`` and train/eval mode are kept, and nothing else in
     the model changes. ``stem="modified"`` first rebuilds the first layer as in Fig. 5c
-    (:func:`modify_stem`); its two new strided convolutions are then converted too
+    (:func:`~envconv.convert.modify_stem`); its two new strided convolutions are then converted too
     (for ``where`` rules that select them).
 
     Args:
@@ -304,7 +304,7 @@ def auto_envelope_size(envelope: GaussianEnvelope, eps: float = 1e-2) -> int:
 
 
 def shrink(module: nn.Module, size: Union[int, str] = 3, *, eps: float = 1e-2) -> nn.Module:
-    """Set the size :math:`k_g` of every :class:`GaussianEnvelope` inside ``module``.
+    """Set the size :math:`k_g` of every :class:`~envconv.GaussianEnvelope` inside ``module``.
 
     This is the paper's "shrinking envelope filter at inference" (Sec. 3.1, Table 1e):
     a model trained with ``k_g = 9`` is evaluated with ``k_g = 3`` and the same learned
@@ -312,7 +312,7 @@ def shrink(module: nn.Module, size: Union[int, str] = 3, *, eps: float = 1e-2) -
     and returns ``module``.
 
     ``size="auto"`` (beyond the paper) picks a size per envelope with
-    :func:`auto_envelope_size`: the smallest odd size keeping at least ``1 - eps`` of
+    :func:`~envconv.convert.auto_envelope_size`: the smallest odd size keeping at least ``1 - eps`` of
     the envelope's mass for its widest channel (default ``eps = 1e-2``, i.e. 99%).
 
     Example:

@@ -40,7 +40,7 @@ class GaussianEnvelope(nn.Module):
     after training (see :func:`envconv.shrink`, the paper's Table 1e) without touching
     the learned scales. The filtering is the ``envconv::envelope`` operator
     (:func:`envconv.ops.gaussian_envelope`); ``impl`` (``"auto"``) can force one of its
-    implementations (:data:`envconv.ops.IMPLS`); every choice gives the same result.
+    implementations (:data:`~envconv.ops.dispatch.IMPLS`); every choice gives the same result.
     ``forward(x, stride=s)`` returns the envelope only every ``s`` pixels, as a strided
     1x1 convolution after it reads it.
 

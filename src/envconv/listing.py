@@ -43,7 +43,7 @@ class EnvelopeInfo:
     """One envelope: its layer, its path in the network and the sigma of every channel.
 
     Attributes:
-        name: the layer owning the envelope (``"layer2.0.conv2"``), see :func:`layer_name`.
+        name: the layer owning the envelope (``"layer2.0.conv2"``), see :func:`~envconv.listing.layer_name`.
         path: ``"stem"`` (the first convolution), ``"identity"`` (a shortcut's convolution, a name
             component among :data:`envconv.convert.SHORTCUT_NAMES`) or ``"residual"``.
         channels: number of sigmas stored (1 for a shared sigma).

@@ -45,9 +45,9 @@ def test_linear_lr_scaling():
     assert scaled_lr(_train_cfg(lr=0.1, batch_size=128, base_batch_size=256)) == pytest.approx(0.05)
 
 
-def _lrs(cfg, epochs):
+def _lrs(cfg, epochs, steps_per_epoch=1):
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=scaled_lr(cfg))
-    scheduler = build_scheduler(optimizer, cfg)
+    scheduler = build_scheduler(optimizer, cfg, steps_per_epoch)
     out = []
     for _ in range(epochs):
         out.append(optimizer.param_groups[0]["lr"])
@@ -70,3 +70,15 @@ def test_cosine_with_warmup():
     assert lrs[2:] == pytest.approx([0.1 * (1 + math.cos(math.pi * t / 8)) for t in range(8)])
     with pytest.raises(ValueError, match="warmup_epochs must be a whole number below"):
         _lrs(_train_cfg(epochs=3, warmup_epochs=3), 1)
+
+
+def test_per_step_cosine_reaches_zero_at_the_last_step_and_warms_up_step_by_step():
+    cfg = _train_cfg(epochs=3, lr=0.2, batch_size=256, base_batch_size=256, schedule="cosine", warmup_epochs=1,
+                     schedule_per_step=True)
+    lrs = _lrs(cfg, 3 * 5, steps_per_epoch=5)  # 5 steps per epoch: 5 warm-up steps, then 10 cosine steps
+    assert lrs[:5] == pytest.approx([0.2 * (1 / 6 + (1 - 1 / 6) * s / 5) for s in range(5)])
+    assert lrs[5:] == pytest.approx([0.1 * (1 + math.cos(math.pi * t / 10)) for t in range(10)])
+    assert lrs[-1] == pytest.approx(0.2 * (1 + math.cos(math.pi * 0.9)) / 2) and lrs[-1] < 0.005
+    step = _train_cfg(epochs=4, lr=0.1, batch_size=256, base_batch_size=256, schedule="step", step_size=2,
+                      gamma=0.1, schedule_per_step=True)
+    assert _lrs(step, 8, steps_per_epoch=2) == pytest.approx([0.1] * 4 + [0.01] * 4)  # step_size in epochs

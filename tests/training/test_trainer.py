@@ -63,11 +63,13 @@ def _weights(path):
     return load_checkpoint(path)["model"]
 
 
-def test_resume_is_exact(tmp_path):
-    # Augmentation on, BatchNorm, momentum, a schedule: all must continue exactly.
+@pytest.mark.parametrize("per_step", [False, True])
+def test_resume_is_exact(tmp_path, per_step):
+    # Augmentation on, BatchNorm, momentum, a schedule (per epoch or per step): all must continue exactly.
     sections = {"data": {"augment": "crop-flip", "crop_padding": 2}}
-    train(tiny_config(tmp_path / "full", **sections, train={"epochs": 3}), quiet=True)
-    train(tiny_config(tmp_path / "part", **sections, train={"epochs": 1}), quiet=True)
+    schedule = {"schedule": "step", "step_size": 2, "gamma": 0.5, "schedule_per_step": per_step}
+    train(tiny_config(tmp_path / "full", **sections, train={"epochs": 3, **schedule}), quiet=True)
+    train(tiny_config(tmp_path / "part", **sections, train={"epochs": 1, **schedule}), quiet=True)
     assert main(["train", "--resume", str(tmp_path / "part"), "--set", "train.epochs=3", "--quiet"]) == 0
     full, part = _weights(tmp_path / "full" / "last.pt"), _weights(tmp_path / "part" / "last.pt")
     assert full.keys() == part.keys()

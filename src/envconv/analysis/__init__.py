@@ -1,7 +1,7 @@
 """What the envelopes learned: sigma tables and plots, envelope images, effective receptive fields, GradCAM.
 
-The numeric parts (:mod:`.envelopes`, :mod:`.erf`, :mod:`.gradcam`) need only torch (GradCAM:
-the ``grad-cam`` package); :mod:`.plots` and :func:`analyze` need matplotlib
+The numeric parts (``envelopes``, ``erf``, ``gradcam``) need only torch (GradCAM:
+the ``grad-cam`` package); :mod:`envconv.analysis.plots` and :func:`~envconv.analysis.analyze` need matplotlib
 (``pip install 'envconv[analysis]'``). Checkpoints are read through
 :func:`envconv.models.model_from_checkpoint` and envelopes listed by :func:`envconv.envelopes`;
 nothing here imports the trainer.
@@ -11,11 +11,11 @@ from .._deprecation import deprecated_names
 from .envelopes import envelope_kernel1d, envelope_kernel2d, envelope_row, mass_kept
 from .erf import EffectiveReceptiveField, effective_receptive_field, stage_names, tile_to_size
 from .gradcam import default_target_layer, gradcam_maps
-from .report import analyze, load_target
+from .report import AnalysisTarget, analyze, load_target
 
 __all__ = ["envelope_kernel1d", "envelope_kernel2d", "envelope_row", "mass_kept",
            "EffectiveReceptiveField", "effective_receptive_field", "stage_names", "tile_to_size",
-           "default_target_layer", "gradcam_maps", "analyze", "load_target"]
+           "default_target_layer", "gradcam_maps", "analyze", "load_target", "AnalysisTarget"]
 
 # Merged into envconv.envelopes; kept for one release.
 __getattr__ = deprecated_names(__name__, {

@@ -5,21 +5,21 @@ Every method turns one ``nn.Conv2d`` into a replacement module with the same wei
 ``build(conv, **options)``; the options each method takes are listed by
 :func:`method_options`.
 
-=====================  =======================================================  ===========================
-name                   what replaces the convolution                            extra parameters per layer
-=====================  =======================================================  ===========================
-``gaussian``           learned Gaussian envelope, eq. (9) (ours)                :math:`C` (1 if shared)
-``fixed``              Gaussian envelope with a given sigma (Table 1h)          0
-``none``               nothing (the baseline)                                   0
-``dw``                 free depth-wise 1 x k_g and k_g x 1 filters              :math:`2 k_g C`
-``proj``               eq. (15): conv + w_d * mean_c(avg-pool(X))               :math:`D`
-``se``                 eq. (16): local SE gate per input channel                :math:`C`
-``param-attention``    eq. (12): softmax of a learned k_g x k_g map             :math:`k_g^2 C`
-``adaptive-attention`` eqs. (13)-(14): input-dependent local softmax            :math:`2C`
-``multiplicative``     eq. (10): filter times a Gaussian window                 :math:`C`
-``ensemble``           eq. (11): m fixed Gaussians mixed through BatchNorm      :math:`2mC` (+ BN stats)
-``cbs``                Curriculum by Smoothing: scheduled blur after the conv   0
-=====================  =======================================================  ===========================
+======================  =======================================================  ===========================
+name                    what replaces the convolution                            extra parameters per layer
+======================  =======================================================  ===========================
+``gaussian``            learned Gaussian envelope, eq. (9) (ours)                :math:`C` (1 if shared)
+``fixed``               Gaussian envelope with a given sigma (Table 1h)          0
+``none``                nothing (the baseline)                                   0
+``dw``                  free depth-wise 1 x k_g and k_g x 1 filters              :math:`2 k_g C`
+``proj``                eq. (15): conv + w_d * mean_c(avg-pool(X))               :math:`D`
+``se``                  eq. (16): local SE gate per input channel                :math:`C`
+``param-attention``     eq. (12): softmax of a learned k_g x k_g map             :math:`k_g^2 C`
+``adaptive-attention``  eqs. (13)-(14): input-dependent local softmax            :math:`2C`
+``multiplicative``      eq. (10): filter times a Gaussian window                 :math:`C`
+``ensemble``            eq. (11): m fixed Gaussians mixed through BatchNorm      :math:`2mC` (+ BN stats)
+``cbs``                 Curriculum by Smoothing: scheduled blur after the conv   0
+======================  =======================================================  ===========================
 
 (:math:`C` input channels, :math:`D` output channels of the converted convolution.)
 """
@@ -70,6 +70,7 @@ class Method:
     summary: str
 
 
+#: Every comparison method by name (filled by :func:`register_method`), in the paper's order.
 METHODS: Dict[str, Method] = {}
 
 

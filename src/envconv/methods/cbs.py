@@ -30,7 +30,7 @@ from ..envelope import GaussianEnvelope
 
 __all__ = ["CurriculumSmoothing", "cbs_sigma", "set_curriculum_epoch", "CBS_DEFAULTS"]
 
-#: Defaults of the official CBS code: initial sigma, decay factor, decay period (epochs), kernel size.
+#: The defaults of the official CBS code, initial sigma, decay factor, decay period (epochs), kernel size.
 CBS_DEFAULTS = {"initial_sigma": 1.0, "decay": 0.9, "every": 5, "size": 3}
 
 
@@ -80,7 +80,13 @@ class CurriculumSmoothing(GaussianEnvelope):
 
 
 def set_curriculum_epoch(model: nn.Module, epoch: int) -> int:
-    """Set every :class:`CurriculumSmoothing` in ``model`` to ``epoch``; returns how many there are."""
+    """Set every :class:`~envconv.methods.cbs.CurriculumSmoothing` in ``model`` to ``epoch``; returns how many.
+
+    Example:
+        >>> from envconv import create_model
+        >>> set_curriculum_epoch(create_model("small_resnet20", num_classes=10, method="cbs"), 5)
+        5
+    """
     layers = [m for m in model.modules() if isinstance(m, CurriculumSmoothing)]
     for m in layers:
         m.set_epoch(epoch)

@@ -86,7 +86,7 @@ class SmallResNet(nn.Module):
         self.num_classes, self.num_features = num_classes, widths[-1]
         self.head_hidden_size = widths[-1]  # timm: the width forward_head(pre_logits=True) returns
         self.num_stages = len(blocks)
-        #: timm's feature description: the stem and each stage, with its stride from the input
+        #: timm's feature description, the stem and each stage, with its stride from the input
         self.feature_info = [dict(num_chs=widths[0], reduction=1, module="relu")] + [
             dict(num_chs=w, reduction=2 ** i, module=f"layer{i + 1}") for i, w in enumerate(widths)]
         self.conv1 = _conv3x3(in_chans, widths[0])
@@ -155,7 +155,7 @@ class SmallResNet(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-#: name -> (blocks per stage, widths)
+#: The small-image ResNets by name, each as (blocks per stage, widths).
 SMALL_RESNETS: Dict[str, Tuple[Tuple[int, ...], Tuple[int, ...]]] = {
     **{f"small_resnet{6 * n + 2}": ((n, n, n), (16, 32, 64)) for n in (3, 5, 7, 9, 18)},
     "small_resnet18": ((2, 2, 2, 2), (64, 128, 256, 512)),
@@ -165,7 +165,7 @@ SMALL_RESNETS: Dict[str, Tuple[Tuple[int, ...], Tuple[int, ...]]] = {
 
 def small_resnet(name: str, num_classes: int = 10, in_chans: int = 3, norm: str = "batch",
                  global_pool: str = "avg") -> SmallResNet:
-    """Build one of :data:`SMALL_RESNETS` by name."""
+    """Build one of :data:`~envconv.models.small_resnet.SMALL_RESNETS` by name."""
     if name not in SMALL_RESNETS:
         raise ValueError(f"unknown small ResNet {name!r}; choose one of {sorted(SMALL_RESNETS)}")
     blocks, widths = SMALL_RESNETS[name]

@@ -83,7 +83,8 @@ def _entrypoint(name: str, base: str) -> Callable:
 
 
 def register_timm_models() -> List[str]:
-    """Register ``envconv_<name>`` in timm for envconv's small ResNets and :data:`TIMM_BASES`; returns the names."""
+    """Register ``envconv_<name>`` in timm for envconv's small ResNets and the architectures of
+    :data:`~envconv.models.timm_models.TIMM_BASES`; returns the names."""
     from timm.models import register_model
 
     names = []

@@ -63,7 +63,8 @@ def gaussian_envelope(
         padding_mode: one of :data:`envconv.functional.PADDING_MODES`. ``"reflect"`` needs
             :math:`r < \min(H, W)`, ``"circular"`` :math:`r \le \min(H, W)`.
         stride: output every ``stride`` pixels (int or (sh, sw)).
-        impl: ``"auto"`` (:mod:`envconv.ops.dispatch` decides) or one of :data:`IMPLS` to force one.
+        impl: ``"auto"`` (:mod:`envconv.ops.dispatch` decides) or one of :data:`~envconv.ops.dispatch.IMPLS`
+            to force one.
 
     Returns:
         Tensor of shape :math:`(N, C, \lceil H / s_h \rceil, \lceil W / s_w \rceil)`.

@@ -10,7 +10,7 @@ the public ``envconv::envelope`` ops on CPU tensors.
 The library is compiled with the system's C++ compiler and ninja (a dependency of envconv)
 by :func:`torch.utils.cpp_extension.load` the first time it is needed (about half a minute,
 then cached in torch's extension directory); nothing is downloaded. If the build fails, or
-``ENVCONV_NO_EXTENSION=1`` is set, envconv warns once, :func:`unavailable_reason` says why,
+``ENVCONV_NO_EXTENSION=1`` is set, envconv warns once, ``unavailable_reason()`` says why,
 and the ops use their composite (ATen) implementation.
 """
 

@@ -31,8 +31,9 @@ import torch
 from . import cpu
 from .layout import is_channels_last
 
-__all__ = ["IMPLS", "forward_impl", "backward_impl", "triton_unsupported"]
+__all__ = ["IMPLS", "CUDA_RULES", "forward_impl", "backward_impl", "triton_unsupported"]
 
+#: The implementations an envelope can be forced to (``impl=``); ``"auto"`` lets this module choose.
 IMPLS = ("auto", "separable", "full", "fused", "triton")
 
 #: Auto rules for CUDA tensors. ``None``: not measured on a GPU yet, so the composite path runs.

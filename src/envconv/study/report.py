@@ -256,7 +256,7 @@ def _claim_differences(plan: Plan, results: List[Result]) -> List[Optional[Diffe
 
 
 def detectable(diff: Optional[Difference]) -> Optional[float]:
-    """The smallest |mean paired difference| these seeds could tell from 0: the 95% interval's half-width."""
+    """The smallest absolute mean paired difference these seeds could tell from 0: the 95% interval's half-width."""
     if diff is None or diff.low is None:
         return None
     return (diff.high - diff.low) / 2

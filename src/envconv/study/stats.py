@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 from typing import Dict, Optional, Sequence
 
-__all__ = ["Summary", "summarize", "t_quantile_975", "paired_difference"]
+__all__ = ["Summary", "Difference", "summarize", "t_quantile_975", "paired_difference"]
 
 def t_quantile_975(df: int) -> float:
     """Student's t quantile at 0.975 (``scipy.stats.t.ppf``): the 95% two-sided interval's factor.

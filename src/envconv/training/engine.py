@@ -86,8 +86,11 @@ def train_one_epoch(
     log_every: int = 50,
     progress=None,
     epoch: int = 0,
+    scheduler=None,
 ) -> EpochStats:
     """Train ``model`` for one pass over ``loader``; returns this epoch's statistics over all processes.
+
+    ``scheduler``, when given, is stepped after every optimizer step (a per-step schedule).
 
     Raises:
         NonFiniteLossError: the loss became NaN or infinite (checked every ``log_every``
@@ -109,6 +112,8 @@ def train_one_epoch(
         else:
             loss.backward()
             optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
         with torch.no_grad():
             n = targets.shape[0]
             sums[0] += loss.detach().double() * n

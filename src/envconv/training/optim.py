@@ -56,17 +56,24 @@ def build_optimizer(model: nn.Module, train_cfg: Dict[str, Any]) -> torch.optim.
                            nesterov=train_cfg["nesterov"])
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, train_cfg: Dict[str, Any]):
-    """Per-epoch schedule: ``step`` (x gamma every step_size epochs) or ``cosine`` (to 0 after the last
-    epoch), after ``warmup_epochs`` W of linear warm-up: epoch e = 1..W runs at lr * e / (W + 1)."""
+def build_scheduler(optimizer: torch.optim.Optimizer, train_cfg: Dict[str, Any], steps_per_epoch: int = 1):
+    """The schedule: ``step`` (x gamma every step_size epochs) or ``cosine`` (to 0 after the last epoch),
+    after ``warmup_epochs`` W of linear warm-up: epoch e = 1..W runs at lr * e / (W + 1).
+
+    It is stepped once per epoch, or, with ``train.schedule_per_step``, once per optimizer step
+    (every length counted in ``steps_per_epoch`` steps): a cosine schedule then reaches 0 at the
+    last step and the warm-up ramps step by step.
+    """
     warmup = int(train_cfg["warmup_epochs"])
     if warmup != train_cfg["warmup_epochs"] or warmup >= train_cfg["epochs"]:
         raise ValueError(f"train.warmup_epochs must be a whole number below train.epochs, got "
                          f"{train_cfg['warmup_epochs']}")
+    unit = steps_per_epoch if train_cfg["schedule_per_step"] else 1
     if train_cfg["schedule"] == "step":
-        main = torch.optim.lr_scheduler.StepLR(optimizer, train_cfg["step_size"], gamma=train_cfg["gamma"])
+        main = torch.optim.lr_scheduler.StepLR(optimizer, train_cfg["step_size"] * unit, gamma=train_cfg["gamma"])
     else:
-        main = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=train_cfg["epochs"] - warmup)
+        main = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=(train_cfg["epochs"] - warmup) * unit)
+    warmup *= unit
     if not warmup:
         return main
     ramp = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1 / (warmup + 1), end_factor=1.0,

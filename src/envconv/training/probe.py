@@ -113,7 +113,7 @@ def linear_probe(
         train_data, val_data: folders of the target task (one sub-folder per class for
             ``imagefolder``; the IDX folder, twice, for ``fashion_mnist``; none for ``digits``).
         dataset: ``imagefolder``, ``fashion_mnist`` or ``digits`` (scikit-learn's 8x8 digits
-            scaled up to the model's input size: :class:`envconv.data.Digits`).
+            scaled up to the model's input size: ``envconv.data.Digits``).
         epochs, lr, batch_size, weight_decay: the probe's SGD.
         device: where the features are computed.
         workers: data-loading processes (default: the checkpoint config's).

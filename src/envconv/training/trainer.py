@@ -206,7 +206,9 @@ def _train_locked(config, train_cfg, out_cfg, ctx, resume, quiet, run_dir: Path)
     if train_cfg["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, train_cfg)
-    scheduler = build_scheduler(optimizer, train_cfg)
+    train_loader, val_loader = _loaders(config, ctx)
+    per_step = train_cfg["schedule_per_step"]
+    scheduler = build_scheduler(optimizer, train_cfg, len(train_loader))
     scaler = _grad_scaler(ctx.device, enabled=train_cfg["amp"] == "fp16")
     start_epoch, best_err = 1, float("inf")
     log = RunLog(run_dir, ctx.is_main, out_cfg["tensorboard"])
@@ -214,7 +216,6 @@ def _train_locked(config, train_cfg, out_cfg, ctx, resume, quiet, run_dir: Path)
         _restore(checkpoint, model, optimizer, scheduler, scaler)
         start_epoch, best_err = checkpoint["epoch"] + 1, checkpoint["best_val_top1_err"]
         log.truncate(checkpoint["epoch"])
-    train_loader, val_loader = _loaders(config, ctx)
     for split, loader in (("training", train_loader), ("validation", val_loader)):
         if len(loader.dataset) == 0:
             raise ValueError(f"the {split} data set is empty (data: {config['data']['dataset']}); nothing to train on")
@@ -240,8 +241,10 @@ def _train_locked(config, train_cfg, out_cfg, ctx, resume, quiet, run_dir: Path)
                 stats = train_one_epoch(net, train_loader, optimizer, device=ctx.device, scaler=scaler,
                                         amp_dtype=amp_dtype, channels_last=train_cfg["channels_last"], dtype=dtype,
                                         label_smoothing=train_cfg["label_smoothing"],
-                                        log_every=train_cfg["log_every"], progress=bar, epoch=epoch)
-            scheduler.step()
+                                        log_every=train_cfg["log_every"], progress=bar, epoch=epoch,
+                                        scheduler=scheduler if per_step else None)
+            if not per_step:
+                scheduler.step()
             val = None
             if epoch % train_cfg["eval_every"] == 0 or epoch == train_cfg["epochs"]:
                 with progress_bar(len(val_loader), "  eval", progress_on and ctx.is_main) as bar:

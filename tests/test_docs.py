@@ -1,0 +1,132 @@
+"""The documentation: every Python example of the README and of docs/ runs as written, the site builds with no
+warning and every internal link of it resolves, CITATION.cff is valid."""
+
+import re
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+PAGES_WITH_CODE = [p for p in PAGES if "```python" in p.read_text()]
+
+
+def _run_examples(page: Path, tmp_path: Path) -> str:
+    blocks = re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S)
+    script = tmp_path / f"{page.stem}.py"
+    script.write_text("\n".join(blocks))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, f"{page.name}: {done.stderr[-3000:]}"
+    return done.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("page", PAGES_WITH_CODE, ids=lambda p: p.name)
+def test_python_examples_run(page, tmp_path):
+    out = _run_examples(page, tmp_path)
+    if page.name == "README.md":  # it prints what its comments say
+        assert out.count("torch.Size([8, 128, 28, 28])") == 1 and "torch.Size([2, 10])" in out
+        assert re.search(r"^layer2\.0\.conv2 +residual +C=  128  k_g=9  sigma mean 0\.833$", out, flags=re.M)
+        assert re.search(r"^layer2\.0\.downsample\.0 +identity +C=  256", out, flags=re.M)
+        assert len(re.findall(r"^(conv1|layer[234]\.0\.(conv2|downsample\.0)) +\w+ +C=", out, flags=re.M)) == 7
+    if page.name == "converting.md":
+        assert "torch.Size([64])" in out and "torch.Size([8, 128, 28, 28])" in out
+        assert re.search(r"^97$", out, flags=re.M)  # the sigmas of small_resnet20 on 1 channel: 1 + 16 + 16 + 32 + 32
+
+
+def test_every_page_with_python_is_tested():
+    assert {p.name for p in PAGES_WITH_CODE} >= {"README.md", "converting.md", "getting-started.md", "analysis.md"}
+
+
+def test_readme_is_short_and_names_the_two_commands():
+    text = (ROOT / "README.md").read_text()
+    assert len(text.splitlines()) <= 200
+    assert "make demo" in text and "make test" in text
+    for target in re.findall(r"\]\(([^)#]+)\)", text):  # the README's relative links exist
+        if not target.startswith("http"):
+            assert (ROOT / target).exists(), target
+
+
+class _Links(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.links, self.ids = [], set()
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if "id" in attrs:
+            self.ids.add(attrs["id"])
+        for key in ("href", "src"):
+            if attrs.get(key):
+                self.links.append(attrs[key])
+
+
+def _parse(path: Path) -> _Links:
+    parser = _Links()
+    parser.feed(path.read_text(encoding="utf-8"))
+    return parser
+
+
+@pytest.mark.slow
+def test_the_site_builds_without_warnings_and_its_internal_links_resolve(tmp_path):
+    pytest.importorskip("sphinx")
+    pytest.importorskip("myst_parser")
+    out = tmp_path / "site"
+    done = subprocess.run([sys.executable, "-m", "sphinx", "-W", "--keep-going", "-n", "-q", "-b", "html",
+                           str(ROOT / "docs"), str(out)], capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-5000:]
+    pages = {p: _parse(p) for p in out.rglob("*.html")}
+    broken = []
+    for page, parsed in pages.items():
+        for link in parsed.links:
+            parts = urlsplit(link)
+            if parts.scheme or link.startswith("//") or link.startswith("mailto:"):
+                continue
+            target = (page.parent / unquote(parts.path)).resolve() if parts.path else page
+            if not target.exists():
+                broken.append(f"{page.name}: {link}")
+            elif parts.fragment and target.suffix == ".html":
+                ids = pages[target].ids if target in pages else _parse(target).ids
+                if unquote(parts.fragment) not in ids:
+                    broken.append(f"{page.name}: {link} (no anchor)")
+    assert not broken, broken
+    api = (out / "api.html").read_text()
+    for name in ("GaussianEnvelope", "DisentangledConv2d", "disentangle", "create_model", "envelopes"):
+        assert f'id="envconv.{name}"' in api, name
+    assert 'id="envconv.training.train"' in api and 'id="envconv.analysis.analyze"' in api
+    config = (out / "config.html").read_text()
+    assert "train.sigma_weight_decay" in config and "weight decay on the envelopes" in config
+
+
+def test_the_config_reference_reads_every_key_and_its_comment():
+    sys.path.insert(0, str(ROOT / "docs" / "_ext"))
+    try:
+        from envconv_docs import cli_help, config_reference
+    finally:
+        sys.path.pop(0)
+    from envconv.config import DEFAULTS
+
+    rows = {(s, k): note for s, k, _, note in config_reference()}
+    assert set(rows) == {(s, k) for s, keys in DEFAULTS.items() for k in keys}
+    assert rows[("train", "base_batch_size")] == "the batch lr is given for (linear scaling, Goyal et al.)"
+    assert rows[("train", "schedule")] == "step | cosine"
+    assert rows[("train", "channels_last")] == ""
+    commands = dict(cli_help())
+    assert {"envconv", "envconv train", "envconv study", "envconv demo"} <= set(commands)
+    assert "--resume RUN_DIR" in commands["envconv train"]
+
+
+def test_citation_file_is_valid_cff(tmp_path):
+    cffconvert = pytest.importorskip("cffconvert.cli.create_citation")
+    citation = cffconvert.create_citation(str(ROOT / "CITATION.cff"), None)
+    citation.validate()
+    assert citation.cffobj["preferred-citation"]["journal"] == "Pattern Recognition Letters"
+    without_authors = (ROOT / "CITATION.cff").read_text().replace("authors:\n  - name: envconv contributors\n", "")
+    assert without_authors != (ROOT / "CITATION.cff").read_text()
+    (tmp_path / "CITATION.cff").write_text(without_authors)
+    with pytest.raises(Exception, match="authors"):  # the schema check can fail
+        cffconvert.create_citation(str(tmp_path / "CITATION.cff"), None).validate()
