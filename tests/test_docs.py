@@ -130,3 +130,26 @@ def test_citation_file_is_valid_cff(tmp_path):
     (tmp_path / "CITATION.cff").write_text(without_authors)
     with pytest.raises(Exception, match="authors"):  # the schema check can fail
         cffconvert.create_citation(str(tmp_path / "CITATION.cff"), None).validate()
+
+
+PUBLIC_MODULES = ("envconv", "envconv.functional", "envconv.analysis", "envconv.training", "envconv.study")
+
+
+@pytest.mark.parametrize("module", PUBLIC_MODULES)
+def test_every_public_function_and_class_has_a_google_style_docstring_with_an_example(module):
+    import importlib
+    import inspect
+
+    mod = importlib.import_module(module)
+    missing = []
+    for name in mod.__all__:
+        obj = getattr(mod, name)
+        if inspect.isfunction(obj) or inspect.isclass(obj):
+            doc = inspect.getdoc(obj) or ""
+            if "Example:" not in doc and "Examples:" not in doc and not issubclass_of_exception(obj):
+                missing.append(name)
+    assert not missing, f"{module}: no 'Example:' section in {missing}"
+
+
+def issubclass_of_exception(obj) -> bool:
+    return isinstance(obj, type) and issubclass(obj, Exception)

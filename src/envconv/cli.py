@@ -15,8 +15,11 @@ from .version import __version__
 
 def _format_table(header: Sequence[str], rows: Sequence[Sequence[str]], min_width: int = 0,
                   align: str = "") -> str:
-    """Plain-text table; columns at least ``min_width`` wide, aligned by ``align`` ("l" / "r" per column,
-    right for columns it does not cover). A last column aligned "l" is not padded."""
+    """Plain-text table, columns at least ``min_width`` wide.
+
+    ``align`` holds "l" or "r" per column (right for columns it does not cover); a last
+    column aligned "l" is not padded.
+    """
     widths = [max(min_width, len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
     align = align.ljust(len(header), "r")
 
@@ -154,6 +157,7 @@ def _cmd_methods(args: argparse.Namespace) -> int:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
+    """The ``envconv`` parser with every subcommand."""
     parser = argparse.ArgumentParser(
         prog="envconv",
         description="Disentangled convolution (Gaussian envelope + discrete filter) for PyTorch.",
@@ -227,6 +231,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """Run ``envconv`` with ``argv``; bad input ends with one line on stderr and exit code 2."""
     parser = get_args_parser()
     args = parser.parse_args(argv)
     if args.command is None:

@@ -63,6 +63,12 @@ class ConvVariant(nn.Conv2d):
     Subclasses add parameters or buffers and override ``forward``; ``weight`` and
     ``bias`` stay where ``nn.Conv2d`` keeps them, so a converted model's state dict is
     the original's plus the new entries.
+
+    Example:
+        >>> plain = nn.Conv2d(8, 16, 3, stride=2, padding=1)
+        >>> conv = DisentangledConv2d.from_conv(plain, envelope_size=5)  # a ConvVariant
+        >>> isinstance(conv, ConvVariant), torch.equal(conv.weight, plain.weight), conv.stride
+        (True, True, (2, 2))
     """
 
     @classmethod

@@ -129,6 +129,11 @@ def select_layers(model: nn.Module, where: Where = "downsample", stem: str = "pa
     Raises:
         ValueError: unknown ``where`` or ``stem``, a pattern or rule that selects nothing,
             or a model without convolutions.
+
+    Example:
+        >>> from envconv import create_model
+        >>> select_layers(create_model("small_resnet20", num_classes=10, in_chans=1, method="none"))
+        ['conv1', 'layer2.0.conv1', 'layer2.0.downsample.0', 'layer3.0.conv1', 'layer3.0.downsample.0']
     """
     if stem not in STEMS:
         raise ValueError(f"stem must be one of {STEMS}, got {stem!r}")

@@ -120,6 +120,14 @@ class GaussianEnvelope(nn.Module):
                 ``sigma = 0`` is the identity (a delta kernel).
             size: envelope size :math:`k_g`.
             padding_mode: as in the constructor.
+            device: where the sigma buffer goes.
+            dtype: the sigma buffer's dtype.
+
+        Example:
+            >>> blur = GaussianEnvelope.fixed(2, sigma=[0.0, 0.7], size=5)
+            >>> x = torch.randn(1, 2, 8, 8)
+            >>> torch.equal(blur(x)[:, 0], x[:, 0]), blur.learnable  # sigma 0 is the identity
+            (True, False)
         """
         raw = EF.raw_from_sigma(sigma)
         if raw.dim() > 1 or (raw.dim() == 1 and raw.numel() not in (1, channels)):

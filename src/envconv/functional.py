@@ -51,7 +51,16 @@ MIN_SIGMA2 = 1e-4
 
 
 def check_envelope_size(size: int, name: str = "size") -> int:
-    """Return ``size`` if it is a valid envelope size (odd int >= 1), else raise."""
+    """Return ``size`` if it is a valid envelope size (odd int >= 1), else raise.
+
+    Example:
+        >>> check_envelope_size(9)
+        9
+        >>> check_envelope_size(4)
+        Traceback (most recent call last):
+            ...
+        ValueError: size must be an odd positive int (k_g = 2r + 1), got 4
+    """
     if isinstance(size, bool) or not isinstance(size, int):
         raise TypeError(f"{name} must be an odd positive int, got {type(size).__name__} {size!r}")
     if size < 1 or size % 2 == 0:
@@ -60,14 +69,28 @@ def check_envelope_size(size: int, name: str = "size") -> int:
 
 
 def check_padding_mode(padding_mode: str, name: str = "padding_mode") -> str:
-    """Return ``padding_mode`` if it is one of :data:`PADDING_MODES`, else raise."""
+    """Return ``padding_mode`` if it is one of :data:`PADDING_MODES`, else raise.
+
+    Example:
+        >>> check_padding_mode("reflect")
+        'reflect'
+        >>> check_padding_mode("same")
+        Traceback (most recent call last):
+            ...
+        ValueError: padding_mode must be one of ('zeros', 'reflect', 'replicate', 'circular'), got 'same'
+    """
     if padding_mode not in PADDING_MODES:
         raise ValueError(f"{name} must be one of {PADDING_MODES}, got {padding_mode!r}")
     return padding_mode
 
 
 def sigma2_from_raw(raw_sigma: torch.Tensor) -> torch.Tensor:
-    r"""Map the raw parameter to the variance: :math:`\sigma^2 = \log(1 + e^{\tilde\sigma})`."""
+    r"""Map the raw parameter to the variance: :math:`\sigma^2 = \log(1 + e^{\tilde\sigma})`.
+
+    Example:
+        >>> sigma2_from_raw(torch.zeros(1))  # raw sigma 0: sigma^2 = log 2
+        tensor([0.6931])
+    """
     return F.softplus(raw_sigma)
 
 
@@ -79,6 +102,12 @@ def raw_from_sigma(sigma: Union[float, Sequence[float], torch.Tensor]) -> torch.
 
     Raises:
         ValueError: if any sigma is negative or not finite.
+
+    Example:
+        >>> raw_from_sigma([0.0, 1.0])
+        tensor([  -inf, 0.5413], dtype=torch.float64)
+        >>> sigma2_from_raw(raw_from_sigma([1.0]))
+        tensor([1.], dtype=torch.float64)
     """
     s = torch.as_tensor(sigma, dtype=torch.float64)
     if not bool(torch.isfinite(s).all()) or bool((s < 0).any()):
@@ -157,6 +186,11 @@ def gaussian_kernel1d_derivative(raw_sigma: torch.Tensor, size: int) -> torch.Te
 
     (zero where :math:`\sigma_c^2` sits at its lower bound), the :math:`\partial \mathbf g /
     \partial \sigma_c` that eq. (8) filters the input with.
+
+    Example:
+        >>> d = gaussian_kernel1d_derivative(torch.zeros(2, dtype=torch.float64), 5)
+        >>> d.shape, bool(torch.allclose(d.sum(1), torch.zeros(2, dtype=torch.float64)))  # the taps keep summing to 1
+        (torch.Size([2, 5]), True)
     """
     r = size // 2
     x2 = torch.arange(-r, r + 1, device=raw_sigma.device, dtype=raw_sigma.dtype).square()
@@ -168,7 +202,14 @@ def gaussian_kernel1d_derivative(raw_sigma: torch.Tensor, size: int) -> torch.Te
 
 
 def check_envelope_args(x: torch.Tensor, raw_sigma: torch.Tensor, size: int, padding_mode: str) -> None:
-    """Check an envelope's arguments: ``x`` (N, C, H, W), ``raw_sigma`` (C,) or (1,); raise naming the problem."""
+    """Check an envelope's arguments: ``x`` (N, C, H, W), ``raw_sigma`` (C,) or (1,); raise naming the problem.
+
+    Example:
+        >>> check_envelope_args(torch.zeros(1, 4, 8, 8), torch.zeros(3), 9, "zeros")
+        Traceback (most recent call last):
+            ...
+        ValueError: raw_sigma must have shape (4,) or (1,) for x with 4 channels, got (3,)
+    """
     if raw_sigma.dim() != 1:
         raise ValueError(f"raw_sigma must have shape (C,) or (1,), got {tuple(raw_sigma.shape)}")
     channels_of_param = raw_sigma.shape[0]
@@ -186,7 +227,14 @@ def check_envelope_args(x: torch.Tensor, raw_sigma: torch.Tensor, size: int, pad
 
 
 def check_padding_size(x: torch.Tensor, size: int, padding_mode: str) -> None:
-    """F.pad's limits: reflect needs r < H, W; circular needs r <= H, W."""
+    """F.pad's limits: reflect needs r < H, W; circular needs r <= H, W.
+
+    Example:
+        >>> check_padding_size(torch.zeros(1, 1, 3, 3), 9, "reflect")
+        Traceback (most recent call last):
+            ...
+        ValueError: padding_mode='reflect' needs height and width > r = 4 (size 9), got (3, 3)
+    """
     r = size // 2
     too_small = {"reflect": min(x.shape[2:]) <= r, "circular": min(x.shape[2:]) < r}
     if too_small.get(padding_mode, False):

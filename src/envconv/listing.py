@@ -40,18 +40,26 @@ def layer_name(envelope_name: str) -> str:
 
 @dataclass(frozen=True)
 class EnvelopeInfo:
-    """One envelope: its layer, its path in the network and the sigma of every channel.
+    r"""One envelope: its layer, its path in the network and the sigma of every channel.
 
     Attributes:
         name: the layer owning the envelope (``"layer2.0.conv2"``), see :func:`~envconv.listing.layer_name`.
         path: ``"stem"`` (the first convolution), ``"identity"`` (a shortcut's convolution, a name
             component among :data:`envconv.convert.SHORTCUT_NAMES`) or ``"residual"``.
-        channels: number of sigmas stored (1 for a shared sigma).
+        channels: the channels the envelope filters (from a state dict: the number of sigmas stored,
+            1 for a shared sigma).
         size: the number of taps :math:`k_g`; ``None`` when listed from a state dict (the size
             is not part of it).
         shared: one sigma for all channels (Table 1d); ``None`` from a state dict.
         learnable: sigma is a parameter, not a buffer; ``None`` from a state dict.
-        sigmas: :math:`\\sigma_c = \\sqrt{\\mathrm{softplus}(\\tilde\\sigma_c)}` per channel.
+        sigmas: one value per channel, a single one for a shared sigma;
+            :math:`\sigma_c = \sqrt{\mathrm{softplus}(\tilde\sigma_c)}` per channel.
+
+    Example:
+        >>> import envconv
+        >>> row = envconv.envelopes(envconv.DisentangledConv2d(3, 8, 3, shared_sigma=True))[0]
+        >>> row.name, row.channels, row.size, row.shared, round(row.sigma_max, 4)
+        ('(root)', 3, 9, True, 0.8326)
     """
 
     name: str
@@ -113,11 +121,11 @@ def _from_state_dict(state: Mapping[str, torch.Tensor]) -> List[EnvelopeInfo]:
 
 
 def envelopes(source: Union[nn.Module, Mapping[str, torch.Tensor]]) -> List[EnvelopeInfo]:
-    """List every Gaussian envelope of a model or a state dict, in module order.
+    r"""List every Gaussian envelope of a model or a state dict, in module order.
 
     From a model, every :class:`~envconv.GaussianEnvelope`; from a state dict (e.g.
     ``envconv.checkpoint.load_state_dict_file(path)``), every entry whose key ends in
-    ``raw_sigma``. Either way, each channel's :math:`\\sigma_c = \\sqrt{\\mathrm{softplus}(\\tilde\\sigma_c)}`.
+    ``raw_sigma``. Either way, each channel's :math:`\sigma_c = \sqrt{\mathrm{softplus}(\tilde\sigma_c)}`.
 
     Args:
         source: an ``nn.Module`` or a mapping of names to tensors.

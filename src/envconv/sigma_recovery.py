@@ -58,8 +58,8 @@ def run_sigma_recovery(
         teacher_sigma: the teacher's sigma per input channel (each > 0).
         steps: optimisation steps (Adam on ``raw_sigma``).
         lr: Adam learning rate.
-        batch_size, image_size: random N(0, 1) images of shape
-            (batch_size, C, image_size, image_size), fresh at every step.
+        batch_size: images per step: random N(0, 1) images, fresh at every step.
+        image_size: their side, (batch_size, C, image_size, image_size).
         envelope_size: k_g of both envelopes.
         out_channels: output channels of the 3x3 convolution.
         seed: seeds the teacher's filter and the images.

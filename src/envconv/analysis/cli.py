@@ -9,6 +9,7 @@ __all__ = ["add_arguments", "main"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add ``envconv analyze``'s arguments to ``parser``."""
     parser.add_argument("path", help="a run directory (its last.pt, else best.pt) or a checkpoint of envconv train")
     parser.add_argument("--compare", help="another run directory or checkpoint, shown beside it (e.g. the baseline)")
     parser.add_argument("--data", help="validation data instead of the config's (the Fashion-MNIST folder, or "
@@ -24,6 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
+    """Run ``envconv analyze``: write the report and print where it is; returns the exit code."""
     from .report import analyze, erf_summary
 
     for name in ("images", "erf_images"):

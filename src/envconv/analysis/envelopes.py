@@ -26,7 +26,14 @@ def envelope_kernel1d(sigma: float, size: int) -> np.ndarray:
 
 
 def envelope_kernel2d(sigma: float, size: int) -> np.ndarray:
-    """The separable 2-D envelope g(x) g(y) (``size`` x ``size``, summing to 1)."""
+    """The separable 2-D envelope g(x) g(y) (``size`` x ``size``, summing to 1).
+
+    Example:
+        >>> envelope_kernel2d(0.0, 3).tolist()
+        [[0.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0]]
+        >>> round(float(envelope_kernel2d(1.0, 9).sum()), 12)
+        1.0
+    """
     g = envelope_kernel1d(sigma, size)
     return np.outer(g, g)
 
@@ -46,7 +53,14 @@ def mass_kept(sigmas: Union[np.ndarray, Sequence[float]], size: int, taps: int =
 
 
 def envelope_row(row: EnvelopeInfo) -> dict:
-    """One envelope as the analysis report's JSON row: its fields, every sigma and the mass 3 taps keep."""
+    """One envelope as the analysis report's JSON row: its fields, every sigma and the mass 3 taps keep.
+
+    Example:
+        >>> from envconv import create_model, envelopes
+        >>> row = envelope_row(envelopes(create_model("small_resnet20", num_classes=10, in_chans=1))[1])
+        >>> row["path"], row["channels"], round(row["mass_3_taps_mean"], 3)
+        ('residual', 16, 0.893)
+    """
     kept = mass_kept(row.sigmas, row.size, 3)
     return {**row.as_dict(with_sigmas=True), "mass_3_taps_mean": float(kept.mean()),
             "mass_3_taps_min": float(kept.min())}

@@ -22,7 +22,15 @@ __all__ = ["EffectiveReceptiveField", "effective_receptive_field", "stage_names"
 
 @dataclass
 class EffectiveReceptiveField:
-    """An averaged ERF map (``map``: (H, W), float64, on the CPU) of ``layer`` over ``images`` images."""
+    """An averaged ERF map (``map``: (H, W), float64, on the CPU) of ``layer`` over ``images`` images.
+
+    Example:
+        >>> from envconv import create_model
+        >>> erf = effective_receptive_field(create_model("small_resnet20", num_classes=10, in_chans=1).eval(),
+        ...                                 torch.randn(2, 1, 28, 28), layer="layer1")
+        >>> erf.map.shape, erf.side(0.5) <= erf.side(0.99)
+        (torch.Size([28, 28]), True)
+    """
 
     map: torch.Tensor
     layer: Optional[str]
@@ -58,8 +66,16 @@ class EffectiveReceptiveField:
 
 
 def stage_names(model: nn.Module) -> List[str]:
-    """The model's stages in order: children named ``layer1``, ``layer2``, ... (our, torchvision and timm
-    ResNets), or the entries of a ``stages`` sequence (timm's other CNNs)."""
+    """The model's stages in order.
+
+    Children named ``layer1``, ``layer2``, ... (our, torchvision and timm ResNets), or the
+    entries of a ``stages`` sequence (timm's other CNNs).
+
+    Example:
+        >>> from envconv import create_model
+        >>> stage_names(create_model("small_resnet20", num_classes=10, in_chans=1))
+        ['layer1', 'layer2', 'layer3']
+    """
     names = [n for n, _ in model.named_children() if n.startswith("layer") and n[5:].isdigit()]
     if names:
         return sorted(names, key=lambda n: int(n[5:]))
@@ -76,6 +92,10 @@ def tile_to_size(images: torch.Tensor, size: int) -> torch.Tensor:
     Small images (28x28 Fashion-MNIST) are far smaller than a deep layer's receptive field;
     tiling keeps the local image statistics (unlike zero padding or resizing) while giving the
     ERF room to decay before the border.
+
+    Example:
+        >>> tile_to_size(torch.randn(2, 1, 28, 28), 112).shape
+        torch.Size([2, 1, 112, 112])
     """
     height, width = images.shape[-2:]
     if size <= max(height, width):

@@ -14,7 +14,14 @@ __all__ = ["default_target_layer", "gradcam_maps"]
 
 
 def default_target_layer(model: nn.Module) -> nn.Module:
-    """The last block of the last stage (e.g. ``layer4[-1]`` of a ResNet-50): GradCAM's usual target."""
+    """The last block of the last stage (e.g. ``layer4[-1]`` of a ResNet-50): GradCAM's usual target.
+
+    Example:
+        >>> from envconv import create_model
+        >>> model = create_model("small_resnet20", num_classes=10, in_chans=1)
+        >>> default_target_layer(model) is model.layer3[-1]
+        True
+    """
     stage = model.get_submodule(stage_names(model)[-1])
     blocks = list(stage.children())
     return blocks[-1] if blocks else stage
@@ -35,6 +42,13 @@ def gradcam_maps(model: nn.Module, images: torch.Tensor, targets: Optional[Seque
 
     Raises:
         ImportError: ``grad-cam`` is not installed (``pip install envconv[analysis]``).
+
+    Example:
+        >>> from envconv import create_model
+        >>> model = create_model("small_resnet20", num_classes=10, in_chans=1).eval()
+        >>> maps = gradcam_maps(model, torch.randn(2, 1, 28, 28), targets=[3, 7])
+        >>> maps.shape, bool((maps >= 0).all() and (maps <= 1).all())
+        ((2, 28, 28), True)
     """
     try:
         from pytorch_grad_cam import GradCAM

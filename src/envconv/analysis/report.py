@@ -33,7 +33,12 @@ ERF_SHARES = (0.2, 0.5, 0.99)
 
 @dataclass
 class AnalysisTarget:
-    """A model to analyse: its checkpoint, config, and run directory (None when there is no ``metrics.csv``)."""
+    """A model to analyse: its checkpoint, config, and run directory (None when there is no ``metrics.csv``).
+
+    Example:
+        >>> target = load_target("runs/demo/gaussian")  # doctest: +SKIP
+        >>> target.model, target.config["model"]["method"], target.run_dir  # doctest: +SKIP
+    """
 
     name: str
     checkpoint: Path
@@ -48,6 +53,11 @@ def load_target(path: Union[str, Path], device: Union[str, torch.device] = "cpu"
 
     Raises:
         FileNotFoundError: no such file, or a directory without a checkpoint.
+
+    Example:
+        >>> target = load_target("runs/demo/gaussian")  # doctest: +SKIP
+        >>> target.name, target.epoch  # doctest: +SKIP
+        ('demo-gaussian', 2)
     """
     path = Path(path)
     if path.is_dir():
@@ -211,6 +221,9 @@ def analyze(path: Union[str, Path], *, compare: Optional[Union[str, Path]] = Non
     Raises:
         ImportError: matplotlib or grad-cam missing (``pip install 'envconv[analysis]'``).
         FileNotFoundError: a missing run, checkpoint or dataset.
+
+    Example:
+        >>> analyze("runs/demo/gaussian", compare="runs/demo/none", out="runs/demo/analysis")  # doctest: +SKIP
     """
     from .plots import pyplot
 

@@ -158,6 +158,7 @@ register_method("cbs", _cbs, "Sinha et al. 2020", "Curriculum by Smoothing: sche
 
 
 def get_method(name: str) -> Method:
+    """The registered method called ``name``; a ``ValueError`` lists the names when there is none."""
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; choose one of {sorted(METHODS)}")
     return METHODS[name]

@@ -158,7 +158,7 @@ class MultiplicativeEnvelopeConv2d(ConvVariant):
         self.register_buffer("_channel_index", index.to(self.weight.device), persistent=False)
 
     def window(self) -> torch.Tensor:
-        """The windows :math:`\\mathbf g(u, v; \\sigma_c)`, shape :math:`(C, k_h, k_w)`."""
+        r"""The windows :math:`\mathbf g(u, v; \sigma_c)`, shape :math:`(C, k_h, k_w)`."""
         sigma2 = EF.sigma2_from_raw(self.raw_sigma)
         kh, kw = self.kernel_size
         u = torch.arange(kh, device=sigma2.device, dtype=sigma2.dtype) - (kh - 1) / 2

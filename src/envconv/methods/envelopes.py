@@ -71,7 +71,7 @@ class DepthwiseEnvelope(nn.Module):
 
 
 def _gaussian_logits(size: int, device=None, dtype=None) -> torch.Tensor:
-    """:math:`-(x^2 + y^2) / 2\\sigma^2` at :math:`\\sigma^2 = \\operatorname{softplus}(0)`, shape (k, k)."""
+    r""":math:`-(x^2 + y^2) / 2\sigma^2` at :math:`\sigma^2 = \operatorname{softplus}(0)`, shape (k, k)."""
     x = torch.arange(size, device=device, dtype=dtype or torch.get_default_dtype()) - size // 2
     return -(x[:, None] ** 2 + x[None, :] ** 2) / (2 * torch.log(torch.tensor(2.0, dtype=x.dtype)))
 
@@ -97,7 +97,7 @@ class ParametricAttentionEnvelope(nn.Module):
         self.logits = nn.Parameter(_gaussian_logits(size, device, dtype).expand(channels, size, size).clone())
 
     def kernel2d(self) -> torch.Tensor:
-        """The attention maps :math:`\\hat{\\mathbf g}_c`, shape :math:`(C, k_g, k_g)`."""
+        r"""The attention maps :math:`\hat{\mathbf g}_c`, shape :math:`(C, k_g, k_g)`."""
         c, k = self.channels, self.size
         return self.logits.reshape(c, k * k).softmax(-1).view(c, k, k)
 

@@ -29,7 +29,14 @@ def _torchvision_names() -> List[str]:
 
 
 def list_models(include_torchvision: bool = False) -> List[str]:
-    """envconv's own model names, plus torchvision's classification models if asked."""
+    """The model names of envconv, plus torchvision's classification models if asked.
+
+    Example:
+        >>> list_models()[:3]
+        ['small_resnet110', 'small_resnet18', 'small_resnet20']
+        >>> "torchvision:resnet50" in list_models(include_torchvision=True)
+        True
+    """
     names = sorted(SMALL_RESNETS)
     if include_torchvision:
         names += [f"torchvision:{n}" for n in _torchvision_names()]

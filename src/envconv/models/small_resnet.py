@@ -110,7 +110,7 @@ class SmallResNet(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """The last stage's feature map, shape :math:`(N, \\text{num\\_features}, H/2^{S-1}, W/2^{S-1})`."""
+        r"""The last stage's feature map, shape :math:`(N, \text{num\_features}, H/2^{S-1}, W/2^{S-1})`."""
         x = self.relu(self.bn1(self.conv1(x)))
         if torch.jit.is_scripting():  # TorchScript has no getattr by a computed name
             x = self.layer1(x)

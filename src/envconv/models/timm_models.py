@@ -83,8 +83,16 @@ def _entrypoint(name: str, base: str) -> Callable:
 
 
 def register_timm_models() -> List[str]:
-    """Register ``envconv_<name>`` in timm for envconv's small ResNets and the architectures of
-    :data:`~envconv.models.timm_models.TIMM_BASES`; returns the names."""
+    """Register ``envconv_<name>`` in timm for envconv's small ResNets and timm's ResNets; returns the names.
+
+    The timm architectures are those of :data:`~envconv.models.timm_models.TIMM_BASES`.
+
+    Example:
+        >>> import timm
+        >>> names = register_timm_models()
+        >>> "envconv_resnet50" in names and "envconv_resnet50" in timm.list_models("envconv_*")
+        True
+    """
     from timm.models import register_model
 
     names = []

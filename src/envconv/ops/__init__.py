@@ -23,8 +23,11 @@ __all__ = ["IMPLS", "gaussian_envelope", "envelope_conv2d", "envelope_flops", "f
 
 
 def fx_tracing() -> bool:
-    """Whether ``torch.fx.symbolic_trace`` is tracing: shapes are proxies, so checks on them are skipped
-    (the op is recorded as one node; shapes are checked when the traced module runs)."""
+    """Whether ``torch.fx.symbolic_trace`` is tracing.
+
+    Shapes are proxies then, so checks on them are skipped (the op is recorded as one node;
+    shapes are checked when the traced module runs).
+    """
     symbolic = getattr(torch.fx._symbolic_trace, "is_fx_symbolic_tracing", None)  # torch >= 2.6
     return symbolic() if symbolic is not None else torch.fx._symbolic_trace.is_fx_tracing()
 

@@ -36,8 +36,11 @@ _failed: Optional[str] = None
 
 
 def _cpu_tag() -> str:
-    """A short hash of this CPU's instruction-set flags: the build uses -march=native, so a
-    build cached for another CPU (a shared home directory) must never be loaded here."""
+    """A short hash of this CPU's instruction-set flags.
+
+    The build uses -march=native, so a build cached for another CPU (a shared home
+    directory) must never be loaded here.
+    """
     flags = platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

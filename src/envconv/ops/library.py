@@ -259,10 +259,10 @@ def envelope_decomposed(x: Tensor, raw_sigma: Tensor, size: int, stride: List[in
 # ---- FLOP formulas ----------------------------------------------------------------------------------------
 
 def envelope_flops(x_shape, size: int, stride) -> int:
-    """FLOPs (2 per multiply-add) of the separable envelope at the positions it computes.
+    r"""FLOPs (2 per multiply-add) of the separable envelope at the positions it computes.
 
     The width pass runs on every input row at the strided columns, the height pass at the
-    strided output positions: :math:`2 N C k_g \\lceil W/s_w \\rceil (H + \\lceil H/s_h \\rceil)`.
+    strided output positions: :math:`2 N C k_g \lceil W/s_w \rceil (H + \lceil H/s_h \rceil)`.
     """
     if size == 1:
         return 0

@@ -1,11 +1,11 @@
-"""Triton kernels of the envelope for CUDA tensors (and CPU tensors under ``TRITON_INTERPRET=1``).
+r"""Triton kernels of the envelope for CUDA tensors (and CPU tensors under ``TRITON_INTERPRET=1``).
 
 * forward: each program computes a (channels x output columns) tile of one output row, at
   the strided positions only; any memory layout (strides are arguments), so NCHW and
   channels_last run the same kernel with coalesced loads along whichever axis is contiguous.
 * backward: the input gradient by the transposed separable filter (eq. (7)), and the sigma
   gradient by eq. (8): per output position the derivative-of-Gaussian filtering
-  :math:`\\sum_{ij}(g'_i g_j + g_i g'_j) X` times the output gradient, reduced per program and
+  :math:`\sum_{ij}(g'_i g_j + g_i g'_j) X` times the output gradient, reduced per program and
   then per channel - no depth-wise weight gradient is formed.
 
 Inputs may be float16, bfloat16, float32 or float64; arithmetic is in float32 (float64 for
@@ -41,8 +41,10 @@ def _output_tile(C, OH, OW, BLOCK_C: tl.constexpr, BLOCK_W: tl.constexpr):
 def _filtered_tile(x_ptr, g_ptr, d_ptr, n, oh, cs, ows, cmask, omask, C, H, W, sxn, sxc, sxh, sxw,
                    SH: tl.constexpr, SW: tl.constexpr, K: tl.constexpr, BLOCK_C: tl.constexpr,
                    BLOCK_W: tl.constexpr, DERIVATIVE: tl.constexpr):
-    """The tile of :math:`\\sum_{ij} g_i g_j X` (the envelope), or with ``DERIVATIVE`` of
-    :math:`\\sum_{ij} (g'_i g_j + g_i g'_j) X` (eq. (8)'s filtering), at the strided positions."""
+    r"""The tile of the envelope, or with ``DERIVATIVE`` of eq. (8)'s filtering, at the strided positions.
+
+    That is :math:`\sum_{ij} g_i g_j X`, or :math:`\sum_{ij} (g'_i g_j + g_i g'_j) X`.
+    """
     out = tl.zeros([BLOCK_C, BLOCK_W], dtype=g_ptr.dtype.element_ty)
     for i in tl.static_range(K):
         h = oh * SH + i - K // 2

@@ -18,6 +18,7 @@ def default_out_dir(plan_name: str) -> Path:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add ``envconv study``'s arguments to ``parser``."""
     parser.add_argument("plan", type=Path, help="a study plan (YAML), e.g. studies/fashion_mnist.yaml")
     parser.add_argument("--out", type=Path, help="folder of the run directories (default: results/study-<plan name>)")
     parser.add_argument("--only", nargs="+", metavar="ENTRY", help="train only these entries of the plan")
@@ -33,6 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
+    """Run ``envconv study``: train what is missing, or ``--dry-run``, or ``--report``."""
     plan = load_plan(args.plan)
     out_dir = args.out or default_out_dir(plan.name)
     if args.docs and not args.report:

@@ -98,6 +98,26 @@ class Run:
 
 @dataclass
 class Plan:
+    """A study plan (:func:`load_plan`): one base config, shared overrides, the seeds and the entries.
+
+    Attributes:
+        path: the plan file.
+        name: the plan's name (its runs go to ``results/study-<name>`` by default).
+        base: the base config (a file relative to the plan, or a bundled name).
+        overrides: ``key=value`` overrides of every run.
+        seeds: the default seeds of every entry.
+        baseline: the entry the others are compared with.
+        entries: the trained settings; evaluations re-evaluate an entry's checkpoints; claims compare two of them.
+        probe: the transfer probe of every run (None: none).
+        margin: points within which a "no loss" claim holds.
+
+    Example:
+        >>> import envconv
+        >>> plan = load_plan(Path(envconv.__file__).parents[2] / "studies" / "fashion_mnist.yaml")
+        >>> [run.name for run in plan.runs("out")][:3]
+        ['none_seed0', 'gaussian_seed0', 'single-sigma_seed0']
+    """
+
     path: Path
     name: str
     base: str
@@ -196,6 +216,13 @@ def load_plan(path: Union[str, Path]) -> Plan:
     Raises:
         FileNotFoundError: no such plan or base config.
         ValueError: an unknown key, method or option, naming the entry; a claim naming no entry.
+
+    Example:
+        >>> from pathlib import Path
+        >>> import envconv
+        >>> plan = load_plan(Path(envconv.__file__).parents[2] / "studies" / "fashion_mnist.yaml")
+        >>> plan.name, plan.baseline, len(plan.entry_seeds(plan.entries[0]))
+        ('fashion_mnist', 'none', 10)
     """
     path = Path(path)
     if not path.is_file():

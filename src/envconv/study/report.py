@@ -62,7 +62,12 @@ def _read_json(path: Path) -> Optional[Dict[str, Any]]:
 
 
 def collect_results(plan: Plan, out_dir: Path) -> List[Result]:
-    """The rows of every finished run (and its evaluations), in plan order."""
+    """The rows of every finished run (and its evaluations), in plan order.
+
+    Example:
+        >>> results = collect_results(load_plan("studies/fashion_mnist.yaml"),
+        ...                           Path("results/study-fashion_mnist"))  # doctest: +SKIP
+    """
     results = []
     for run in plan.runs(out_dir):
         run_dir = run_dir_of(run.config)
@@ -86,6 +91,7 @@ def collect_results(plan: Plan, out_dir: Path) -> List[Result]:
 
 
 def write_results_csv(results: List[Result], path: Path) -> None:
+    """Write ``results`` as ``results.csv`` (the columns of ``RESULT_COLUMNS``), atomically."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(RESULT_COLUMNS)
@@ -104,7 +110,7 @@ def _by_seed(results: List[Result], name: str, metric: str) -> Dict[int, float]:
 
 
 def verdict(claim: Claim, diff: Optional[Difference], margin: float) -> str:
-    """holds / does not hold / inconclusive, from the 95% interval of the paired difference (points).
+    """The verdict "holds", "does not hold" or "inconclusive", from the 95% interval of the paired difference (points).
 
     ``better A than B``: holds when the interval of err(A) - err(B) lies below 0, does not
     hold when it lies above 0. ``same A as B``: holds when the interval lies inside
@@ -364,7 +370,12 @@ def _failed_lines(plan: Plan, out_dir: Path) -> List[str]:
 
 
 def write_report(plan: Plan, out_dir: Path, docs_dir: Path) -> Dict[str, Any]:
-    """Write ``docs_dir/reproduction.md``, ``docs_dir/reproduction/results.csv`` and the plots."""
+    """Write ``docs_dir/reproduction.md``, ``docs_dir/reproduction/results.csv`` and the plots.
+
+    Example:
+        >>> write_report(load_plan("studies/fashion_mnist.yaml"), Path("results/study-fashion_mnist"),
+        ...              Path("docs"))  # doctest: +SKIP
+    """
     out_dir, docs_dir = Path(out_dir), Path(docs_dir)
     results = collect_results(plan, out_dir)
     asset_dir = docs_dir / "reproduction"

@@ -128,7 +128,11 @@ def _seconds_left(runs: List[Run], estimates: Dict[str, float]) -> float:
 
 
 def dry_run(plan: Plan, out_dir: Path, log: Callable[[str], None] = print) -> Dict[str, Any]:
-    """List the grid with each run's state and an estimated time; trains nothing."""
+    """List the grid with each run's state and an estimated time; trains nothing.
+
+    Example:
+        >>> dry_run(load_plan("studies/fashion_mnist.yaml"), Path("results/study-fashion_mnist"))  # doctest: +SKIP
+    """
     runs = plan.runs(out_dir)
     estimates = _epoch_estimates(plan, runs, measure=True)
     log(f"study {plan.name}: {len(plan.entries)} entries x {len(plan.all_seeds())} seeds = {len(runs)} runs "
@@ -209,6 +213,10 @@ def run_study(plan: Plan, out_dir: Path, *, quiet: bool = False, only: Optional[
     """Train, evaluate and probe every run of ``plan`` under ``out_dir`` that is not finished yet.
 
     ``only``: train just these entries (e.g. the ones a claim needs first); the others wait.
+
+    Example:
+        >>> plan = load_plan("studies/fashion_mnist.yaml")  # doctest: +SKIP
+        >>> run_study(plan, Path("results/study-fashion_mnist"), only=["none", "gaussian"])  # doctest: +SKIP
     """
     log = log or (lambda message: print(message, flush=True))
     runs = plan.runs(out_dir, only)

@@ -37,6 +37,7 @@ class Summary:
 
 
 def summarize(values: Sequence[float]) -> Optional[Summary]:
+    """Mean, sample standard deviation and count of ``values`` (None when empty)."""
     values = [float(v) for v in values]
     if not values:
         return None

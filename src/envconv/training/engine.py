@@ -26,7 +26,13 @@ class NonFiniteLossError(FloatingPointError):
 
 @dataclass
 class EpochStats:
-    """Mean loss, top-1 / top-5 error (%) over ``images`` images, and the wall time."""
+    """Mean loss, top-1 / top-5 error (%) over ``images`` images, and the wall time.
+
+    Example:
+        >>> stats = EpochStats(loss=0.5, top1_err=10.0, top5_err=1.0, images=100, seconds=2.0)
+        >>> stats.images_per_s, stats.as_dict()["top1_err"]
+        (50.0, 10.0)
+    """
 
     loss: float
     top1_err: float
@@ -95,6 +101,18 @@ def train_one_epoch(
     Raises:
         NonFiniteLossError: the loss became NaN or infinite (checked every ``log_every``
             steps and at the end, before any checkpoint of this epoch is written).
+
+    Example:
+        >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+        <torch._C.Generator object at ...>
+        >>> model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+        >>> data = torch.utils.data.TensorDataset(torch.randn(64, 4), torch.randint(0, 3, (64,)))
+        >>> optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        >>> loader = torch.utils.data.DataLoader(data, batch_size=16)
+        >>> first = train_one_epoch(model, loader, optimizer, device=torch.device("cpu"))
+        >>> later = [train_one_epoch(model, loader, optimizer, device=torch.device("cpu")) for _ in range(5)][-1]
+        >>> first.images, later.loss < first.loss
+        (64, True)
     """
     model.train()
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss * n, top-1 hits, top-5 hits, n
@@ -148,7 +166,15 @@ def evaluate(
     dtype: Optional[torch.dtype] = None,
     progress=None,
 ) -> EpochStats:
-    """Mean cross-entropy and top-1 / top-5 error of ``model`` (in eval mode) over ``loader``, all processes."""
+    """Mean cross-entropy and top-1 / top-5 error of ``model`` (in eval mode) over ``loader``, all processes.
+
+    Example:
+        >>> model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+        >>> data = torch.utils.data.TensorDataset(torch.randn(10, 4), torch.randint(0, 3, (10,)))
+        >>> stats = evaluate(model, torch.utils.data.DataLoader(data, batch_size=4), device=torch.device("cpu"))
+        >>> stats.images, 0 <= stats.top1_err <= 100, stats.top5_err
+        (10, True, 0.0)
+    """
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64, device=device)
     start = time.perf_counter()

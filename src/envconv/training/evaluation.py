@@ -87,6 +87,7 @@ def evaluate_checkpoint(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add ``envconv eval``'s arguments to ``parser``."""
     parser.add_argument("--checkpoint", required=True, help="a checkpoint written by envconv train (last.pt, best.pt)")
     parser.add_argument("--data", help="evaluate on this folder instead of the config's validation data "
                         "(imagefolder: the class folders; fashion_mnist: the folder of IDX files)")
@@ -116,6 +117,7 @@ def default_output(checkpoint: Path, envelope_size: Union[int, str, None]) -> Pa
 
 
 def main(args: argparse.Namespace) -> int:
+    """Run ``envconv eval``: print the errors and write them as JSON beside the checkpoint."""
     result = evaluate_checkpoint(args.checkpoint, data=args.data, envelope_size=args.envelope_size, eps=args.eps,
                                  batch_size=args.batch_size, device=args.device, workers=args.workers)
     sizes = sorted(set(result["envelope_sizes"].values()))

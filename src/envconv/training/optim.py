@@ -48,6 +48,7 @@ def scaled_lr(train_cfg: Dict[str, Any]) -> float:
 
 
 def build_optimizer(model: nn.Module, train_cfg: Dict[str, Any]) -> torch.optim.SGD:
+    """SGD with momentum over :func:`parameter_groups`, at the linearly scaled learning rate."""
     groups = parameter_groups(model, train_cfg["weight_decay"], sigma_weight_decay=train_cfg["sigma_weight_decay"],
                               norm_weight_decay=train_cfg["norm_weight_decay"])
     if not groups:
@@ -57,8 +58,10 @@ def build_optimizer(model: nn.Module, train_cfg: Dict[str, Any]) -> torch.optim.
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, train_cfg: Dict[str, Any], steps_per_epoch: int = 1):
-    """The schedule: ``step`` (x gamma every step_size epochs) or ``cosine`` (to 0 after the last epoch),
-    after ``warmup_epochs`` W of linear warm-up: epoch e = 1..W runs at lr * e / (W + 1).
+    """The learning-rate schedule of ``train_cfg``.
+
+    ``step`` (x gamma every step_size epochs) or ``cosine`` (to 0 after the last epoch), after
+    ``warmup_epochs`` W of linear warm-up: epoch e = 1..W runs at lr * e / (W + 1).
 
     It is stepped once per epoch, or, with ``train.schedule_per_step``, once per optimizer step
     (every length counted in ``steps_per_epoch`` steps): a cosine schedule then reaches 0 at the

@@ -110,11 +110,15 @@ def linear_probe(
 
     Args:
         checkpoint: a checkpoint written by ``envconv train``.
-        train_data, val_data: folders of the target task (one sub-folder per class for
-            ``imagefolder``; the IDX folder, twice, for ``fashion_mnist``; none for ``digits``).
+        train_data: training folder of the target task (one sub-folder per class for
+            ``imagefolder``; the IDX folder for ``fashion_mnist``; none for ``digits``).
+        val_data: its validation folder, likewise.
         dataset: ``imagefolder``, ``fashion_mnist`` or ``digits`` (scikit-learn's 8x8 digits
             scaled up to the model's input size: ``envconv.data.Digits``).
-        epochs, lr, batch_size, weight_decay: the probe's SGD.
+        epochs: the probe's SGD epochs.
+        lr: its learning rate.
+        batch_size: its batch size.
+        weight_decay: its weight decay.
         device: where the features are computed.
         workers: data-loading processes (default: the checkpoint config's).
         seed: the probe's initialisation and order.
@@ -155,6 +159,7 @@ def linear_probe(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add ``envconv probe``'s arguments to ``parser``."""
     parser.add_argument("--checkpoint", required=True, help="a checkpoint written by envconv train")
     parser.add_argument("--train-data", help="training images of the target task (not for --dataset digits)")
     parser.add_argument("--val-data", help="validation images of the target task (not for --dataset digits)")
@@ -178,6 +183,7 @@ def default_output(checkpoint: Path, dataset: str) -> Path:
 
 
 def main(args: argparse.Namespace) -> int:
+    """Run ``envconv probe``: print the probe's errors and write them as JSON."""
     result = linear_probe(args.checkpoint, args.train_data, args.val_data, dataset=args.dataset, epochs=args.epochs,
                           lr=args.lr, batch_size=args.batch_size, weight_decay=args.weight_decay, device=args.device,
                           workers=args.workers, seed=args.seed)

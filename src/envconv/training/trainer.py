@@ -163,6 +163,17 @@ def train(config: Dict[str, Any], *, resume: bool = False, quiet: bool = False) 
         FileExistsError: the run directory holds a run and ``resume`` is False.
         FileNotFoundError: ``resume`` without a ``last.pt``, or a missing dataset.
         NonFiniteLossError: the loss became NaN / infinite (the last checkpoint stays intact).
+
+    Example:
+        >>> import tempfile
+        >>> from envconv.config import resolve_config
+        >>> out = tempfile.mkdtemp()
+        >>> config = resolve_config("fashion_mnist_resnet20", [
+        ...     "data.dataset=synthetic", "data.synthetic_size=[64, 32]", "data.workers=0", "train.epochs=1",
+        ...     "train.warmup_epochs=0", "train.batch_size=32", f"output.dir={out}", "output.tensorboard=false"])
+        >>> summary = train(config, quiet=True)
+        >>> summary["epochs"], sorted(p.name for p in Path(out).glob("*.pt"))
+        (1, ['best.pt', 'last.pt'])
     """
     config = validate_config(config)
     train_cfg, out_cfg = config["train"], config["output"]
@@ -340,6 +351,7 @@ def _save(model, optimizer, scheduler, scaler, epoch, best_err, config, run_dir:
 # --- command line ------------------------------------------------------------------------------------
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add ``envconv train``'s arguments to ``parser``."""
     parser.add_argument("--config", help="a YAML config file, or the name of a bundled one "
                         "(e.g. fashion_mnist_resnet20, imagenet_resnet50)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -379,8 +391,10 @@ FORK_FILES = (CONFIG_FILE, LAST, BEST, METRICS_FILE, SIGMA_FILE)
 
 
 def fork_run(source: Path, target: Path) -> None:
-    """Copy run ``source``'s checkpoints and logs into the new directory ``target`` (``--resume`` with another
-    ``output.dir``), so the resumed training writes there and ``source`` is left untouched.
+    """Copy run ``source``'s checkpoints and logs into the new directory ``target``.
+
+    This is ``--resume`` with another ``output.dir``: the resumed training writes there and
+    ``source`` is left untouched.
 
     Raises:
         FileExistsError: ``target`` already holds a run.
@@ -396,6 +410,7 @@ def fork_run(source: Path, target: Path) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    """Run ``envconv train``: train (or resume) the run the arguments describe."""
     config = config_from_args(args)
     summary = train(config, resume=bool(args.resume), quiet=args.quiet)
     if not args.quiet and distributed_rank() == 0:
