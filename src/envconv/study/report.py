@@ -331,8 +331,22 @@ def _forest_plot(plan: Plan, diffs: List[Optional[Difference]], path: Path) -> b
     return True
 
 
+def _hardware_lines(results: List[Result]) -> List[str]:
+    """Which machine trained which runs (``study-run.json``): a different CPU may round differently."""
+    machines: Dict[str, List[str]] = {}
+    for r in results:
+        if r.info and r.summary:
+            hw = r.info["hardware"]
+            key = (f"{hw['cpu']} ({hw['cores']} cores, {hw['torch_threads']} torch threads)"
+                   f"{', GPU ' + hw['gpu'] if hw.get('gpu') else ''}; torch {hw['torch']}, envconv {hw['envconv']}")
+            machines.setdefault(key, []).append(r.run)
+    if len(machines) == 1:
+        return [f"- Hardware: {next(iter(machines))}."]
+    return ["- Hardware (the runs were trained on different machines, which may round differently):",
+            *[f"  - {key}: {', '.join(runs)}" for key, runs in machines.items()]]
+
+
 def _setup_section(plan: Plan, results: List[Result], out_dir: Path, n_runs: int) -> List[str]:
-    hardware = next((r.info["hardware"] for r in results if r.info), None)
     total = sum(r.train_seconds or 0 for r in results)
     first = next((r.summary for r in results if r.summary), None)
     lines = ["## Setup", "",
@@ -347,10 +361,7 @@ def _setup_section(plan: Plan, results: List[Result], out_dir: Path, n_runs: int
              "speed properly."]
     if first:
         lines.append(f"- Model: {first['model']}.")
-    if hardware:
-        lines.append(f"- Hardware: {hardware['cpu']} ({hardware['cores']} cores, {hardware['torch_threads']} torch "
-                     f"threads){', GPU ' + hardware['gpu'] if hardware.get('gpu') else ''}; torch {hardware['torch']}, "
-                     f"envconv {hardware['envconv']}.")
+    lines += _hardware_lines(results)
     lines += ["", "Commands (from the repository root):", "", "```bash",
               f"envconv study {plan.path.as_posix()} --out {out_dir.as_posix()}            # train what is missing; "
               f"resumes",
