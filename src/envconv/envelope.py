@@ -198,7 +198,7 @@ class GaussianEnvelope(nn.Module):
                 f"GaussianEnvelope expects input of shape (N, C, H, W) or (C, H, W), "
                 f"got {x.dim()} dims {tuple(x.shape)}"
             )
-        if x.shape[1] != self.channels:
+        if x.shape[1] != self.channels:  # the op cannot tell for a shared sigma: its raw_sigma has 1 entry
             raise ValueError(
                 f"GaussianEnvelope has {self.channels} channels but the input has {x.shape[1]} "
                 f"(shape {tuple(x.shape)})"
