@@ -17,8 +17,8 @@ from .envelope import GaussianEnvelope
 
 __all__ = ["ORDERS", "ConvVariant", "EnvelopeConv2d", "DisentangledConv2d", "conv_arguments"]
 
-#: The processing orders, envelope then convolution (eq. (3)-(4), the paper's choice) or
-#: convolution then envelope (eq. (5)-(6)).
+#: Processing orders (envelope then convolution, eqs. (3)-(4), the paper's choice; or
+#: convolution then envelope, eqs. (5)-(6)).
 ORDERS = ("env-conv", "conv-env")
 
 

@@ -33,9 +33,9 @@ __all__ = [
 
 log = logging.getLogger("envconv")
 
-#: The rule-based placements, every strided convolution, or only those of one path (Table 1a).
+#: Rule-based placements (every strided convolution, or only those of one path, Table 1a).
 WHERE_RULES = ("downsample", "residual", "identity")
-#: The stem handlings, the stem conv converted (Fig. 5b), left alone, or the modified stem of Fig. 5c.
+#: Stem handlings (the stem conv converted as in Fig. 5b, left alone, or the modified stem of Fig. 5c).
 STEMS = ("paper", "none", "modified")
 #: A strided convolution whose name has one of these components is on the identity (shortcut) path.
 SHORTCUT_NAMES = ("downsample", "shortcut", "skip", "proj", "projection")

@@ -30,7 +30,7 @@ from ..envelope import GaussianEnvelope
 
 __all__ = ["CurriculumSmoothing", "cbs_sigma", "set_curriculum_epoch", "CBS_DEFAULTS"]
 
-#: The defaults of the official CBS code, initial sigma, decay factor, decay period (epochs), kernel size.
+#: Defaults of the official CBS code (initial sigma, decay factor, decay period in epochs, kernel size).
 CBS_DEFAULTS = {"initial_sigma": 1.0, "decay": 0.9, "every": 5, "size": 3}
 
 
