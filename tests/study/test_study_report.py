@@ -102,3 +102,31 @@ def test_the_report_says_which_machine_trained_which_run():
     assert two[1] == ("  - Intel Xeon (2 cores, 2 torch threads); torch 2.14.1, envconv 0.1.0: "
                       "none_seed0, gaussian_seed0")
     assert two[2].startswith("  - AMD EPYC") and two[2].endswith(": none_seed1")
+
+
+def test_the_report_regenerates_identically_from_the_committed_files_alone(finished_study, tmp_path, monkeypatch):
+    # A fresh clone has each run's small files but no checkpoints, logs of TensorBoard or locks.
+    import shutil
+
+    src, plan = finished_study
+    assert main(["study", str(src / "plan.yaml"), "--out", str(src / "out"), "--report", "--docs",
+                 str(tmp_path / "with-checkpoints")]) == 0
+    clone = tmp_path / "clone"
+    shutil.copytree(src / "out", clone, ignore=shutil.ignore_patterns("*.pt", "tensorboard", ".lock"))
+    assert not list(clone.rglob("*.pt"))
+    assert main(["study", str(src / "plan.yaml"), "--out", str(clone), "--report", "--docs",
+                 str(tmp_path / "fresh")]) == 0
+    for name in ("reproduction/results.csv", "reproduction.md"):
+        before = (tmp_path / "with-checkpoints" / name).read_text()
+        after = (tmp_path / "fresh" / name).read_text()
+        assert after == before.replace(str(src / "out"), str(clone)), name
+    assert (tmp_path / "fresh" / "reproduction" / "sigma.png").is_file()  # drawn from sigma.json
+    # and the runner treats the committed runs as finished: nothing is trained, evaluated or probed again
+    from envconv.study import runner
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a finished run was started again")
+
+    for name in ("train", "evaluate_checkpoint", "linear_probe"):
+        monkeypatch.setattr(runner, name, refuse)
+    run_study(plan, clone, quiet=True, log=lambda _: None)
