@@ -20,7 +20,7 @@ test: $(STAMP)
 
 # The documentation site (Sphinx + MyST) into build/docs; a warning or a broken reference fails the build.
 docs: $(STAMP)
-	$(PY) -m sphinx -W --keep-going -n -q -b html docs build/docs
+	$(PY) -m sphinx -E -W --keep-going -n -q -b html docs build/docs
 	@echo "open build/docs/index.html"
 
 # Fashion-MNIST from Debian's dataset-fashion-mnist (apt-get) unless it is there already.

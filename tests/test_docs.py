@@ -100,6 +100,9 @@ def test_the_site_builds_without_warnings_and_its_internal_links_resolve(tmp_pat
     assert 'id="envconv.training.train"' in api and 'id="envconv.analysis.analyze"' in api
     config = (out / "config.html").read_text()
     assert "train.sigma_weight_decay" in config and "weight decay on the envelopes" in config
+    assert config.count("<table") == 4 and "list-table" not in config  # one real table per section
+    cli = (out / "cli.html").read_text()
+    assert "usage: envconv train [-h]" in cli and "code-block" not in cli and "```" not in cli
 
 
 def test_the_config_reference_reads_every_key_and_its_comment():

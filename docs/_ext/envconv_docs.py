@@ -63,7 +63,7 @@ def cli_help() -> List[Tuple[str, str]]:
 
 
 class _Generated(SphinxDirective):
-    """Parse generated MyST/reST text as if it stood in the page."""
+    """Parse generated Markdown as if it stood in the (MyST) page."""
 
     def render(self, lines: List[str]) -> List[nodes.Node]:
         container = nodes.container()
@@ -71,15 +71,18 @@ class _Generated(SphinxDirective):
         return container.children
 
 
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|") if text else " "
+
+
 class ConfigReference(_Generated):
     def run(self):
         lines: List[str] = []
-        for section in dict.fromkeys(s for s, *_ in config_reference()):
-            lines += [f".. list-table:: ``{section}``", "   :header-rows: 1", "   :widths: 20 20 60", "",
-                      "   * - key", "     - default", "     - meaning"]
-            for sec, key, default, note in config_reference():
-                if sec == section:
-                    lines += [f"   * - ``{section}.{key}``", f"     - ``{default}``", f"     - {note or ' '}"]
+        rows = config_reference()
+        for section in dict.fromkeys(s for s, *_ in rows):
+            lines += [f"**{section}**", "", "| key | default | meaning |", "|---|---|---|"]
+            lines += [f"| `{sec}.{key}` | `{default}` | {_cell(note)} |" for sec, key, default, note in rows
+                      if sec == section]
             lines.append("")
         return self.render(lines)
 
@@ -88,8 +91,7 @@ class CliReference(_Generated):
     def run(self):
         lines: List[str] = []
         for command, text in cli_help():
-            lines += [command, "-" * len(command), "", ".. code-block:: text", ""]
-            lines += ["   " + line for line in text.rstrip().splitlines()] + [""]
+            lines += [f"**{command}**", "", "```text", *text.rstrip().splitlines(), "```", ""]
         return self.render(lines)
 
 
@@ -97,10 +99,8 @@ class MethodsTable(_Generated):
     def run(self):
         from envconv import METHODS
 
-        lines = [".. list-table::", "   :header-rows: 1", "   :widths: 18 14 68", "",
-                 "   * - method", "     - paper", "     - what replaces the convolution"]
-        for name, spec in METHODS.items():
-            lines += [f"   * - ``{name}``", f"     - {spec.reference}", f"     - {spec.summary}"]
+        lines = ["| method | paper | what replaces the convolution |", "|---|---|---|"]
+        lines += [f"| `{name}` | {_cell(spec.reference)} | {_cell(spec.summary)} |" for name, spec in METHODS.items()]
         return self.render(lines)
 
 
