@@ -156,3 +156,14 @@ def test_every_public_function_and_class_has_a_google_style_docstring_with_an_ex
 
 def issubclass_of_exception(obj) -> bool:
     return isinstance(obj, type) and issubclass(obj, Exception)
+
+
+def test_the_readmes_summary_of_the_study_quotes_the_report():
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## What holds at small scale", 1)[1].split("\n## ", 1)[0]
+    quoted = re.findall(r"\(Table (\w+)\): Δ (.+?), (holds|does not hold|inconclusive)\.", section)
+    assert len(quoted) >= 3, "the README's summary quotes no claim"
+    rows = [[c.strip() for c in line.strip("|").split("|")]
+            for line in (ROOT / "docs" / "reproduction.md").read_text().splitlines() if line.startswith("| ")]
+    for table, delta, verdict in quoted:  # the same table, interval and verdict stand in the report's verdicts
+        assert any(r[0] == table and r[4] == delta and r[-1].startswith(verdict) for r in rows), (table, delta)
