@@ -90,18 +90,18 @@ def test_verdicts_follow_the_interval(kind, low, high, expected):
 def test_the_report_says_which_machine_trained_which_run():
     from envconv.study.report import Result, _hardware_lines
 
-    def result(run, cpu):
-        hw = {"cpu": cpu, "cores": 2, "torch_threads": 2, "torch": "2.14.1", "envconv": "0.1.0"}
+    def result(run, cpu, threads=2):
+        hw = {"cpu": cpu, "cores": 2, "torch_threads": threads, "torch": "2.14.1", "envconv": "0.1.0"}
         return Result(run, run.split("_")[0], ["1a"], "x", 0, 10, 8.0, None, 1.0, summary={"model": "m"},
                       info={"hardware": hw})
 
     one = _hardware_lines([result("none_seed0", "AMD EPYC"), result("gaussian_seed0", "AMD EPYC")])
     assert one == ["- Hardware: AMD EPYC (2 cores, 2 torch threads); torch 2.14.1, envconv 0.1.0."]
-    two = _hardware_lines([result("none_seed0", "Intel Xeon"), result("none_seed1", "AMD EPYC"),
+    two = _hardware_lines([result("none_seed0", "Intel Xeon"), result("none_seed1", "AMD EPYC", threads=1),
                            result("gaussian_seed0", "Intel Xeon")])
     assert two[1] == ("  - Intel Xeon (2 cores, 2 torch threads); torch 2.14.1, envconv 0.1.0: "
                       "none_seed0, gaussian_seed0")
-    assert two[2].startswith("  - AMD EPYC") and two[2].endswith(": none_seed1")
+    assert two[2] == "  - AMD EPYC (2 cores, 1 torch thread); torch 2.14.1, envconv 0.1.0: none_seed1"
 
 
 def test_the_report_regenerates_identically_from_the_committed_files_alone(finished_study, tmp_path, monkeypatch):

@@ -337,7 +337,8 @@ def _hardware_lines(results: List[Result]) -> List[str]:
     for r in results:
         if r.info and r.summary:
             hw = r.info["hardware"]
-            key = (f"{hw['cpu']} ({hw['cores']} cores, {hw['torch_threads']} torch threads)"
+            threads = f"{hw['torch_threads']} torch thread{'s' if hw['torch_threads'] != 1 else ''}"
+            key = (f"{hw['cpu']} ({hw['cores']} cores, {threads})"
                    f"{', GPU ' + hw['gpu'] if hw.get('gpu') else ''}; torch {hw['torch']}, envconv {hw['envconv']}")
             machines.setdefault(key, []).append(r.run)
     if len(machines) == 1:
