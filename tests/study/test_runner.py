@@ -5,7 +5,7 @@ import torch
 
 from envconv.checkpoint import load_checkpoint
 from envconv.cli import main
-from envconv.study import load_plan, run_study
+from envconv.study import load_plan, run_study, runner
 from envconv.training import trainer
 from study_helpers import write_plan
 
@@ -113,3 +113,28 @@ def test_an_unfinished_run_without_its_checkpoint_restarts_cleanly(tmp_path):
     assert any("restarting the run" in line for line in lines)
     assert (run_dir / "summary.json").exists()
     assert [row.split(",")[0] for row in (run_dir / "metrics.csv").read_text().splitlines()[1:]] == ["1"]
+
+
+@pytest.mark.skipif(runner.fcntl is None, reason="no file locks on this platform")
+@pytest.mark.parametrize("lock, said", [(runner.STUDY_LOCK, "skipped, another envconv study process is working on it"),
+                                        (trainer.LOCK_FILE, "is being trained by another process")])
+def test_a_run_another_process_holds_is_skipped_and_picked_up_later(tmp_path, lock, said):
+    """Two study processes on one plan: the run the other one holds is left to it, the rest is trained."""
+    plan = load_plan(write_plan(tmp_path, seeds=(0,)))
+    out, busy = tmp_path / "out", tmp_path / "out" / "gaussian_seed0"
+    busy.mkdir(parents=True)
+    lines = []
+    with open(busy / lock, "w") as handle:            # what the other process holds while it works
+        runner.fcntl.flock(handle, runner.fcntl.LOCK_EX | runner.fcntl.LOCK_NB)
+        run_study(plan, out, quiet=True, log=lines.append)
+    assert (out / "none_seed0" / "summary.json").is_file()
+    assert not (busy / "summary.json").exists() and not (busy / "last.pt").exists()
+    assert any(line.endswith(said) for line in lines), lines
+    assert lines[-1].endswith("1 of 2 runs finished in " + str(out) + "; skipped while another process had them "
+                              "(run the command again when it is done): gaussian_seed0")
+    (busy / lock).unlink()
+    lines.clear()
+    run_study(plan, out, quiet=True, log=lines.append)  # released: this process trains it now
+    assert (busy / "summary.json").is_file() and (busy / "eval-last-k3.json").is_file()
+    assert lines[-1].endswith("2 of 2 runs finished in " + str(out))
+    assert not (busy / runner.STUDY_LOCK).exists() and not (out / "none_seed0" / runner.STUDY_LOCK).exists()

@@ -7,17 +7,23 @@ the transfer probe (``probe-last-<dataset>.json``). Every step is skipped when i
 exists, so the same command continues an interrupted study wherever it stopped. A run whose
 loss becomes NaN/infinite is recorded in ``failed.json`` and skipped from then on (delete the
 file to try it again); the study goes on with the other runs.
+
+Several ``envconv study`` processes may work on one plan side by side (e.g. one per core with
+``OMP_NUM_THREADS=1``): each holds a lock on the run it works on (``.study.lock`` in its
+directory) and skips the runs another process holds, so no run is trained twice. Start the
+command again once they are done to pick up a run that was skipped while busy.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import statistics
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -31,14 +37,19 @@ from ..training.evaluation import default_output as eval_output
 from ..training.evaluation import evaluate_checkpoint
 from ..training.probe import default_output as probe_output
 from ..training.probe import linear_probe
-from ..training.trainer import LAST, SUMMARY_FILE, run_dir_of, train
+from ..training.trainer import LAST, SUMMARY_FILE, RunInUseError, run_dir_of, train
 from ..version import __version__
 from .plan import Plan, Run
 
 __all__ = ["run_study", "dry_run", "measure_epoch_seconds", "measured_epoch_seconds", "RUN_INFO", "FAILED",
            "hardware"]
 
-RUN_INFO, FAILED = "study-run.json", "failed.json"
+try:
+    import fcntl
+except ImportError:  # Windows: no locks, run one study process at a time
+    fcntl = None
+
+RUN_INFO, FAILED, STUDY_LOCK = "study-run.json", "failed.json", ".study.lock"
 #: SGD steps timed (after 2 warm-up steps) to estimate an epoch of an entry without finished epochs.
 TIMED_STEPS = 5
 
@@ -158,6 +169,26 @@ def _write_run_info(run: Run) -> None:
     atomic_write_bytes(json.dumps(info, indent=1).encode(), path)
 
 
+@contextlib.contextmanager
+def _claim(run_dir: Path) -> Iterator[bool]:
+    """Lock ``run_dir`` for this study process; yields False (holding nothing) when another process has it."""
+    if fcntl is None:
+        yield True
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / STUDY_LOCK, "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            (run_dir / STUDY_LOCK).unlink(missing_ok=True)  # while still held, as the trainer does
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def _train(run: Run, quiet: bool, log) -> bool:
     """Train (or resume, or skip) one run; False when it failed, now or in an earlier invocation."""
     run_dir = run_dir_of(run.config)
@@ -222,6 +253,7 @@ def run_study(plan: Plan, out_dir: Path, *, quiet: bool = False, only: Optional[
     runs = plan.runs(out_dir, only)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     failed: List[str] = []
+    busy: List[str] = []
     for i, run in enumerate(runs, 1):
         estimates = _epoch_estimates(plan, runs, measure=False)
         left = _seconds_left(runs[i - 1:], estimates)
@@ -229,12 +261,27 @@ def run_study(plan: Plan, out_dir: Path, *, quiet: bool = False, only: Optional[
         done = _epochs_done(run)
         state = ("finished: evaluations only" if (run_dir_of(run.config) / SUMMARY_FILE).exists()
                  else f"resuming after epoch {done}" if done else "training")
-        log(f"[study {plan.name}] run {i}/{len(runs)} {run.name}: {state}{eta}")
-        if _train(run, quiet, log):
-            _evaluate(run, plan, log)
-            _probe(run, plan, log)
-        else:
-            failed.append(run.name)
-    log(f"[study {plan.name}] {len(runs) - len(failed)} of {len(runs)} runs finished in {out_dir}"
-        + (f"; failed: {', '.join(failed)}" if failed else ""))
+        with _claim(run_dir_of(run.config)) as claimed:
+            if not claimed:
+                log(f"[study {plan.name}] run {i}/{len(runs)} {run.name}: skipped, another envconv study "
+                    f"process is working on it")
+                busy.append(run.name)
+                continue
+            log(f"[study {plan.name}] run {i}/{len(runs)} {run.name}: {state}{eta}")
+            try:
+                trained = _train(run, quiet, log)
+            except RunInUseError:  # an `envconv train` (or an older study process) is training it
+                log(f"  skipped: {run_dir_of(run.config)} is being trained by another process")
+                busy.append(run.name)
+                continue
+            if trained:
+                _evaluate(run, plan, log)
+                _probe(run, plan, log)
+            else:
+                failed.append(run.name)
+    finished = len(runs) - len(failed) - len(busy)
+    log(f"[study {plan.name}] {finished} of {len(runs)} runs finished in {out_dir}"
+        + (f"; failed: {', '.join(failed)}" if failed else "")
+        + (f"; skipped while another process had them (run the command again when it is done): "
+           f"{', '.join(busy)}" if busy else ""))
     return runs

@@ -45,11 +45,16 @@ try:
 except ImportError:  # Windows: no run-directory lock
     fcntl = None
 
-__all__ = ["train", "run_dir_of", "add_arguments", "config_from_args", "main", "AMP_DTYPES", "LAST", "BEST"]
+__all__ = ["train", "run_dir_of", "RunInUseError", "add_arguments", "config_from_args", "main", "AMP_DTYPES",
+           "LAST", "BEST"]
 
 LAST, BEST, CONFIG_FILE, SUMMARY_FILE, LOCK_FILE = "last.pt", "best.pt", "config.yaml", "summary.json", ".lock"
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+class RunInUseError(FileExistsError):
+    """Another process holds the run directory's lock (it is training that run now)."""
 
 
 def run_dir_of(config: Dict[str, Any]) -> Path:
@@ -128,7 +133,7 @@ def _run_dir_lock(run_dir: Path, ctx: distributed.DistributedContext):
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise FileExistsError(f"{run_dir} is in use: another envconv train holds {run_dir / LOCK_FILE}") \
+                raise RunInUseError(f"{run_dir} is in use: another envconv train holds {run_dir / LOCK_FILE}") \
                     from None
             try:
                 yield
