@@ -115,7 +115,7 @@ def test_an_unfinished_run_without_its_checkpoint_restarts_cleanly(tmp_path):
     assert [row.split(",")[0] for row in (run_dir / "metrics.csv").read_text().splitlines()[1:]] == ["1"]
 
 
-@pytest.mark.skipif(runner.fcntl is None, reason="no file locks on this platform")
+@pytest.mark.skipif(trainer.fcntl is None, reason="no file locks on this platform")
 @pytest.mark.parametrize("lock, said", [(runner.STUDY_LOCK, "skipped, another envconv study process is working on it"),
                                         (trainer.LOCK_FILE, "is being trained by another process")])
 def test_a_run_another_process_holds_is_skipped_and_picked_up_later(tmp_path, lock, said):
@@ -125,7 +125,7 @@ def test_a_run_another_process_holds_is_skipped_and_picked_up_later(tmp_path, lo
     busy.mkdir(parents=True)
     lines = []
     with open(busy / lock, "w") as handle:            # what the other process holds while it works
-        runner.fcntl.flock(handle, runner.fcntl.LOCK_EX | runner.fcntl.LOCK_NB)
+        trainer.fcntl.flock(handle, trainer.fcntl.LOCK_EX | trainer.fcntl.LOCK_NB)
         run_study(plan, out, quiet=True, log=lines.append)
     assert (out / "none_seed0" / "summary.json").is_file()
     assert not (busy / "summary.json").exists() and not (busy / "last.pt").exists()

@@ -11,19 +11,19 @@ file to try it again); the study goes on with the other runs.
 Several ``envconv study`` processes may work on one plan side by side (e.g. one per core with
 ``OMP_NUM_THREADS=1``): each holds a lock on the run it works on (``.study.lock`` in its
 directory) and skips the runs another process holds, so no run is trained twice. Start the
-command again once they are done to pick up a run that was skipped while busy.
+command again once they are done to pick up a run that was skipped while busy. (Windows has no
+such lock: run one study process at a time there.)
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import statistics
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Callable, ContextManager, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -37,17 +37,12 @@ from ..training.evaluation import default_output as eval_output
 from ..training.evaluation import evaluate_checkpoint
 from ..training.probe import default_output as probe_output
 from ..training.probe import linear_probe
-from ..training.trainer import LAST, SUMMARY_FILE, RunInUseError, run_dir_of, train
+from ..training.trainer import LAST, SUMMARY_FILE, RunInUseError, run_dir_of, train, try_lock
 from ..version import __version__
 from .plan import Plan, Run
 
 __all__ = ["run_study", "dry_run", "measure_epoch_seconds", "measured_epoch_seconds", "RUN_INFO", "FAILED",
            "hardware"]
-
-try:
-    import fcntl
-except ImportError:  # Windows: no locks, run one study process at a time
-    fcntl = None
 
 RUN_INFO, FAILED, STUDY_LOCK = "study-run.json", "failed.json", ".study.lock"
 #: SGD steps timed (after 2 warm-up steps) to estimate an epoch of an entry without finished epochs.
@@ -169,24 +164,10 @@ def _write_run_info(run: Run) -> None:
     atomic_write_bytes(json.dumps(info, indent=1).encode(), path)
 
 
-@contextlib.contextmanager
-def _claim(run_dir: Path) -> Iterator[bool]:
+def _claim(run_dir: Path) -> ContextManager[bool]:
     """Lock ``run_dir`` for this study process; yields False (holding nothing) when another process has it."""
-    if fcntl is None:
-        yield True
-        return
     run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / STUDY_LOCK, "w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            (run_dir / STUDY_LOCK).unlink(missing_ok=True)  # while still held, as the trainer does
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    return try_lock(run_dir / STUDY_LOCK)
 
 
 def _train(run: Run, quiet: bool, log) -> bool:

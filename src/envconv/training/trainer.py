@@ -22,7 +22,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Iterator, Optional
 
 import numpy as np
 import torch
@@ -45,8 +45,8 @@ try:
 except ImportError:  # Windows: no run-directory lock
     fcntl = None
 
-__all__ = ["train", "run_dir_of", "RunInUseError", "add_arguments", "config_from_args", "main", "AMP_DTYPES",
-           "LAST", "BEST"]
+__all__ = ["train", "run_dir_of", "RunInUseError", "try_lock", "add_arguments", "config_from_args", "main",
+           "AMP_DTYPES", "LAST", "BEST"]
 
 LAST, BEST, CONFIG_FILE, SUMMARY_FILE, LOCK_FILE = "last.pt", "best.pt", "config.yaml", "summary.json", ".lock"
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -123,23 +123,38 @@ def _prepare_run_dir(run_dir: Path, resume: bool, ctx: distributed.DistributedCo
 
 
 @contextlib.contextmanager
+def try_lock(path: Path) -> Iterator[bool]:
+    """Hold an exclusive lock on the file ``path``; yields False (holding nothing) when another process has it.
+
+    Without ``fcntl`` (Windows) there is no lock and it always yields True.
+    """
+    if fcntl is None:
+        yield True
+        return
+    with open(path, "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            path.unlink(missing_ok=True)  # while still held: no one else can be using it
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
 def _run_dir_lock(run_dir: Path, ctx: distributed.DistributedContext):
     """Hold an exclusive lock on ``run_dir`` (main process): two trainers never write one run directory."""
-    if not ctx.is_main or fcntl is None:  # no fcntl on Windows: no lock
+    if not ctx.is_main:
         yield
         return
     try:
-        with open(run_dir / LOCK_FILE, "w") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise RunInUseError(f"{run_dir} is in use: another envconv train holds {run_dir / LOCK_FILE}") \
-                    from None
-            try:
-                yield
-            finally:
-                (run_dir / LOCK_FILE).unlink(missing_ok=True)  # while still held: no one else can be using it
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        with try_lock(run_dir / LOCK_FILE) as locked:
+            if not locked:
+                raise RunInUseError(f"{run_dir} is in use: another envconv train holds {run_dir / LOCK_FILE}")
+            yield
     finally:
         if run_dir.is_dir() and not any(run_dir.iterdir()):  # a run that failed before writing anything
             run_dir.rmdir()
