@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 import envconv
 from envconv import DisentangledConv2d
-from envconv import functional as EF
+from envconv import kernels as EF
 
 from .layer_speed import PLACES
 from .timing import _time, cuda_event_time, paired_ratio

@@ -3,7 +3,7 @@ kornia's gaussian_blur2d and ``x.clone()`` (the bandwidth floor), at ResNet-50's
 
 Each figure is ``time(ours) / time(other)`` measured in adjacent interleaved pairs
 (:func:`benchmarks.timing.paired_ratio`). "ours" is the ``envconv::envelope`` op
-(:func:`envconv.ops.gaussian_envelope`) as the layers call it: the implementations
+(:func:`envconv.functional.gaussian_envelope`) as the layers call it: the implementations
 :mod:`envconv.ops.dispatch` picks and, at the identity places, only the positions the 1x1
 stride-2 conv reads. The others compute the full map; "naive separable" is two grouped 1-D
 convs with autograd through them (what the paper's formulation costs without our kernels).
@@ -20,8 +20,8 @@ from typing import Callable, Dict, List
 import torch
 import torch.nn.functional as F
 
-from envconv import functional as EF
-from envconv import ops
+from envconv import kernels as EF
+from envconv import functional, ops
 
 from .timing import paired_ratio
 
@@ -50,7 +50,7 @@ def _variants(x: torch.Tensor, raw: torch.Tensor, size: int, stride: int) -> Dic
         return F.conv2d(rows, k.view(c, 1, size, 1), padding=(size // 2, 0), groups=c)
 
     variants = {
-        "ours": lambda: ops.gaussian_envelope(x, raw, size, stride=stride),
+        "ours": lambda: functional.gaussian_envelope(x, raw, size, stride=stride),
         "naive separable": naive,
         "full kxk depthwise": full,
         "clone": lambda: x.clone(),

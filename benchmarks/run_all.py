@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from envconv.machine import machine_info
+from envconv.recipes.machine import machine_info
 
 from . import layer_speed, model_speed
 

@@ -3,7 +3,7 @@
 import gzip
 import struct
 
-from envconv.config import validate_config
+from envconv.recipes.config import validate_config
 
 
 def tiny_config(run_dir, **sections):

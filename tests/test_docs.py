@@ -97,7 +97,7 @@ def test_the_site_builds_without_warnings_and_its_internal_links_resolve(tmp_pat
     api = (out / "api.html").read_text()
     for name in ("GaussianEnvelope", "DisentangledConv2d", "disentangle", "create_model", "envelopes"):
         assert f'id="envconv.{name}"' in api, name
-    assert 'id="envconv.training.train"' in api and 'id="envconv.analysis.analyze"' in api
+    assert 'id="envconv.recipes.training.train"' in api and 'id="envconv.recipes.analysis.analyze"' in api
     config = (out / "config.html").read_text()
     assert "train.sigma_weight_decay" in config and "weight decay on the envelopes" in config
     assert config.count("<table") == 4 and "list-table" not in config  # one real table per section
@@ -111,7 +111,7 @@ def test_the_config_reference_reads_every_key_and_its_comment():
         from envconv_docs import cli_help, config_reference
     finally:
         sys.path.pop(0)
-    from envconv.config import DEFAULTS
+    from envconv.recipes.config import DEFAULTS
 
     rows = {(s, k): note for s, k, _, note in config_reference()}
     assert set(rows) == {(s, k) for s, keys in DEFAULTS.items() for k in keys}
@@ -135,7 +135,8 @@ def test_citation_file_is_valid_cff(tmp_path):
         cffconvert.create_citation(str(tmp_path / "CITATION.cff"), None).validate()
 
 
-PUBLIC_MODULES = ("envconv", "envconv.functional", "envconv.analysis", "envconv.training", "envconv.study")
+PUBLIC_MODULES = ("envconv", "envconv.functional", "envconv.recipes.analysis", "envconv.recipes.training",
+                  "envconv.recipes.study")
 
 
 @pytest.mark.parametrize("module", PUBLIC_MODULES)

@@ -7,25 +7,10 @@ import pytest
 import torch
 from scipy import ndimage
 
+import envconv
 import reference as ref
-from envconv import functional as EF
-from envconv.ops import gaussian_envelope
-
-
-@pytest.mark.parametrize("size", [1, 3, 5, 9, 15])
-def test_kernel1d_matches_eq9(size):
-    raw = torch.tensor([-3.0, -0.5, 0.0, 0.7, 2.5, 8.0], dtype=torch.float64)
-    k = EF.gaussian_kernel1d(raw, size)
-    np.testing.assert_allclose(k.numpy(), ref.kernel1d(raw.numpy(), size), rtol=0, atol=1e-14)
-    np.testing.assert_allclose(k.sum(1).numpy(), 1.0, atol=1e-14)
-
-
-def test_kernel1d_hand_values():
-    # raw = 0: sigma^2 = log 2; size 3: weights proportional to (e^{-1/(2 log 2)}, 1, e^{-1/(2 log 2)})
-    a = math.exp(-1 / (2 * math.log(2)))
-    expected = [a / (1 + 2 * a), 1 / (1 + 2 * a), a / (1 + 2 * a)]
-    k = EF.gaussian_kernel1d(torch.zeros(1, dtype=torch.float64), 3)
-    assert k[0].tolist() == pytest.approx(expected, abs=1e-15)
+from envconv import kernels as EF
+from envconv.functional import gaussian_envelope
 
 
 @pytest.mark.parametrize("mode", EF.PADDING_MODES)
@@ -136,34 +121,22 @@ def test_finite_forward_and_backward_over_raw_range(dtype):
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_autocast_leaves_the_envelope_in_its_input_dtype(channels_last):
-    """Like pooling, the envelope computes in its input's dtype under autocast; bfloat16 input stays close."""
+def test_autocast_gives_the_envelope_the_dtype_a_convolution_gets(channels_last):
+    """The envelope is a depth-wise convolution: under autocast it returns what F.conv2d would, close to fp32."""
     x = torch.randn(2, 4, 16, 16)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     raw = torch.tensor([-1.0, 0.0, 1.0, 2.0], requires_grad=True)
     expected = gaussian_envelope(x, raw, 9)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert gaussian_envelope(x, raw, 9).dtype == torch.float32
-        out = gaussian_envelope(x.bfloat16(), raw, 9)
+        for dtype in (torch.float32, torch.float64, torch.bfloat16):
+            conv_dtype = torch.nn.functional.conv2d(x.to(dtype), torch.ones(4, 1, 3, 3, dtype=dtype), groups=4).dtype
+            assert gaussian_envelope(x.to(dtype), raw, 9).dtype == conv_dtype
+        out = gaussian_envelope(x, raw, 9)
     assert out.dtype == torch.bfloat16
     torch.testing.assert_close(out.float(), expected, atol=3e-2, rtol=2e-2)
     out.float().sum().backward()
     assert raw.grad.dtype == torch.float32 and torch.isfinite(raw.grad).all()
-
-
-@pytest.mark.parametrize(
-    "sigma", [0.0, 1e-3, 0.3, 0.7, 1.0, 2.0, 5.5, 7.0, 20.0],
-)
-def test_raw_from_sigma_inverts_softplus(sigma):
-    raw = EF.raw_from_sigma(sigma)
-    assert math.sqrt(ref.sigma2(float(raw))) == pytest.approx(sigma, rel=1e-12, abs=1e-300)
-
-
-def test_raw_from_sigma_rejects_negative_and_nan():
-    for bad in (-0.1, float("nan"), float("inf"), [0.5, -1.0]):
-        with pytest.raises(ValueError, match="sigma"):
-            EF.raw_from_sigma(bad)
 
 
 def test_bad_arguments_name_the_problem():
@@ -177,8 +150,14 @@ def test_bad_arguments_name_the_problem():
         gaussian_envelope(x, raw, 3.0)
     with pytest.raises(ValueError, match="padding_mode"):
         gaussian_envelope(x, raw, 3, "same")
-    with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
-        gaussian_envelope(x[0], raw, 3)
+    with pytest.raises(ValueError, match=r"\(N, C, H, W\) or \(C, H, W\), got 2 dims"):
+        gaussian_envelope(x[0, 0], raw, 3)
+    with pytest.raises(ValueError, match="the envelope has 4 channels but the input has 3"):
+        gaussian_envelope(x, torch.zeros(1), 3, channels=4)
+    with pytest.raises(ValueError, match="impl must be one of"):
+        gaussian_envelope(x, raw, 3, impl="fastest")
+    # unbatched input, as F.conv2d takes it
+    torch.testing.assert_close(gaussian_envelope(x[0], raw, 5), gaussian_envelope(x, raw, 5)[0])
     with pytest.raises(ValueError, match="raw_sigma"):
         gaussian_envelope(x, torch.zeros(2), 3)
     with pytest.raises(ValueError, match="reflect"):
@@ -196,9 +175,21 @@ def test_bad_arguments_name_the_problem():
         )
 
 
-def test_kernel_derivative_matches_autograd():
-    raw = torch.tensor([-30.0, -2.0, 0.0, 0.7, 5.0, 40.0], dtype=torch.float64)
-    for size in (1, 3, 9):
-        want = torch.autograd.functional.jacobian(lambda r, s=size: EF.gaussian_kernel1d(r, s), raw)  # (C, k, C)
-        diagonal = torch.stack([want[c, :, c] for c in range(raw.numel())])
-        torch.testing.assert_close(EF.gaussian_kernel1d_derivative(raw, size), diagonal, rtol=1e-12, atol=1e-15)
+def test_under_autocast_the_functional_the_op_and_the_layer_return_what_f_conv2d_returns():
+    torch.manual_seed(0)
+    layer = envconv.DisentangledConv2d(4, 6, 3, padding=1, bias=True)
+    x = torch.randn(2, 4, 12, 12)
+    raw = layer.envelope.raw_sigma
+    expected = torch.nn.functional.conv2d(gaussian_envelope(x, raw, 9), layer.weight, layer.bias, padding=1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want = torch.nn.functional.conv2d(x, layer.weight, layer.bias, padding=1).dtype
+        outs = {"functional": envconv.functional.envelope_conv2d(x, raw, 9, layer.weight, layer.bias, padding=1),
+                "op": torch.ops.envconv.envelope_conv2d(x, raw, layer.weight, layer.bias, 9, [1, 1], "zeros", "auto",
+                                                        [1, 1], [1, 1], [1, 1], 1),
+                "layer": layer(x)}
+    assert want == torch.bfloat16
+    for name, out in outs.items():
+        assert out.dtype == want, name
+        torch.testing.assert_close(out.float(), expected, atol=0.05, rtol=0.05, msg=name)
+    outs["layer"].float().sum().backward()
+    assert raw.grad.dtype == torch.float32 and torch.isfinite(raw.grad).all()

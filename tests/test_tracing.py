@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+import envconv
 from envconv import disentangle
 
 torchvision = pytest.importorskip("torchvision")
@@ -25,8 +26,11 @@ def test_fx_symbolic_trace_and_feature_extractor_equal_eager():
     model = converted_resnet18()
     x = torch.randn(2, 3, 64, 64)
     traced = torch.fx.symbolic_trace(model)
-    assert any("envconv.envelope_conv2d" in str(n.target) for n in traced.graph.nodes)
+    calls = [n.target for n in traced.graph.nodes if n.op == "call_function"]
+    assert calls.count(envconv.functional.envelope_conv2d) == 7  # one leaf node per converted layer
     torch.testing.assert_close(traced(x), model(x))
+    with pytest.raises(ValueError, match="in_channels=3 but the input has 1 channels"):  # checked when it runs
+        traced(torch.randn(2, 1, 64, 64))
     features = create_feature_extractor(model, {"layer2": "c3", "layer4": "c5"})(x)
     torch.testing.assert_close(features["c5"], model.layer4(model.layer3(features["c3"])))
 

@@ -1,6 +1,6 @@
 """Sphinx directives that generate envconv's reference pages from the code, and its concept figures.
 
-- ``envconv-config``: the config reference, from :data:`envconv.config.DEFAULTS` and the comments
+- ``envconv-config``: the config reference, from :data:`envconv.recipes.config.DEFAULTS` and the comments
   beside its keys in ``config.py`` (nothing typed twice).
 - ``envconv-cli``: the ``--help`` of ``envconv`` and of every subcommand, from the argparse parsers.
 - ``envconv-methods``: the comparison methods, from :data:`envconv.METHODS`.
@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def config_reference() -> List[Tuple[str, str, str, str]]:
     """``(section, key, default, comment)`` for every key of DEFAULTS, comments read from config.py's source."""
-    from envconv import config
+    from envconv.recipes import config
 
     comments: Dict[Tuple[str, str], str] = {}
     section = None
@@ -53,7 +53,7 @@ def config_reference() -> List[Tuple[str, str, str, str]]:
 def cli_help() -> List[Tuple[str, str]]:
     """``(command, help text)`` for ``envconv`` and each subcommand, at a fixed width."""
     os.environ["COLUMNS"] = "100"
-    from envconv.cli import get_args_parser
+    from envconv.recipes.cli import get_args_parser
 
     parser = get_args_parser()
     pages = [("envconv", parser.format_help())]
@@ -113,11 +113,12 @@ def make_figures(outdir: Path) -> None:
     import torch
 
     import envconv
-    from envconv.analysis import envelope_kernel1d, envelope_kernel2d
-    from envconv.analysis.plots import plot_sigmas
+    from envconv.recipes.analysis import envelope_kernel1d, envelope_kernel2d
+    from envconv.recipes.analysis.plots import plot_sigmas
+    from envconv.recipes.rundir import RunDir
 
     outdir.mkdir(parents=True, exist_ok=True)
-    sigmas = (0.3, float(envconv.functional.sigma2_from_raw(torch.zeros(1)).sqrt()), 1.5, 2.5)
+    sigmas = (0.3, float(envconv.kernels.sigma2_from_raw(torch.zeros(1)).sqrt()), 1.5, 2.5)
     fig, axes = plt.subplots(2, len(sigmas), figsize=(2.2 * len(sigmas), 4.2))
     for j, sigma in enumerate(sigmas):
         axes[0, j].imshow(envelope_kernel2d(sigma, 9), cmap="viridis", vmin=0)
@@ -151,7 +152,7 @@ def make_figures(outdir: Path) -> None:
     plt.close(fig)
 
     run = ROOT / "results" / "fashion_mnist_resnet20"
-    fig = plot_sigmas(envconv.listing.run_envelopes(run), "fashion_mnist_resnet20 (results/): sigma per channel")
+    fig = plot_sigmas(RunDir(run).envelopes(), "fashion_mnist_resnet20 (results/): sigma per channel")
     fig.savefig(outdir / "sigmas.png", dpi=100)
     plt.close(fig)
 

@@ -1,13 +1,13 @@
 """envconv: Disentangled Convolution for Optimizing Receptive Field (Kobayashi, PRL 2023) in PyTorch."""
 
-from . import functional, methods, ops
+from . import functional, kernels, methods, ops
 from .conv import ConvVariant, DisentangledConv2d, EnvelopeConv2d
 from .convert import disentangle, select_layers, shrink
 from .envelope import GaussianEnvelope
+from .functional import envelope_conv2d, gaussian_envelope
 from .listing import EnvelopeInfo, envelopes
 from .methods import METHODS, set_curriculum_epoch
 from .models import create_model, list_models, register_timm_models
-from .ops import envelope_conv2d, gaussian_envelope
 from .version import __version__
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "envelopes",
     "functional",
     "gaussian_envelope",
+    "kernels",
     "list_models",
     "methods",
     "ops",

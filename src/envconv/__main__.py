@@ -1,5 +1,5 @@
 """``python -m envconv``: the command line."""
 
-from .cli import main
+from .recipes.cli import main
 
 raise SystemExit(main())

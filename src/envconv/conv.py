@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import ops
+from . import functional
 from .envelope import GaussianEnvelope
 
 __all__ = ["ORDERS", "ConvVariant", "EnvelopeConv2d", "DisentangledConv2d", "conv_arguments"]
@@ -99,18 +99,25 @@ class ConvVariant(nn.Conv2d):
         return new.train(conv.training)
 
     def _check_input(self, x: torch.Tensor) -> None:
-        if ops.fx_tracing():  # shapes are proxies under torch.fx; the traced module checks when it runs
-            return
-        if x.dim() not in (3, 4):
-            raise ValueError(
-                f"{type(self).__name__} expects input of shape (N, C, H, W) or (C, H, W), "
-                f"got {x.dim()} dims {tuple(x.shape)}"
-            )
-        if x.shape[-3] != self.in_channels:
-            raise ValueError(
-                f"{type(self).__name__} has in_channels={self.in_channels} but the input has "
-                f"{x.shape[-3]} channels (shape {tuple(x.shape)})"
-            )
+        check_conv_input(type(self).__name__, self.in_channels, x)
+
+
+def check_conv_input(layer: str, in_channels: int, x: torch.Tensor) -> None:
+    """Raise naming the problem unless ``x`` is ``(N, C, H, W)`` or ``(C, H, W)`` with ``C == in_channels``.
+
+    Under ``torch.fx.symbolic_trace`` it is recorded as a node (:func:`torch.fx.wrap`), so the
+    traced module checks the real input when it runs.
+    """
+    if x.dim() not in (3, 4):
+        raise ValueError(
+            f"{layer} expects input of shape (N, C, H, W) or (C, H, W), "
+            f"got {x.dim()} dims {tuple(x.shape)}"
+        )
+    if x.shape[-3] != in_channels:
+        raise ValueError(
+            f"{layer} has in_channels={in_channels} but the input has "
+            f"{x.shape[-3]} channels (shape {tuple(x.shape)})"
+        )
 
 
 class EnvelopeConv2d(ConvVariant):
@@ -155,14 +162,6 @@ class EnvelopeConv2d(ConvVariant):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, order={self.order}"
-
-
-def _autocast_dtype(x: torch.Tensor):
-    """The dtype autocast runs convolutions in for ``x``'s device, or ``None`` when it is off."""
-    device = x.device.type
-    if not torch.is_autocast_enabled(device):
-        return None
-    return torch.get_autocast_dtype(device)
 
 
 class DisentangledConv2d(EnvelopeConv2d):
@@ -298,9 +297,6 @@ class DisentangledConv2d(EnvelopeConv2d):
         if self.order != "env-conv":
             return super().forward(x)
         self._check_input(x)
-        tracing = ops.fx_tracing()
-        if not tracing and x.dim() == 3:
-            return self.forward(x.unsqueeze(0)).squeeze(0)
         env, weight, bias = self.envelope, self.weight, self.bias
         # A strided 1x1 conv reads one pixel in stride^2: smooth only at those (exact, and
         # 2-4x cheaper on the identity path of a ResNet).
@@ -311,13 +307,10 @@ class DisentangledConv2d(EnvelopeConv2d):
             if sampled:
                 return F.conv2d(smoothed, weight, bias, 1, 0, self.dilation, self.groups)
             return self._conv_forward(smoothed, weight, bias)
-        dtype = None if tracing else _autocast_dtype(x)
-        if dtype is not None:  # the op is not autocast-aware: give it what autocast would give the conv
-            x, weight = x.to(dtype), weight.to(dtype)
-            bias = bias.to(dtype) if bias is not None else None
-        return ops.envelope_conv2d(x, env.raw_sigma, env.size, weight, bias, env_stride=self.stride if sampled else 1,
-                                   padding_mode=env.padding_mode, stride=1 if sampled else self.stride,
-                                   padding=padding, dilation=self.dilation, groups=self.groups, impl=env.impl)
+        return functional.envelope_conv2d(x, env.raw_sigma, env.size, weight, bias,
+                                          env_stride=self.stride if sampled else 1, padding_mode=env.padding_mode,
+                                          stride=1 if sampled else self.stride, padding=padding,
+                                          dilation=self.dilation, groups=self.groups, impl=env.impl)
 
     @property
     def envelope_size(self) -> int:
@@ -331,3 +324,6 @@ class DisentangledConv2d(EnvelopeConv2d):
     def extra_repr(self) -> str:
         sigma = "shared" if self.envelope.shared else "per-channel"
         return f"{nn.Conv2d.extra_repr(self)}, envelope_size={self.envelope.size}, order={self.order}, sigma={sigma}"
+
+
+torch.fx.wrap("check_conv_input")

@@ -13,8 +13,7 @@ from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 from torch import nn
 
-from . import functional as EF
-from ._deprecation import deprecated_names
+from . import kernels as EF
 from .envelope import GaussianEnvelope
 from .methods import build_replacement, check_options, get_method
 
@@ -336,11 +335,3 @@ def shrink(module: nn.Module, size: Union[int, str] = 3, *, eps: float = 1e-2) -
             m.size = auto_envelope_size(m, eps) if size == "auto" else size
     return module
 
-
-# Moved to envconv.listing; kept for one release.
-__getattr__ = deprecated_names(__name__, {
-    "EnvelopeInfo": ("envconv.listing", "EnvelopeInfo"),
-    "envelopes": ("envconv.listing", "envelopes"),
-    "layer_name": ("envconv.listing", "layer_name"),
-    "envelope_sigmas": ("envconv._deprecation", "envelope_sigmas"),
-})

@@ -6,8 +6,8 @@ from typing import List, Sequence, Union
 import torch
 from torch import nn
 
-from . import functional as EF
-from . import ops
+from . import functional, ops
+from . import kernels as EF
 
 __all__ = ["GaussianEnvelope"]
 
@@ -39,7 +39,7 @@ class GaussianEnvelope(nn.Module):
     ``size`` (:math:`k_g`) is a plain attribute, not a parameter: it can be changed
     after training (see :func:`envconv.shrink`, the paper's Table 1e) without touching
     the learned scales. The filtering is the ``envconv::envelope`` operator
-    (:func:`envconv.ops.gaussian_envelope`); ``impl`` (``"auto"``) can force one of its
+    (:func:`envconv.functional.gaussian_envelope`); ``impl`` (``"auto"``) can force one of its
     implementations (:data:`~envconv.ops.dispatch.IMPLS`); every choice gives the same result.
     ``forward(x, stride=s)`` returns the envelope only every ``s`` pixels, as a strided
     1x1 convolution after it reads it.
@@ -189,21 +189,8 @@ class GaussianEnvelope(nn.Module):
 
     @torch.jit.unused
     def _forward(self, x: torch.Tensor, stride: Union[int, Sequence[int]] = 1) -> torch.Tensor:
-        if ops.fx_tracing():  # no control flow on proxies: a 4-D input, checked when the traced module runs
-            return ops.gaussian_envelope(x, self.raw_sigma, self.size, self.padding_mode, stride, self.impl)
-        if x.dim() == 3:
-            return self.forward(x.unsqueeze(0), stride).squeeze(0)
-        if x.dim() != 4:
-            raise ValueError(
-                f"GaussianEnvelope expects input of shape (N, C, H, W) or (C, H, W), "
-                f"got {x.dim()} dims {tuple(x.shape)}"
-            )
-        if x.shape[1] != self.channels:  # the op cannot tell for a shared sigma: its raw_sigma has 1 entry
-            raise ValueError(
-                f"GaussianEnvelope has {self.channels} channels but the input has {x.shape[1]} "
-                f"(shape {tuple(x.shape)})"
-            )
-        return ops.gaussian_envelope(x, self.raw_sigma, self.size, self.padding_mode, stride, self.impl)
+        return functional.gaussian_envelope(x, self.raw_sigma, self.size, self.padding_mode, stride, self.impl,
+                                            channels=self.channels)
 
     def resolve_impl(self, x: torch.Tensor, stride: Union[int, Sequence[int]] = 1) -> str:
         """The implementation that computes this envelope's forward for ``x`` (see :mod:`envconv.ops.dispatch`)."""

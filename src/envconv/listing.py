@@ -1,16 +1,14 @@
 """Listing envelopes: which layers have one, where they sit and what sigma each channel learned.
 
 :func:`envelopes` is the one way to list them, from a model or from a state dict (a file
-read with :func:`envconv.checkpoint.load_state_dict_file`); the CLI, the trainer's
-``sigma.json``, ``summary.json`` and the analysis report all read it.
+read with :func:`envconv.state_dict.load_state_dict_file`); the CLI, the trainer's
+records and the analysis report all read it (:meth:`envconv.recipes.rundir.RunDir.envelopes`
+lists a run's from its records).
 """
 
 from __future__ import annotations
 
-import json
-import os
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import dataclass
 from typing import List, Mapping, Optional, Tuple, Union
 
 import torch
@@ -18,9 +16,9 @@ from torch import nn
 
 from .convert import layer_path, stem_name
 from .envelope import GaussianEnvelope
-from .functional import sigma2_from_raw
+from .kernels import sigma2_from_raw
 
-__all__ = ["EnvelopeInfo", "envelopes", "run_envelopes", "layer_name"]
+__all__ = ["EnvelopeInfo", "envelopes", "layer_name"]
 
 _RAW_SIGMA = "raw_sigma"
 
@@ -124,7 +122,7 @@ def envelopes(source: Union[nn.Module, Mapping[str, torch.Tensor]]) -> List[Enve
     r"""List every Gaussian envelope of a model or a state dict, in module order.
 
     From a model, every :class:`~envconv.GaussianEnvelope`; from a state dict (e.g.
-    ``envconv.checkpoint.load_state_dict_file(path)``), every entry whose key ends in
+    ``envconv.state_dict.load_state_dict_file(path)``), every entry whose key ends in
     ``raw_sigma``. Either way, each channel's :math:`\sigma_c = \sqrt{\mathrm{softplus}(\tilde\sigma_c)}`.
 
     Args:
@@ -147,28 +145,3 @@ def envelopes(source: Union[nn.Module, Mapping[str, torch.Tensor]]) -> List[Enve
         return _from_state_dict(source)
     raise TypeError(f"envelopes() takes an nn.Module or a state dict, got {type(source).__name__}")
 
-
-def run_envelopes(run_dir: Union[str, os.PathLike], epoch: Optional[int] = None) -> List[EnvelopeInfo]:
-    """The envelopes of a training run at an epoch (default: its last), from its small files alone.
-
-    The layers, paths and sizes come from a fresh model of the run's ``config.yaml``, the sigmas
-    from ``sigma.json``; no checkpoint is read, so committed run directories (``results/``)
-    give the same rows on any machine.
-
-    Raises:
-        FileNotFoundError: the run directory lacks ``config.yaml`` or ``sigma.json``.
-        ValueError: ``sigma.json`` has no record of ``epoch``.
-    """
-    from .config import resolve_config
-    from .models import create_model_from_config
-
-    run_dir = Path(run_dir)
-    for name in ("config.yaml", "sigma.json"):
-        if not (run_dir / name).is_file():
-            raise FileNotFoundError(f"{run_dir} is not a run directory with records ({name} is missing)")
-    records = json.loads((run_dir / "sigma.json").read_text())
-    record = next((r for r in reversed(records) if epoch is None or r["epoch"] == epoch), None)
-    if record is None:
-        raise ValueError(f"{run_dir / 'sigma.json'} has no record of epoch {epoch}")
-    model = create_model_from_config(resolve_config(run_dir / "config.yaml")["model"])
-    return [replace(row, sigmas=tuple(record["sigma"][row.name])) for row in envelopes(model)]

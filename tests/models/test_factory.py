@@ -6,9 +6,9 @@ from torch import nn
 
 import envconv
 from envconv import create_model, envelopes, list_models
-from envconv.checkpoint import atomic_save, load_checkpoint
-from envconv.config import validate_config
-from envconv.models import model_from_checkpoint
+from envconv.recipes.config import validate_config
+from envconv.recipes.rundir import load_checkpoint, model_from_checkpoint
+from envconv.state_dict import atomic_save
 
 
 def test_create_model_defaults_to_the_papers_conversion_and_none_is_the_baseline():
@@ -79,7 +79,7 @@ def test_model_from_checkpoint_checks_the_weights(tmp_path):
 def test_a_checkpoint_with_a_foreign_config_is_refused_naming_the_file(tmp_path):
     import torch
 
-    from envconv.checkpoint import load_checkpoint
+    from envconv.recipes.rundir import load_checkpoint
 
     for config in ({"model": {"name": 5}}, {"optimizer": "adam"}, "not a mapping"):
         path = tmp_path / "foreign.pt"

@@ -14,7 +14,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 import reference  # noqa: E402
-from envconv import ops  # noqa: E402
+from envconv import functional  # noqa: E402
 from envconv.ops import cpu, dispatch  # noqa: E402
 
 TOL = {torch.float64: dict(rtol=1e-10, atol=1e-10), torch.float32: dict(rtol=2e-5, atol=2e-5)}
@@ -47,7 +47,7 @@ def inputs(channels, dtype, channels_last, shape=(2, 7, 9), shared=False, seed=0
 
 def check_against_reference(impl, dtype, channels_last, stride, size, padding_mode, channels, shared=False):
     x, raw = inputs(channels, dtype, channels_last, shared=shared)
-    y = ops.gaussian_envelope(x, raw, size, padding_mode, stride, impl)
+    y = functional.gaussian_envelope(x, raw, size, padding_mode, stride, impl)
     want = reference.envelope_strided(x.detach().numpy(), raw.detach().numpy(), size, padding_mode, stride)
     torch.testing.assert_close(y, torch.from_numpy(want).to(dtype), **TOL[dtype])
     assert y.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
@@ -85,7 +85,7 @@ def test_shared_sigma_matches_reference(impl):
 def test_triton_bfloat16_accumulates_in_float32():
     needs("triton")
     x, raw = inputs(6, torch.float32, True, shape=(1, 8, 8))
-    y16 = ops.gaussian_envelope(x.detach().bfloat16(), raw.detach(), 5, impl="triton")
+    y16 = functional.gaussian_envelope(x.detach().bfloat16(), raw.detach(), 5, impl="triton")
     assert y16.dtype == torch.bfloat16
     want = reference.envelope_strided(x.detach().bfloat16().double().numpy(), raw.detach().numpy(), 5)
     # only the final rounding to bfloat16 (8 bits) is lost, not the sum
@@ -124,7 +124,7 @@ def test_envelope_conv2d_gradients_match_reference_in_every_route():
         x, raw = inputs(channels, torch.float64, False, shape=(2, 8, 7))
         x.requires_grad_(need_x)
         w = torch.randn(5, channels, 3, 3, dtype=torch.float64, requires_grad=True)
-        y = ops.envelope_conv2d(x, raw, 5, w, stride=2, padding=1)
+        y = functional.envelope_conv2d(x, raw, 5, w, stride=2, padding=1)
         gy = torch.randn_like(y)
         grads = torch.autograd.grad(y, [t for t in (x, raw, w) if t.requires_grad], gy)
         smoothed = torch.from_numpy(reference.envelope_strided(x.detach().numpy(), raw.detach().numpy(), 5))

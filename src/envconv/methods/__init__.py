@@ -35,8 +35,8 @@ from torch import nn
 from ..conv import DisentangledConv2d, EnvelopeConv2d, conv_arguments
 from ..envelope import GaussianEnvelope
 from .cbs import CBS_DEFAULTS, CurriculumSmoothing, cbs_sigma, set_curriculum_epoch
+from .channel_filters import AdaptiveAttentionEnvelope, DepthwiseEnvelope, EnsembleEnvelope, ParametricAttentionEnvelope
 from .convs import LocalSEConv2d, MultiplicativeEnvelopeConv2d, ProjectionConv2d
-from .envelopes import AdaptiveAttentionEnvelope, DepthwiseEnvelope, EnsembleEnvelope, ParametricAttentionEnvelope
 
 __all__ = [
     "METHODS",

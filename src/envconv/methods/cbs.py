@@ -25,7 +25,7 @@ import math
 import torch
 from torch import nn
 
-from .. import functional as EF
+from .. import kernels as EF
 from ..envelope import GaussianEnvelope
 
 __all__ = ["CurriculumSmoothing", "cbs_sigma", "set_curriculum_epoch", "CBS_DEFAULTS"]

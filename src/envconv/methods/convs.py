@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import functional as EF
+from .. import kernels as EF
 from ..conv import ConvVariant
 
 __all__ = ["ProjectionConv2d", "LocalSEConv2d", "MultiplicativeEnvelopeConv2d"]

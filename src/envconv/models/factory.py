@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import importlib.util
-import os
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional
 
-import torch
 from torch import nn
 
-from ..checkpoint import load_checkpoint
 from ..convert import disentangle, stem_name
 from .small_resnet import SMALL_RESNETS, small_resnet
 
-__all__ = ["create_model", "create_model_from_config", "list_models", "model_from_checkpoint"]
+__all__ = ["create_model", "list_models"]
 
 
 def _available(module: str) -> bool:
@@ -124,46 +121,3 @@ def create_model(
     """
     model = _build_base(name, num_classes, in_chans, dict(model_kwargs or {}))
     return disentangle(model, **disentangle_options)
-
-
-def create_model_from_config(model_cfg: Dict[str, Any]) -> nn.Module:
-    """Build the model a config's ``model`` section describes (see :data:`envconv.config.DEFAULTS`).
-
-    With ``method: none`` the envelope keys (``envelope_size``, ``order``, ``shared_sigma``,
-    ``options``) are ignored, so that a baseline is its envelope config with one key changed.
-    """
-    cfg = dict(model_cfg)
-    options = dict(cfg.pop("options", None) or {})
-    if cfg.get("method") == "none":
-        options = {}
-        cfg.update(envelope_size=None, order=None, shared_sigma=False)
-    name = cfg.pop("name")
-    clash = set(options) & set(cfg)
-    if clash:
-        raise ValueError(f"model.options repeats model keys {sorted(clash)}; set them in the model section")
-    return create_model(name, **cfg, **options)
-
-
-def model_from_checkpoint(path: Union[str, os.PathLike],
-                          device: Union[str, torch.device] = "cpu") -> Tuple[nn.Module, Dict[str, Any]]:
-    """Rebuild the model of a training checkpoint from its config and load its weights.
-
-    Args:
-        path: a checkpoint written by ``envconv train`` (``last.pt`` or ``best.pt``).
-        device: where the model goes.
-
-    Returns:
-        ``(model, checkpoint)``: the model in eval mode on ``device``, and the checkpoint dict
-        (:func:`envconv.checkpoint.load_checkpoint`).
-
-    Raises:
-        FileNotFoundError: ``path`` does not exist.
-        ValueError: the file is not an envconv checkpoint, or its weights do not fit its config's model.
-    """
-    ckpt = load_checkpoint(path)
-    model = create_model_from_config(ckpt["config"]["model"])
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as err:
-        raise ValueError(f"{os.fspath(path)}: the weights do not fit the model its config describes ({err})") from err
-    return model.to(device).eval(), ckpt

@@ -14,8 +14,9 @@ Implementations (:data:`IMPLS`):
   on other channels_last input, else the composite forward (``"full"`` for maps of at most
   28 x 28, ``"separable"`` otherwise); backward ``"fused"`` in both layouts (0.18x-0.88x the time of autograd through
   the 1-D passes at ResNet-50's seven places).
-* CUDA: the composite path until ``benchmarks/gpu.py`` has measured the Triton kernels on a
-  GPU (:data:`CUDA_RULES` records what was measured).
+* CUDA: the composite path; the Triton kernels run only when forced (``impl="triton"``) until
+  ``benchmarks/gpu.py`` has measured them on a GPU and a rule written from that measurement
+  joins the CPU rules here.
 
 A forced implementation that cannot handle the case raises a ``ValueError`` (or a
 ``RuntimeError`` when its kernel is unavailable) naming why, instead of computing something else.
@@ -31,13 +32,10 @@ import torch
 from . import cpu
 from .layout import is_channels_last
 
-__all__ = ["IMPLS", "CUDA_RULES", "forward_impl", "backward_impl", "triton_unsupported"]
+__all__ = ["IMPLS", "forward_impl", "backward_impl", "triton_unsupported"]
 
 #: The implementations an envelope can be forced to (``impl=``); ``"auto"`` lets this module choose.
 IMPLS = ("auto", "separable", "full", "fused", "triton")
-
-#: Auto rules for CUDA tensors. ``None``: not measured on a GPU yet, so the composite path runs.
-CUDA_RULES: Optional[dict] = None
 
 
 def check_impl(impl: str) -> str:
@@ -90,9 +88,6 @@ def forward_impl(x: torch.Tensor, size: int, stride: Sequence[int], padding_mode
         return "full"
     if x.device.type == "cpu" and is_channels_last(x) and _fused_ok(x, padding_mode):
         return "fused"
-    if x.device.type == "cuda" and CUDA_RULES and CUDA_RULES.get("forward") == "triton" \
-            and triton_unsupported(x, padding_mode) is None:
-        return "triton"
     return _composite_forward(x, size)
 
 
@@ -106,7 +101,4 @@ def backward_impl(x: torch.Tensor, size: int, stride: Sequence[int], padding_mod
         return _forced(x, padding_mode, impl)
     if x.device.type == "cpu" and _fused_ok(x, padding_mode):
         return "fused"
-    if x.device.type == "cuda" and CUDA_RULES and CUDA_RULES.get("backward") == "triton" \
-            and triton_unsupported(x, padding_mode) is None:
-        return "triton"
     return "separable"

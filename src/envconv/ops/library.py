@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.flop_counter import conv_flop_count, register_flop_formula
 
-from .. import functional as EF
+from .. import kernels as EF
 from . import composite, cpu, dispatch
 from .layout import empty_like_layout, memory_format
 
@@ -77,13 +77,24 @@ def _forward(x: Tensor, raw_sigma: Tensor, size: int, stride: List[int], padding
 
 @torch.library.custom_op("envconv::envelope", mutates_args=())
 def envelope(x: Tensor, raw_sigma: Tensor, size: int, stride: List[int], padding_mode: str, impl: str) -> Tensor:
-    """The envelope of ``x`` (N, C, H, W) at every ``stride``-th pixel; see :func:`envconv.ops.gaussian_envelope`."""
+    """The envelope of ``x`` (N, C, H, W) at every ``stride``-th pixel; see :func:`envconv.functional.gaussian_envelope`."""
     with _no_autocast(x):
         return _forward(x, raw_sigma, size, stride, padding_mode, impl)
 
 
+def _check_fake(x: Tensor, raw_sigma: Tensor, size: int, stride: List[int]) -> None:
+    """What the real kernels assume, checked on fake tensors too (the compiler and export see the same errors)."""
+    torch._check(x.dim() == 4, lambda: f"envconv::envelope: x must be 4-D (N, C, H, W), got {x.dim()} dims")
+    torch._check(raw_sigma.dim() == 1 and raw_sigma.shape[0] in (1, x.shape[1]),
+                 lambda: f"envconv::envelope: raw_sigma must have shape (C,) or (1,), got {tuple(raw_sigma.shape)}")
+    torch._check(size >= 1 and size % 2 == 1, lambda: f"envconv::envelope: size must be odd and positive, got {size}")
+    torch._check(len(stride) == 2 and all(s >= 1 for s in stride),
+                 lambda: f"envconv::envelope: stride must be two positive ints, got {stride}")
+
+
 @envelope.register_fake
 def _(x, raw_sigma, size, stride, padding_mode, impl):
+    _check_fake(x, raw_sigma, size, stride)
     return empty_like_layout(x, (x.shape[0], x.shape[1], *_out_size(x, stride)))
 
 
@@ -145,6 +156,10 @@ def _backward(grad, x, raw_sigma, size, stride, padding_mode, impl, need_x, need
 
 @envelope_backward.register_fake
 def _(grad, x, raw_sigma, size, stride, padding_mode, impl, need_x, need_sigma):
+    _check_fake(x, raw_sigma, size, stride)
+    torch._check(grad.dim() == 4 and tuple(grad.shape[2:]) == tuple(_out_size(x, stride)),
+                 lambda: f"envconv::envelope_backward: grad has shape {tuple(grad.shape)}, the envelope's output "
+                         f"{(x.shape[0], x.shape[1], *_out_size(x, stride))}")
     grad_x = empty_like_layout(x, x.shape) if need_x else x.new_empty(0)
     return grad_x, raw_sigma.new_empty(raw_sigma.shape if need_sigma else (0,))
 
@@ -163,6 +178,10 @@ def envelope_conv2d(x: Tensor, raw_sigma: Tensor, weight: Tensor, bias: Optional
 
 @envelope_conv2d.register_fake
 def _(x, raw_sigma, weight, bias, size, env_stride, padding_mode, impl, stride, padding, dilation, groups):
+    _check_fake(x, raw_sigma, size, env_stride)
+    torch._check(weight.dim() == 4 and weight.shape[1] * groups == x.shape[1],
+                 lambda: f"envconv::envelope_conv2d: weight {tuple(weight.shape)} with groups={groups} does not take "
+                         f"{x.shape[1]} input channels")
     smoothed = empty_like_layout(x, (x.shape[0], x.shape[1], *_out_size(x, env_stride)))
     return F.conv2d(smoothed, weight, bias, stride, padding, dilation, groups)
 
@@ -230,6 +249,44 @@ def _stem_backward(grad_out, x, raw_sigma, weight, size, need_w, bias_shape, nee
     grad_raw = (weight.double() * grad_both[:, c:].double()).sum((0, 2, 3)).to(raw_sigma.dtype)
     grad_w = _like(grad_both[:, :c], weight) if need_w else None
     return (grad_raw.sum().view(1) if raw_sigma.numel() == 1 else grad_raw), grad_w, (grad_b if need_b else None)
+
+
+# ---- autocast: the dtype F.conv2d would return ---------------------------------------------------------
+
+#: The dispatch keys of autocast per device type.
+_AUTOCAST_KEYS = {"cpu": "AutocastCPU", "cuda": "AutocastCUDA"}
+_autocast_lib = torch.library.Library("envconv", "FRAGMENT")  # kept alive: it holds the registrations
+
+
+def _autocast_dtype(device: str) -> torch.dtype:
+    if hasattr(torch, "get_autocast_dtype"):  # torch >= 2.4
+        return torch.get_autocast_dtype(device)
+    return torch.get_autocast_cpu_dtype() if device == "cpu" else torch.get_autocast_gpu_dtype()
+
+
+def _register_autocast(name: str, cast: Tuple[int, ...]) -> None:
+    """Under autocast, the op's arguments at positions ``cast`` go to the autocast dtype, as ``F.conv2d``'s do.
+
+    Like autocast's own rule for convolutions, float64 and non-float tensors are left alone;
+    ``raw_sigma`` keeps its dtype (the kernel of eq. (9) is computed in it, then cast).
+    """
+    op = getattr(torch.ops.envconv, name).default
+    for device, key in _AUTOCAST_KEYS.items():
+        excluded = torch._C.DispatchKeySet(getattr(torch._C.DispatchKey, key))
+
+        def kernel(keyset, *args, _device=device, _excluded=excluded):
+            dtype = _autocast_dtype(_device)
+            args = [a.to(dtype) if i in cast and isinstance(a, Tensor) and a.dtype in (torch.float32, torch.float16,
+                                                                                         torch.bfloat16)
+                    else a for i, a in enumerate(args)]
+            with torch._C._ExcludeDispatchKeyGuard(_excluded):
+                return op(*args)
+
+        _autocast_lib.impl(name, kernel, key, with_keyset=True)
+
+
+_register_autocast("envelope", cast=(0,))
+_register_autocast("envelope_conv2d", cast=(0, 2, 3))
 
 
 # ---- without the ops: plain ATen, for exporters that cannot carry a custom op -----------------------------

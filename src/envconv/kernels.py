@@ -1,0 +1,245 @@
+r"""The Gaussian envelope as pure functions of tensors.
+
+This module is the single place where the envelope's math lives (paper, Sec. 2.3):
+
+.. math::
+
+    \sigma_c^2 = \operatorname{softplus}(\tilde\sigma_c), \qquad
+    \mathbf g_{\sigma_c}[x] = \operatorname{softmax}_x\!\Big(-\frac{x^2}{2\sigma_c^2}\Big),
+    \quad x = -r, \dots, r, \quad k_g = 2r + 1,
+
+    \bar X(\cdot, \cdot, c) = \mathbf g_{\sigma_c}(y) * \big(\mathbf g_{\sigma_c}(x) * X(\cdot, \cdot, c)\big).
+
+The 2-D envelope is the outer product of the 1-D kernel with itself. This module holds the
+math only: the kernel, its derivative (what eq. (8) filters with), the parameterisation and
+argument checks. Applying the envelope to a tensor is the functional
+:func:`envconv.functional.gaussian_envelope` over the operator of :mod:`envconv.ops`; the
+independent reference it is tested against is ``tests/reference.py`` (scipy).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence, Union
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "central_mass",
+    "PADDING_MODES",
+    "MIN_SIGMA2",
+    "check_envelope_size",
+    "check_padding_mode",
+    "check_padding_size",
+    "check_envelope_args",
+    "sigma2_from_raw",
+    "raw_from_sigma",
+    "gaussian_kernel1d",
+    "gaussian_kernel1d_derivative",
+]
+
+#: Padding modes of the envelope; all keep the spatial size. ``"zeros"`` is what a
+#: convolution does; the others follow :func:`torch.nn.functional.pad`.
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+
+#: Lower bound on sigma^2 inside the kernel. At sigma^2 = 1e-4 the first off-centre
+#: logit is -5000, so ``exp`` underflows to exactly 0 in every float dtype: the kernel
+#: is the delta, as sigma = 0 must be. The bound keeps ``-x^2 / (2 sigma^2)`` and its
+#: derivative finite (no 0/0 at x = 0, no inf * 0 in backward) and changes the kernel
+#: by less than exp(-5000) relative to the unbounded formula.
+MIN_SIGMA2 = 1e-4
+
+
+def check_envelope_size(size: int, name: str = "size") -> int:
+    """Return ``size`` if it is a valid envelope size (odd int >= 1), else raise.
+
+    Example:
+        >>> check_envelope_size(9)
+        9
+        >>> check_envelope_size(4)
+        Traceback (most recent call last):
+            ...
+        ValueError: size must be an odd positive int (k_g = 2r + 1), got 4
+    """
+    if isinstance(size, bool) or not isinstance(size, int):
+        raise TypeError(f"{name} must be an odd positive int, got {type(size).__name__} {size!r}")
+    if size < 1 or size % 2 == 0:
+        raise ValueError(f"{name} must be an odd positive int (k_g = 2r + 1), got {size}")
+    return size
+
+
+def check_padding_mode(padding_mode: str, name: str = "padding_mode") -> str:
+    """Return ``padding_mode`` if it is one of :data:`PADDING_MODES`, else raise.
+
+    Example:
+        >>> check_padding_mode("reflect")
+        'reflect'
+        >>> check_padding_mode("same")
+        Traceback (most recent call last):
+            ...
+        ValueError: padding_mode must be one of ('zeros', 'reflect', 'replicate', 'circular'), got 'same'
+    """
+    if padding_mode not in PADDING_MODES:
+        raise ValueError(f"{name} must be one of {PADDING_MODES}, got {padding_mode!r}")
+    return padding_mode
+
+
+def sigma2_from_raw(raw_sigma: torch.Tensor) -> torch.Tensor:
+    r"""Map the raw parameter to the variance: :math:`\sigma^2 = \log(1 + e^{\tilde\sigma})`.
+
+    Example:
+        >>> sigma2_from_raw(torch.zeros(1))  # raw sigma 0: sigma^2 = log 2
+        tensor([0.6931])
+    """
+    return F.softplus(raw_sigma)
+
+
+def raw_from_sigma(sigma: Union[float, Sequence[float], torch.Tensor]) -> torch.Tensor:
+    r"""Inverse of :func:`sigma2_from_raw` applied to ``sigma**2``, in float64.
+
+    :math:`\tilde\sigma = \log(e^{\sigma^2} - 1)`; ``sigma = 0`` maps to ``-inf``,
+    which :func:`gaussian_kernel1d` turns into the delta kernel.
+
+    Raises:
+        ValueError: if any sigma is negative or not finite.
+
+    Example:
+        >>> raw_from_sigma([0.0, 1.0])
+        tensor([  -inf, 0.5413], dtype=torch.float64)
+        >>> sigma2_from_raw(raw_from_sigma([1.0]))
+        tensor([1.], dtype=torch.float64)
+    """
+    s = torch.as_tensor(sigma, dtype=torch.float64)
+    if not bool(torch.isfinite(s).all()) or bool((s < 0).any()):
+        raise ValueError(f"sigma must be finite and >= 0, got {sigma!r}")
+    s2 = s * s
+    # log(expm1(s2)) overflows for large s2, where it equals s2 + log1p(-exp(-s2)).
+    return torch.where(s2 > 30, s2 + torch.log1p(-torch.exp(-s2)), torch.log(torch.expm1(s2)))
+
+
+def gaussian_kernel1d(raw_sigma: torch.Tensor, size: int) -> torch.Tensor:
+    r"""Discrete 1-D Gaussian envelope of eq. (9), one row per entry of ``raw_sigma``.
+
+    .. math::
+
+        \mathbf g[c, x] = \frac{\exp(-x^2 / 2\sigma_c^2)}{\sum_{\xi=-r}^{r}\exp(-\xi^2 / 2\sigma_c^2)},
+        \qquad \sigma_c^2 = \operatorname{softplus}(\tilde\sigma_c).
+
+    Each row sums to one. Very negative ``raw_sigma`` (sigma -> 0) gives the delta
+    kernel, very large ``raw_sigma`` the uniform (box) kernel; neither produces NaN or
+    Inf, in forward or backward.
+
+    Args:
+        raw_sigma: raw parameters :math:`\tilde\sigma`, shape :math:`(C,)`.
+        size: kernel size :math:`k_g = 2r + 1`, odd and positive.
+
+    Returns:
+        Tensor of shape :math:`(C, k_g)`, dtype and device of ``raw_sigma``.
+
+    Example:
+        >>> k = gaussian_kernel1d(torch.zeros(2), 5)
+        >>> k.shape, bool(torch.allclose(k.sum(1), torch.ones(2)))
+        (torch.Size([2, 5]), True)
+    """
+    check_envelope_size(size)
+    if raw_sigma.dim() != 1:
+        raise ValueError(f"raw_sigma must have shape (C,), got {tuple(raw_sigma.shape)}")
+    r = size // 2
+    x2 = torch.arange(-r, r + 1, device=raw_sigma.device, dtype=raw_sigma.dtype).square()
+    sigma2 = sigma2_from_raw(raw_sigma).clamp_min(MIN_SIGMA2)
+    return torch.softmax(-x2 / (2.0 * sigma2[:, None]), dim=1)
+
+
+def central_mass(raw_sigma: torch.Tensor, size: int, taps: int) -> torch.Tensor:
+    r"""Per channel, the share of the ``size`` x ``size`` envelope's mass inside its central ``taps`` x ``taps``.
+
+    The separable 2-D envelope's central part holds :math:`m^2`, :math:`m` the sum of the
+    central ``taps`` entries of :func:`gaussian_kernel1d`. ``1 - central_mass`` is what
+    shrinking the envelope to ``taps`` at inference (Table 1e) leaves out.
+
+    Args:
+        raw_sigma: raw parameters :math:`\tilde\sigma`, shape :math:`(C,)`.
+        size: the envelope's size :math:`k_g`.
+        taps: the central size kept (odd; capped at ``size``).
+
+    Returns:
+        Tensor of shape :math:`(C,)`.
+
+    Example:
+        >>> round(float(central_mass(torch.zeros(1, dtype=torch.float64), 9, 3)), 3)  # sigma 0.83: 3 taps keep 89%
+        0.893
+    """
+    check_envelope_size(taps, "taps")
+    kernel = gaussian_kernel1d(raw_sigma, size)
+    r, t = size // 2, min(taps, size) // 2
+    return kernel[:, r - t : r + t + 1].sum(dim=1).square()
+
+
+def gaussian_kernel1d_derivative(raw_sigma: torch.Tensor, size: int) -> torch.Tensor:
+    r"""Derivative of :func:`gaussian_kernel1d` w.r.t. each channel's own raw sigma, shape :math:`(C, k_g)`.
+
+    .. math::
+
+        \frac{\partial \mathbf g[c, x]}{\partial \tilde\sigma_c}
+        = \mathbf g[c, x]\,\frac{x^2 - \sum_\xi \mathbf g[c, \xi]\,\xi^2}{2\sigma_c^4}\,
+          \operatorname{sigmoid}(\tilde\sigma_c)
+
+    (zero where :math:`\sigma_c^2` sits at its lower bound), the :math:`\partial \mathbf g /
+    \partial \sigma_c` that eq. (8) filters the input with.
+
+    Example:
+        >>> d = gaussian_kernel1d_derivative(torch.zeros(2, dtype=torch.float64), 5)
+        >>> d.shape, bool(torch.allclose(d.sum(1), torch.zeros(2, dtype=torch.float64)))  # the taps keep summing to 1
+        (torch.Size([2, 5]), True)
+    """
+    r = size // 2
+    x2 = torch.arange(-r, r + 1, device=raw_sigma.device, dtype=raw_sigma.dtype).square()
+    unclamped = sigma2_from_raw(raw_sigma)
+    sigma2 = unclamped.clamp_min(MIN_SIGMA2)
+    g = torch.softmax(-x2 / (2.0 * sigma2[:, None]), dim=1)
+    dsigma2 = torch.sigmoid(raw_sigma) * (unclamped >= MIN_SIGMA2)
+    return g * (x2 - (g * x2).sum(1, keepdim=True)) / (2.0 * sigma2[:, None] ** 2) * dsigma2[:, None]
+
+
+def check_envelope_args(x: torch.Tensor, raw_sigma: torch.Tensor, size: int, padding_mode: str) -> None:
+    """Check an envelope's arguments: ``x`` (N, C, H, W), ``raw_sigma`` (C,) or (1,); raise naming the problem.
+
+    Example:
+        >>> check_envelope_args(torch.zeros(1, 4, 8, 8), torch.zeros(3), 9, "zeros")
+        Traceback (most recent call last):
+            ...
+        ValueError: raw_sigma must have shape (4,) or (1,) for x with 4 channels, got (3,)
+    """
+    if raw_sigma.dim() != 1:
+        raise ValueError(f"raw_sigma must have shape (C,) or (1,), got {tuple(raw_sigma.shape)}")
+    channels_of_param = raw_sigma.shape[0]
+    check_envelope_size(size)
+    check_padding_mode(padding_mode)
+    if x.dim() != 4:
+        raise ValueError(f"x must have shape (N, C, H, W), got {x.dim()} dims {tuple(x.shape)}")
+    channels = x.shape[1]
+    if channels_of_param not in (1, channels):
+        raise ValueError(
+            f"raw_sigma must have shape ({channels},) or (1,) for x with {channels} channels, "
+            f"got ({channels_of_param},)"
+        )
+    check_padding_size(x, size, padding_mode)
+
+
+def check_padding_size(x: torch.Tensor, size: int, padding_mode: str) -> None:
+    """F.pad's limits: reflect needs r < H, W; circular needs r <= H, W.
+
+    Example:
+        >>> check_padding_size(torch.zeros(1, 1, 3, 3), 9, "reflect")
+        Traceback (most recent call last):
+            ...
+        ValueError: padding_mode='reflect' needs height and width > r = 4 (size 9), got (3, 3)
+    """
+    r = size // 2
+    too_small = {"reflect": min(x.shape[2:]) <= r, "circular": min(x.shape[2:]) < r}
+    if too_small.get(padding_mode, False):
+        relation = ">" if padding_mode == "reflect" else ">="
+        raise ValueError(
+            f"padding_mode={padding_mode!r} needs height and width {relation} r = {r} (size {size}), "
+            f"got {tuple(x.shape[2:])}"
+        )

@@ -1,0 +1,73 @@
+"""The ``envconv`` command line: one subcommand per recipe module.
+
+This module only builds the parser and dispatches: each subcommand's arguments and its work
+live in the recipe module named in :func:`get_args_parser` (``add_arguments`` / ``main``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import List, Optional
+
+from ..version import __version__
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    """The ``envconv`` parser with every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="envconv",
+        description="Disentangled convolution (Gaussian envelope + discrete filter) for PyTorch.",
+    )
+    parser.add_argument("--version", action="version", version=f"envconv {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    from . import demo, sigma_recovery, tables
+    from .analysis import cli as analysis_cli
+    from .study import cli as study_cli
+    from .training import evaluation, probe, trainer
+
+    # (name, module, (add_arguments, main) when not the module's own, help); the description is the first
+    # line of the module's docstring, or of that main's
+    commands = [
+        ("train", trainer, None, "train a model from a YAML config (torchrun for several processes)"),
+        ("eval", evaluation, None, "top-1/top-5 error of a checkpoint, optionally with shrunk envelopes"),
+        ("probe", probe, None, "linear probe (Table 2): frozen features, a new linear classifier"),
+        ("analyze", analysis_cli, None, "report what the envelopes learned: sigmas, envelopes, history, GradCAM, "
+                                        "effective receptive fields"),
+        ("study", study_cli, None, "the paper's comparisons as a resumable grid of seeded runs, with a report"),
+        ("demo", demo, None, "train a small ResNet with and without envelopes on Fashion-MNIST"),
+        ("sigma-demo", sigma_recovery, None, "learn a known envelope back from a teacher layer (seconds)"),
+        ("envelopes", tables, (tables.add_arguments, tables.main),
+         "the envelope table of a run, checkpoint, state dict or model name"),
+        ("methods", tables, (tables.add_methods_arguments, tables.methods_main),
+         "list the comparison methods with their extra parameters on a model"),
+    ]
+    for name, module, functions, text in commands:
+        add_arguments, run = functions or (module.add_arguments, module.main)
+        command = sub.add_parser(name, help=text, description=(run if functions else module).__doc__.splitlines()[0])
+        add_arguments(command)
+        command.set_defaults(func=run)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Run ``envconv`` with ``argv``; bad input ends with one line on stderr and exit code 2."""
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError, ImportError,
+            FloatingPointError) as err:
+        print(f"envconv {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"envconv {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

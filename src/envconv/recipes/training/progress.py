@@ -1,0 +1,96 @@
+"""What a run reports: a progress bar, per-epoch metrics and sigmas, and TensorBoard scalars."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import sys
+from typing import Any, Dict, List, Optional, TextIO, Union
+
+from tqdm import tqdm
+
+from ...state_dict import atomic_write_bytes
+from ..rundir import RunDir
+
+__all__ = ["progress_bar", "RunLog", "METRICS_COLUMNS"]
+
+METRICS_COLUMNS = ("epoch", "lr", "train_loss", "train_top1_err", "train_top5_err", "val_loss", "val_top1_err",
+                   "val_top5_err", "seconds", "images_per_s")
+
+
+def progress_bar(total: int, desc: str, enabled: bool, stream: Optional[TextIO] = None) -> tqdm:
+    """A tqdm bar of ``total`` steps on ``stream`` (stderr), cleared when closed; silent when not ``enabled``."""
+    return tqdm(total=total, desc=desc, disable=not enabled, file=stream or sys.stderr, leave=False,
+                dynamic_ncols=True, unit="step")
+
+
+class RunLog:
+    """Per-epoch records of a run directory: the metrics rows and the sigmas (:class:`RunDir`'s files).
+
+    Only the main process writes (``enabled``). The sigma file is a list of
+    ``{"epoch": e, "sigma": {layer: [sigma per channel]}}``; both files are rewritten atomically.
+    """
+
+    def __init__(self, run: Union[RunDir, str, os.PathLike], enabled: bool, tensorboard: bool = True) -> None:
+        run = run if isinstance(run, RunDir) else RunDir(run)
+        self.run, self.enabled = run, enabled
+        self.metrics_path, self.sigma_path = run.metrics_file, run.sigma_file
+        self.writer = None
+        if enabled and tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # tensorboard is optional
+                SummaryWriter = None
+            if SummaryWriter is not None:
+                self.writer = SummaryWriter(str(run.tensorboard_dir))
+
+    def rows(self) -> List[Dict[str, str]]:
+        """The metrics rows so far (empty when there is none)."""
+        return self.run.metrics()
+
+    def truncate(self, last_epoch: int) -> None:
+        """Forget records after ``last_epoch`` (a resume repeats those epochs)."""
+        if not self.enabled:
+            return
+        self._write_rows([r for r in self.rows() if int(r["epoch"]) <= last_epoch])
+        self._write_sigmas([e for e in self._sigmas() if e["epoch"] <= last_epoch])
+
+    def log_epoch(self, row: Dict[str, Any], sigmas: Dict[str, List[float]]) -> None:
+        if not self.enabled:
+            return
+        self._write_rows(self.rows() + [{k: _format(row.get(k)) for k in METRICS_COLUMNS}])
+        self._write_sigmas(self._sigmas() + [{"epoch": row["epoch"], "sigma": sigmas}])
+        if self.writer is not None:
+            for key, value in row.items():
+                if key != "epoch" and isinstance(value, float) and value == value:
+                    self.writer.add_scalar(key.replace("_", "/", 1), value, row["epoch"])
+            for layer, values in sigmas.items():
+                self.writer.add_scalar(f"sigma_mean/{layer}", sum(values) / len(values), row["epoch"])
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+    def _sigmas(self) -> List[Dict[str, Any]]:
+        return self.run.sigma_records()
+
+    def _write_sigmas(self, entries: List[Dict[str, Any]]) -> None:
+        atomic_write_bytes(json.dumps(entries, indent=1).encode(), self.sigma_path)
+
+    def _write_rows(self, rows: List[Dict[str, str]]) -> None:
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=METRICS_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_bytes(text.getvalue().encode(), self.metrics_path)
+
+
+def _format(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)

@@ -1,0 +1,132 @@
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from envconv.recipes.cli import main
+from envconv.recipes.study import load_plan, run_study
+from envconv.recipes.study.plan import Claim
+from envconv.recipes.study.report import RESULT_COLUMNS, verdict
+from envconv.recipes.study.stats import Difference
+from study_helpers import write_plan
+
+
+@pytest.fixture(scope="module")
+def finished_study(tmp_path_factory):
+    """2 entries x 2 seeds x 1 epoch on 256 synthetic images, with the k3 evaluation and a digits probe."""
+    tmp = tmp_path_factory.mktemp("study")
+    plan = load_plan(write_plan(tmp, probe={"dataset": "digits", "epochs": 3}))
+    run_study(plan, tmp / "out", quiet=True, log=lambda _: None)
+    return tmp, plan
+
+
+def _read(path):
+    return json.loads(path.read_text())
+
+
+def test_report_tables_equal_a_hand_computation_from_the_run_directories(finished_study, capsys):
+    tmp, plan = finished_study
+    assert main(["study", str(tmp / "plan.yaml"), "--out", str(tmp / "out"), "--report", "--docs",
+                 str(tmp / "docs")]) == 0
+    assert "(6 rows)" in capsys.readouterr().out
+    errors = {(e, s): _read(tmp / "out" / f"{e}_seed{s}" / "summary.json")["final_val"]["top1_err"]
+              for e in ("none", "gaussian") for s in (0, 1)}
+    k3 = {s: _read(tmp / "out" / f"gaussian_seed{s}" / "eval-last-k3.json")["top1_err"] for s in (0, 1)}
+    probe = {(e, s): _read(tmp / "out" / f"{e}_seed{s}" / "probe-last-digits.json")["val"]["top1_err"]
+             for e in ("none", "gaussian") for s in (0, 1)}
+
+    with open(tmp / "docs" / "reproduction" / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert tuple(rows[0]) == RESULT_COLUMNS
+    assert [(r["run"], r["label"]) for r in rows] == [
+        ("none_seed0", "baseline"), ("gaussian_seed0", "ours"), ("gaussian_seed0", "gaussian-k3"),
+        ("none_seed1", "baseline"), ("gaussian_seed1", "ours"), ("gaussian_seed1", "gaussian-k3")]
+    for r in rows:
+        entry, seed = r["run"].rsplit("_seed", 1)
+        expected = k3[int(seed)] if r["label"] == "gaussian-k3" else errors[(entry, int(seed))]
+        assert float(r["test_top1_err"]) == pytest.approx(expected, abs=1e-4)
+        if r["label"] != "gaussian-k3":
+            assert float(r["probe_err"]) == pytest.approx(probe[(entry, int(seed))], abs=1e-4)
+            seconds = [float(m["seconds"]) for m in csv.DictReader(open(tmp / "out" / r["run"] / "metrics.csv"))]
+            assert float(r["train_seconds"]) == pytest.approx(sum(seconds), abs=1e-3)
+        else:
+            assert r["probe_err"] == "" and r["train_seconds"] == ""
+
+    report = (tmp / "docs" / "reproduction.md").read_text()
+    for entry, label in (("none", "baseline"), ("gaussian", "ours")):
+        values = np.array([errors[(entry, s)] for s in (0, 1)])
+        assert f"| {label} | " in report
+        assert f"{values.mean():.2f} ± {values.std(ddof=1):.2f} (n=2)" in report
+    diffs = np.array([errors[("gaussian", s)] - errors[("none", s)] for s in (0, 1)])
+    half = 12.7062047 * diffs.std(ddof=1) / np.sqrt(2)   # t(0.975, 1 df)
+    assert f"{diffs.mean():+.2f} [{diffs.mean() - half:+.2f}, {diffs.mean() + half:+.2f}] (n=2)" in report
+    # the verdict row: the detectable difference is the half-width, the paper's Δ is 23.03 - 23.81
+    claim_row = next(line for line in report.splitlines() if line.startswith("| 1a | envelopes help |"))
+    assert f"| ±{half:.2f} | -0.78 |" in claim_row
+    assert "![paired differences of every claim](reproduction/claims.png)" in report
+    assert (tmp / "docs" / "reproduction" / "claims.png").stat().st_size > 1000
+    # the shrunk evaluation reuses ours' checkpoints, so it has ours' extra parameters (its sigmas)
+    extra = _read(tmp / "out" / "gaussian_seed0" / "summary.json")["parameters"] - _read(
+        tmp / "out" / "none_seed0" / "summary.json")["parameters"]
+    k3_row = next(line for line in report.splitlines() if line.startswith("| gaussian-k3 |"))
+    assert extra > 0 and k3_row.endswith(f"| - | {extra:+,} |")
+    assert "![Table 1a](reproduction/table-1a.png)" in report
+    assert (tmp / "docs" / "reproduction" / "table-1a.png").stat().st_size > 1000
+    assert "![sigma per channel](reproduction/sigma.png)" in report
+
+
+@pytest.mark.parametrize("kind, low, high, expected", [
+    ("better", -0.9, -0.1, "holds"), ("better", -0.5, 0.2, "inconclusive"),
+    ("better", 0.1, 0.6, "does not hold (significantly worse)"),
+    ("same", -0.2, 0.25, "holds"), ("same", -0.1, 0.5, "inconclusive"), ("same", 0.4, 0.9, "does not hold"),
+])
+def test_verdicts_follow_the_interval(kind, low, high, expected):
+    claim = Claim("1a", "", "a", "b", kind)
+    assert verdict(claim, Difference((low + high) / 2, low, high, 3), margin=0.3) == expected
+    assert verdict(claim, Difference(0.0, None, None, 1), margin=0.3).startswith("inconclusive")
+
+
+def test_the_report_says_which_machine_trained_which_run():
+    from envconv.recipes.study.report import Result, _hardware_lines
+
+    def result(run, cpu, threads=2):
+        hw = {"cpu": cpu, "cores": 2, "torch_threads": threads, "torch": "2.14.1", "envconv": "0.1.0"}
+        return Result(run, run.split("_")[0], ["1a"], "x", 0, 10, 8.0, None, 1.0, summary={"model": "m"},
+                      info={"hardware": hw})
+
+    one = _hardware_lines([result("none_seed0", "AMD EPYC"), result("gaussian_seed0", "AMD EPYC")])
+    assert one == ["- Hardware: AMD EPYC (2 cores, 2 torch threads); torch 2.14.1, envconv 0.1.0."]
+    two = _hardware_lines([result("none_seed0", "Intel Xeon"), result("none_seed1", "AMD EPYC", threads=1),
+                           result("gaussian_seed0", "Intel Xeon")])
+    assert two[1] == ("  - Intel Xeon (2 cores, 2 torch threads); torch 2.14.1, envconv 0.1.0: "
+                      "none_seed0, gaussian_seed0")
+    assert two[2] == "  - AMD EPYC (2 cores, 1 torch thread); torch 2.14.1, envconv 0.1.0: none_seed1"
+
+
+def test_the_report_regenerates_identically_from_the_committed_files_alone(finished_study, tmp_path, monkeypatch):
+    # A fresh clone has each run's small files but no checkpoints, logs of TensorBoard or locks.
+    import shutil
+
+    src, plan = finished_study
+    assert main(["study", str(src / "plan.yaml"), "--out", str(src / "out"), "--report", "--docs",
+                 str(tmp_path / "with-checkpoints")]) == 0
+    clone = tmp_path / "clone"
+    shutil.copytree(src / "out", clone, ignore=shutil.ignore_patterns("*.pt", "tensorboard", ".lock"))
+    assert not list(clone.rglob("*.pt"))
+    assert main(["study", str(src / "plan.yaml"), "--out", str(clone), "--report", "--docs",
+                 str(tmp_path / "fresh")]) == 0
+    for name in ("reproduction/results.csv", "reproduction.md"):
+        before = (tmp_path / "with-checkpoints" / name).read_text()
+        after = (tmp_path / "fresh" / name).read_text()
+        assert after == before.replace(str(src / "out"), str(clone)), name
+    assert (tmp_path / "fresh" / "reproduction" / "sigma.png").is_file()  # drawn from sigma.json
+    # and the runner treats the committed runs as finished: nothing is trained, evaluated or probed again
+    from envconv.recipes.study import runner
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a finished run was started again")
+
+    for name in ("train", "evaluate_checkpoint", "linear_probe"):
+        monkeypatch.setattr(runner, name, refuse)
+    run_study(plan, clone, quiet=True, log=lambda _: None)
