@@ -100,7 +100,7 @@ def test_from_conv_equals_conv_when_sigma_is_zero(conv, order):
     x = torch.randn(2, conv.in_channels, 16, 16)
     assert torch.equal(new(x), conv(x))
     assert new.padding_mode == conv.padding_mode and new.padding == conv.padding
-    assert new.weight.data_ptr() != conv.weight.data_ptr()  # a copy, not shared storage
+    assert new.weight is conv.weight  # the same Parameter: a weight tied to another layer stays tied
 
 
 def test_from_conv_keeps_dtype_requires_grad_and_mode():

@@ -227,3 +227,48 @@ def test_shrink_auto_picks_the_smallest_size_keeping_the_mass():
     assert {r.size for r in envelopes(model)} == {3}  # 89% >= 80%
     with pytest.raises(ValueError, match="eps"):
         shrink(model, "auto", eps=0.0)
+
+
+class _Reused(nn.Module):
+    """One convolution object at two places, and two convolutions sharing one weight Parameter."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.a = nn.Conv2d(4, 4, 3, stride=2, padding=1)
+        self.b = self.a
+        self.c = nn.Conv2d(4, 4, 3, stride=2, padding=1)
+        self.d = nn.Conv2d(4, 4, 3, stride=2, padding=1)
+        self.d.weight = self.c.weight
+
+    def forward(self, x):
+        x = self.stem(x)
+        return self.d(self.c(self.b(self.a(x))))
+
+
+def test_a_module_used_twice_stays_one_module_and_tied_weights_stay_tied():
+    torch.manual_seed(0)
+    net = _Reused()
+    x = torch.randn(2, 3, 32, 32)
+    before = net(x)
+    disentangle(net)
+    assert isinstance(net.a, DisentangledConv2d) and net.b is net.a  # one replacement at both places
+    assert net.d.weight is net.c.weight  # the tie of the Parameter is kept
+    params = dict(net.named_parameters())
+    assert "b.weight" not in params and "d.weight" not in params  # still shared, listed once
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, GaussianEnvelope):
+                m.raw_sigma.fill_(-1e4)  # sigma -> 0: the identity, so the logits are the original ones
+    torch.testing.assert_close(net(x), before, atol=1e-5, rtol=1e-5)
+    net(x).sum().backward()
+    assert net.c.weight.grad is not None and net.c.weight.grad.abs().sum() > 0
+
+
+def test_scripted_modules_are_refused_by_disentangle_and_shrink():
+    model = torch.jit.script(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 3, stride=2)))
+    with pytest.raises(TypeError, match="disentangle\\(\\) cannot change a TorchScript module"):
+        disentangle(model)
+    converted = torch.jit.script(disentangle(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 3, stride=2))))
+    with pytest.raises(TypeError, match="shrink\\(\\) cannot change a TorchScript module"):
+        shrink(converted, 3)

@@ -120,3 +120,27 @@ def test_bad_arguments():
         env(torch.randn(1, 4, 8, 8))
     with pytest.raises(ValueError, match="dims"):
         env(torch.randn(8, 8))
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int8, torch.int32, torch.int64, torch.bool])
+@pytest.mark.parametrize("impl", ["auto", "separable", "full", "fused"])
+def test_integer_input_is_refused_not_rounded_to_zero(dtype, impl):
+    env = GaussianEnvelope(3, 5)
+    env.impl = impl
+    x = torch.full((1, 3, 8, 8), 1, dtype=dtype)
+    with pytest.raises(TypeError, match=f"floating-point tensor, got {dtype}"):
+        env(x)
+    with pytest.raises(TypeError, match="floating point"):  # the op itself, called directly
+        torch.ops.envconv.envelope(x, env.raw_sigma, 5, [1, 1], "zeros", impl)
+
+
+def test_sigma_zero_is_the_identity_for_finite_input_and_spreads_nan_from_inf_as_documented():
+    env = GaussianEnvelope.fixed(1, sigma=0.0, size=5)
+    x = torch.randn(1, 1, 9, 9, dtype=torch.float64) * 1e300
+    assert torch.equal(env(x), x)  # exact, even for huge values
+    x = torch.zeros(1, 1, 9, 9)
+    x[0, 0, 4, 4] = float("inf")
+    y = env(x)
+    assert y[0, 0, 4, 4] == float("inf")
+    assert int(torch.isnan(y).sum()) == 24  # 0 * inf = NaN at the other 24 taps of the 5x5 window
+    assert "0 * inf" in GaussianEnvelope.fixed.__doc__

@@ -75,8 +75,9 @@ class ConvVariant(nn.Conv2d):
     def from_conv(cls, conv: nn.Conv2d, **kwargs):
         """Build this variant from an existing :class:`torch.nn.Conv2d`.
 
-        The new module has the same Conv2d arguments, ``weight`` and ``bias`` (copied by
-        name), device, dtype, ``requires_grad`` flags and train/eval mode; ``kwargs`` are
+        The new module has the same Conv2d arguments, ``weight`` and ``bias`` (the same
+        ``Parameter`` objects, so a weight shared with another layer stays shared), device,
+        dtype, ``requires_grad`` flags and train/eval mode; ``kwargs`` are
         the variant's own constructor options. A frozen convolution (weight without
         gradient, as a detection backbone's frozen stem) gives a frozen variant: its new
         parameters (the envelope's sigma) do not train either.
@@ -85,13 +86,13 @@ class ConvVariant(nn.Conv2d):
             TypeError, ValueError: see :func:`~envconv.conv.conv_arguments`.
         """
         new = cls(**conv_arguments(conv), **kwargs)
-        with torch.no_grad():
-            for name in ("weight", "bias"):
-                source = getattr(conv, name)
-                if source is not None:
-                    target = getattr(new, name)
-                    target.copy_(source)
-                    target.requires_grad_(source.requires_grad)
+        for name in ("weight", "bias"):
+            source = getattr(conv, name)
+            if isinstance(source, nn.Parameter):  # the same Parameter: ties stay tied (as timm's converters do)
+                setattr(new, name, source)
+            elif source is not None:  # e.g. a parametrized weight: its current value
+                with torch.no_grad():
+                    getattr(new, name).copy_(source)
         if not conv.weight.requires_grad:
             for name, param in new.named_parameters():
                 if name not in ("weight", "bias"):

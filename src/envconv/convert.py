@@ -11,6 +11,7 @@ import fnmatch
 import logging
 from typing import Callable, List, Optional, Sequence, Tuple, Union
 
+import torch
 from torch import nn
 
 from . import kernels as EF
@@ -232,9 +233,11 @@ def disentangle(
     Every selected ``nn.Conv2d`` (see :func:`select_layers` for ``where`` and ``stem``) is
     replaced, by attribute name, with the method's module built from it: weights, bias,
     device, dtype, ``requires_grad`` and train/eval mode are kept, and nothing else in
-    the model changes. ``stem="modified"`` first rebuilds the first layer as in Fig. 5c
-    (:func:`~envconv.convert.modify_stem`); its two new strided convolutions are then converted too
-    (for ``where`` rules that select them).
+    the model changes. The new module holds the old one's weight and bias ``Parameter`` objects,
+    so weights tied between layers stay tied, and a convolution used at several places (one
+    module object under two names) gets one replacement at all of them. ``stem="modified"``
+    first rebuilds the first layer as in Fig. 5c (:func:`~envconv.convert.modify_stem`); its two
+    new strided convolutions are then converted too (for ``where`` rules that select them).
 
     Args:
         model: any module holding ``nn.Conv2d`` layers (torchvision, timm, envconv models).
@@ -250,6 +253,7 @@ def disentangle(
             ``initial_sigma=1.0, decay=0.9, every=5`` for ``cbs``.
 
     Raises:
+        TypeError: ``model`` is a TorchScript module (convert the eager model, then script it).
         ValueError: unknown method, ``where`` or ``stem``; an option the method does not
             take; a pattern that matches nothing; a model without convolutions.
         TypeError: a selected convolution that cannot be converted (already converted,
@@ -268,6 +272,7 @@ def disentangle(
         >>> [type(m).__name__ for m in net]
         ['DisentangledConv2d', 'ReLU', 'DisentangledConv2d']
     """
+    _refuse_scripted(model, "disentangle")
     get_method(method)
     options = dict(method_options)
     for name, value in (("envelope_size", envelope_size), ("order", order), ("shared_sigma", shared_sigma or None)):
@@ -282,12 +287,23 @@ def disentangle(
     names = select_layers(model, where, stem)
     if method == "none":
         return model
-    replacements = {name: build_replacement(method, model.get_submodule(name), **options) for name in names}
-    for name, new in replacements.items():
+    replacements = {id(model.get_submodule(name)): build_replacement(method, model.get_submodule(name), **options)
+                    for name in names}
+    # a module used at several places (named_modules lists it once) gets one replacement at all of them
+    places = [name for name, m in model.named_modules(remove_duplicate=False) if id(m) in replacements and name]
+    originals = {name: model.get_submodule(name) for name in places}
+    for name in places:
         parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent), child, new)
-    log.info("envconv: %s at %d layers: %s", method, len(names), ", ".join(names))
+        setattr(model.get_submodule(parent), child, replacements[id(originals[name])])
+    log.info("envconv: %s at %d layers: %s", method, len(names), ", ".join(names)
+             + (f" (also used as {', '.join(sorted(set(places) - set(names)))})" if set(places) - set(names) else ""))
     return model
+
+
+def _refuse_scripted(module: nn.Module, what: str) -> None:
+    if isinstance(module, torch.jit.ScriptModule):
+        raise TypeError(f"{what}() cannot change a TorchScript module (torch.jit.script / trace): its code is "
+                        f"compiled; {what} the eager model first, then script it")
 
 
 def auto_envelope_size(envelope: GaussianEnvelope, eps: float = 1e-2) -> int:
@@ -319,6 +335,10 @@ def shrink(module: nn.Module, size: Union[int, str] = 3, *, eps: float = 1e-2) -
     :func:`~envconv.convert.auto_envelope_size`: the smallest odd size keeping at least ``1 - eps`` of
     the envelope's mass for its widest channel (default ``eps = 1e-2``, i.e. 99%).
 
+    Raises:
+        TypeError: ``module`` is a TorchScript module (shrink the eager model, then script it).
+        ValueError: a size that is not odd and positive.
+
     Example:
         >>> from envconv import DisentangledConv2d
         >>> m = nn.Sequential(DisentangledConv2d(3, 8, 3), DisentangledConv2d(8, 8, 3))
@@ -328,6 +348,7 @@ def shrink(module: nn.Module, size: Union[int, str] = 3, *, eps: float = 1e-2) -
         >>> [c.envelope.size for c in shrink(m, "auto")]  # 5 taps keep 99.7% of the mass, 3 taps 89%
         [5]
     """
+    _refuse_scripted(module, "shrink")
     if size != "auto":
         EF.check_envelope_size(size)
     for m in module.modules():

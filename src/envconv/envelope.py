@@ -117,7 +117,9 @@ class GaussianEnvelope(nn.Module):
             channels: number of channels.
             sigma: the scale :math:`\sigma \ge 0` (not its square, not the raw value):
                 one number shared by all channels, or one per channel.
-                ``sigma = 0`` is the identity (a delta kernel).
+                ``sigma = 0`` is a delta kernel: the identity for finite inputs. Like any
+                convolution it multiplies every pixel in the ``k_g x k_g`` window by its tap,
+                so an infinite or NaN pixel makes its neighbours NaN (``0 * inf``).
             size: envelope size :math:`k_g`.
             padding_mode: as in the constructor.
             device: where the sigma buffer goes.

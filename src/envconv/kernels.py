@@ -204,12 +204,18 @@ def gaussian_kernel1d_derivative(raw_sigma: torch.Tensor, size: int) -> torch.Te
 def check_envelope_args(x: torch.Tensor, raw_sigma: torch.Tensor, size: int, padding_mode: str) -> None:
     """Check an envelope's arguments: ``x`` (N, C, H, W), ``raw_sigma`` (C,) or (1,); raise naming the problem.
 
+    Both must be floating point (``TypeError`` otherwise): the kernel of eq. (9) has no integer form.
+
     Example:
         >>> check_envelope_args(torch.zeros(1, 4, 8, 8), torch.zeros(3), 9, "zeros")
         Traceback (most recent call last):
             ...
         ValueError: raw_sigma must have shape (4,) or (1,) for x with 4 channels, got (3,)
     """
+    if not x.is_floating_point():  # an integer kernel would round every tap of eq. (9) to 0
+        raise TypeError(f"x must be a floating-point tensor, got {x.dtype} (convert it first, e.g. x.float())")
+    if not raw_sigma.is_floating_point():
+        raise TypeError(f"raw_sigma must be a floating-point tensor, got {raw_sigma.dtype}")
     if raw_sigma.dim() != 1:
         raise ValueError(f"raw_sigma must have shape (C,) or (1,), got {tuple(raw_sigma.shape)}")
     channels_of_param = raw_sigma.shape[0]

@@ -57,7 +57,11 @@ def load_state_dict_file(path: Union[str, os.PathLike]) -> Mapping[str, torch.Te
 
 
 def atomic_write_bytes(data: bytes, path: Union[str, os.PathLike]) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename: the old file stays whole until then."""
+    """Write ``data`` to ``path`` through a temporary file and a rename: the old file stays whole until then.
+
+    The temporary file (``PATH.tmp-PID``) is removed whatever stops the write, including an
+    exception raised by a signal handler; an ``OSError`` (a full disk, say) names ``path``.
+    """
     path = os.fspath(path)
     tmp = f"{path}.tmp-{os.getpid()}"
     try:
@@ -66,6 +70,10 @@ def atomic_write_bytes(data: bytes, path: Union[str, os.PathLike]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        if err.filename is None and err.errno is not None:  # "No space left on device" alone: name the file
+            raise type(err)(err.errno, err.strerror, path) from err
+        raise
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

@@ -142,3 +142,18 @@ def test_a_registered_method_is_usable_by_name():
             register_method("wrap-test", double)
     finally:
         METHODS.pop("wrap-test", None)
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+@pytest.mark.parametrize("in_chans", [1, 3])
+def test_an_empty_batch_goes_forward_and_backward_through_every_method(name, in_chans):
+    from envconv import create_model
+
+    model = create_model("small_resnet20", num_classes=10, in_chans=in_chans, method=name,
+                         **({"sigma": 0.5} if name == "fixed" else {}))
+    x = torch.randn(0, in_chans, 28, 28, requires_grad=in_chans == 3)  # 1 channel: the stem's no-input-grad route
+    out = model(x)
+    assert out.shape == (0, 10)
+    out.sum().backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad and p.grad is not None]
+    assert grads and all(torch.count_nonzero(g) == 0 for g in grads)

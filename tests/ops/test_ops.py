@@ -217,3 +217,22 @@ def test_reference_matrices_agree_with_scipy():
     for mode in ("zeros", "reflect", "replicate", "circular"):
         np.testing.assert_allclose(reference.envelope_strided(x, raw, 5, mode), reference.envelope(x, raw, 5, mode),
                                    rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("impl", ["auto", "separable", "full", "fused", "triton"])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_an_empty_batch_goes_forward_and_backward_through_every_op(impl, channels):
+    x = torch.randn(0, channels, 9, 9, requires_grad=True)
+    raw = torch.zeros(channels, requires_grad=True)
+    y = functional.gaussian_envelope(x, raw, 5, stride=2, impl=impl)
+    assert y.shape == (0, channels, 5, 5)
+    y.sum().backward()
+    assert x.grad.shape == x.shape and torch.equal(raw.grad, torch.zeros(channels))
+    w = torch.randn(4, channels, 3, 3, requires_grad=True)
+    for need_x in (True, False):  # without the input gradient: the stem's route
+        xi = torch.randn(0, channels, 9, 9, requires_grad=need_x)
+        r = torch.zeros(channels, requires_grad=True)
+        out = functional.envelope_conv2d(xi, r, 5, w, padding=1, impl=impl)
+        assert out.shape == (0, 4, 9, 9)
+        out.sum().backward()
+        assert torch.equal(r.grad, torch.zeros(channels))

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 import torch
+import yaml
 
 import envconv
 from envconv import DisentangledConv2d
@@ -133,3 +134,67 @@ def test_an_eval_batch_of_zero_and_an_output_dir_under_a_file_exit_2(tmp_path, c
                  "--set", "data.dataset=synthetic", "--set", "data.synthetic_size=[8, 8]"]) == 2
     err = capsys.readouterr().err
     assert "Not a directory" in err and "file" in err and "Traceback" not in err
+
+
+def _train_args(tmp_path, run_dir, epochs=1):
+    from run_helpers import tiny_config
+
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(tiny_config(tmp_path / "unused", train={"epochs": epochs})))
+    return ["train", "--config", str(config), "--set", f"output.dir={run_dir}", "--quiet"]
+
+
+def test_a_dangling_symlink_and_a_name_too_long_for_output_dir_are_one_line(tmp_path, capsys):
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "gone")
+    assert main(_train_args(tmp_path, link)) == 2
+    err = capsys.readouterr().err
+    assert f"output.dir {link} is a symbolic link to {tmp_path / 'gone'}, which does not exist" in err
+    assert len(err.strip().splitlines()) == 1
+    assert main(_train_args(tmp_path, tmp_path / ("x" * 300))) == 2
+    err = capsys.readouterr().err
+    assert "File name too long" in err and "x" * 300 in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_full_disk_during_a_checkpoint_write_is_one_line_and_keeps_the_last_checkpoint(tmp_path, capsys,
+                                                                                          monkeypatch):
+    import errno
+    import os
+
+    run = tmp_path / "run"
+    assert main(_train_args(tmp_path, run)) == 0
+    before = (run / "last.pt").read_bytes()
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    assert main(["train", "--resume", str(run), "--set", "train.epochs=2", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and str(run) in err and len(err.strip().splitlines()) == 1
+    assert (run / "last.pt").read_bytes() == before and not list(run.glob("*.tmp-*"))
+
+
+def test_a_read_only_run_directory_fails_before_the_evaluation(tmp_path, capsys, monkeypatch):
+    import errno
+    import tempfile
+
+    from envconv.recipes.training import evaluation
+
+    run = tmp_path / "run"
+    assert main(_train_args(tmp_path, run)) == 0
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    def never(*args, **kwargs):
+        raise AssertionError("the evaluation ran before the write check")
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", read_only)
+    monkeypatch.setattr(evaluation, "evaluate_checkpoint", never)
+    assert main(["eval", "--checkpoint", str(run / "last.pt")]) == 2
+    assert f"cannot write into {run}: Read-only file system" in capsys.readouterr().err
+    assert main(["analyze", str(run)]) == 2
+    assert "Read-only file system" in capsys.readouterr().err
+    assert main(["train", "--resume", str(run), "--set", "train.epochs=2", "--quiet"]) == 2
+    assert "Read-only file system" in capsys.readouterr().err

@@ -16,6 +16,7 @@ from envconv.recipes.data import (
     Normalize,
     ShardSampler,
     build_dataset,
+    build_datasets,
     build_loader,
     read_idx,
 )
@@ -193,3 +194,45 @@ def test_a_file_for_a_folder_and_a_too_large_subset_are_reported(tmp_path, fashi
     cfg = {**DEFAULTS["data"], "root": str(fashion_root), "train_subset": 1000}
     with pytest.warns(UserWarning, match="subset of 1000 images was asked for, but the data set holds only 128"):
         assert len(build_dataset(cfg, "train", 1, 10)) == 128
+
+
+def test_fashion_mnist_files_of_another_image_size_are_refused_naming_the_file(tmp_path):
+    from run_helpers import write_idx
+
+    for split, n in (("train", 4), ("t10k", 4)):
+        write_idx(tmp_path / f"{split}-images-idx3-ubyte.gz", torch.zeros(n, 32, 32, dtype=torch.uint8))
+        write_idx(tmp_path / f"{split}-labels-idx1-ubyte.gz", torch.zeros(n, dtype=torch.uint8))
+    cfg = validate_config({"data": {"dataset": "fashion_mnist", "root": str(tmp_path)}})["data"]
+    with pytest.raises(ValueError, match=r"train-images-idx3-ubyte.gz holds 32x32 images; Fashion-MNIST's are 28x28"):
+        build_dataset(cfg, "train", 1, 10)
+
+
+def _image_folders(root, train_classes, val_classes):
+    from PIL import Image
+
+    for split, classes in (("train", train_classes), ("val", val_classes)):
+        for name in classes:
+            (root / split / name).mkdir(parents=True)
+            Image.new("RGB", (8, 8), (10, 20, 30)).save(root / split / name / "0.png")
+    return validate_config({"data": {"dataset": "imagefolder", "train": str(root / "train"), "val": str(root / "val"),
+                                     "image_size": 8, "augment": "none", "mean": [0, 0, 0],
+                                     "std": [1, 1, 1]}})["data"]
+
+
+def test_splits_with_different_classes_name_them(tmp_path):
+    pytest.importorskip("torchvision")
+    cfg = _image_folders(tmp_path, ["a", "b"], ["a", "c"])
+    with pytest.raises(ValueError, match=r"only in training: \['b'\]; only in validation: \['c'\]"):
+        build_datasets(cfg, 3, 3)
+
+
+def test_a_corrupt_image_is_named(tmp_path):
+    pytest.importorskip("torchvision")
+    cfg = _image_folders(tmp_path, ["a"], ["a"])
+    bad = tmp_path / "train" / "a" / "1.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0" + b"\x00" * 20)  # a JPEG header, then nothing
+    train = build_dataset(cfg, "train", 3, 1)
+    with pytest.raises(ValueError, match=f"cannot read the image {bad}"):
+        [train[i] for i in range(len(train))]
+    with pytest.raises(ValueError, match="model.in_chans must be 1 or 3, got 2"):
+        build_dataset({**cfg, "mean": [0, 0], "std": [1, 1]}, "train", 2, 1)

@@ -65,7 +65,15 @@ def _run_kernel(x: Tensor, kernel: Tensor, stride: List[int], padding_mode: str,
     return out.contiguous(memory_format=memory_format(x))
 
 
+def _check_dtype(x: Tensor) -> None:
+    if not x.is_floating_point():  # an integer kernel would round every tap of eq. (9) to 0
+        raise TypeError(f"the envelope computes in floating point; x is {x.dtype} (convert it, e.g. x.float())")
+
+
 def _forward(x: Tensor, raw_sigma: Tensor, size: int, stride: List[int], padding_mode: str, impl: str) -> Tensor:
+    _check_dtype(x)
+    if x.numel() == 0:  # an empty batch (or map): nothing to filter; ATen's grouped convs refuse 0 groups
+        return empty_like_layout(x, (x.shape[0], x.shape[1], *_out_size(x, stride)))
     if size == 1:  # the 1-tap envelope is the identity, whatever sigma (a copy: op outputs never alias inputs)
         return x[..., ::stride[0], ::stride[1]].contiguous(memory_format=memory_format(x)).clone()
     which = dispatch.forward_impl(x, size, stride, padding_mode, impl)
@@ -77,13 +85,14 @@ def _forward(x: Tensor, raw_sigma: Tensor, size: int, stride: List[int], padding
 
 @torch.library.custom_op("envconv::envelope", mutates_args=())
 def envelope(x: Tensor, raw_sigma: Tensor, size: int, stride: List[int], padding_mode: str, impl: str) -> Tensor:
-    """The envelope of ``x`` (N, C, H, W) at every ``stride``-th pixel; see :func:`envconv.functional.gaussian_envelope`."""
+    """The envelope of ``x`` (N, C, H, W) at every ``stride``-th pixel: :func:`envconv.gaussian_envelope`."""
     with _no_autocast(x):
         return _forward(x, raw_sigma, size, stride, padding_mode, impl)
 
 
 def _check_fake(x: Tensor, raw_sigma: Tensor, size: int, stride: List[int]) -> None:
     """What the real kernels assume, checked on fake tensors too (the compiler and export see the same errors)."""
+    _check_dtype(x)
     torch._check(x.dim() == 4, lambda: f"envconv::envelope: x must be 4-D (N, C, H, W), got {x.dim()} dims")
     torch._check(raw_sigma.dim() == 1 and raw_sigma.shape[0] in (1, x.shape[1]),
                  lambda: f"envconv::envelope: raw_sigma must have shape (C,) or (1,), got {tuple(raw_sigma.shape)}")
@@ -128,7 +137,10 @@ def envelope_backward(grad: Tensor, x: Tensor, raw_sigma: Tensor, size: int, str
 
 def _backward(grad, x, raw_sigma, size, stride, padding_mode, impl, need_x, need_sigma):
     empty = x.new_empty(0)
-    if size == 1:
+    if x.numel() == 0:
+        grad_x = torch.zeros_like(x, memory_format=memory_format(x)) if need_x else None
+        grad_raw = torch.zeros_like(raw_sigma) if need_sigma else None
+    elif size == 1:
         grad_x = None
         if need_x:
             grad_x = torch.zeros_like(x, memory_format=memory_format(x))
@@ -199,7 +211,7 @@ def _conv2d_grad(ctx, grad_out):
     need_x, need_raw, need_w, need_b = ctx.needs_input_grad[:4]
     tail = (None,) * 8
     if need_raw and not need_x and groups == 1 and list(env_stride) == [1, 1] and padding_mode == "zeros" \
-            and x.shape[1] <= STEM_CHANNELS and size > 1:
+            and x.shape[1] <= STEM_CHANNELS and size > 1 and x.numel() > 0:
         return (None, *_stem_backward(grad_out, x, raw_sigma, weight, size, need_w, ctx.bias_shape, need_b,
                                       (stride, padding, dilation)), *tail)
     smoothed = torch.ops.envconv.envelope(x, raw_sigma, size, env_stride, padding_mode, impl)

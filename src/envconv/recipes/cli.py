@@ -11,6 +11,7 @@ import sys
 from typing import List, Optional
 
 from ..version import __version__
+from .signals import Terminated, stop_on_signals
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -52,18 +53,27 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """Run ``envconv`` with ``argv``; bad input ends with one line on stderr and exit code 2."""
+    """Run ``envconv`` with ``argv``; bad input ends with one line on stderr and exit code 2.
+
+    Ctrl-C ends with 130, SIGTERM with 143 and SIGHUP with 129 (``128 +`` the signal), each after
+    one line saying so.
+    """
     parser = get_args_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 0
     try:
-        return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError, ImportError,
-            FloatingPointError) as err:
+        with stop_on_signals():  # SIGTERM / SIGHUP end any command as Ctrl-C does
+            return args.func(args)
+    except (ValueError, TypeError, OSError, ImportError, FloatingPointError) as err:
+        # OSError: every operating-system failure (a full disk, a read-only or missing path, a name
+        # too long), whose message names the path and the cause
         print(f"envconv {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except Terminated as stop:
+        print(f"envconv {args.command}: stopped by {stop}", file=sys.stderr)
+        return stop.exit_code
     except KeyboardInterrupt:
         print(f"envconv {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, S
 
 __all__ = ["FASHION_MNIST_ROOT", "FASHION_MNIST_CLASSES", "read_idx", "FashionMNIST", "SyntheticImages",
            "Digits", "CropFlip", "Normalize", "build_dataset", "build_datasets", "build_loader", "ShardSampler",
-           "epoch_seed"]
+           "epoch_seed", "load_image"]
 
 #: Where Debian's ``dataset-fashion-mnist`` package installs the files.
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
@@ -111,6 +111,10 @@ class FashionMNIST(Dataset):
         if self.images.dim() != 3 or self.targets.dim() != 1 or len(self.images) != len(self.targets):
             raise ValueError(f"{images_file} / {labels_file}: expected (N, H, W) images and N labels, got "
                              f"{tuple(self.images.shape)} and {tuple(self.targets.shape)}")
+        height, width = self.images.shape[1:]
+        if (height, width) != (28, 28):
+            raise ValueError(f"{images_file} holds {height}x{width} images; Fashion-MNIST's are 28x28, the size "
+                             f"data.image_size must be for this dataset")
         if len(self.targets) and int(self.targets.max()) >= len(self.classes):
             raise ValueError(f"{labels_file}: labels must be < {len(self.classes)}, found {int(self.targets.max())}")
         self.transform = transform
@@ -279,10 +283,22 @@ def _imagefolder(path: Optional[str], key: str, transform):
     from torchvision.datasets import ImageFolder
 
     try:
-        return ImageFolder(path, transform=transform)
+        return ImageFolder(path, transform=transform, loader=load_image)
     except (FileNotFoundError, RuntimeError) as err:  # e.g. no class folders / no images
         raise FileNotFoundError(f"data.{key}: {path} is not an image folder with one sub-folder per class "
                                 f"({err})") from err
+
+
+def load_image(path: str):
+    """Open an image file as RGB with PIL; a corrupt or unreadable file raises ``ValueError`` naming it."""
+    from PIL import Image
+
+    try:
+        with open(path, "rb") as f:
+            image = Image.open(f)
+            return image.convert("RGB")
+    except (OSError, ValueError, SyntaxError) as err:  # PIL raises these for truncated or foreign files
+        raise ValueError(f"cannot read the image {path} ({type(err).__name__}: {err}); remove or replace it") from err
 
 
 def _subset(dataset: Dataset, count: Optional[int], seed: int) -> Dataset:
@@ -327,6 +343,9 @@ def build_dataset(data_cfg: Dict[str, Any], split: str, in_chans: int, num_class
         start, stop = (0, n_train) if train else (n_train, n_train + n_val)
         dataset = images.take(start, stop, _tensor_transform(data_cfg, train))
     else:
+        if in_chans not in (1, 3):
+            raise ValueError(f"image folders give 1-channel (grey) or 3-channel (RGB) images; model.in_chans must be "
+                             f"1 or 3, got {in_chans}")
         dataset = _imagefolder(data_cfg[split], split, _imagefolder_transform(data_cfg, train, in_chans))
     if len(dataset.classes) > num_classes:
         raise ValueError(f"the dataset has {len(dataset.classes)} classes but model.num_classes is {num_classes}")
@@ -337,8 +356,11 @@ def build_datasets(data_cfg: Dict[str, Any], in_chans: int, num_classes: int) ->
     """The training and validation datasets (:func:`build_dataset`), checked to have the same classes."""
     train, val = (build_dataset(data_cfg, split, in_chans, num_classes) for split in ("train", "val"))
     if list(train.classes) != list(val.classes):
-        raise ValueError(f"the training and validation data have different classes ({len(train.classes)} vs "
-                         f"{len(val.classes)})")
+        only_train = sorted(set(train.classes) - set(val.classes))
+        only_val = sorted(set(val.classes) - set(train.classes))
+        detail = (f"only in training: {only_train or 'none'}; only in validation: {only_val or 'none'}"
+                  if only_train or only_val else "the same names in another order")
+        raise ValueError(f"the training and validation data have different classes ({detail})")
     return train, val
 
 

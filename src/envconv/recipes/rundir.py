@@ -25,6 +25,7 @@ import csv
 import json
 import os
 import shutil
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, ContextManager, Dict, Iterator, List, Mapping, Optional, Tuple, Union
@@ -42,7 +43,7 @@ except ImportError:  # Windows: no run-directory lock
     fcntl = None
 
 __all__ = ["RunDir", "RunInUseError", "try_lock", "load_checkpoint", "model_from_checkpoint", "CHECKPOINT_KEYS",
-           "checkpoint_of"]
+           "checkpoint_of", "check_writable"]
 
 #: Entries every training checkpoint holds.
 CHECKPOINT_KEYS = ("model", "config", "epoch")
@@ -192,6 +193,9 @@ class RunDir:
             NotADirectoryError: the path is a file.
             FileExistsError: a fresh run in a directory that holds a run.
         """
+        if self.path.is_symlink() and not self.path.exists():
+            raise FileNotFoundError(f"output.dir {self.path} is a symbolic link to {os.readlink(self.path)}, "
+                                    f"which does not exist")
         if self.path.exists() and not self.path.is_dir():
             raise NotADirectoryError(f"output.dir {self.path} is a file, not a directory")
         held = [name for name in self.RECORDS if (self.path / name).exists()] if not resume else []
@@ -202,6 +206,20 @@ class RunDir:
                                   f"or choose another directory with --set output.dir=...")
         if is_main:
             self.path.mkdir(parents=True, exist_ok=True)
+
+    def check_writable(self) -> None:
+        """Raise ``PermissionError`` naming the directory unless files can be created in it (before long work)."""
+        check_writable(self.path)
+
+    def remove_stale_temporaries(self) -> List[str]:
+        """Remove the temporary files (``NAME.tmp-PID``) of atomic writes whose process is gone; their names."""
+        removed = []
+        for path in self.path.glob("*.tmp-*"):
+            pid = path.name.rpartition(".tmp-")[2]
+            if pid.isdigit() and not _process_alive(int(pid)):
+                path.unlink(missing_ok=True)
+                removed.append(path.name)
+        return removed
 
     @contextlib.contextmanager
     def lock(self, is_main: bool = True) -> Iterator[None]:
@@ -278,6 +296,37 @@ class RunDir:
             raise ValueError(f"{self.sigma_file} has no record of epoch {epoch}")
         model = create_model_from_config(resolve_config(self.config_file)["model"])
         return [replace(row, sigmas=tuple(record["sigma"][row.name])) for row in envelopes(model)]
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):  # another user's process, or a platform without kill(0)
+        return True
+    return True
+
+
+def check_writable(directory: Union[str, os.PathLike]) -> None:
+    """Raise ``PermissionError`` naming ``directory`` unless a file can be created in it.
+
+    A directory that does not exist yet is checked at its nearest existing parent, where it
+    would be created. Called before an evaluation, a probe or an analysis writes its result, so
+    that a read-only run directory is reported before the work, not after it.
+    """
+    directory = Path(directory)
+    while not directory.exists() and directory != directory.parent:
+        directory = directory.parent
+    try:
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except FileNotFoundError:
+        raise
+    except OSError as err:
+        raise PermissionError(f"cannot write into {directory}: {err.strerror or err}") from err
 
 
 def checkpoint_of(path: Union[str, os.PathLike]) -> Path:

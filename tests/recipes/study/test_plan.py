@@ -85,3 +85,12 @@ def test_the_plan_keeps_its_own_name_whatever_its_entries_and_evaluations_are_ca
         {"name": "gaussian-k3", "of": "gaussian", "envelope_size": 3}]}))
     assert named.name == "mine"
     assert named.runs(tmp_path / "out")[0].config["name"] == "mine-none_seed0"
+
+
+def test_plan_values_keep_their_type_and_exact_text(tmp_path):
+    path = write_plan(tmp_path, extra={"set": {"data.root": "/data/fashion mnist: v2", "data.val": "007",
+                                               "train.lr": 0.05, "train.amp": "none"}})
+    plan = load_plan(path)
+    config = plan.run_config(plan.base_config(), plan.entries[0], 0, tmp_path / "out")
+    assert config["data"]["root"] == "/data/fashion mnist: v2" and config["data"]["val"] == "007"
+    assert config["train"]["lr"] == 0.05 and config["train"]["amp"] == "none"

@@ -104,7 +104,10 @@ def test_interrupt_keeps_the_last_finished_checkpoint_and_resumes_exactly(tmp_pa
 
 
 @pytest.mark.slow
-def test_ctrl_c_on_the_command_line(tmp_path):
+@pytest.mark.parametrize("signum, code, said", [(signal.SIGINT, 130, "interrupted"),
+                                                (signal.SIGTERM, 143, "stopped by SIGTERM"),
+                                                (signal.SIGHUP, 129, "stopped by SIGHUP")])
+def test_ctrl_c_sigterm_and_sighup_on_the_command_line(tmp_path, signum, code, said):
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump(tiny_config(tmp_path / "run", train={"epochs": 50})))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
@@ -114,12 +117,38 @@ def test_ctrl_c_on_the_command_line(tmp_path):
     for line in proc.stdout:  # wait until epoch 1 is done, then press Ctrl-C
         if line.startswith("epoch 1/50"):
             break
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
-    assert "continue with `envconv train --resume" in out and "interrupted" in err
+    assert proc.returncode == code, err
+    assert "continue with `envconv train --resume" in out and said in err and said.split()[0] in out
     epoch = load_checkpoint(tmp_path / "run" / "last.pt")["epoch"]
     assert epoch >= 1 and [int(r["epoch"]) for r in _metrics(tmp_path / "run")] == list(range(1, epoch + 1))
+    assert not list((tmp_path / "run").glob("*.tmp-*"))  # no temporary file of a write left behind
+
+
+def test_a_stop_during_a_checkpoint_write_removes_its_temporary_file_and_the_next_start_its_leftovers(
+        tmp_path, monkeypatch):
+    from envconv.recipes.signals import Terminated
+    from envconv.state_dict import atomic_save
+
+    target = tmp_path / "last.pt"
+    atomic_save({"a": torch.zeros(2)}, target)
+
+    def stopped(fd):
+        raise Terminated(signal.SIGTERM)
+
+    monkeypatch.setattr(os, "fsync", stopped)
+    with pytest.raises(Terminated):
+        atomic_save({"a": torch.ones(2)}, target)
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+    assert torch.equal(torch.load(target, weights_only=True)["a"], torch.zeros(2))  # the old one, whole
+    run = tmp_path / "run"
+    train(tiny_config(run, train={"epochs": 1}), quiet=True)
+    (run / "last.pt.tmp-999999999").write_bytes(b"left by a kill -9")  # no such process
+    (run / f"sigma.json.tmp-{os.getppid()}").write_bytes(b"a live process's (the parent)")
+    train(tiny_config(run, train={"epochs": 2}), resume=True, quiet=True)
+    assert [p.name for p in run.glob("*.tmp-*")] == [f"sigma.json.tmp-{os.getppid()}"]
 
 
 def test_one_run_directory_one_trainer(tmp_path):

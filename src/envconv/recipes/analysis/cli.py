@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..rundir import RunDir
+from ..rundir import RunDir, check_writable
 
 __all__ = ["add_arguments", "main"]
 
@@ -35,7 +35,9 @@ def main(args: argparse.Namespace) -> int:
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
     path = Path(args.path)
-    out = args.out or (path if path.is_dir() else path.parent) / "analysis"
+    out = Path(args.out or (path if path.is_dir() else path.parent) / "analysis")
+    if path.exists():  # a missing path gets analyze's own message
+        check_writable(out)  # before the work: a read-only run directory fails here
     result = analyze(path, compare=args.compare, data=args.data, images=args.images, erf_images=args.erf_images,
                      erf_size=args.erf_size, out=out, device=args.device)
     print("\n".join(erf_summary(result)))

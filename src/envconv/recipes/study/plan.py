@@ -33,7 +33,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 
 import yaml
 
-from ..config import apply_overrides, find_config, load_config, validate_config, yaml_load
+from ..config import PATH_KEYS, apply_overrides, find_config, load_config, validate_config, yaml_load
 
 __all__ = ["Plan", "Entry", "Evaluation", "Claim", "Run", "load_plan", "PLAN_KEYS"]
 
@@ -174,9 +174,18 @@ def _overrides(mapping: Any, where: str) -> List[str]:
         return []
     if not isinstance(mapping, dict):
         raise ValueError(f"{where}: 'set' must map config keys to values, e.g. {{model.method: none}}")
-    # values are written back as YAML so that apply_overrides reads them as they were
-    return [f"{key}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"
-            for key, value in mapping.items()]
+    return [f"{key}={_override_text(str(key), value)}" for key, value in mapping.items()]
+
+
+def _override_text(key: str, value: Any) -> str:
+    """The text of ``key=value`` that :func:`apply_overrides` reads back as ``value``, type and text kept.
+
+    Paths and the run name are taken as raw text there, so a string goes as it is; every other
+    value is written back as YAML (``"007"`` as ``'007'``, which YAML reads as the string again).
+    """
+    if (key == "name" or tuple(key.split(".")) in PATH_KEYS) and isinstance(value, str):
+        return value
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
 
 
 def _seeds(seeds: Any, where: str) -> List[int]:

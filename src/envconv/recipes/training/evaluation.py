@@ -18,7 +18,7 @@ from ...convert import shrink
 from ...listing import envelopes
 from ...state_dict import atomic_write_bytes
 from ..data import build_dataset, build_loader
-from ..rundir import RunDir, model_from_checkpoint
+from ..rundir import RunDir, check_writable, model_from_checkpoint
 from .distributed import pick_device
 from .engine import evaluate
 from .progress import progress_bar
@@ -114,6 +114,8 @@ def _size(text: str) -> Union[int, str]:
 
 def main(args: argparse.Namespace) -> int:
     """Run ``envconv eval``: print the errors and write them as JSON beside the checkpoint."""
+    output = Path(args.output or RunDir.eval_file(Path(args.checkpoint), args.envelope_size))
+    check_writable(output.parent)  # before the evaluation, not after it
     result = evaluate_checkpoint(args.checkpoint, data=args.data, envelope_size=args.envelope_size, eps=args.eps,
                                  batch_size=args.batch_size, device=args.device, workers=args.workers)
     sizes = sorted(set(result["envelope_sizes"].values()))
@@ -125,7 +127,6 @@ def main(args: argparse.Namespace) -> int:
             ("images/s", f"{result['images_per_s']:.0f} on {result['device']}")]
     width = max(len(k) for k, _ in rows)
     print("\n".join(f"{k.ljust(width)}  {v}" for k, v in rows))
-    output = args.output or RunDir.eval_file(Path(args.checkpoint), args.envelope_size)
     atomic_write_bytes(json.dumps(result, indent=1).encode(), output)
     print(f"wrote {output}")
     return 0

@@ -22,7 +22,7 @@ from torch import nn
 
 from ...state_dict import atomic_write_bytes
 from ..data import build_datasets, build_loader
-from ..rundir import RunDir, model_from_checkpoint
+from ..rundir import RunDir, check_writable, model_from_checkpoint
 from .distributed import pick_device
 from .engine import topk_correct
 from .progress import progress_bar
@@ -179,6 +179,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> int:
     """Run ``envconv probe``: print the probe's errors and write them as JSON."""
+    output = Path(args.output or RunDir.probe_file(Path(args.checkpoint), args.dataset))
+    check_writable(output.parent)  # before the probe trains, not after it
     result = linear_probe(args.checkpoint, args.train_data, args.val_data, dataset=args.dataset, epochs=args.epochs,
                           lr=args.lr, batch_size=args.batch_size, weight_decay=args.weight_decay, device=args.device,
                           workers=args.workers, seed=args.seed)
@@ -189,8 +191,6 @@ def main(args: argparse.Namespace) -> int:
         r = result[split]
         print(f"  {split:5s} top-1 error {r['top1_err']:6.2f}%  top-5 error {r['top5_err']:6.2f}%  "
               f"loss {r['loss']:.4f}")
-    checkpoint = Path(args.checkpoint)
-    output = args.output or RunDir.probe_file(checkpoint, args.dataset)
     atomic_write_bytes(json.dumps(result, indent=1).encode(), output)
     print(f"wrote {output}")
     return 0

@@ -34,6 +34,7 @@ from ...version import __version__
 from ..config import create_model_from_config, dump_config, resolve_config, validate_config
 from ..data import build_datasets, build_loader, epoch_seed
 from ..rundir import RunDir, load_checkpoint
+from ..signals import Terminated, stop_on_signals
 from . import distributed
 from .engine import EpochStats, NonFiniteLossError, evaluate, train_one_epoch
 from .optim import build_optimizer, build_scheduler
@@ -127,7 +128,8 @@ def train(config: Dict[str, Any], *, resume: bool = False, quiet: bool = False) 
     train_cfg, out_cfg = config["train"], config["output"]
     ctx = distributed.setup(train_cfg["device"])
     try:
-        summary = _train(config, train_cfg, out_cfg, ctx, resume, quiet)
+        with stop_on_signals():  # SIGTERM / SIGHUP end the run as Ctrl-C does
+            summary = _train(config, train_cfg, out_cfg, ctx, resume, quiet)
         # every process reaches the teardown together: a gloo peer that leaves early can make the
         # other abort in destroy_process_group ("terminate called without an active exception")
         distributed.barrier()
@@ -140,6 +142,9 @@ def _train(config, train_cfg, out_cfg, ctx, resume, quiet) -> Dict[str, Any]:
     run = RunDir.of_config(config)
     run.prepare(resume, ctx.is_main)
     with run.lock(ctx.is_main):
+        if ctx.is_main:
+            run.check_writable()
+            run.remove_stale_temporaries()  # left by a write that a kill -9 or a power cut interrupted
         checkpoint = _check_start(config, run, ctx, resume)
         state = _build(config, run, ctx, checkpoint)
         _log(ctx, quiet, f"run {run}: {config['model']['name']} ({config['model']['method']}, "
@@ -252,9 +257,10 @@ def _run_epochs(config, run: RunDir, ctx, state: _State, quiet: bool) -> Optiona
             _log(ctx, quiet, f"epoch {epoch}/{train_cfg['epochs']}  lr {lr:.4g}{_fmt_stats('train', stats)}"
                              f"{_fmt_stats('val', val)}  {stats.seconds:.0f} s, {stats.images_per_s:.0f} img/s"
                              f"{'  (best)' if is_best else ''}")
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         if ctx.is_main:
-            print(f"\ninterrupted in epoch {epoch}; " + (f"the last finished epoch is in {run.last}; continue with "
+            how = f"stopped by {stop}" if isinstance(stop, Terminated) else "interrupted"
+            print(f"\n{how} in epoch {epoch}; " + (f"the last finished epoch is in {run.last}; continue with "
                   f"`envconv train --resume {run}`" if run.last.exists() else "no epoch had finished"), flush=True)
         raise
     finally:
