@@ -20,8 +20,8 @@ from typing import Callable, Dict, List
 import torch
 import torch.nn.functional as F
 
-from envconv import kernels as EF
 from envconv import functional, ops
+from envconv import kernels as EF
 
 from .timing import paired_ratio
 
