@@ -193,3 +193,19 @@ def test_under_autocast_the_functional_the_op_and_the_layer_return_what_f_conv2d
         torch.testing.assert_close(out.float(), expected, atol=0.05, rtol=0.05, msg=name)
     outs["layer"].float().sum().backward()
     assert raw.grad.dtype == torch.float32 and torch.isfinite(raw.grad).all()
+
+
+def test_the_functionals_equal_the_modules():
+    torch.manual_seed(0)
+    env = envconv.GaussianEnvelope(4, 7)
+    conv = envconv.DisentangledConv2d(4, 6, 3, stride=2, padding=1, envelope_size=7)
+    with torch.no_grad():
+        env.raw_sigma.normal_()
+        conv.envelope.raw_sigma.normal_()
+    x = torch.randn(2, 4, 11, 11)
+    assert torch.equal(env(x), envconv.functional.gaussian_envelope(x, env.raw_sigma, 7))
+    want = envconv.functional.envelope_conv2d(x, conv.envelope.raw_sigma, 7, conv.weight, conv.bias, stride=2,
+                                              padding=1)
+    assert torch.equal(conv(x), want)
+    assert envconv.gaussian_envelope is envconv.functional.gaussian_envelope
+    assert envconv.envelope_conv2d is envconv.functional.envelope_conv2d
