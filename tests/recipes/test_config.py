@@ -127,3 +127,14 @@ def test_path_overrides_are_kept_as_text():
 
     config = resolve_config("fashion_mnist_resnet20", ["output.dir=runs/exp #2: b", "data.root=null"])
     assert config["output"]["dir"] == "runs/exp #2: b" and config["data"]["root"] is None
+
+
+def test_a_warm_up_as_long_as_the_run_is_refused_with_the_fix(tmp_path, monkeypatch, capsys):
+    from envconv.recipes.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--config", "fashion_mnist_resnet20", "--set", "train.epochs=1"]) == 2
+    err = capsys.readouterr().err
+    assert "train.warmup_epochs must be a whole number below train.epochs=1, got 1" in err
+    assert "--set train.warmup_epochs=0" in err
+    assert list(tmp_path.iterdir()) == []  # refused before anything is created

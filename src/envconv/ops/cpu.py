@@ -20,6 +20,7 @@ import hashlib
 import logging
 import os
 import platform
+import sys
 import warnings
 from pathlib import Path
 from typing import Optional, Sequence, Tuple
@@ -52,6 +53,16 @@ def _cpu_tag() -> str:
     return hashlib.sha1(flags.encode()).hexdigest()[:10]
 
 
+def _is_built(name: str) -> bool:
+    """Whether torch's extension cache already holds the built library ``name`` (no compile ahead)."""
+    try:
+        from torch.utils.cpp_extension import _get_build_directory
+
+        return any(Path(_get_build_directory(name, verbose=False)).glob(f"{name}*.so"))
+    except Exception:  # a private helper: if it moves, only the message is lost
+        return True
+
+
 def load() -> bool:
     """Build (once) and load the C++ ops; ``False`` if they cannot be built."""
     global _loaded, _failed
@@ -67,7 +78,11 @@ def load() -> bool:
             warnings.simplefilter("ignore")
             from torch.utils.cpp_extension import load as load_extension
 
-            load_extension(name=f"envconv_envelope_cpu_{_cpu_tag()}", sources=[str(_SOURCE)],
+            name = f"envconv_envelope_cpu_{_cpu_tag()}"
+            if not _is_built(name):  # the first use on this machine waits for the compiler: say so
+                print("envconv: building the C++ CPU envelope kernel (once per machine and CPU type, about a "
+                      "minute; cached in torch's extension directory) ...", file=sys.stderr, flush=True)
+            load_extension(name=name, sources=[str(_SOURCE)],
                            extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"],
                            is_python_module=False, verbose=False)
         _loaded = True

@@ -254,6 +254,10 @@ def validate_config(config: Dict[str, Any]) -> Dict[str, Any]:
                              f"all channels), got {values!r}")
     if any(v <= 0 for v in data["std"]):
         raise ValueError(f"data.std must be positive, got {data['std']!r}")
+    train = full["train"]
+    if train["warmup_epochs"] != int(train["warmup_epochs"]) or train["warmup_epochs"] >= train["epochs"]:
+        raise ValueError(f"train.warmup_epochs must be a whole number below train.epochs={train['epochs']}, got "
+                         f"{train['warmup_epochs']}; e.g. --set train.warmup_epochs=0 for a short run")
     fields = set(re.findall(r"{([^{}]*)}", full["output"]["dir"]))
     if fields - {"name"}:
         raise ValueError(f"output.dir may hold the placeholder {{name}} only, got {full['output']['dir']!r}")
