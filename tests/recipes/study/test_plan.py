@@ -48,6 +48,9 @@ def test_the_bundled_study_plan_loads():
     from pathlib import Path
 
     plan = load_plan(Path(__file__).parents[3] / "studies" / "fashion_mnist.yaml")
+    assert load_plan("fashion_mnist").entries == plan.entries  # the bundled plan, by name
+    with pytest.raises(FileNotFoundError, match="bundled plans: fashion_mnist"):
+        load_plan("no_such_plan")
     assert len(plan.seeds) >= 3
     assert {"none", "gaussian", "single-sigma", "conv-env", "cbs", "dw", "proj", "se"} <= {e.name for e in plan.entries}
     configs = {r.entry.name: r.config["model"] for r in plan.runs("out")[:len(plan.entries)]}

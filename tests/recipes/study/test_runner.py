@@ -67,7 +67,7 @@ def test_dry_run_lists_the_grid_and_trains_nothing(tmp_path, capsys):
     path = write_plan(tmp_path)
     assert main(["study", str(path), "--out", str(tmp_path / "out"), "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "2 entries x 2 seeds = 4 runs" in out
+    assert "2 entries, 4 runs (seeds [0, 1]; 0 entries have their own)" in out
     assert out.count("to train") == 4 and "estimated training time left" in out
     assert not (tmp_path / "out").exists()
 

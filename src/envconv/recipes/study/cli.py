@@ -19,7 +19,8 @@ def default_out_dir(plan_name: str) -> Path:
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add ``envconv study``'s arguments to ``parser``."""
-    parser.add_argument("plan", type=Path, help="a study plan (YAML), e.g. studies/fashion_mnist.yaml")
+    parser.add_argument("plan", type=Path, help="a study plan (YAML), or the name of a bundled one "
+                        "(fashion_mnist, also studies/fashion_mnist.yaml in a clone)")
     parser.add_argument("--out", type=Path, help="folder of the run directories (default: results/study-<plan name>)")
     parser.add_argument("--only", nargs="+", metavar="ENTRY", help="train only these entries of the plan")
     mode = parser.add_mutually_exclusive_group()

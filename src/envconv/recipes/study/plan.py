@@ -35,7 +35,7 @@ import yaml
 
 from ..config import PATH_KEYS, apply_overrides, find_config, load_config, validate_config, yaml_load
 
-__all__ = ["Plan", "Entry", "Evaluation", "Claim", "Run", "load_plan", "PLAN_KEYS"]
+__all__ = ["Plan", "Entry", "Evaluation", "Claim", "Run", "load_plan", "bundled_plans", "PLAN_KEYS", "STUDY_DIR"]
 
 PLAN_KEYS = ("base", "set", "seeds", "baseline", "probe", "margin", "entries", "evaluations", "claims", "name")
 _ENTRY_KEYS = ("name", "label", "tables", "paper", "probe_paper", "set", "seeds")
@@ -112,8 +112,7 @@ class Plan:
         margin: points within which a "no loss" claim holds.
 
     Example:
-        >>> import envconv
-        >>> plan = load_plan(Path(envconv.__file__).parents[2] / "studies" / "fashion_mnist.yaml")
+        >>> plan = load_plan("fashion_mnist")
         >>> [run.name for run in plan.runs("out")][:3]
         ['none_seed0', 'gaussian_seed0', 'single-sigma_seed0']
     """
@@ -219,23 +218,41 @@ def _name(item: Dict[str, Any], where: str, seen: set) -> str:
     return name
 
 
+#: The study plans shipped with envconv (``envconv study NAME`` finds them by name).
+STUDY_DIR = Path(__file__).resolve().parents[1] / "studies"
+
+
+def bundled_plans() -> List[str]:
+    """The names of the shipped study plans.
+
+    Example:
+        >>> bundled_plans()
+        ['fashion_mnist']
+    """
+    return sorted(p.stem for p in STUDY_DIR.glob("*.yaml"))
+
+
 def load_plan(path: Union[str, Path]) -> Plan:
     """Read and check a plan; every run's config is validated and its model built once per entry.
+
+    ``path`` is a YAML file, or the name of a plan shipped with envconv (:func:`bundled_plans`,
+    e.g. ``"fashion_mnist"``), so a study runs without a clone of the repository.
 
     Raises:
         FileNotFoundError: no such plan or base config.
         ValueError: an unknown key, method or option, naming the entry; a claim naming no entry.
 
     Example:
-        >>> from pathlib import Path
-        >>> import envconv
-        >>> plan = load_plan(Path(envconv.__file__).parents[2] / "studies" / "fashion_mnist.yaml")
+        >>> plan = load_plan("fashion_mnist")
         >>> plan.name, plan.baseline, len(plan.entry_seeds(plan.entries[0]))
         ('fashion_mnist', 'none', 10)
     """
     path = Path(path)
+    if not path.is_file() and path.suffix == "" and len(path.parts) == 1 and (STUDY_DIR / f"{path}.yaml").is_file():
+        path = STUDY_DIR / f"{path}.yaml"
     if not path.is_file():
-        raise FileNotFoundError(f"no study plan {path}")
+        raise FileNotFoundError(f"no study plan {path} (a YAML file, or one of the bundled plans: "
+                                f"{', '.join(bundled_plans())})")
     try:
         data = yaml_load(path.read_text())
     except yaml.YAMLError as err:

@@ -127,8 +127,8 @@ def dry_run(plan: Plan, out_dir: Path, log: Callable[[str], None] = print) -> Di
     """
     runs = plan.runs(out_dir)
     estimates = _epoch_estimates(plan, runs, measure=True)
-    log(f"study {plan.name}: {len(plan.entries)} entries x {len(plan.all_seeds())} seeds = {len(runs)} runs "
-        f"in {out_dir}")
+    log(f"study {plan.name}: {len(plan.entries)} entries, {len(runs)} runs (seeds {plan.seeds}; "
+        f"{sum(e.seeds is not None for e in plan.entries)} entries have their own) in {out_dir}")
     log(f"{'run':32s} {'epochs':>7s} {'s/epoch':>8s}  state")
     for run in runs:
         done, epochs = _epochs_done(run), run.config["train"]["epochs"]
