@@ -19,7 +19,10 @@ author = "envconv contributors"
 copyright = "2026, envconv contributors"
 release = version = envconv.__version__
 
-extensions = ["sphinx.ext.autodoc", "sphinx.ext.napoleon", "sphinx.ext.mathjax", "myst_parser", "envconv_docs"]
+extensions = ["sphinx.ext.autodoc", "sphinx.ext.napoleon", "myst_parser", "envconv_docs"]
+# Formulas become MathML at build time (docs/_ext/envconv_docs.py): no MathJax from a CDN, so the
+# site shows its equations offline and opened from disk.
+html_math_renderer = "mathml"
 source_suffix = {".md": "markdown"}
 exclude_patterns = ["_build", "_ext", "analysis-example/report.html"]
 myst_enable_extensions = ["dollarmath", "colon_fence"]

@@ -98,6 +98,13 @@ def test_the_site_builds_without_warnings_and_its_internal_links_resolve(tmp_pat
     for name in ("GaussianEnvelope", "DisentangledConv2d", "disentangle", "create_model", "envelopes"):
         assert f'id="envconv.{name}"' in api, name
     assert 'id="envconv.recipes.training.train"' in api and 'id="envconv.recipes.analysis.analyze"' in api
+    # the equations are MathML written at build time: no script from a CDN, no raw TeX left for one
+    for page in ("concepts.html", "api.html"):
+        html = (out / page).read_text()
+        assert html.count("<math ") >= 10, page
+        assert "\\(" not in html and "\\[" not in html and "mathjax" not in html.replace("mathjax_ignore", ""), page
+    scripts = [link for parsed in pages.values() for link in parsed.links if link.endswith(".js")]
+    assert not [link for link in scripts if urlsplit(link).scheme or link.startswith("//")], "a script from the web"
     config = (out / "config.html").read_text()
     assert "train.sigma_weight_decay" in config and "weight decay on the envelopes" in config
     assert config.count("<table") == 4 and "list-table" not in config  # one real table per section

@@ -5,6 +5,8 @@
 - ``envconv-cli``: the ``--help`` of ``envconv`` and of every subcommand, from the argparse parsers.
 - ``envconv-methods``: the comparison methods, from :data:`envconv.METHODS`.
 - Figures: ``make_figures(outdir)`` draws the Concepts page's figures with envconv itself.
+- Math: the ``mathml`` renderer turns every formula into MathML at build time (``latex2mathml``),
+  which browsers draw natively: the site needs no script and no network to show its equations.
 """
 
 from __future__ import annotations
@@ -171,7 +173,33 @@ def _on_builder_inited(app) -> None:
     make_figures(Path(app.srcdir) / "_generated")
 
 
+def _mathml(latex: str, display: str, node) -> str:
+    from latex2mathml.converter import convert
+
+    try:
+        return convert(latex, display=display)
+    except Exception as err:  # a formula latex2mathml cannot read must fail the (-W) build, not show raw TeX
+        from sphinx.util import logging
+
+        logging.getLogger(__name__).warning(f"cannot convert the formula {latex!r} to MathML: {err}", location=node)
+        return f"<code>{latex}</code>"
+
+
+def _visit_math(self, node):
+    self.body.append(_mathml(node.astext(), "inline", node))
+    raise nodes.SkipNode
+
+
+def _visit_math_block(self, node):
+    if node.get("label"):
+        self.body.append(f'<span class="eqno">({node["number"]})</span>')
+    self.body.append(f'<div class="math" style="overflow-x: auto; overflow-y: hidden; padding: 0.3em 0">'
+                     f'{_mathml(node.astext(), "block", node)}</div>')
+    raise nodes.SkipNode
+
+
 def setup(app):
+    app.add_html_math_renderer("mathml", (_visit_math, None), (_visit_math_block, None))
     app.add_directive("envconv-config", ConfigReference)
     app.add_directive("envconv-cli", CliReference)
     app.add_directive("envconv-methods", MethodsTable)
