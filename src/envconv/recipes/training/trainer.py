@@ -152,6 +152,9 @@ def _train(config, train_cfg, out_cfg, ctx, resume, quiet) -> Dict[str, Any]:
                          f"x {ctx.world}; {len(state.train_loader.dataset):,} training / "
                          f"{len(state.val_loader.dataset):,} validation images; "
                          f"epochs {state.start_epoch}..{train_cfg['epochs']}")
+        if train_cfg["compile"]:
+            _log(ctx, quiet, "train.compile: torch.compile builds the model's kernels during the first steps; they "
+                             "may take minutes (more on a CPU), the steps after them are fast")
         run_start = time.perf_counter()
         val = _run_epochs(config, run, ctx, state, quiet)
         return _write_summary(config, run, ctx, state, val, time.perf_counter() - run_start)
