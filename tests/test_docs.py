@@ -54,7 +54,7 @@ def test_readme_is_short_and_names_the_two_commands():
 class _Links(HTMLParser):
     def __init__(self):
         super().__init__()
-        self.links, self.ids = [], set()
+        self.links, self.ids, self.resources = [], set(), []
 
     def handle_starttag(self, tag, attrs):
         attrs = dict(attrs)
@@ -63,6 +63,11 @@ class _Links(HTMLParser):
         for key in ("href", "src"):
             if attrs.get(key):
                 self.links.append(attrs[key])
+        # what the page itself loads: scripts, styles, fonts, images (not the links a reader may follow)
+        if tag in ("script", "img", "iframe") and attrs.get("src"):
+            self.resources.append(attrs["src"])
+        if tag == "link" and attrs.get("href") and attrs.get("rel") not in ("canonical", "next", "prev"):
+            self.resources.append(attrs["href"])
 
 
 def _parse(path: Path) -> _Links:
@@ -103,8 +108,13 @@ def test_the_site_builds_without_warnings_and_its_internal_links_resolve(tmp_pat
         html = (out / page).read_text()
         assert html.count("<math ") >= 10, page
         assert "\\(" not in html and "\\[" not in html and "mathjax" not in html.replace("mathjax_ignore", ""), page
-    scripts = [link for parsed in pages.values() for link in parsed.links if link.endswith(".js")]
-    assert not [link for link in scripts if urlsplit(link).scheme or link.startswith("//")], "a script from the web"
+    # nothing the pages load comes from another host: the site works offline and from disk
+    remote = [f"{page.name}: {link}" for page, parsed in pages.items() for link in parsed.resources
+              if urlsplit(link).scheme in ("http", "https") or link.startswith("//")]
+    assert remote == []
+    styles = [p for p in out.rglob("*.css")]
+    assert styles and not [p.name for p in styles if re.search(r"url\(\s*['\"]?(https?:)?//", p.read_text())]
+    assert "INFO" not in done.stdout + done.stderr  # no log lines in the build's output
     config = (out / "config.html").read_text()
     assert "train.sigma_weight_decay" in config and "weight decay on the envelopes" in config
     assert config.count("<table") == 4 and "list-table" not in config  # one real table per section
@@ -175,3 +185,25 @@ def test_the_readmes_summary_of_the_study_quotes_the_report():
             for line in (ROOT / "docs" / "reproduction.md").read_text().splitlines() if line.startswith("| ")]
     for table, delta, verdict in quoted:  # the same table, interval and verdict stand in the report's verdicts
         assert any(r[0] == table and r[4] == delta and r[-1].startswith(verdict) for r in rows), (table, delta)
+
+
+def test_every_envconv_command_on_the_gpu_page_parses():
+    import shlex
+
+    from envconv.recipes.cli import get_args_parser
+
+    text = (ROOT / "docs" / "gpu.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", text, re.S)
+    commands = [" ".join(block.replace("\\\n", " ").split()) for block in blocks]
+    parser = get_args_parser()
+    checked = 0
+    for command in commands:
+        words = shlex.split(command.replace("$", ""))
+        if "envconv" not in words:
+            continue
+        args = words[words.index("envconv") + 1:]
+        if "..." in args:
+            args = args[: args.index("...")]
+        parser.parse_args(args)  # exits (SystemExit) on an unknown option
+        checked += 1
+    assert checked == 3  # one GPU, one node, several nodes

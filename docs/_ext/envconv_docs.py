@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import logging
 import os
 import re
 from pathlib import Path
@@ -179,9 +180,9 @@ def _mathml(latex: str, display: str, node) -> str:
     try:
         return convert(latex, display=display)
     except Exception as err:  # a formula latex2mathml cannot read must fail the (-W) build, not show raw TeX
-        from sphinx.util import logging
+        from sphinx.util import logging as sphinx_logging
 
-        logging.getLogger(__name__).warning(f"cannot convert the formula {latex!r} to MathML: {err}", location=node)
+        sphinx_logging.getLogger(__name__).warning(f"cannot convert the formula {latex!r} to MathML: {err}", location=node)
         return f"<code>{latex}</code>"
 
 
@@ -199,6 +200,8 @@ def _visit_math_block(self, node):
 
 
 def setup(app):
+    # the figures convert models; the conversion's INFO lines are for users' logs, not the build's output
+    logging.getLogger("envconv").setLevel(logging.WARNING)
     app.add_html_math_renderer("mathml", (_visit_math, None), (_visit_math_block, None))
     app.add_directive("envconv-config", ConfigReference)
     app.add_directive("envconv-cli", CliReference)

@@ -236,3 +236,19 @@ def test_an_empty_batch_goes_forward_and_backward_through_every_op(impl, channel
         assert out.shape == (0, 4, 9, 9)
         out.sum().backward()
         assert torch.equal(r.grad, torch.zeros(channels))
+
+
+def test_the_first_build_of_the_cpu_kernel_is_announced(monkeypatch, capsys):
+    import torch.utils.cpp_extension
+
+    built = []
+    monkeypatch.setattr(cpu, "_loaded", False)
+    monkeypatch.setattr(cpu, "_failed", None)
+    monkeypatch.setattr(cpu, "_is_built", lambda name: False)
+    monkeypatch.setattr(torch.utils.cpp_extension, "load", lambda **kwargs: built.append(kwargs["name"]))
+    assert cpu.load() and built
+    assert "building the C++ CPU envelope kernel (once per machine" in capsys.readouterr().err
+    monkeypatch.setattr(cpu, "_loaded", False)
+    monkeypatch.setattr(cpu, "_is_built", lambda name: True)
+    assert cpu.load()
+    assert capsys.readouterr().err == ""  # cached: no message

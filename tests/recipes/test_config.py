@@ -138,3 +138,14 @@ def test_a_warm_up_as_long_as_the_run_is_refused_with_the_fix(tmp_path, monkeypa
     assert "train.warmup_epochs must be a whole number below train.epochs=1, got 1" in err
     assert "--set train.warmup_epochs=0" in err
     assert list(tmp_path.iterdir()) == []  # refused before anything is created
+
+
+@pytest.mark.parametrize("name", bundled_configs())
+def test_a_one_epoch_run_of_every_bundled_config_is_valid_or_says_what_to_set(name):
+    config = load_config(name)
+    if config.get("train", {}).get("warmup_epochs", 0) >= 1:
+        with pytest.raises(ValueError, match=r"--set train.warmup_epochs=0"):
+            resolve_config(name, ["train.epochs=1"])
+        resolve_config(name, ["train.epochs=1", "train.warmup_epochs=0"])
+    else:
+        resolve_config(name, ["train.epochs=1"])

@@ -332,3 +332,9 @@ def test_a_run_that_fails_before_writing_leaves_no_directory(tmp_path):
     with pytest.raises(ValueError, match="empty"):
         train(tiny_config(tmp_path / "run", data={"synthetic_size": [0, 0]}), quiet=True)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_compiled_run_says_that_its_first_steps_are_slow(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(torch, "compile", lambda model, **kwargs: model)  # the message, not the compile, is tested
+    train(tiny_config(tmp_path / "run", train={"epochs": 1, "compile": True}))
+    assert "torch.compile builds the model's kernels during the first steps" in capsys.readouterr().out
