@@ -182,7 +182,8 @@ def _mathml(latex: str, display: str, node) -> str:
     except Exception as err:  # a formula latex2mathml cannot read must fail the (-W) build, not show raw TeX
         from sphinx.util import logging as sphinx_logging
 
-        sphinx_logging.getLogger(__name__).warning(f"cannot convert the formula {latex!r} to MathML: {err}", location=node)
+        sphinx_logging.getLogger(__name__).warning(f"cannot convert the formula {latex!r} to MathML: {err}",
+                                                   location=node)
         return f"<code>{latex}</code>"
 
 
