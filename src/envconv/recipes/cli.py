@@ -46,7 +46,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     ]
     for name, module, functions, text in commands:
         add_arguments, run = functions or (module.add_arguments, module.main)
-        command = sub.add_parser(name, help=text, description=(run if functions else module).__doc__.splitlines()[0])
+        doc = (run if functions else module).__doc__.splitlines()[0]
+        command = sub.add_parser(name, help=text, description=doc.replace("``", ""))  # plain text, not reST
         add_arguments(command)
         command.set_defaults(func=run)
     return parser
