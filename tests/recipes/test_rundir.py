@@ -84,3 +84,16 @@ def test_envelopes_of_a_run_directory_from_its_records_without_its_checkpoints(t
         RunDir(run).envelopes(epoch=7)
     with pytest.raises(FileNotFoundError, match="config.yaml is missing"):
         RunDir(tmp_path).envelopes()
+
+
+def test_read_json_takes_names_and_paths_also_for_a_relative_run_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run = RunDir("results/study/x")  # relative, as a study's run directories are
+    run.path.mkdir(parents=True)
+    run.summary_file.write_text('{"a": 1}')
+    RunDir.eval_file(run.last, 3).write_text('{"b": 2}')
+    run.failed_file.write_text('{"c": 3}')
+    assert run.read_json(run.summary_file) == {"a": 1}
+    assert run.read_json(RunDir.eval_file(run.last, 3)) == {"b": 2}
+    assert run.read_json(RunDir.FAILED) == {"c": 3}
+    assert run.read_json(RunDir.RUN_INFO) is None

@@ -170,9 +170,12 @@ class RunDir:
         """``sigma.json``: ``[{"epoch": e, "sigma": {layer: [sigma per channel]}}, ...]`` (empty when absent)."""
         return json.loads(self.sigma_file.read_text()) if self.sigma_file.is_file() else []
 
-    def read_json(self, path: Path) -> Optional[Any]:
-        """A JSON file of the run (``summary.json``, an eval or probe result, ...), ``None`` when absent."""
-        path = self.path / path
+    def read_json(self, file: Union[str, os.PathLike]) -> Optional[Any]:
+        """A JSON file of the run, ``None`` when absent: a bare name (``RunDir.FAILED``) is taken in the run
+        directory, a path (``run.summary_file``, :meth:`eval_file`) as it is."""
+        path = Path(file)
+        if len(path.parts) == 1:
+            path = self.path / path
         return json.loads(path.read_text()) if path.is_file() else None
 
     def clear_stale_records(self) -> List[str]:
