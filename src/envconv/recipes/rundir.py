@@ -172,7 +172,8 @@ class RunDir:
 
     def read_json(self, file: Union[str, os.PathLike]) -> Optional[Any]:
         """A JSON file of the run, ``None`` when absent: a bare name (``RunDir.FAILED``) is taken in the run
-        directory, a path (``run.summary_file``, :meth:`eval_file`) as it is."""
+        directory, a path (``run.summary_file``, :meth:`eval_file`) as it is.
+        """
         path = Path(file)
         if len(path.parts) == 1:
             path = self.path / path
