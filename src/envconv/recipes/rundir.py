@@ -171,8 +171,10 @@ class RunDir:
         return json.loads(self.sigma_file.read_text()) if self.sigma_file.is_file() else []
 
     def read_json(self, file: Union[str, os.PathLike]) -> Optional[Any]:
-        """A JSON file of the run, ``None`` when absent: a bare name (``RunDir.FAILED``) is taken in the run
-        directory, a path (``run.summary_file``, :meth:`eval_file`) as it is.
+        """A JSON file of the run, ``None`` when absent.
+
+        A bare name (``RunDir.FAILED``) is taken in the run directory, a path (``run.summary_file``,
+        :meth:`eval_file`) as it is.
         """
         path = Path(file)
         if len(path.parts) == 1:
