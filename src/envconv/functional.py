@@ -17,7 +17,7 @@ import torch
 import torch.fx
 
 from . import kernels
-from .ops.dispatch import IMPLS
+from .ops.dispatch import check_impl
 from .ops.library import envelope_decomposed  # importing it registers the torch.ops.envconv operators
 
 __all__ = ["gaussian_envelope", "envelope_conv2d", "PADDING_MODES"]
@@ -31,11 +31,6 @@ def _pair(value: Union[int, Sequence[int]], name: str) -> List[int]:
     if len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in pair):
         raise ValueError(f"{name} must be a positive int or a pair of them, got {value!r}")
     return pair
-
-
-def _check_impl(impl: str) -> None:
-    if impl not in IMPLS:
-        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
 
 
 def _check_input(x: torch.Tensor, channels: Optional[int] = None) -> None:
@@ -98,7 +93,7 @@ def gaussian_envelope(
         return gaussian_envelope(x.unsqueeze(0), raw_sigma, size, padding_mode, stride, impl).squeeze(0)
     kernels.check_envelope_args(x, raw_sigma, size, padding_mode)
     stride = _pair(stride, "stride")
-    _check_impl(impl)
+    check_impl(impl)
     if torch.onnx.is_in_onnx_export():
         return envelope_decomposed(x, raw_sigma, size, stride, padding_mode)
     return torch.ops.envconv.envelope(x, raw_sigma, size, stride, padding_mode, impl)
@@ -152,7 +147,7 @@ def envelope_conv2d(
                                padding_mode=padding_mode, stride=stride, padding=padding, dilation=dilation,
                                groups=groups, impl=impl).squeeze(0)
     kernels.check_envelope_args(x, raw_sigma, size, padding_mode)
-    _check_impl(impl)
+    check_impl(impl)
     env_stride = _pair(env_stride, "env_stride")
     padding = [padding, padding] if isinstance(padding, int) else list(padding)
     if torch.onnx.is_in_onnx_export():

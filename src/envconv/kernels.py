@@ -32,6 +32,7 @@ __all__ = [
     "check_padding_mode",
     "check_padding_size",
     "check_envelope_args",
+    "check_floating_point",
     "sigma2_from_raw",
     "raw_from_sigma",
     "gaussian_kernel1d",
@@ -201,6 +202,20 @@ def gaussian_kernel1d_derivative(raw_sigma: torch.Tensor, size: int) -> torch.Te
     return g * (x2 - (g * x2).sum(1, keepdim=True)) / (2.0 * sigma2[:, None] ** 2) * dsigma2[:, None]
 
 
+def check_floating_point(x: torch.Tensor) -> None:
+    """Raise ``TypeError`` unless ``x`` is floating point: an integer kernel would round every tap of eq. (9) to 0.
+
+    Example:
+        >>> check_floating_point(torch.zeros(2, dtype=torch.uint8))  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+            ...
+        TypeError: x must be a floating-point tensor, got torch.uint8 (the envelope computes in floating point; ...
+    """
+    if not x.is_floating_point():
+        raise TypeError(f"x must be a floating-point tensor, got {x.dtype} (the envelope computes in floating point; "
+                        f"convert it first, e.g. x.float())")
+
+
 def check_envelope_args(x: torch.Tensor, raw_sigma: torch.Tensor, size: int, padding_mode: str) -> None:
     """Check an envelope's arguments: ``x`` (N, C, H, W), ``raw_sigma`` (C,) or (1,); raise naming the problem.
 
@@ -212,8 +227,7 @@ def check_envelope_args(x: torch.Tensor, raw_sigma: torch.Tensor, size: int, pad
             ...
         ValueError: raw_sigma must have shape (4,) or (1,) for x with 4 channels, got (3,)
     """
-    if not x.is_floating_point():  # an integer kernel would round every tap of eq. (9) to 0
-        raise TypeError(f"x must be a floating-point tensor, got {x.dtype} (convert it first, e.g. x.float())")
+    check_floating_point(x)
     if not raw_sigma.is_floating_point():
         raise TypeError(f"raw_sigma must be a floating-point tensor, got {raw_sigma.dtype}")
     if raw_sigma.dim() != 1:

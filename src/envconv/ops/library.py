@@ -65,13 +65,8 @@ def _run_kernel(x: Tensor, kernel: Tensor, stride: List[int], padding_mode: str,
     return out.contiguous(memory_format=memory_format(x))
 
 
-def _check_dtype(x: Tensor) -> None:
-    if not x.is_floating_point():  # an integer kernel would round every tap of eq. (9) to 0
-        raise TypeError(f"the envelope computes in floating point; x is {x.dtype} (convert it, e.g. x.float())")
-
-
 def _forward(x: Tensor, raw_sigma: Tensor, size: int, stride: List[int], padding_mode: str, impl: str) -> Tensor:
-    _check_dtype(x)
+    EF.check_floating_point(x)
     if x.numel() == 0:  # an empty batch (or map): nothing to filter; ATen's grouped convs refuse 0 groups
         return empty_like_layout(x, (x.shape[0], x.shape[1], *_out_size(x, stride)))
     if size == 1:  # the 1-tap envelope is the identity, whatever sigma (a copy: op outputs never alias inputs)
@@ -92,7 +87,7 @@ def envelope(x: Tensor, raw_sigma: Tensor, size: int, stride: List[int], padding
 
 def _check_fake(x: Tensor, raw_sigma: Tensor, size: int, stride: List[int]) -> None:
     """What the real kernels assume, checked on fake tensors too (the compiler and export see the same errors)."""
-    _check_dtype(x)
+    EF.check_floating_point(x)
     torch._check(x.dim() == 4, lambda: f"envconv::envelope: x must be 4-D (N, C, H, W), got {x.dim()} dims")
     torch._check(raw_sigma.dim() == 1 and raw_sigma.shape[0] in (1, x.shape[1]),
                  lambda: f"envconv::envelope: raw_sigma must have shape (C,) or (1,), got {tuple(raw_sigma.shape)}")

@@ -107,9 +107,6 @@ class RunDir:
     def __str__(self) -> str:
         return str(self.path)
 
-    def __truediv__(self, name: str) -> Path:
-        return self.path / name
-
     # --- its files --------------------------------------------------------------------------------------
 
     config_file = property(lambda self: self.path / self.CONFIG)
@@ -329,8 +326,6 @@ def check_writable(directory: Union[str, os.PathLike]) -> None:
     try:
         with tempfile.TemporaryFile(dir=directory):
             pass
-    except FileNotFoundError:
-        raise
     except OSError as err:
         raise PermissionError(f"cannot write into {directory}: {err.strerror or err}") from err
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import List, Sequence, Tuple
 
 from ..listing import EnvelopeInfo, envelopes
-from ..state_dict import load_state_dict_file
+from ..state_dict import load_state_dict_file, load_torch_file
 from .rundir import CHECKPOINT_KEYS, checkpoint_of, model_from_checkpoint
 
 __all__ = ["format_table", "envelope_table", "add_arguments", "main", "add_methods_arguments", "methods_main"]
@@ -49,8 +49,6 @@ def envelope_table(rows: Sequence[EnvelopeInfo]) -> str:
 
 
 def _is_training_checkpoint(path: Path) -> bool:
-    from ..state_dict import load_torch_file
-
     obj = load_torch_file(path)
     return isinstance(obj, dict) and all(k in obj for k in CHECKPOINT_KEYS)
 
