@@ -99,3 +99,24 @@ def test_onnx_dynamo_exporter_with_a_dynamic_batch(tmp_path):
         x = torch.randn(n, 3, 32, 32)
         (y,) = session.run(None, {"x": x.numpy()})
         np.testing.assert_allclose(y, model(x).detach().numpy(), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("options", [
+    dict(padding="same"),
+    dict(padding="valid", stride=2),
+    dict(padding=1, padding_mode="reflect"),
+    dict(padding=1, order="conv-env"),
+    dict(padding=1, envelope_padding_mode="reflect"),
+    dict(kernel_size=1, stride=2),
+    dict(padding=2, dilation=2, groups=2, shared_sigma=True),
+], ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()))
+@pytest.mark.parametrize("recompute", [True, False], ids=["op", "apart"])
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
+def test_torch_jit_script_equals_eager_for_every_layer_option(options, recompute):
+    torch.manual_seed(0)
+    layer = envconv.DisentangledConv2d(4, 6, **{"kernel_size": 3, **options})
+    layer.recompute_envelope = recompute
+    with torch.no_grad():
+        layer.envelope.raw_sigma.normal_()
+    x = torch.randn(2, 4, 9, 11)
+    torch.testing.assert_close(torch.jit.script(layer)(x), layer(x), rtol=1e-5, atol=1e-6)

@@ -249,6 +249,9 @@ class DisentangledConv2d(EnvelopeConv2d):
         self.recompute_envelope = True
 
     __jit_unused_properties__ = ["envelope_size", "_sampled", "_op_padding"]
+    # Set by __prepare_scriptable__; typed here because TorchScript cannot infer an empty list's type.
+    _script_padding: List[int]
+    _script_sampled: bool
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.jit.is_scripting():
