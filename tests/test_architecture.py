@@ -24,7 +24,7 @@ LAYERS = {
     3: {"envelope", "conv"},
     4: {"methods"},
     5: {"convert"},
-    6: {"listing", "models"},
+    6: {"listing", "models", "flops"},
     7: {"__init__"},
 }
 LAYER_OF = {unit: layer for layer, units in LAYERS.items() for unit in units}

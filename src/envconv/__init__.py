@@ -1,6 +1,6 @@
 """envconv: Disentangled Convolution for Optimizing Receptive Field (Kobayashi, PRL 2023) in PyTorch."""
 
-from . import functional, kernels, methods, ops
+from . import flops, functional, kernels, methods, ops
 from .conv import ConvVariant, DisentangledConv2d, EnvelopeConv2d
 from .convert import disentangle, select_layers, shrink
 from .envelope import GaussianEnvelope
@@ -21,6 +21,7 @@ __all__ = [
     "disentangle",
     "envelope_conv2d",
     "envelopes",
+    "flops",
     "functional",
     "gaussian_envelope",
     "kernels",
