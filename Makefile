@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv data test docs demo sigma-demo bench bench-gpu clean
+.PHONY: venv kernel data test docs demo sigma-demo bench bench-gpu clean
 
 venv: $(STAMP)
 
@@ -14,6 +14,10 @@ $(STAMP): pyproject.toml requirements-dev.txt
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
+
+# The C++ CPU kernel, built ahead of its first use (it is cached per environment and CPU type).
+kernel: $(STAMP)
+	$(PY) -m envconv.ops
 
 test: $(STAMP)
 	$(PY) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests were collected"; exit 0; fi; exit $$rc

@@ -8,10 +8,14 @@ with ``TORCH_LIBRARY_FRAGMENT(envconv, ...)``; :mod:`envconv.ops.library` calls 
 the public ``envconv::envelope`` ops on CPU tensors.
 
 The library is compiled with the system's C++ compiler and ninja (a dependency of envconv)
-by :func:`torch.utils.cpp_extension.load` the first time it is needed (about half a minute,
-then cached in torch's extension directory); nothing is downloaded. If the build fails, or
-``ENVCONV_NO_EXTENSION=1`` is set, envconv warns once, ``unavailable_reason()`` says why,
-and the ops use their composite (ATen) implementation.
+by :func:`torch.utils.cpp_extension.load` the first time it is needed (one line on stderr
+when the build starts and one with the time it took, about a minute on 2 cores; then cached
+in torch's extension directory); nothing is downloaded. The cached build is named by
+:func:`build_tag`: the CPU's instruction set, the Python and torch versions, torch's install
+location and the kernel source, so two environments on one machine never rebuild (or load)
+each other's kernel. ``python -m envconv.ops`` builds it ahead (for an image, an install
+script or CI). If the build fails, or ``ENVCONV_NO_EXTENSION=1`` is set, envconv warns once,
+``unavailable_reason()`` says why, and the ops use their composite (ATen) implementation.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import logging
 import os
 import platform
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import Optional, Sequence, Tuple
@@ -29,7 +34,7 @@ import torch
 
 from .layout import memory_format
 
-__all__ = ["available", "load", "unavailable_reason", "supports", "forward", "backward"]
+__all__ = ["available", "load", "build_tag", "main", "unavailable_reason", "supports", "forward", "backward"]
 
 _SOURCE = Path(__file__).resolve().parent.parent / "csrc" / "envelope_cpu.cpp"
 _loaded = False
@@ -51,6 +56,17 @@ def _cpu_tag() -> str:
     except OSError:
         pass
     return hashlib.sha1(flags.encode()).hexdigest()[:10]
+
+
+def build_tag() -> str:
+    """A short hash naming the cached build: CPU flags, Python, torch version and install, kernel source.
+
+    Any of these changing (another virtual environment, a torch upgrade, an edited kernel)
+    selects another build directory instead of overwriting, or loading, a foreign one.
+    """
+    key = "|".join([_cpu_tag(), sys.version, torch.__version__, str(Path(torch.__file__).resolve().parent),
+                    hashlib.sha1(_SOURCE.read_bytes()).hexdigest()])
+    return hashlib.sha1(key.encode()).hexdigest()[:12]
 
 
 def _is_built(name: str) -> bool:
@@ -78,13 +94,18 @@ def load() -> bool:
             warnings.simplefilter("ignore")
             from torch.utils.cpp_extension import load as load_extension
 
-            name = f"envconv_envelope_cpu_{_cpu_tag()}"
-            if not _is_built(name):  # the first use on this machine waits for the compiler: say so
-                print("envconv: building the C++ CPU envelope kernel (once per machine and CPU type, about a "
-                      "minute; cached in torch's extension directory) ...", file=sys.stderr, flush=True)
+            name = f"envconv_envelope_cpu_{build_tag()}"
+            building = not _is_built(name)
+            if building:  # the first use in this environment waits for the compiler: say so
+                print("envconv: building the C++ CPU envelope kernel (once per environment and CPU type, about "
+                      "a minute; `python -m envconv.ops` builds it ahead) ...", file=sys.stderr, flush=True)
+            start = time.perf_counter()
             load_extension(name=name, sources=[str(_SOURCE)],
                            extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"],
                            is_python_module=False, verbose=False)
+            if building:
+                print(f"envconv: built the C++ CPU envelope kernel in {time.perf_counter() - start:.0f} s",
+                      file=sys.stderr, flush=True)
         _loaded = True
     except Exception as err:  # a missing compiler, ninja, headers or OpenMP: fall back to the ATen ops
         _failed = f"{type(err).__name__}: {err}"
@@ -140,3 +161,15 @@ def backward(grad: torch.Tensor, x: torch.Tensor, kernel: torch.Tensor, dkernel:
         grad.to(x.dtype), _channels_last(x), kernel.to(x.dtype).t().contiguous(),
         dkernel.to(x.dtype).t().contiguous(), *stride, need_x)
     return (_like_input(grad_x, x) if need_x else None), grad_sigma
+
+
+def main() -> int:
+    """``python -m envconv.ops``: build (or find) the kernel ahead of its first use; 1 if it cannot be built."""
+    if not load():
+        print(f"envconv: no C++ CPU kernel: {unavailable_reason()}", file=sys.stderr)
+        return 1
+    from torch.utils.cpp_extension import _get_build_directory
+
+    print(f"envconv: C++ CPU envelope kernel ready in "
+          f"{_get_build_directory(f'envconv_envelope_cpu_{build_tag()}', verbose=False)}")
+    return 0
