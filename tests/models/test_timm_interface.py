@@ -56,3 +56,38 @@ def test_torchscript_equals_eager_and_saves(name, tmp_path):
     torch.testing.assert_close(scripted(x), model(x))
     torch.jit.save(scripted, str(tmp_path / "m.pt"))
     torch.testing.assert_close(torch.jit.load(str(tmp_path / "m.pt"))(x), model(x))
+
+
+def test_forward_intermediates_and_the_getter_feature_class_match_the_stage_outputs():
+    torch.manual_seed(0)
+    model = timm.create_model("envconv_small_resnet20").eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        stem = model.relu(model.bn1(model.conv1(x)))
+        stages = [model.layer1(stem)]
+        stages += [model.layer2(stages[0])]
+        stages += [model.layer3(stages[1])]
+        final, maps = model.forward_intermediates(x)
+        assert len(maps) == 4
+        for got, want in zip(maps, [stem, *stages]):
+            torch.testing.assert_close(got, want)
+        torch.testing.assert_close(final, model.forward_features(x))
+        last_two = model.forward_intermediates(x, indices=2, intermediates_only=True)
+        torch.testing.assert_close(last_two[0], stages[1])
+        early, picked = model.forward_intermediates(x, indices=[-3], stop_early=True)
+        torch.testing.assert_close(early, stages[0])
+        torch.testing.assert_close(picked[0], stages[0])
+    with pytest.raises(ValueError, match=r"feature indices \[4\] are out of range: 0 \(the stem\) to 3"):
+        model.forward_intermediates(x, indices=[4])
+    getter = timm.create_model("envconv_small_resnet20", features_only=True, feature_cls="getter", out_indices=(1, 2))
+    getter.model.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith(("layer3", "fc"))})
+    getter.eval()
+    with torch.no_grad():
+        out = getter(x)
+    for got, want in zip(out, stages[:2]):
+        torch.testing.assert_close(got, want)
+    assert getter.feature_info.channels() == [16, 32]
+    assert isinstance(getter.model.layer3, torch.nn.Identity)  # pruned after the last stage asked for
+    assert sum(isinstance(m, DisentangledConv2d) for m in getter.modules()) == 3  # stem, layer2's two
+    with pytest.raises(ValueError, match="feature_cls must be 'list' or 'getter'"):
+        timm.create_model("envconv_small_resnet20", features_only=True, feature_cls="fx")

@@ -12,7 +12,7 @@ places with the same rule, and ``forward_features`` / ``forward_head`` follow ti
 """
 
 
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -124,6 +124,67 @@ class SmallResNet(nn.Module):
         for i in range(self.num_stages):
             x = getattr(self, f"layer{i + 1}")(x)
         return x
+
+    def _take_indices(self, indices: Union[None, int, Sequence[int]]) -> List[int]:
+        """timm's feature indices into :attr:`feature_info`: ``None`` all, ``n`` the last n, or a list (negatives from the end)."""
+        count = len(self.feature_info)
+        if indices is None:
+            indices = count
+        if isinstance(indices, int):
+            if not 0 < indices <= count:
+                raise ValueError(f"the last {indices} features: choose 1 to {count} (the stem and {count - 1} stages)")
+            return list(range(count - indices, count))
+        take = [i + count if i < 0 else i for i in indices]
+        bad = [i for i, t in zip(indices, take) if not 0 <= t < count]
+        if bad:
+            raise ValueError(f"feature indices {bad} are out of range: 0 (the stem) to {count - 1} (the last stage)")
+        return take
+
+    @torch.jit.unused
+    def forward_intermediates(self, x: torch.Tensor, indices: Union[None, int, Sequence[int]] = None,
+                              norm: bool = False, stop_early: bool = False, output_fmt: str = "NCHW",
+                              intermediates_only: bool = False):
+        """timm's feature API: the feature maps at ``indices`` of :attr:`feature_info` (0 the stem, i stage i).
+
+        Args:
+            x: images (N, C, H, W).
+            indices: ``None`` (all), ``n`` (the last n) or a list of indices, negatives from the end.
+            norm: accepted for timm's interface; this network has no final norm.
+            stop_early: stop after the last stage asked for (the final features are then that stage's).
+            output_fmt: ``"NCHW"``, the only layout of a CNN's features.
+            intermediates_only: return the list alone.
+
+        Returns:
+            ``[maps]`` if ``intermediates_only``, else ``(final features, [maps])``.
+        """
+        if output_fmt != "NCHW":
+            raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
+        take = self._take_indices(indices)
+        intermediates = []
+        x = self.relu(self.bn1(self.conv1(x)))
+        if 0 in take:
+            intermediates.append(x)
+        last = max(take) if stop_early else self.num_stages
+        for i in range(1, last + 1):
+            x = getattr(self, f"layer{i}")(x)
+            if i in take:
+                intermediates.append(x)
+        return intermediates if intermediates_only else (x, intermediates)
+
+    @torch.jit.unused
+    def prune_intermediate_layers(self, indices: Union[None, int, Sequence[int]] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> List[int]:
+        """Drop the stages after the last of ``indices`` (and the head): timm's ``feature_cls="getter"`` calls this.
+
+        Returns:
+            the indices, made absolute.
+        """
+        take = self._take_indices(indices)
+        for i in range(max(take) + 1, self.num_stages + 1):
+            setattr(self, f"layer{i}", nn.Identity())
+        if prune_head:
+            self.reset_classifier(0, "")
+        return take
 
     def __prepare_scriptable__(self):
         if self.num_stages > 4:

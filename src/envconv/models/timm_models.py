@@ -9,7 +9,8 @@ go to the conversion, the rest to the model. Pretrained weights are not offered.
 Each name has its own pretrained cfg (``default_cfgs``, registered with the entrypoint):
 a timm base's cfg without its weight locations and with the envconv architecture name, or
 for the small ResNets their 32x32 input. Small ResNets also take ``features_only=True``
-(timm's ``FeatureListNet`` over the stem and the stages).
+(timm's ``FeatureListNet`` over the stem and the stages, or with ``feature_cls="getter"``
+its ``FeatureGetterNet`` over their ``forward_intermediates``).
 """
 
 from __future__ import annotations
@@ -62,17 +63,15 @@ def _entrypoint(name: str, base: str) -> Callable:
         options = {k: kwargs.pop(k) for k in list(kwargs) if k in _DISENTANGLE_KEYS}
         num_classes = kwargs.pop("num_classes", 10 if base in SMALL_RESNETS else 1000)
         in_chans = kwargs.pop("in_chans", 3)
-        features = {k: kwargs.pop(k) for k in ("features_only", "out_indices") if k in kwargs} \
+        features = {k: kwargs.pop(k) for k in ("features_only", "out_indices", "feature_cls") if k in kwargs} \
             if base in SMALL_RESNETS else {}
         model = create_model(base, num_classes=num_classes, in_chans=in_chans, model_kwargs=kwargs, **options)
         import timm
 
         cfg = timm.models.get_pretrained_cfg(name).to_dict()
         if features.get("features_only"):
-            from timm.models import FeatureListNet
-
             indices = features.get("out_indices", tuple(range(len(model.feature_info))))
-            model = FeatureListNet(model, out_indices=indices)
+            model = _feature_net(model, indices, features.get("feature_cls"))
         model.pretrained_cfg = model.default_cfg = cfg
         return model
 
@@ -80,6 +79,19 @@ def _entrypoint(name: str, base: str) -> Callable:
     build.__module__ = __name__
     build.__doc__ = f"{base} with envconv's envelopes at the paper's places."
     return build
+
+
+def _feature_net(model, indices, feature_cls):
+    """timm's feature wrapper of a small ResNet: ``FeatureListNet`` (the default) or ``FeatureGetterNet``."""
+    if feature_cls in (None, "list"):
+        from timm.models import FeatureListNet
+
+        return FeatureListNet(model, out_indices=indices)
+    if feature_cls == "getter":
+        from timm.models._features import FeatureGetterNet
+
+        return FeatureGetterNet(model, out_indices=indices)
+    raise ValueError(f"feature_cls must be 'list' or 'getter' for envconv's small ResNets, got {feature_cls!r}")
 
 
 def register_timm_models() -> List[str]:
