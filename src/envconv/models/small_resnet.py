@@ -126,7 +126,7 @@ class SmallResNet(nn.Module):
         return x
 
     def _take_indices(self, indices: Union[None, int, Sequence[int]]) -> List[int]:
-        """timm's feature indices into :attr:`feature_info`: ``None`` all, ``n`` the last n, or a list (negatives from the end)."""
+        """Indices into :attr:`feature_info` as timm takes them: ``None``, the last ``n`` or a list (negatives from the end)."""
         count = len(self.feature_info)
         if indices is None:
             indices = count
@@ -144,7 +144,7 @@ class SmallResNet(nn.Module):
     def forward_intermediates(self, x: torch.Tensor, indices: Union[None, int, Sequence[int]] = None,
                               norm: bool = False, stop_early: bool = False, output_fmt: str = "NCHW",
                               intermediates_only: bool = False):
-        """timm's feature API: the feature maps at ``indices`` of :attr:`feature_info` (0 the stem, i stage i).
+        """The feature maps at ``indices`` of :attr:`feature_info` (0 the stem, i stage i): timm's feature API.
 
         Args:
             x: images (N, C, H, W).

@@ -82,7 +82,7 @@ def _entrypoint(name: str, base: str) -> Callable:
 
 
 def _feature_net(model, indices, feature_cls):
-    """timm's feature wrapper of a small ResNet: ``FeatureListNet`` (the default) or ``FeatureGetterNet``."""
+    """The feature wrapper of a small ResNet: timm's ``FeatureListNet`` (the default) or ``FeatureGetterNet``."""
     if feature_cls in (None, "list"):
         from timm.models import FeatureListNet
 
