@@ -126,7 +126,7 @@ class SmallResNet(nn.Module):
         return x
 
     def _take_indices(self, indices: Union[None, int, Sequence[int]]) -> List[int]:
-        """Indices into :attr:`feature_info` as timm takes them: ``None``, the last ``n`` or a list (negatives from the end)."""
+        """Indices into :attr:`feature_info` as timm takes them: None, the last n, or a list (negative: from the end)."""
         count = len(self.feature_info)
         if indices is None:
             indices = count
