@@ -126,7 +126,7 @@ class SmallResNet(nn.Module):
         return x
 
     def _take_indices(self, indices: Union[None, int, Sequence[int]]) -> List[int]:
-        """Indices into :attr:`feature_info` as timm takes them: None, the last n, or a list (negative: from the end)."""
+        """Indices into :attr:`feature_info` as timm takes them: None (all), the last n, or a list."""
         count = len(self.feature_info)
         if indices is None:
             indices = count
