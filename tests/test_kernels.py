@@ -46,3 +46,13 @@ def test_kernel_derivative_matches_autograd():
         want = torch.autograd.functional.jacobian(lambda r, s=size: EF.gaussian_kernel1d(r, s), raw)  # (C, k, C)
         diagonal = torch.stack([want[c, :, c] for c in range(raw.numel())])
         torch.testing.assert_close(EF.gaussian_kernel1d_derivative(raw, size), diagonal, rtol=1e-12, atol=1e-15)
+
+
+def test_kernel_second_derivative_matches_autograd():
+    raw = torch.tensor([-30.0, -2.0, 0.0, 0.7, 5.0, 40.0], dtype=torch.float64)
+    for size in (1, 3, 9):
+        # the Hessian of each tap in its own raw sigma, by autograd through eq. (9)
+        want = torch.stack([torch.stack([torch.autograd.functional.hessian(
+            lambda r, s=size, c=c, i=i: EF.gaussian_kernel1d(r.view(1), s)[0, i], raw[c]) for i in range(size)])
+            for c in range(raw.numel())])
+        torch.testing.assert_close(EF.gaussian_kernel1d_second_derivative(raw, size), want, rtol=1e-10, atol=1e-14)

@@ -37,6 +37,7 @@ __all__ = [
     "raw_from_sigma",
     "gaussian_kernel1d",
     "gaussian_kernel1d_derivative",
+    "gaussian_kernel1d_second_derivative",
 ]
 
 #: Padding modes of the envelope; all keep the spatial size. ``"zeros"`` is what a
@@ -200,6 +201,41 @@ def gaussian_kernel1d_derivative(raw_sigma: torch.Tensor, size: int) -> torch.Te
     g = torch.softmax(-x2 / (2.0 * sigma2[:, None]), dim=1)
     dsigma2 = torch.sigmoid(raw_sigma) * (unclamped >= MIN_SIGMA2)
     return g * (x2 - (g * x2).sum(1, keepdim=True)) / (2.0 * sigma2[:, None] ** 2) * dsigma2[:, None]
+
+
+def gaussian_kernel1d_second_derivative(raw_sigma: torch.Tensor, size: int) -> torch.Tensor:
+    r"""Second derivative of :func:`gaussian_kernel1d` w.r.t. each channel's own raw sigma, shape :math:`(C, k_g)`.
+
+    With :math:`s = \sigma_c^2`, :math:`h_x = (x^2 - \sum_\xi \mathbf g[c, \xi]\,\xi^2)/2` and
+    :math:`V = \sum_x \mathbf g[c, x]\,h_x^2`,
+
+    .. math::
+
+        \frac{\partial^2 \mathbf g}{\partial s^2} = \mathbf g\,\frac{h^2 - V}{s^4} - 2\,\mathbf g\,\frac{h}{s^3},
+        \qquad
+        \frac{\partial^2 \mathbf g}{\partial \tilde\sigma_c^2} = \frac{\partial^2 \mathbf g}{\partial s^2}\,
+        s'^2 + \frac{\partial \mathbf g}{\partial s}\, s'', \quad s' = \operatorname{sigmoid}(\tilde\sigma_c),\
+        s'' = s'(1 - s')
+
+    (zero where :math:`\sigma_c^2` sits at its lower bound): what double backward and
+    forward-over-reverse differentiation of the envelope need.
+
+    Example:
+        >>> d2 = gaussian_kernel1d_second_derivative(torch.zeros(2, dtype=torch.float64), 5)
+        >>> bool(torch.allclose(d2.sum(1), torch.zeros(2, dtype=torch.float64)))  # the taps keep summing to 1
+        True
+    """
+    r = size // 2
+    x2 = torch.arange(-r, r + 1, device=raw_sigma.device, dtype=raw_sigma.dtype).square()
+    unclamped = sigma2_from_raw(raw_sigma)
+    s = unclamped.clamp_min(MIN_SIGMA2)[:, None]
+    g = torch.softmax(-x2 / (2.0 * s), dim=1)
+    h = (x2 - (g * x2).sum(1, keepdim=True)) / 2.0
+    variance = (g * h.square()).sum(1, keepdim=True)
+    d_s = g * h / s ** 2
+    d2_s = g * (h.square() - variance) / s ** 4 - 2.0 * g * h / s ** 3
+    ds = (torch.sigmoid(raw_sigma) * (unclamped >= MIN_SIGMA2))[:, None]
+    return d2_s * ds.square() + d_s * ds * (1.0 - torch.sigmoid(raw_sigma))[:, None]
 
 
 def check_floating_point(x: torch.Tensor) -> None:

@@ -7,7 +7,8 @@ the compiler and export, and a FLOP formula for :class:`torch.utils.flop_counter
   kernel of eq. (9), evaluated every ``stride`` pixels; differentiable (``register_autograd``),
   its backward is the next op.
 * ``envconv::envelope_backward(grad, x, raw_sigma, ...) -> (grad_x, grad_raw_sigma)`` - eq. (7)
-  and the eq. (8) sigma gradient (an empty tensor for a gradient not asked for).
+  and the eq. (8) sigma gradient (an empty tensor for a gradient not asked for); differentiable
+  too (double backward, for gradient penalties), through a composite recomputation.
 * ``envconv::envelope_conv2d(x, raw_sigma, weight, bias, ...) -> y`` - the envelope followed by
   a convolution (eq. (3)-(4)), saving only ``x`` for backward: the envelope is recomputed there
   (one cheap forward) instead of keeping two extra feature maps per layer alive.
@@ -102,24 +103,6 @@ def _(x, raw_sigma, size, stride, padding_mode, impl):
     return empty_like_layout(x, (x.shape[0], x.shape[1], *_out_size(x, stride)))
 
 
-def _envelope_setup(ctx, inputs, output):
-    x, raw_sigma, size, stride, padding_mode, impl = inputs
-    ctx.save_for_backward(x, raw_sigma)
-    ctx.config = (size, list(stride), padding_mode, impl)
-
-
-def _envelope_grad(ctx, grad):
-    x, raw_sigma = ctx.saved_tensors
-    need_x, need_sigma = ctx.needs_input_grad[:2]
-    if not (need_x or need_sigma):
-        return None, None, None, None, None, None
-    grad_x, grad_raw = torch.ops.envconv.envelope_backward(grad, x, raw_sigma, *ctx.config, need_x, need_sigma)
-    return (grad_x if need_x else None), (grad_raw if need_sigma else None), None, None, None, None
-
-
-envelope.register_autograd(_envelope_grad, setup_context=_envelope_setup)
-
-
 # ---- envconv::envelope_backward ---------------------------------------------------------------------------
 
 @torch.library.custom_op("envconv::envelope_backward", mutates_args=())
@@ -191,71 +174,6 @@ def _(x, raw_sigma, weight, bias, size, env_stride, padding_mode, impl, stride, 
                          f"{x.shape[1]} input channels")
     smoothed = empty_like_layout(x, (x.shape[0], x.shape[1], *_out_size(x, env_stride)))
     return F.conv2d(smoothed, weight, bias, stride, padding, dilation, groups)
-
-
-def _conv2d_setup(ctx, inputs, output):
-    x, raw_sigma, weight, bias = inputs[:4]
-    ctx.save_for_backward(x, raw_sigma, weight)
-    ctx.config = inputs[4:]
-    ctx.bias_shape = None if bias is None else list(bias.shape)
-
-
-def _conv2d_grad(ctx, grad_out):
-    x, raw_sigma, weight = ctx.saved_tensors
-    size, env_stride, padding_mode, impl, stride, padding, dilation, groups = ctx.config
-    need_x, need_raw, need_w, need_b = ctx.needs_input_grad[:4]
-    tail = (None,) * 8
-    if need_raw and not need_x and groups == 1 and list(env_stride) == [1, 1] and padding_mode == "zeros" \
-            and x.shape[1] <= STEM_CHANNELS and size > 1 and x.numel() > 0:
-        return (None, *_stem_backward(grad_out, x, raw_sigma, weight, size, need_w, ctx.bias_shape, need_b,
-                                      (stride, padding, dilation)), *tail)
-    smoothed = torch.ops.envconv.envelope(x, raw_sigma, size, env_stride, padding_mode, impl)
-    grad_s, grad_w, grad_b = torch.ops.aten.convolution_backward(
-        grad_out.contiguous(memory_format=memory_format(smoothed)), smoothed, weight, ctx.bias_shape,
-        list(stride), list(padding), list(dilation), False, [0, 0], groups, [need_x or need_raw, need_w, need_b])
-    grad_x = grad_raw = None
-    if need_x or need_raw:
-        grad_x, grad_raw = torch.ops.envconv.envelope_backward(grad_s, x, raw_sigma, size, env_stride, padding_mode,
-                                                               impl, need_x, need_raw)
-    return ((grad_x if need_x else None), (grad_raw if need_raw else None),
-            (_like(grad_w, weight) if need_w else None), (grad_b if need_b else None), *tail)
-
-
-envelope_conv2d.register_autograd(_conv2d_grad, setup_context=_conv2d_setup)
-
-
-def _like(grad: Tensor, param: Tensor) -> Tensor:
-    """``grad`` in ``param``'s strides (DDP's gradient buckets expect the parameter's layout)."""
-    if grad.stride() == param.stride():
-        return grad
-    return torch.empty_like(param).copy_(grad)
-
-
-def _stem_backward(grad_out, x, raw_sigma, weight, size, need_w, bias_shape, need_b, conv_args):
-    r"""Gradients of a few-channel envelope + conv without the conv's input gradient.
-
-    The conv is linear in its input and in its weight, so with :math:`D_c = \partial\mathbf
-    g_c/\partial\tilde\sigma_c * X_c` (the envelope's derivative applied to channel c),
-    :math:`\partial L/\partial\tilde\sigma_c = \langle \partial L/\partial Y, \mathbf F_{:,c} * D_c
-    \rangle = \langle \mathbf F_{:,c}, G_{:,c}\rangle`, where :math:`G` is the weight gradient the conv
-    would have for input :math:`D`. Both weight gradients come from one backward-weight call on
-    the channels ``[smoothed, D]``; the conv's backward-data pass, which autograd would run and
-    which costs about 5x its weight gradient at a ResNet stem in oneDNN, is skipped. Zero padding.
-    """
-    n, c, h, w = x.shape
-    kernel, dkernel = _kernels(raw_sigma, size, c, derivative=True)
-    kernel, dkernel = kernel.to(x.dtype).repeat(n, 1), dkernel.to(x.dtype).repeat(n, 1)
-    flat = x.contiguous().view(1, n * c, h, w)  # batch folded into channels: fast grouped 1-D passes
-    rows, drows = composite.pass1d(flat, kernel, 2, "zeros"), composite.pass1d(flat, dkernel, 2, "zeros")
-    smoothed = composite.pass1d(rows, kernel, 3, "zeros").view(n, c, h, w)
-    deriv = (composite.pass1d(drows, kernel, 3, "zeros") + composite.pass1d(rows, dkernel, 3, "zeros")).view(n, c, h, w)
-    both = torch.cat([smoothed, deriv], 1).contiguous(memory_format=memory_format(grad_out))
-    _, grad_both, grad_b = torch.ops.aten.convolution_backward(
-        grad_out, both, weight.repeat(1, 2, 1, 1), bias_shape, list(conv_args[0]), list(conv_args[1]),
-        list(conv_args[2]), False, [0, 0], 1, [False, True, need_b])
-    grad_raw = (weight.double() * grad_both[:, c:].double()).sum((0, 2, 3)).to(raw_sigma.dtype)
-    grad_w = _like(grad_both[:, :c], weight) if need_w else None
-    return (grad_raw.sum().view(1) if raw_sigma.numel() == 1 else grad_raw), grad_w, (grad_b if need_b else None)
 
 
 # ---- autocast: the dtype F.conv2d would return ---------------------------------------------------------

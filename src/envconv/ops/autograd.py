@@ -1,0 +1,441 @@
+r"""Autograd for the ops - reverse mode, double backward, forward mode and :mod:`torch.func` - once per op.
+
+``register_autograd`` of :func:`torch.library.custom_op` builds an ``autograd.Function`` that
+:mod:`torch.func`'s transforms refuse (it has no ``setup_context``: pytorch#168393, #170834)
+and that forward-mode AD passes by: a dual tensor does not require grad, so the op ran
+without its tangent and ``jvp`` came out zero. Each op here gets its Autograd-key kernel
+instead (:func:`register`): a single-level ``autograd.Function`` - what functorch builds at
+every transform level for its own ops, and what PyTorch's fix of ``register_autograd`` does
+(pytorch#184974) - with ``setup_context``, ``backward`` and ``jvp``; its vmap rules are
+registered with ``register_vmap``. So ``torch.func.grad``, ``vmap`` (per-sample gradients),
+``jacrev``, ``jvp``, ``jacfwd``, ``hessian`` and :mod:`torch.autograd.forward_ad` all
+differentiate the same ops that the compiler and the exporters see.
+
+* ``envelope``: backward by ``envelope_backward`` (eq. (7), (8)); jvp
+  :math:`\dot Y = E_\sigma * \dot X + (\partial_{\tilde\sigma} E_\sigma * X)\,\dot{\tilde\sigma}`.
+* ``envelope_backward``: differentiable through a composite recomputation (double backward,
+  for gradient penalties; forward-over-reverse for Hessians).
+* ``envelope_conv2d``: backward recomputes the envelope; jvp by the product rule.
+"""
+
+from __future__ import annotations
+
+from typing import List
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.autograd import forward_ad
+from torch.autograd.function import _SingleLevelFunction
+
+from .. import kernels as EF
+from . import composite
+from .layout import memory_format
+from .library import STEM_CHANNELS, _kernels
+
+try:  # torch >= 2.0 has it; its home is private, hence the guard
+    from torch._functorch.utils import enable_single_level_autograd_function
+except ImportError:  # pragma: no cover
+    from contextlib import nullcontext as enable_single_level_autograd_function
+
+__all__ = ["register"]
+
+_lib = torch.library.Library("envconv", "FRAGMENT")  # kept alive: it holds the registrations
+
+
+def _differentiating(args) -> bool:
+    """Whether a call must build the Function: autograd, forward AD or a torch.func transform may need it."""
+    if torch._C._are_functorch_transforms_active() or forward_ad._current_level >= 0:
+        return True
+    return torch.is_grad_enabled() and any(isinstance(a, Tensor) and a.requires_grad for a in args)
+
+
+def register(name: str, setup_context, backward, jvp) -> None:
+    """Make ``setup_context`` / ``backward`` / ``jvp`` the autograd of ``torch.ops.envconv.<name>``.
+
+    The three take the op's own arguments, as :meth:`torch.library.custom_op.register_autograd`'s
+    do; the Function's forward is the op below autograd, with the dispatch key set and the
+    caller's gradient modes first.
+    """
+    op = getattr(torch.ops.envconv, name).default
+
+    def below_autograd(keyset, *args):
+        with torch._C._AutoDispatchBelowAutograd():
+            return op.redispatch(keyset & torch._C._after_autograd_keyset, *args)
+
+    def function_forward(keyset, modes, *args):
+        # The Function turns gradients off for its forward; the levels of a torch.func transform
+        # below this one must still record theirs (nested grad, jacfwd(jacrev)): the caller's modes.
+        with torch.set_grad_enabled(modes[0]), forward_ad._set_fwd_grad_enabled(modes[1]):
+            return below_autograd(keyset, *args)
+
+    def function_backward(ctx, *grads):
+        needs = ctx.needs_input_grad
+        ctx.needs_input_grad = needs[2:]  # without the key set's and the modes'
+        try:
+            return (None, None, *backward(ctx, *grads))
+        finally:
+            ctx.needs_input_grad = needs
+
+    function = type(f"{name}_function", (_SingleLevelFunction,), {
+        "forward": staticmethod(function_forward),
+        "setup_context": staticmethod(lambda ctx, inputs, output: setup_context(ctx, inputs[2:], output)),
+        "backward": staticmethod(function_backward),
+        "jvp": staticmethod(lambda ctx, _keyset, _modes, *tangents: jvp(ctx, *tangents)),
+    })
+
+    def kernel(keyset, *args):
+        if not _differentiating(args):
+            return below_autograd(keyset, *args)
+        modes = (torch.is_grad_enabled(), torch._C._is_fwd_grad_enabled())
+        with enable_single_level_autograd_function():
+            return function.apply(keyset, modes, *args)
+
+    _lib.impl(name, kernel, "Autograd", with_keyset=True)
+
+
+# ---- envconv::envelope ------------------------------------------------------------------------------------
+
+def _envelope_setup(ctx, inputs, output):
+    x, raw_sigma, size, stride, padding_mode, impl = inputs
+    ctx.save_for_backward(x, raw_sigma)
+    ctx.save_for_forward(x, raw_sigma)
+    ctx.config = (size, list(stride), padding_mode, impl)
+
+
+def _envelope_grad(ctx, grad):
+    x, raw_sigma = ctx.saved_tensors
+    need_x, need_sigma = ctx.needs_input_grad[:2]
+    if not (need_x or need_sigma):
+        return None, None, None, None, None, None
+    grad_x, grad_raw = torch.ops.envconv.envelope_backward(grad, x, raw_sigma, *ctx.config, need_x, need_sigma)
+    return (grad_x if need_x else None), (grad_raw if need_sigma else None), None, None, None, None
+
+
+def _passes(x: Tensor, raw_sigma: Tensor, size: int, stride: List[int], padding_mode: str, pairs) -> Tensor:
+    r"""Sum over ``pairs`` of (weight, height kernel, width kernel) separable passes of ``x``.
+
+    Kernels are named by their order in :math:`\tilde\sigma`: 0 the Gaussian of eq. (9), 1 and 2
+    its first and second derivatives, all per channel.
+    """
+    kernels = [EF.gaussian_kernel1d(raw_sigma, size), EF.gaussian_kernel1d_derivative(raw_sigma, size),
+               EF.gaussian_kernel1d_second_derivative(raw_sigma, size)]
+    kernels = [k.expand(x.shape[1], size).to(x.dtype) for k in kernels]
+    rows = {}
+    out = 0
+    for weight, along_h, along_w in pairs:
+        if along_w not in rows:
+            rows[along_w] = composite.pass1d(x, kernels[along_w], 3, padding_mode, stride[1])
+        out = out + weight * composite.pass1d(rows[along_w], kernels[along_h], 2, padding_mode, stride[0])
+    return out
+
+
+def _passes_adjoint(grad: Tensor, x: Tensor, raw_sigma: Tensor, size: int, stride: List[int], padding_mode: str,
+                    pairs) -> Tensor:
+    """The adjoint of :func:`_passes` applied to ``grad``: a gradient shaped like ``x``."""
+    kernels = [EF.gaussian_kernel1d(raw_sigma, size), EF.gaussian_kernel1d_derivative(raw_sigma, size)]
+    kernels = [k.expand(x.shape[1], size).to(x.dtype) for k in kernels]
+    rows_shape = x[..., ::stride[1]]  # the width pass's output: only its shape is read
+    out = 0
+    for weight, along_h, along_w in pairs:
+        rows = composite.pass1d_adjoint(grad, rows_shape, kernels[along_h], 2, padding_mode, stride[0])
+        out = out + weight * composite.pass1d_adjoint(rows, x, kernels[along_w], 3, padding_mode, stride[1])
+    return out
+
+
+#: The separable kernel's first and second derivatives in sigma, as (weight, height, width) passes.
+_FIRST = ((1.0, 1, 0), (1.0, 0, 1))
+_SECOND = ((1.0, 2, 0), (2.0, 1, 1), (1.0, 0, 2))
+
+
+def _sigma_derivative(x: Tensor, raw_sigma: Tensor, size: int, stride: List[int], padding_mode: str,
+                      order: int = 1) -> Tensor:
+    r"""The envelope's ``order``-th derivative in :math:`\tilde\sigma_c`, applied to every channel of ``x``.
+
+    First: :math:`(g' \otimes g + g \otimes g') * X_c`; second: :math:`(g'' \otimes g + 2 g' \otimes g'
+    + g \otimes g'') * X_c`, at the strided positions.
+    """
+    if size == 1 or x.numel() == 0:
+        return torch.zeros_like(x[..., ::stride[0], ::stride[1]])
+    return _passes(x, raw_sigma, size, stride, padding_mode, _FIRST if order == 1 else _SECOND)
+
+
+def _sigma_derivative_adjoint(grad: Tensor, x: Tensor, raw_sigma: Tensor, size: int, stride: List[int],
+                              padding_mode: str) -> Tensor:
+    """The adjoint of the first :func:`_sigma_derivative` applied to ``grad`` (shaped like ``x``)."""
+    if size == 1 or x.numel() == 0:
+        return torch.zeros_like(x)
+    return _passes_adjoint(grad, x, raw_sigma, size, stride, padding_mode, _FIRST)
+
+
+def _per_sigma(product: Tensor, raw_sigma: Tensor) -> Tensor:
+    """A per-channel sum of ``product`` (N, C, h, w), summed again for a shared sigma."""
+    per_channel = product.sum((0, 2, 3))
+    return (per_channel.sum().reshape(1) if raw_sigma.shape[0] != product.shape[1] else per_channel).to(raw_sigma.dtype)
+
+
+def _envelope_tangent(x, raw_sigma, x_t, raw_t, size, stride, padding_mode, impl):
+    r"""The envelope's tangent :math:`A\dot X + (A'X)\dot\sigma` (also the double backward's gradient of G)."""
+    tangent = None
+    if x_t is not None:
+        tangent = torch.ops.envconv.envelope(x_t, raw_sigma, size, stride, padding_mode, impl)
+    if raw_t is not None:
+        tangent = _add(tangent, _scaled(_sigma_derivative(x, raw_sigma, size, stride, padding_mode), raw_t))
+    return tangent
+
+
+def _envelope_jvp(ctx, x_t, raw_t, *_):
+    x, raw_sigma = ctx.saved_tensors
+    return _envelope_tangent(x, raw_sigma, x_t, raw_t, *ctx.config)
+
+
+
+# ---- envconv::envelope_backward ---------------------------------------------------------------------------
+
+def _envelope_backward_setup(ctx, inputs, output):
+    grad, x, raw_sigma, size, stride, padding_mode, impl, need_x, need_sigma = inputs
+    ctx.save_for_backward(grad, x, raw_sigma)
+    ctx.save_for_forward(grad, x, raw_sigma)
+    ctx.config = (size, list(stride), padding_mode, impl, need_x, need_sigma)
+
+
+def _add(total, part):
+    return part if total is None else total + part
+
+
+def _scaled(t: Tensor, per_sigma: Tensor) -> Tensor:
+    """``t`` (N, C, h, w) times a per-channel (or shared) sigma tangent or upstream gradient."""
+    return t * per_sigma.to(t.dtype).view(1, -1, 1, 1)
+
+
+def _envelope_backward_grad(ctx, up_x, up_raw):
+    r"""Double backward, for gradient penalties: the backward is linear in its upstream gradient G.
+
+    With :math:`A` the envelope, :math:`A'` and :math:`A''` its derivatives in :math:`\tilde\sigma`,
+    the backward is :math:`(A^\top G,\ \langle G, A'X\rangle)`; paired with upstream
+    :math:`(U_x, U_\sigma)` its gradients are :math:`A U_x + (A'X) U_\sigma` for G,
+    :math:`(A'^\top G)\,U_\sigma` for X and :math:`\langle G, A'U_x\rangle + \langle G, A''X\rangle U_\sigma`
+    for sigma - ops and ATen convolutions only, so every transform can differentiate them again.
+    """
+    grad, x, raw_sigma = ctx.saved_tensors
+    size, stride, padding_mode, impl, need_x, need_sigma = ctx.config
+    up_x, up_raw = (up_x if need_x else None), (up_raw if need_sigma else None)
+    want_grad, want_x, want_raw = ctx.needs_input_grad[:3]
+    grad_g = grad_x = grad_raw = None
+    if want_grad and (up_x is not None or up_raw is not None):
+        grad_g = _envelope_tangent(x, raw_sigma, up_x, up_raw, size, stride, padding_mode, impl)
+    if want_x and up_raw is not None:
+        grad_x = _scaled(_sigma_derivative_adjoint(grad, x, raw_sigma, size, stride, padding_mode), up_raw)
+    if want_raw:
+        if up_x is not None:
+            grad_raw = torch.ops.envconv.envelope_backward(grad, up_x, raw_sigma, size, stride, padding_mode, impl,
+                                                           False, True)[1]
+        if up_raw is not None:
+            second = _sigma_derivative(x, raw_sigma, size, stride, padding_mode, order=2)
+            grad_raw = _add(grad_raw, _per_sigma(grad * second, raw_sigma) * up_raw)
+    grads = [None if not want else (torch.zeros_like(t) if g is None else g)
+             for g, t, want in zip((grad_g, grad_x, grad_raw), (grad, x, raw_sigma), (want_grad, want_x, want_raw))]
+    return (*grads, None, None, None, None, None, None)
+
+
+def _envelope_backward_jvp(ctx, grad_t, x_t, raw_t, *_):
+    r"""Forward-over-reverse (``jacfwd(jacrev(f))``, ``torch.func.hessian``): the backward's tangent.
+
+    :math:`(A^\top \dot G + (A'^\top G)\dot\sigma,\ \langle \dot G, A'X\rangle + \langle G, A'\dot X\rangle
+    + \langle G, A''X\rangle\dot\sigma)`, in the notation of :func:`_envelope_backward_grad`.
+    """
+    grad, x, raw_sigma = ctx.saved_tensors
+    size, stride, padding_mode, impl, need_x, need_sigma = ctx.config
+    tangent_x = tangent_raw = None
+    if grad_t is not None:
+        tangent_x, tangent_raw = torch.ops.envconv.envelope_backward(grad_t, x, raw_sigma, size, stride, padding_mode,
+                                                                     impl, need_x, need_sigma)
+    if need_x and raw_t is not None:
+        tangent_x = _add(tangent_x, _scaled(_sigma_derivative_adjoint(grad, x, raw_sigma, size, stride, padding_mode),
+                                            raw_t))
+    if need_sigma and x_t is not None:
+        tangent_raw = _add(tangent_raw, torch.ops.envconv.envelope_backward(grad, x_t, raw_sigma, size, stride,
+                                                                            padding_mode, impl, False, True)[1])
+    if need_sigma and raw_t is not None:
+        second = _sigma_derivative(x, raw_sigma, size, stride, padding_mode, order=2)
+        tangent_raw = _add(tangent_raw, _per_sigma(grad * second, raw_sigma) * raw_t)
+    tangent_x = (torch.zeros_like(x) if tangent_x is None else tangent_x) if need_x else x.new_empty(0)
+    tangent_raw = (torch.zeros_like(raw_sigma) if tangent_raw is None else tangent_raw) if need_sigma \
+        else raw_sigma.new_empty(0)
+    return tangent_x, tangent_raw
+
+
+# ---- envconv::envelope_conv2d -----------------------------------------------------------------------------
+
+def _conv2d_setup(ctx, inputs, output):
+    x, raw_sigma, weight, bias = inputs[:4]
+    ctx.save_for_backward(x, raw_sigma, weight)
+    ctx.save_for_forward(x, raw_sigma, weight)
+    ctx.config = inputs[4:]
+    ctx.bias_shape = None if bias is None else list(bias.shape)
+    ctx.out_shape = output.shape
+
+
+def _conv2d_grad(ctx, grad_out):
+    x, raw_sigma, weight = ctx.saved_tensors
+    size, env_stride, padding_mode, impl, stride, padding, dilation, groups = ctx.config
+    need_x, need_raw, need_w, need_b = ctx.needs_input_grad[:4]
+    tail = (None,) * 8
+    if need_raw and not need_x and groups == 1 and list(env_stride) == [1, 1] and padding_mode == "zeros" \
+            and x.shape[1] <= STEM_CHANNELS and size > 1 and x.numel() > 0:
+        return (None, *_stem_backward(grad_out, x, raw_sigma, weight, size, need_w, ctx.bias_shape, need_b,
+                                      (stride, padding, dilation)), *tail)
+    smoothed = torch.ops.envconv.envelope(x, raw_sigma, size, env_stride, padding_mode, impl)
+    grad_s, grad_w, grad_b = torch.ops.aten.convolution_backward(
+        _in_layout_of(grad_out, smoothed), smoothed, weight, ctx.bias_shape,
+        list(stride), list(padding), list(dilation), False, [0, 0], groups, [need_x or need_raw, need_w, need_b])
+    grad_x = grad_raw = None
+    if need_x or need_raw:
+        grad_x, grad_raw = torch.ops.envconv.envelope_backward(grad_s, x, raw_sigma, size, env_stride, padding_mode,
+                                                               impl, need_x, need_raw)
+    return ((grad_x if need_x else None), (grad_raw if need_raw else None),
+            (_like(grad_w, weight) if need_w else None), (grad_b if need_b else None), *tail)
+
+
+def _conv2d_jvp(ctx, x_t, raw_t, weight_t, bias_t, *_):
+    x, raw_sigma, weight = ctx.saved_tensors
+    size, env_stride, padding_mode, impl, stride, padding, dilation, groups = ctx.config
+    tangent = None
+    if x_t is not None or raw_t is not None:
+        smoothed_t = _envelope_tangent(x, raw_sigma, x_t, raw_t, size, env_stride, padding_mode, impl)
+        tangent = F.conv2d(smoothed_t, weight, None, stride, padding, dilation, groups)
+    if weight_t is not None:
+        smoothed = torch.ops.envconv.envelope(x, raw_sigma, size, env_stride, padding_mode, impl)
+        part = F.conv2d(smoothed, weight_t, None, stride, padding, dilation, groups)
+        tangent = part if tangent is None else tangent + part
+    if bias_t is not None:
+        part = bias_t.view(1, -1, 1, 1)
+        tangent = part.expand(ctx.out_shape).clone() if tangent is None else tangent + part
+    return tangent
+
+
+def _in_layout_of(t: Tensor, like: Tensor) -> Tensor:
+    """``t`` in ``like``'s memory format, for the fast convolution kernels (vmap has no layouts: as is)."""
+    if torch._C._are_functorch_transforms_active():
+        return t
+    return t.contiguous(memory_format=memory_format(like))
+
+
+def _like(grad: Tensor, param: Tensor) -> Tensor:
+    """``grad`` in ``param``'s strides (DDP's gradient buckets expect the parameter's layout)."""
+    if grad.stride() == param.stride():
+        return grad
+    if torch._C._are_functorch_transforms_active():  # a per-sample gradient, larger than param
+        return grad
+    return torch.empty_like(param).copy_(grad)
+
+
+def _stem_backward(grad_out, x, raw_sigma, weight, size, need_w, bias_shape, need_b, conv_args):
+    r"""Gradients of a few-channel envelope + conv without the conv's input gradient.
+
+    The conv is linear in its input and in its weight, so with :math:`D_c = \partial\mathbf
+    g_c/\partial\tilde\sigma_c * X_c` (the envelope's derivative applied to channel c),
+    :math:`\partial L/\partial\tilde\sigma_c = \langle \partial L/\partial Y, \mathbf F_{:,c} * D_c
+    \rangle = \langle \mathbf F_{:,c}, G_{:,c}\rangle`, where :math:`G` is the weight gradient the conv
+    would have for input :math:`D`. Both weight gradients come from one backward-weight call on
+    the channels ``[smoothed, D]``; the conv's backward-data pass, which autograd would run and
+    which costs about 5x its weight gradient at a ResNet stem in oneDNN, is skipped. Zero padding.
+    """
+    n, c, h, w = x.shape
+    kernel, dkernel = _kernels(raw_sigma, size, c, derivative=True)
+    kernel, dkernel = kernel.to(x.dtype).repeat(n, 1), dkernel.to(x.dtype).repeat(n, 1)
+    flat = x.contiguous().view(1, n * c, h, w)  # batch folded into channels: fast grouped 1-D passes
+    rows, drows = composite.pass1d(flat, kernel, 2, "zeros"), composite.pass1d(flat, dkernel, 2, "zeros")
+    smoothed = composite.pass1d(rows, kernel, 3, "zeros").view(n, c, h, w)
+    deriv = (composite.pass1d(drows, kernel, 3, "zeros") + composite.pass1d(rows, dkernel, 3, "zeros")).view(n, c, h, w)
+    both = _in_layout_of(torch.cat([smoothed, deriv], 1), grad_out)
+    _, grad_both, grad_b = torch.ops.aten.convolution_backward(
+        grad_out, both, weight.repeat(1, 2, 1, 1), bias_shape, list(conv_args[0]), list(conv_args[1]),
+        list(conv_args[2]), False, [0, 0], 1, [False, True, need_b])
+    grad_raw = (weight.double() * grad_both[:, c:].double()).sum((0, 2, 3)).to(raw_sigma.dtype)
+    grad_w = _like(grad_both[:, :c], weight) if need_w else None
+    return (grad_raw.sum().view(1) if raw_sigma.numel() == 1 else grad_raw), grad_w, (grad_b if need_b else None)
+
+
+
+# ---- vmap: the vmapped dimension folded into the batch, or into the channels ------------------------------
+
+def _batch_first(t: Tensor, dim, size: int) -> Tensor:
+    """``t`` with its vmapped dimension first, expanded to ``size`` when it has none."""
+    return t.unsqueeze(0).expand(size, *t.shape) if dim is None else t.movedim(dim, 0)
+
+
+def _fold_channels(x: Tensor, x_dim, size: int) -> Tensor:
+    """(B, N, C, H, W) -> (N, B*C, H, W): each vmapped sample's channels side by side."""
+    x = _batch_first(x, x_dim, size)
+    return x.transpose(0, 1).reshape(x.shape[1], -1, *x.shape[3:])
+
+
+def _unfold_channels(y: Tensor, size: int) -> Tensor:
+    """(N, B*C, h, w) -> (N, B, C, h, w); the vmapped dimension is then 1."""
+    return y.view(y.shape[0], size, -1, *y.shape[2:])
+
+
+def _fold_sigma(raw_sigma: Tensor, raw_dim, size: int, channels: int) -> Tensor:
+    return _batch_first(raw_sigma, raw_dim, size).expand(size, channels).reshape(-1)
+
+
+@torch.library.register_vmap("envconv::envelope")
+def _envelope_vmap(info, in_dims, x, raw_sigma, size, stride, padding_mode, impl):
+    x_dim, raw_dim = in_dims[:2]
+    b = info.batch_size
+    if raw_dim is None:  # one sigma for all samples: the samples are more batch
+        x = _batch_first(x, x_dim, b)
+        y = torch.ops.envconv.envelope(x.flatten(0, 1), raw_sigma, size, stride, padding_mode, impl)
+        return y.unflatten(0, (b, -1)), 0
+    channels = x.shape[-3]
+    y = torch.ops.envconv.envelope(_fold_channels(x, x_dim, b), _fold_sigma(raw_sigma, raw_dim, b, channels), size,
+                                   stride, padding_mode, impl)
+    return _unfold_channels(y, b), 1
+
+
+@torch.library.register_vmap("envconv::envelope_backward")
+def _envelope_backward_vmap(info, in_dims, grad, x, raw_sigma, size, stride, padding_mode, impl, need_x, need_sigma):
+    grad_dim, x_dim, raw_dim = in_dims[:3]
+    b = info.batch_size
+    if raw_dim is None and not need_sigma:
+        grad, x = _batch_first(grad, grad_dim, b), _batch_first(x, x_dim, b)
+        grad_x, grad_raw = torch.ops.envconv.envelope_backward(grad.flatten(0, 1), x.flatten(0, 1), raw_sigma, size,
+                                                               stride, padding_mode, impl, need_x, False)
+        return (grad_x.unflatten(0, (b, -1)), grad_raw), (0, None)
+    # a sigma gradient per sample: each sample's channels get their own sigma
+    channels = x.shape[-3]
+    grad_x, grad_raw = torch.ops.envconv.envelope_backward(
+        _fold_channels(grad, grad_dim, b), _fold_channels(x, x_dim, b), _fold_sigma(raw_sigma, raw_dim, b, channels),
+        size, stride, padding_mode, impl, need_x, need_sigma)
+    if need_x:
+        grad_x = _unfold_channels(grad_x, b)
+    if need_sigma:
+        grad_raw = grad_raw.view(b, channels)
+        if raw_sigma.shape[-1] != channels:  # a shared sigma
+            grad_raw = grad_raw.sum(1, keepdim=True)
+    return (grad_x, grad_raw), (1 if need_x else None, 0 if need_sigma else None)
+
+
+@torch.library.register_vmap("envconv::envelope_conv2d")
+def _conv2d_vmap(info, in_dims, x, raw_sigma, weight, bias, size, env_stride, padding_mode, impl, stride, padding,
+                 dilation, groups):
+    x_dim, raw_dim, weight_dim, bias_dim = in_dims[:4]
+    b = info.batch_size
+    rest = (size, env_stride, padding_mode, impl, stride, padding, dilation)
+    if raw_dim is None and weight_dim is None and bias_dim is None:
+        x = _batch_first(x, x_dim, b)
+        y = torch.ops.envconv.envelope_conv2d(x.flatten(0, 1), raw_sigma, weight, bias, *rest, groups)
+        return y.unflatten(0, (b, -1)), 0
+    # per-sample parameters: the samples become groups of one grouped convolution
+    channels = x.shape[-3]
+    weight = _batch_first(weight, weight_dim, b).flatten(0, 1)
+    bias = None if bias is None else _batch_first(bias, bias_dim, b).flatten(0, 1)
+    y = torch.ops.envconv.envelope_conv2d(_fold_channels(x, x_dim, b), _fold_sigma(raw_sigma, raw_dim, b, channels),
+                                          weight, bias, *rest, groups * b)
+    return _unfold_channels(y, b), 1
+
+
+register("envelope", _envelope_setup, _envelope_grad, _envelope_jvp)
+register("envelope_backward", _envelope_backward_setup, _envelope_backward_grad, _envelope_backward_jvp)
+register("envelope_conv2d", _conv2d_setup, _conv2d_grad, _conv2d_jvp)
