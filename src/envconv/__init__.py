@@ -8,6 +8,7 @@ from .functional import envelope_conv2d, gaussian_envelope
 from .listing import EnvelopeInfo, envelopes
 from .methods import METHODS, set_curriculum_epoch
 from .models import create_model, list_models, register_timm_models
+from .pool import EnvelopePool2d
 from .version import __version__
 
 __all__ = [
@@ -15,6 +16,7 @@ __all__ = [
     "DisentangledConv2d",
     "EnvelopeConv2d",
     "EnvelopeInfo",
+    "EnvelopePool2d",
     "GaussianEnvelope",
     "METHODS",
     "create_model",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import warnings
 from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -17,10 +18,13 @@ from torch import nn
 from . import kernels as EF
 from .envelope import GaussianEnvelope
 from .methods import build_replacement, check_options, get_method
+from .pool import EnvelopePool2d, strided_pool
 
 __all__ = [
     "STEMS",
     "WHERE_RULES",
+    "POOL_METHODS",
+    "pool_channels",
     "SHORTCUT_NAMES",
     "disentangle",
     "select_layers",
@@ -33,8 +37,11 @@ __all__ = [
 
 log = logging.getLogger("envconv")
 
-#: Rule-based placements (every strided convolution, or only those of one path, Table 1a).
-WHERE_RULES = ("downsample", "residual", "identity")
+#: Rule-based placements: every strided convolution, or only those of one path (Table 1a); every
+#: strided max / average pool (VGG, DenseNet, ResNet-D shortcuts); or both.
+WHERE_RULES = ("downsample", "residual", "identity", "pools", "downsample+pools")
+#: The methods that can put their envelope at a pool (:class:`~envconv.pool.EnvelopePool2d`).
+POOL_METHODS = ("gaussian", "fixed")
 #: Stem handlings (the stem conv converted as in Fig. 5b, left alone, or the modified stem of Fig. 5c).
 STEMS = ("paper", "none", "modified")
 #: A strided convolution whose name has one of these components is on the identity (shortcut) path.
@@ -105,7 +112,7 @@ def _dilated_stage_places(model: nn.Module) -> List[Tuple[str, bool]]:
 
 
 def select_layers(model: nn.Module, where: Where = "downsample", stem: str = "paper") -> List[str]:
-    """Names of the convolutions ``disentangle`` converts, in ``named_modules`` order.
+    """Names of the convolutions (and strided pools) ``disentangle`` converts, in ``named_modules`` order.
 
     The stem is the first ``nn.Conv2d`` of ``model.named_modules()`` (the one that sees
     the image in torchvision, timm and envconv models). ``where`` chooses among the others:
@@ -119,16 +126,23 @@ def select_layers(model: nn.Module, where: Where = "downsample", stem: str = "pa
       checkpoint's keys, do not depend on whether a stage strides or dilates.
     * ``"residual"`` / ``"identity"`` - only the strided convs off / on a shortcut path
       (a name component among :data:`~envconv.convert.SHORTCUT_NAMES`, e.g. ``layer2.0.downsample.0``).
+    * ``"pools"`` - every strided ``nn.MaxPool2d`` / ``nn.AvgPool2d``: where VGG, DenseNet
+      (its stem pool and transitions) and ResNet-D's shortcuts downsample. They get an
+      :class:`~envconv.pool.EnvelopePool2d` (learnable blur pooling).
+    * ``"downsample+pools"`` - both: on a ResNet-D, the strided convs and the shortcut pools.
     * a list of module names or glob patterns (``"layer*.0.conv2"``); each must match
-      at least one convolution.
-    * a predicate ``where(name, module) -> bool`` called for every convolution.
+      at least one convolution or strided pool.
+    * a predicate ``where(name, module) -> bool`` called for every convolution and strided pool.
 
     The stem conv is then added unless ``stem == "none"`` (so a list that names the stem
-    keeps it either way).
+    keeps it either way). The default rule, finding nothing besides the stem (on a VGG or
+    DenseNet, whose only strided conv, if any, is the stem), converts the stem alone and warns,
+    naming ``where="pools"`` when the model has strided pools; the other rules raise.
 
     Raises:
-        ValueError: unknown ``where`` or ``stem``, a pattern or rule that selects nothing,
-            or a model without convolutions.
+        ValueError: unknown ``where`` or ``stem``, a pattern or predicate that selects nothing,
+            a rule other than the default that selects nothing (the default, too, with
+            ``stem="none"``), or a model without convolutions.
 
     Example:
         >>> from envconv import create_model
@@ -138,36 +152,56 @@ def select_layers(model: nn.Module, where: Where = "downsample", stem: str = "pa
     if stem not in STEMS:
         raise ValueError(f"stem must be one of {STEMS}, got {stem!r}")
     convs = _convolutions(model)
+    pools = [(n, m) for n, m in model.named_modules() if strided_pool(m)]
     stem_name = convs[0][0]
     if isinstance(where, str):
         if where not in WHERE_RULES:
             raise ValueError(
                 f"where must be one of {WHERE_RULES}, a list of module names/patterns or a predicate, got {where!r}"
             )
-        keep = {"downsample": lambda n: True, "residual": lambda n: not _on_shortcut(n), "identity": _on_shortcut}
-        chosen = {n for n, m in convs[1:] if _strided(m) and keep[where](n)}
-        chosen |= {n for n, shortcut in _dilated_stage_places(model) if keep[where](n)}
+        chosen = set()
+        if where != "pools":
+            keep = {"downsample": lambda n: True, "residual": lambda n: not _on_shortcut(n),
+                    "identity": _on_shortcut, "downsample+pools": lambda n: True}[where]
+            chosen = {n for n, m in convs[1:] if _strided(m) and keep(n)}
+            chosen |= {n for n, shortcut in _dilated_stage_places(model) if keep(n)}
+        if where in ("pools", "downsample+pools"):
+            chosen |= {n for n, _ in pools}
         if not chosen:
-            raise ValueError(f"where={where!r} selects no convolution of {type(model).__name__} (besides the stem)")
+            _nothing_selected(model, where, stem, pools)
     elif callable(where):
-        chosen = {n for n, m in convs if where(n, m)}
+        chosen = {n for n, m in convs + pools if where(n, m)}
         if not chosen:
-            raise ValueError("the where predicate selected no convolution")
+            raise ValueError("the where predicate selected no convolution or strided pool")
     elif isinstance(where, (list, tuple)) and where and all(isinstance(p, str) for p in where):
         chosen = set()
         for pattern in where:
-            hits = {n for n, _ in convs if fnmatch.fnmatchcase(n, pattern)}
+            hits = {n for n, _ in convs + pools if fnmatch.fnmatchcase(n, pattern)}
             if not hits:
                 sample = ", ".join(n for n, _ in convs[:6])
                 raise ValueError(
-                    f"where pattern {pattern!r} matches no convolution (convolutions are named like: {sample}, ...)"
+                    f"where pattern {pattern!r} matches no convolution or strided pool (convolutions are named like: "
+                    f"{sample}, ...)"
                 )
             chosen |= hits
     else:
         raise ValueError(f"where must be a rule name, a non-empty list of names/patterns or a predicate, got {where!r}")
     if stem != "none":
         chosen.add(stem_name)
-    return [n for n, _ in convs if n in chosen]
+    return [n for n, m in model.named_modules() if n in chosen and (isinstance(m, nn.Conv2d) or strided_pool(m))]
+
+
+def _nothing_selected(model: nn.Module, where: str, stem: str, pools) -> None:
+    """A rule found nothing besides the stem: the default warns and goes on with the stem alone; others raise."""
+    what = f"where={where!r} selects no {'strided pool' if where == 'pools' else 'convolution'} of " \
+           f"{type(model).__name__} (besides the stem)"
+    hint = ""
+    if pools and where != "pools":
+        hint = f"; it downsamples with {len(pools)} strided pool(s) ({pools[0][0]}, ...): where='pools' or " \
+               f"where='downsample+pools' puts learned envelopes there"
+    if stem == "none" or where != "downsample":  # only the default goes on with the stem alone
+        raise ValueError(what + hint)
+    warnings.warn(f"{what}: only the stem is converted{hint}", UserWarning, stacklevel=4)
 
 
 def modify_stem(model: nn.Module) -> List[str]:
@@ -226,6 +260,7 @@ def disentangle(
     envelope_size: Optional[int] = None,
     order: Optional[str] = None,
     shared_sigma: bool = False,
+    input_size: Sequence[int] = (64, 64),
     **method_options,
 ) -> nn.Module:
     """Put ``method`` into ``model`` at the paper's places (or yours), in place; returns ``model``.
@@ -249,13 +284,20 @@ def disentangle(
         envelope_size: :math:`k_g`; ``None`` uses the method's default (9; 3 for ``cbs``).
         order: ``"env-conv"`` or ``"conv-env"`` for envelope methods; ``None``: default.
         shared_sigma: one sigma per layer instead of one per channel (``gaussian`` only).
+        input_size: ``(H, W)`` of the dummy image that finds the pools' channel counts
+            (:func:`pool_channels`), used only when envelopes go at pools.
         **method_options: the method's own options, e.g. ``sigma=0.6`` for ``fixed``,
             ``initial_sigma=1.0, decay=0.9, every=5`` for ``cbs``.
+
+    At a pool (``where="pools"``), ``gaussian`` and ``fixed`` put an
+    :class:`~envconv.pool.EnvelopePool2d`; their ``order`` ``"env-conv"`` (default) becomes
+    ``"env-pool"``, ``"conv-env"`` becomes ``"pool-env"`` (antialiased-cnns' placement).
 
     Raises:
         TypeError: ``model`` is a TorchScript module (convert the eager model, then script it).
         ValueError: unknown method, ``where`` or ``stem``; an option the method does not
-            take; a pattern that matches nothing; a model without convolutions.
+            take; a pattern that matches nothing; a model without convolutions; a method
+            other than ``gaussian`` / ``fixed`` at a pool, or a pool whose channels cannot be found.
         TypeError: a selected convolution that cannot be converted (already converted,
             or a subclass with its own ``forward``).
 
@@ -284,11 +326,25 @@ def disentangle(
                          "DisentangledConv2d.from_conv(conv)")
     if stem == "modified":
         modify_stem(model)
-    names = select_layers(model, where, stem)
+    with warnings.catch_warnings():
+        if method == "none":  # the baseline converts nothing: a stem-only warning would mislead
+            warnings.simplefilter("ignore", UserWarning)
+        names = select_layers(model, where, stem)
     if method == "none":
         return model
-    replacements = {id(model.get_submodule(name)): build_replacement(method, model.get_submodule(name), **options)
-                    for name in names}
+    pools = [name for name in names if not isinstance(model.get_submodule(name), nn.Conv2d)]
+    if pools and method not in POOL_METHODS:
+        raise ValueError(f"method {method!r} cannot go at a pool ({pools[0]}, ...): where='pools' takes "
+                         f"method {' or '.join(repr(m) for m in POOL_METHODS)}")
+    channels = pool_channels(model, pools, input_size) if pools else {}
+    first = _convolutions(model)[0][1].weight
+    on = {"device": first.device, "dtype": first.dtype}
+    replacements = {}
+    for name in names:
+        module = model.get_submodule(name)
+        if id(module) not in replacements:
+            replacements[id(module)] = (_pool_replacement(method, module, channels[name], options, on)
+                                        if name in channels else build_replacement(method, module, **options))
     # a module used at several places (named_modules lists it once) gets one replacement at all of them
     places = [name for name, m in model.named_modules(remove_duplicate=False) if id(m) in replacements and name]
     originals = {name: model.get_submodule(name) for name in places}
@@ -298,6 +354,71 @@ def disentangle(
     log.info("envconv: %s at %d layers: %s", method, len(names), ", ".join(names)
              + (f" (also used as {', '.join(sorted(set(places) - set(names)))})" if set(places) - set(names) else ""))
     return model
+
+
+class _SharedPool(ValueError):
+    """One pool object called with different channel counts."""
+
+
+def pool_channels(model: nn.Module, names: Sequence[str], input_size: Sequence[int] = (64, 64)) -> dict:
+    """The number of channels each named pool sees: one dummy forward (eval mode, no grad).
+
+    A pool does not know its channels; the envelope put there needs them. The forward runs on
+    zeros of shape ``(1, C, H, W)``, ``C`` the first convolution's input channels (an error
+    after the last pool, in a head that does not take that size, is ignored); the model's
+    train/eval modes are restored.
+
+    Raises:
+        ValueError: the forward fails before reaching every pool (say which; another
+            ``input_size`` may help), skips one (a pool the forward does not call), or calls
+            one pool object at places with different channel counts.
+    """
+    modules = {name: model.get_submodule(name) for name in names}
+    seen: dict = {}
+
+    def hook(module, inputs, name):
+        c = int(inputs[0].shape[1])
+        if seen.setdefault(name, c) != c:
+            raise _SharedPool(f"the pool {name} is called at places with {seen[name]} and {c} channels: one "
+                              f"envelope per pool object cannot serve both; give each place its own pool module")
+
+    first = _convolutions(model)[0][1]
+    x = torch.zeros(1, first.in_channels, *input_size, device=first.weight.device, dtype=first.weight.dtype)
+    handles = [m.register_forward_pre_hook(lambda mod, inp, n=n: hook(mod, inp, n)) for n, m in modules.items()]
+    modes = {m: m.training for m in model.modules()}
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(x)
+    except _SharedPool:
+        raise
+    except (RuntimeError, ValueError) as error:
+        if len(seen) == len(modules):  # the head may not take the dummy size; the pools have been seen
+            return seen
+        raise ValueError(f"cannot find the channels of the pools {sorted(set(modules) - set(seen))}: a dummy "
+                         f"{tuple(x.shape)} forward failed ({error}); pass input_size=(H, W) the model "
+                         f"takes") from error
+    finally:
+        for h in handles:
+            h.remove()
+        for m, mode in modes.items():
+            m.training = mode
+    missing = sorted(set(modules) - set(seen))
+    if missing:
+        raise ValueError(f"the forward never calls the pool(s) {missing}: their channels are unknown; "
+                         f"leave them out of where")
+    return seen
+
+
+def _pool_replacement(method: str, pool: nn.Module, channels: int, options: dict, on: dict) -> EnvelopePool2d:
+    options = dict(options)
+    order = {"env-conv": "env-pool", "conv-env": "pool-env"}[options.pop("order", "env-conv")]
+    size = options.pop("envelope_size", 9)
+    if method == "fixed":
+        envelope = GaussianEnvelope.fixed(channels, options.pop("sigma"), size,
+                                          padding_mode=options.pop("envelope_padding_mode", "zeros"), **on)
+        return EnvelopePool2d(pool, envelope, order).train(pool.training)
+    return EnvelopePool2d.from_pool(pool, channels, envelope_size=size, order=order, **options, **on)
 
 
 def _refuse_scripted(module: nn.Module, what: str) -> None:

@@ -1,7 +1,8 @@
-"""Models: envconv's small-image ResNets, ``create_model`` and the timm registration."""
+"""Models: envconv's small-image ResNets and VGG, ``create_model`` and the timm registration."""
 
 from .factory import create_model, list_models
 from .small_resnet import SMALL_RESNETS, BasicBlock, SmallResNet, small_resnet
+from .small_vgg import SMALL_VGGS, SmallVGG, small_vgg
 from .timm_models import TIMM_BASES, register_timm_models
 
 __all__ = [
@@ -11,6 +12,9 @@ __all__ = [
     "BasicBlock",
     "SmallResNet",
     "small_resnet",
+    "SMALL_VGGS",
+    "SmallVGG",
+    "small_vgg",
     "TIMM_BASES",
     "register_timm_models",
 ]

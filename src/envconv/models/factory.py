@@ -1,4 +1,4 @@
-"""``create_model``: one builder for envconv's small ResNets and torchvision / timm models."""
+"""``create_model``: one builder for envconv's small ResNets and VGG and torchvision / timm models."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from torch import nn
 
 from ..convert import disentangle, stem_name
 from .small_resnet import SMALL_RESNETS, small_resnet
+from .small_vgg import SMALL_VGGS, small_vgg
 
 __all__ = ["create_model", "list_models"]
 
@@ -34,7 +35,7 @@ def list_models(include_torchvision: bool = False) -> List[str]:
         >>> "torchvision:resnet50" in list_models(include_torchvision=True)
         True
     """
-    names = sorted(SMALL_RESNETS)
+    names = sorted([*SMALL_RESNETS, *SMALL_VGGS])
     if include_torchvision:
         names += [f"torchvision:{n}" for n in _torchvision_names()]
     return names
@@ -59,6 +60,10 @@ def _build_base(name: str, num_classes: int, in_chans: int, model_kwargs: Dict[s
         if set(model_kwargs) - {"norm", "global_pool"}:
             raise ValueError(f"{arch} takes only 'norm' and 'global_pool' in model_kwargs, got {sorted(model_kwargs)}")
         return small_resnet(arch, num_classes=num_classes, in_chans=in_chans, **model_kwargs)
+    if not source and arch in SMALL_VGGS:
+        if set(model_kwargs) - {"norm"}:
+            raise ValueError(f"{arch} takes only 'norm' in model_kwargs, got {sorted(model_kwargs)}")
+        return small_vgg(arch, num_classes=num_classes, in_chans=in_chans, **model_kwargs)
     if source == "torchvision" or (not source and arch in _torchvision_names()):
         if not _available("torchvision"):
             raise ImportError(f"model {name!r} needs torchvision: pip install torchvision")
@@ -77,9 +82,9 @@ def _build_base(name: str, num_classes: int, in_chans: int, model_kwargs: Dict[s
 
         if not timm.is_model(arch):
             raise ValueError(f"unknown model {name!r}: not an envconv, torchvision or timm model name "
-                             f"(envconv's own: {', '.join(sorted(SMALL_RESNETS))})")
+                             f"(envconv's own: {', '.join(list_models())})")
         return timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=in_chans, **model_kwargs)
-    raise ValueError(f"unknown model {name!r}; envconv's own are {sorted(SMALL_RESNETS)}; torchvision names work "
+    raise ValueError(f"unknown model {name!r}; envconv's own are {list_models()}; torchvision names work "
                      f"when torchvision is installed, timm names when timm is")
 
 
