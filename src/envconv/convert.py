@@ -37,8 +37,8 @@ __all__ = [
 
 log = logging.getLogger("envconv")
 
-#: Rule-based placements: every strided convolution, or only those of one path (Table 1a); every
-#: strided max / average pool (VGG, DenseNet, ResNet-D shortcuts); or both.
+#: The rule-based placements - every strided convolution, or only those of one path (Table 1a),
+#: every strided max / average pool (VGG, DenseNet, ResNet-D shortcuts), or both.
 WHERE_RULES = ("downsample", "residual", "identity", "pools", "downsample+pools")
 #: The methods that can put their envelope at a pool (:class:`~envconv.pool.EnvelopePool2d`).
 POOL_METHODS = ("gaussian", "fixed")
@@ -285,7 +285,7 @@ def disentangle(
         order: ``"env-conv"`` or ``"conv-env"`` for envelope methods; ``None``: default.
         shared_sigma: one sigma per layer instead of one per channel (``gaussian`` only).
         input_size: ``(H, W)`` of the dummy image that finds the pools' channel counts
-            (:func:`pool_channels`), used only when envelopes go at pools.
+            (:func:`~envconv.convert.pool_channels`), used only when envelopes go at pools.
         **method_options: the method's own options, e.g. ``sigma=0.6`` for ``fixed``,
             ``initial_sigma=1.0, decay=0.9, every=5`` for ``cbs``.
 
