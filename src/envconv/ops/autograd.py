@@ -13,8 +13,8 @@ differentiate the same ops that the compiler and the exporters see.
 
 * ``envelope``: backward by ``envelope_backward`` (eq. (7), (8)); jvp
   :math:`\dot Y = E_\sigma * \dot X + (\partial_{\tilde\sigma} E_\sigma * X)\,\dot{\tilde\sigma}`.
-* ``envelope_backward``: differentiable through a composite recomputation (double backward,
-  for gradient penalties; forward-over-reverse for Hessians).
+* ``envelope_backward``: differentiable in closed form from the kernel's first and second
+  sigma derivatives (double backward, for gradient penalties; forward-over-reverse for Hessians).
 * ``envelope_conv2d``: backward recomputes the envelope; jvp by the product rule.
 """
 

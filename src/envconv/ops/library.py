@@ -4,16 +4,17 @@ Three ops, registered with :func:`torch.library.custom_op`, each with a fake (me
 the compiler and export, and a FLOP formula for :class:`torch.utils.flop_counter.FlopCounterMode`:
 
 * ``envconv::envelope(x, raw_sigma, size, stride, padding_mode, impl) -> y`` - eq. (3) with the
-  kernel of eq. (9), evaluated every ``stride`` pixels; differentiable (``register_autograd``),
-  its backward is the next op.
+  kernel of eq. (9), evaluated every ``stride`` pixels; its backward is the next op.
 * ``envconv::envelope_backward(grad, x, raw_sigma, ...) -> (grad_x, grad_raw_sigma)`` - eq. (7)
   and the eq. (8) sigma gradient (an empty tensor for a gradient not asked for); differentiable
-  too (double backward, for gradient penalties), through a composite recomputation.
+  too (double backward, for gradient penalties).
 * ``envconv::envelope_conv2d(x, raw_sigma, weight, bias, ...) -> y`` - the envelope followed by
   a convolution (eq. (3)-(4)), saving only ``x`` for backward: the envelope is recomputed there
   (one cheap forward) instead of keeping two extra feature maps per layer alive.
 
-Which kernel computes an op is decided in :mod:`envconv.ops.dispatch` alone; ``impl`` forces one.
+Their autograd (backward, double backward, forward AD, ``torch.func``) is registered in
+:mod:`envconv.ops.autograd`. Which kernel computes an op is decided in :mod:`envconv.ops.dispatch`
+alone; ``impl`` forces one.
 Every implementation returns the input's memory format (channels_last in, channels_last out).
 """
 
