@@ -21,10 +21,10 @@ LAYERS = {
     0: {"version", "kernels", "state_dict"},
     1: {"ops"},
     2: {"functional"},
-    3: {"envelope", "conv", "pool"},
+    3: {"envelope", "conv", "pool", "reparam"},
     4: {"methods"},
     5: {"convert"},
-    6: {"listing", "models", "flops"},
+    6: {"listing", "models", "flops", "rebuild", "quantization"},
     7: {"__init__"},
 }
 LAYER_OF = {unit: layer for layer, units in LAYERS.items() for unit in units}

@@ -9,6 +9,8 @@ from torch import nn
 
 import reference as ref
 from envconv import DisentangledConv2d, shrink
+from envconv.conv import tf_same_padding
+from envconv.methods import build_replacement
 
 CONFIGS = [
     # (kernel, stride, padding, dilation, groups, bias)
@@ -71,7 +73,7 @@ def test_gradcheck_full_layer():
 def test_is_a_conv2d_with_its_state_dict_keys():
     layer = DisentangledConv2d(3, 5, 3, bias=True)
     assert isinstance(layer, nn.Conv2d)
-    assert set(layer.state_dict()) == {"weight", "bias", "envelope.raw_sigma"}
+    assert set(layer.state_dict()) == {"weight", "bias", "envelope.raw_sigma", "_extra_state", "envelope._extra_state"}
     plain = nn.Conv2d(3, 5, 3)
     # a plain Conv2d's state loads into the conv part (envelope keys missing only)
     missing, unexpected = layer.load_state_dict(plain.state_dict(), strict=False)
@@ -152,7 +154,11 @@ def test_shrink_changes_only_the_size():
     before = {k: v.clone() for k, v in model.state_dict().items()}
     assert shrink(model, 3) is model
     assert [m.envelope_size for m in (model[0], model[2])] == [3, 3]
-    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    after = model.state_dict()
+    assert all(torch.equal(before[k], v) for k, v in after.items() if not k.endswith("envelope._extra_state"))
+    # the records travel with the weights: [format 1, k_g, learnable, padding index, channels]
+    assert after["0.envelope._extra_state"].tolist() == [1, 3, 1, 0, 3]
+    assert after["2.envelope._extra_state"].tolist() == [1, 3, 1, 0, 8]
     # the shrunk layer is exactly the 3-tap envelope of the same sigma
     x = torch.randn(1, 3, 10, 10, dtype=torch.float64)
     layer = DisentangledConv2d(3, 4, 3, dtype=torch.float64, sigma_init=0.5)
@@ -288,3 +294,71 @@ def test_weight_gradient_has_the_weights_layout(layer_cl, input_cl, shape):
         x = x.contiguous(memory_format=torch.channels_last)
     layer(x.requires_grad_(x_grad)).sum().backward()
     assert layer.weight.grad.stride() == layer.weight.stride()
+
+
+# TF-"same" convolutions of timm and efficientnet-pytorch / smp: converted with their asymmetric padding
+
+
+def _tf_same_convs():
+    convs = []
+    timm_layers = pytest.importorskip("timm.layers", reason="timm is not installed")
+    convs.append(timm_layers.Conv2dSame(4, 6, 3, stride=2, bias=True))
+    try:
+        from efficientnet_pytorch.utils import Conv2dDynamicSamePadding, Conv2dStaticSamePadding
+    except ImportError:
+        pass
+    else:
+        convs += [Conv2dStaticSamePadding(4, 6, 3, stride=2, image_size=16, bias=False),
+                  Conv2dDynamicSamePadding(4, 6, 5, stride=2, bias=False)]
+    return convs
+
+
+@pytest.mark.parametrize("order", ["env-conv", "conv-env"])
+def test_tf_same_convs_keep_their_asymmetric_padding_behind_the_envelope(order):
+    timm_padding = pytest.importorskip("timm.layers.padding", reason="timm is not installed")
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 16, 16, dtype=torch.float64)  # even: TF-"same" pads 0 left / top, 1 right / bottom
+    for conv in _tf_same_convs():
+        conv = conv.double()
+        layer = DisentangledConv2d.from_conv(conv, order=order)
+        with torch.no_grad():
+            layer.envelope.raw_sigma.fill_(-100.0)  # sigma -> 0: exactly the TF-"same" convolution
+        assert torch.equal(layer(x), conv(x)), type(conv).__name__
+        with torch.no_grad():
+            layer.envelope.raw_sigma.copy_(torch.linspace(-1, 1, layer.envelope.channels))
+        raw, k = layer.envelope.raw_sigma.detach(), layer.kernel_size
+        if order == "env-conv":  # the envelope (zero padded, size kept), then timm's pad_same, then the conv
+            padded = timm_padding.pad_same(torch.from_numpy(ref.envelope(x, raw, 9)), k, layer.stride, layer.dilation)
+            expected = F.conv2d(padded, conv.weight, conv.bias, layer.stride, 0, layer.dilation)
+        else:
+            expected = torch.from_numpy(ref.envelope(conv(x).detach(), raw, 9))
+        torch.testing.assert_close(layer(x), expected, rtol=1e-12, atol=1e-12)
+        assert layer(x).shape[-2:] == (8, 8)
+        gradcheck_input = x[:1, :, :7, :6].clone().requires_grad_()  # odd and even sizes
+        assert torch.autograd.gradcheck(layer, (gradcheck_input,))
+
+
+def test_tf_same_under_fixed_sigma_and_the_other_methods():
+    conv = _tf_same_convs()[0]
+    x = torch.randn(1, 4, 10, 12)
+    fixed = build_replacement("fixed", conv, sigma=0.0)
+    assert fixed.tf_same == [] and torch.equal(fixed(x), conv(x))
+    dw = build_replacement("dw", conv)
+    with torch.no_grad():  # delta filters: the depth-wise envelope is the identity
+        for w in (dw.envelope.weight_x, dw.envelope.weight_y):
+            w.zero_().view(w.shape[0], -1)[:, w[0].numel() // 2] = 1
+    assert dw.tf_same == [] and torch.equal(dw(x), conv(x))
+    with pytest.raises(TypeError, match="pads like TensorFlow's 'same'"):
+        build_replacement("proj", conv)
+
+
+def test_tf_same_padding_of_static_and_dynamic_classes_and_torchscript():
+    convs = _tf_same_convs()
+    assert [tf_same_padding(c) for c in convs][:1] == [[]]
+    if len(convs) == 3:
+        assert tf_same_padding(convs[1]) == [0, 1, 0, 1] and tf_same_padding(convs[2]) == []
+    assert tf_same_padding(nn.Conv2d(3, 3, 3)) is None and tf_same_padding(_DynamicPadConv(3, 4, 3)) is None
+    for conv in convs:
+        layer = DisentangledConv2d.from_conv(conv)
+        x = torch.randn(1, 4, 11, 16)
+        torch.testing.assert_close(torch.jit.script(layer)(x), layer(x), rtol=0, atol=0)

@@ -72,7 +72,8 @@ def test_untouched_layers_keep_their_state_and_converted_ones_their_weights():
     for key, value in reference_state.items():  # every original entry, converted layers' weights included
         assert torch.equal(state[key], value), key
     added = sorted(set(state) - set(reference_state))
-    assert added == sorted(f"{n}.envelope.raw_sigma" for n in select_layers(model, "residual"))
+    assert added == sorted(f"{n}.{key}" for n in select_layers(model, "residual")
+                           for key in ("envelope.raw_sigma", "envelope._extra_state", "_extra_state"))
     assert isinstance(model.layer2[0].downsample[0], nn.Conv2d) and not isinstance(
         model.layer2[0].downsample[0], DisentangledConv2d)
 
@@ -272,3 +273,39 @@ def test_scripted_modules_are_refused_by_disentangle_and_shrink():
     converted = torch.jit.script(disentangle(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 3, stride=2))))
     with pytest.raises(TypeError, match="shrink\\(\\) cannot change a TorchScript module"):
         shrink(converted, 3)
+
+
+def _tf_same_models():
+    """Nets built of TF-"same" convolutions: timm's tf_* models, efficientnet-pytorch, smp's efficientnet encoder."""
+    timm = pytest.importorskip("timm", reason="timm is not installed")
+    yield "timm tf_efficientnet_b0", timm.create_model("tf_efficientnet_b0", num_classes=10), "Conv2dSame"
+    yield "timm tf_mixnet_s", timm.create_model("tf_mixnet_s", num_classes=10), "Conv2dSame"
+    try:
+        from efficientnet_pytorch import EfficientNet
+    except ImportError:
+        pass
+    else:
+        yield ("efficientnet-pytorch b0", EfficientNet.from_name("efficientnet-b0", image_size=64, num_classes=10),
+               "Conv2dStaticSamePadding")
+    try:
+        import segmentation_models_pytorch as smp
+    except ImportError:
+        pass
+    else:
+        yield "smp Unet efficientnet-b0", smp.Unet("efficientnet-b0", encoder_weights=None, classes=2), \
+            "Conv2dStaticSamePadding"
+
+
+def test_tf_same_networks_convert_at_the_papers_rule_and_equal_the_plain_net_at_sigma_zero():
+    x = torch.randn(2, 3, 64, 64)
+    for label, plain, kind in _tf_same_models():
+        plain.eval()
+        same = [n for n, m in plain.named_modules() if type(m).__name__ == kind]
+        with torch.no_grad():
+            want = plain(x)
+            model = disentangle(plain, method="fixed", sigma=0.0)
+            got = model(x)
+        converted = [e.name for e in envelopes(model)]
+        assert len(converted) >= 5 and set(converted) & set(same), label  # TF-"same" layers among them
+        assert all(model.get_submodule(n).tf_same is not None for n in set(converted) & set(same)), label
+        assert torch.equal(got, want), label

@@ -33,6 +33,8 @@ def test_envelopes_lists_layers_with_sigma_statistics():
     assert (blur.size, blur.learnable) == (5, False)
     assert blur.sigma_mean == pytest.approx(0.7, rel=1e-6)
     assert rows[0].as_dict()["name"] == "stem"
+    # the state dict's records give the same rows: shared sigma over 16 channels, a fixed 5-tap blur
+    assert envelopes(model.state_dict()) == rows
 
 
 def test_envelopes_of_a_plain_model_is_empty():
@@ -64,7 +66,10 @@ def test_paths_of_a_converted_resnet_and_the_same_rows_from_its_state_dict():
     from_state = envelopes(model.state_dict())
     assert [(r.name, r.path, r.channels, r.sigmas) for r in from_state] == [
         (r.name, r.path, r.channels, r.sigmas) for r in rows]
-    assert {(r.size, r.shared, r.learnable) for r in from_state} == {(None, None, None)}
+    assert [(r.size, r.shared, r.learnable) for r in from_state] == [(r.size, r.shared, r.learnable) for r in rows]
+    # a state dict written before the records: what the tensors alone say
+    old = {k: v for k, v in model.state_dict().items() if not k.endswith("_extra_state")}
+    assert {(r.size, r.shared, r.learnable) for r in envelopes(old)} == {(None, None, None)}
 
 
 def test_envelopes_refuses_other_objects():

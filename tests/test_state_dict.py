@@ -26,7 +26,7 @@ def test_sigmas_from_state_dict_and_checkpoint(tmp_path, wrap):
     torch.save(state if wrap is None else {wrap: state, "epoch": 3}, path)
     assert set(load_state_dict_file(path)) == set(state)
     rows = envconv.envelopes(load_state_dict_file(path))
-    assert [(r.name, r.path, r.channels, r.size) for r in rows] == [("0", "stem", 3, None)]
+    assert [(r.name, r.path, r.channels, r.size) for r in rows] == [("0", "stem", 3, 9)]
     expected = [math.sqrt(math.log1p(math.exp(v))) for v in (-1.0, 0.0, 3.0)]
     assert rows[0].sigmas == pytest.approx(expected, rel=1e-7)
 

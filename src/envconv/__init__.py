@@ -1,6 +1,6 @@
 """envconv: Disentangled Convolution for Optimizing Receptive Field (Kobayashi, PRL 2023) in PyTorch."""
 
-from . import flops, functional, kernels, methods, ops
+from . import flops, functional, kernels, methods, ops, state_dict
 from .conv import ConvVariant, DisentangledConv2d, EnvelopeConv2d
 from .convert import disentangle, select_layers, shrink
 from .envelope import GaussianEnvelope
@@ -9,6 +9,7 @@ from .listing import EnvelopeInfo, envelopes
 from .methods import METHODS, set_curriculum_epoch
 from .models import create_model, list_models, register_timm_models
 from .pool import EnvelopePool2d
+from .rebuild import disentangle_like, load_disentangled
 from .version import __version__
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "METHODS",
     "create_model",
     "disentangle",
+    "disentangle_like",
     "envelope_conv2d",
     "envelopes",
     "flops",
@@ -28,11 +30,13 @@ __all__ = [
     "gaussian_envelope",
     "kernels",
     "list_models",
+    "load_disentangled",
     "methods",
     "ops",
     "register_timm_models",
     "select_layers",
     "set_curriculum_epoch",
     "shrink",
+    "state_dict",
     "__version__",
 ]

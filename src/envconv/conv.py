@@ -4,6 +4,11 @@ r"""Convolutions with extra machinery, built from a plain ``nn.Conv2d`` by name.
   subclass (so ``weight``/``bias`` keep their state-dict keys) with ``from_conv``.
 * :class:`EnvelopeConv2d` - a channel-wise envelope module before (or after) the conv.
 * :class:`DisentangledConv2d` - the paper's method: the envelope is a learned Gaussian.
+
+TensorFlow-"same" convolutions of other libraries (timm's ``Conv2dSame`` in its ``tf_*``
+models, efficientnet-pytorch's and segmentation_models_pytorch's ``Conv2dStaticSamePadding``
+and ``Conv2dDynamicSamePadding``) convert too: the replacement keeps their asymmetric padding
+(:func:`tf_same_padding`), applied to the convolution's input after the envelope.
 """
 
 from typing import Any, Dict, List, Optional
@@ -14,28 +19,85 @@ from torch import nn
 
 from . import functional
 from .envelope import GaussianEnvelope
+from .state_dict import ArchitectureRecord, check_record
 
-__all__ = ["ORDERS", "ConvVariant", "EnvelopeConv2d", "DisentangledConv2d", "conv_arguments"]
+__all__ = ["ORDERS", "TF_SAME_CONVS", "ConvVariant", "EnvelopeConv2d", "DisentangledConv2d", "conv_arguments",
+           "tf_same_padding", "same_pad"]
 
 #: Processing orders (envelope then convolution, eqs. (3)-(4), the paper's choice; or
 #: convolution then envelope, eqs. (5)-(6)).
 ORDERS = ("env-conv", "conv-env")
 
 
-def conv_arguments(conv: nn.Conv2d) -> Dict[str, Any]:
+#: TF-"same" convolution classes by name, with the packages whose classes of that name pad so.
+TF_SAME_CONVS = {
+    "Conv2dSame": ("timm",),
+    "Conv2dDynamicSamePadding": ("efficientnet_pytorch", "segmentation_models_pytorch"),
+    "Conv2dStaticSamePadding": ("efficientnet_pytorch", "segmentation_models_pytorch"),
+}
+
+
+def tf_same_padding(conv: nn.Module) -> Optional[List[int]]:
+    """How ``conv`` pads if it is a TF-"same" convolution of :data:`TF_SAME_CONVS`, else ``None``.
+
+    Returns ``[]`` for the dynamic kind (padding computed from each input's size, see
+    :func:`same_pad`) and ``[left, right, top, bottom]`` for efficientnet-pytorch's static kind
+    (computed for one image size when the model was built).
+    """
+    cls = type(conv)
+    packages = TF_SAME_CONVS.get(cls.__name__, ())
+    if not isinstance(conv, nn.Conv2d) or cls.__module__.split(".")[0] not in packages:
+        return None
+    if cls.__name__ != "Conv2dStaticSamePadding":
+        return []
+    pad = getattr(conv, "static_padding", None)
+    if isinstance(pad, nn.Identity):
+        return [0, 0, 0, 0]
+    if isinstance(pad, nn.ZeroPad2d):
+        return [int(p) for p in pad.padding]
+    raise TypeError(f"cannot convert {cls.__name__}: its static_padding is a {type(pad).__name__}, "
+                    f"not the ZeroPad2d or Identity it is built with")
+
+
+def same_pad(x: torch.Tensor, kernel_size: List[int], stride: List[int], dilation: List[int]) -> List[int]:
+    """TF-"same" padding ``[left, right, top, bottom]`` of ``x`` for a convolution: the output has ceil(size / stride).
+
+    As timm's ``pad_same`` and efficientnet-pytorch compute it: the odd pixel goes to the right / bottom.
+
+    Example:
+        >>> same_pad(torch.zeros(1, 1, 7, 8), [3, 3], [2, 2], [1, 1])  # 7 -> 4 rows: 2 pad; 8 -> 4: 1
+        [0, 1, 1, 1]
+    """
+    pads: List[int] = []
+    for axis in (1, 0):  # F.pad's order: the last dimension (width) first
+        i, k, s, d = x.shape[axis - 2], kernel_size[axis], stride[axis], dilation[axis]
+        total = max((-(-i // s) - 1) * s + (k - 1) * d + 1 - i, 0)
+        pads += [total // 2, total - total // 2]
+    return pads
+
+
+def conv_arguments(conv: nn.Conv2d, allow_tf_same: bool = False) -> Dict[str, Any]:
     """The constructor arguments of ``conv`` (including device and dtype), by name.
+
+    With ``allow_tf_same``, a TF-"same" convolution (:func:`tf_same_padding`) is taken too; its
+    replacement must apply the padding (envelope convolutions do).
 
     Raises:
         TypeError: if ``conv`` is not an ``nn.Conv2d``, is already a :class:`ConvVariant`,
-            or is a subclass with its own ``forward`` (e.g. timm's ``Conv2dSame``, which
-            pads dynamically: copying its arguments would change its output).
+            or is a subclass with its own ``forward`` (other than the TF-"same" ones
+            allowed), since copying its arguments would change its output.
         ValueError: if ``conv`` is a lazy module whose weight is not materialised.
     """
     if not isinstance(conv, nn.Conv2d):
         raise TypeError(f"expected an nn.Conv2d, got {type(conv).__name__}")
     if isinstance(conv, ConvVariant):
         raise TypeError(f"this convolution is already converted ({type(conv).__name__}); convert a plain nn.Conv2d")
-    if type(conv).forward is not nn.Conv2d.forward or type(conv)._conv_forward is not nn.Conv2d._conv_forward:
+    tf_same = tf_same_padding(conv)
+    if tf_same is not None and not allow_tf_same:
+        raise TypeError(f"cannot convert {type(conv).__name__} with this method: it pads like TensorFlow's 'same', "
+                        f"which only the envelope methods (gaussian, fixed, dw, ...) keep")
+    if tf_same is None and (type(conv).forward is not nn.Conv2d.forward
+                            or type(conv)._conv_forward is not nn.Conv2d._conv_forward):
         raise TypeError(
             f"cannot convert {type(conv).__name__}: it overrides nn.Conv2d's forward, "
             f"so a replacement with the same arguments would compute something else"
@@ -47,7 +109,7 @@ def conv_arguments(conv: nn.Conv2d) -> Dict[str, Any]:
         out_channels=conv.out_channels,
         kernel_size=conv.kernel_size,
         stride=conv.stride,
-        padding=conv.padding,
+        padding=(0, 0) if type(conv).__name__ == "Conv2dSame" else conv.padding,  # timm's ignores its padding
         dilation=conv.dilation,
         groups=conv.groups,
         bias=conv.bias is not None,
@@ -71,6 +133,15 @@ class ConvVariant(nn.Conv2d):
         (True, True, (2, 2))
     """
 
+    #: The TF-"same" padding this layer applies to its convolution's input (see :func:`tf_same_padding`):
+    #: ``None`` (none), ``[]`` (dynamic) or ``[left, right, top, bottom]``.
+    tf_same: Optional[List[int]]
+    _takes_tf_same = False  # only replacements whose forward applies tf_same accept such convolutions
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.tf_same = None  # an instance attribute, which TorchScript can see; from_conv sets it
+
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, **kwargs):
         """Build this variant from an existing :class:`torch.nn.Conv2d`.
@@ -82,10 +153,14 @@ class ConvVariant(nn.Conv2d):
         gradient, as a detection backbone's frozen stem) gives a frozen variant: its new
         parameters (the envelope's sigma) do not train either.
 
+        A TF-"same" convolution (timm's ``Conv2dSame``, efficientnet-pytorch's) gives a variant
+        that pads the same way (``tf_same``), where the variant supports it.
+
         Raises:
             TypeError, ValueError: see :func:`~envconv.conv.conv_arguments`.
         """
-        new = cls(**conv_arguments(conv), **kwargs)
+        new = cls(**conv_arguments(conv, allow_tf_same=cls._takes_tf_same), **kwargs)
+        new.tf_same = tf_same_padding(conv)
         for name in ("weight", "bias"):
             source = getattr(conv, name)
             if isinstance(source, nn.Parameter):  # the same Parameter: ties stay tied (as timm's converters do)
@@ -101,6 +176,16 @@ class ConvVariant(nn.Conv2d):
 
     def _check_input(self, x: torch.Tensor) -> None:
         check_conv_input(type(self).__name__, self.in_channels, x)
+
+    def _tf_pad(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` padded as the TF-"same" convolution this layer replaced padded it (unchanged for any other)."""
+        pad = self.tf_same
+        if pad is None:
+            return x
+        if len(pad) == 0:
+            pad = same_pad(x, [self.kernel_size[0], self.kernel_size[1]], [self.stride[0], self.stride[1]],
+                           [self.dilation[0], self.dilation[1]])
+        return F.pad(x, pad)
 
 
 def check_conv_input(layer: str, in_channels: int, x: torch.Tensor) -> None:
@@ -121,7 +206,7 @@ def check_conv_input(layer: str, in_channels: int, x: torch.Tensor) -> None:
         )
 
 
-class EnvelopeConv2d(ConvVariant):
+class EnvelopeConv2d(ArchitectureRecord, ConvVariant):
     r"""A convolution with a channel-wise envelope module before or after it.
 
     ``order="env-conv"``: :math:`Y = \mathbf F * E(X)`, where ``envelope`` :math:`E` acts
@@ -143,6 +228,9 @@ class EnvelopeConv2d(ConvVariant):
         torch.Size([1, 8, 6, 6])
     """
 
+    _takes_tf_same = True
+    tf_same: Optional[List[int]]  # TorchScript reads a class's own annotations only
+
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
                  groups: int = 1, bias: bool = True, padding_mode: str = "zeros", *, envelope: nn.Module,
                  order: str = "env-conv", device=None, dtype=None) -> None:
@@ -158,11 +246,22 @@ class EnvelopeConv2d(ConvVariant):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
         if self.order == "env-conv":
-            return self._conv_forward(self.envelope(x), self.weight, self.bias)
-        return self.envelope(self._conv_forward(x, self.weight, self.bias))
+            return self._conv_forward(self._tf_pad(self.envelope(x)), self.weight, self.bias)
+        return self.envelope(self._conv_forward(self._tf_pad(x), self.weight, self.bias))
+
+    def get_extra_state(self) -> torch.Tensor:
+        """The record stored with the weights: ``[1, index of the order in ORDERS]`` (int64)."""
+        return torch.tensor([1, ORDERS.index(self.order)])
+
+    def set_extra_state(self, state: torch.Tensor) -> None:
+        """Check a stored record: weights of the other order raise ``ValueError``."""
+        order = read_order_record(state, ORDERS)
+        if order != self.order:
+            raise ValueError(f"the weights are of a layer with order={order!r}, this one has order={self.order!r}")
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, order={self.order}"
+        same = "" if self.tf_same is None else f", tf_same={self.tf_same or 'dynamic'}"
+        return f"{super().extra_repr()}, order={self.order}{same}"
 
 
 class DisentangledConv2d(EnvelopeConv2d):
@@ -205,8 +304,8 @@ class DisentangledConv2d(EnvelopeConv2d):
         >>> conv = DisentangledConv2d(16, 32, 3, stride=2, padding=1, bias=False)
         >>> conv(torch.randn(2, 16, 32, 32)).shape
         torch.Size([2, 32, 16, 16])
-        >>> sorted(conv.state_dict())
-        ['envelope.raw_sigma', 'weight']
+        >>> sorted(conv.state_dict())  # the records keep k_g and the order with the weights
+        ['_extra_state', 'envelope._extra_state', 'envelope.raw_sigma', 'weight']
     """
 
     def __init__(
@@ -252,6 +351,7 @@ class DisentangledConv2d(EnvelopeConv2d):
     # Set by __prepare_scriptable__; typed here because TorchScript cannot infer an empty list's type.
     _script_padding: List[int]
     _script_sampled: bool
+    tf_same: Optional[List[int]]  # TorchScript reads a class's own annotations only
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.jit.is_scripting():
@@ -262,10 +362,10 @@ class DisentangledConv2d(EnvelopeConv2d):
         """The forward under ``torch.jit.script``: the envelope + conv op on a 4-D input, as eager runs it."""
         env = self.envelope
         if self.order != "env-conv":
-            return env(self._conv_forward(x, self.weight, self.bias))
+            return env(self._conv_forward(self._tf_pad(x), self.weight, self.bias))
         op_padding = self._script_padding
         if len(op_padding) == 0:
-            return self._conv_forward(env(x), self.weight, self.bias)
+            return self._conv_forward(self._tf_pad(env(x)), self.weight, self.bias)
         sampled = self._script_sampled
         env_stride = [self.stride[0], self.stride[1]] if sampled else [1, 1]
         conv_stride = [1, 1] if sampled else [self.stride[0], self.stride[1]]
@@ -283,16 +383,17 @@ class DisentangledConv2d(EnvelopeConv2d):
     @property
     def _sampled(self) -> bool:
         """A strided 1x1 conv without padding: it reads the envelope only every stride-th pixel."""
-        return self.kernel_size == (1, 1) and self.padding in ((0, 0), "valid") and self.stride != (1, 1)
+        unpadded = self.padding in ((0, 0), "valid") and not any(self.tf_same or [])  # TF-"same" pads no 1x1 conv
+        return self.kernel_size == (1, 1) and unpadded and self.stride != (1, 1)
 
     @property
     def _op_padding(self) -> Optional[List[int]]:
         """The conv padding for the envelope + conv op, or ``None`` when the layer runs envelope and conv apart."""
         if not self.recompute_envelope or self.padding_mode != "zeros":
             return None
-        if self._sampled or self.padding == "valid":
+        if self._sampled or (self.padding == "valid" and self.tf_same is None):
             return [0, 0]
-        if isinstance(self.padding, str):
+        if isinstance(self.padding, str) or self.tf_same is not None:  # TF-"same": padded apart, asymmetric
             return None
         return [int(self.padding[0]), int(self.padding[1])]
 
@@ -310,7 +411,7 @@ class DisentangledConv2d(EnvelopeConv2d):
             smoothed = env(x, stride=self.stride) if sampled else env(x)
             if sampled:
                 return F.conv2d(smoothed, weight, bias, 1, 0, self.dilation, self.groups)
-            return self._conv_forward(smoothed, weight, bias)
+            return self._conv_forward(self._tf_pad(smoothed), weight, bias)
         return functional.envelope_conv2d(x, env.raw_sigma, env.size, weight, bias,
                                           env_stride=self.stride if sampled else 1, padding_mode=env.padding_mode,
                                           stride=1 if sampled else self.stride, padding=padding,
@@ -327,7 +428,17 @@ class DisentangledConv2d(EnvelopeConv2d):
 
     def extra_repr(self) -> str:
         sigma = "shared" if self.envelope.shared else "per-channel"
+        if self.tf_same is not None:
+            sigma += f", tf_same={self.tf_same or 'dynamic'}"
         return f"{nn.Conv2d.extra_repr(self)}, envelope_size={self.envelope.size}, order={self.order}, sigma={sigma}"
+
+
+def read_order_record(state: torch.Tensor, orders) -> str:
+    """The order stored in a layer's record (an index into ``orders``)."""
+    (index,) = check_record(state, 2, "order record")
+    if not 0 <= index < len(orders):
+        raise ValueError(f"order record {state.tolist()} is corrupt (no order {index} in {orders})")
+    return orders[index]
 
 
 torch.fx.wrap("check_conv_input")

@@ -19,6 +19,7 @@ from . import kernels as EF
 from .envelope import GaussianEnvelope
 from .methods import build_replacement, check_options, get_method
 from .pool import EnvelopePool2d, strided_pool
+from .reparam import block_of, envelope_block
 
 __all__ = [
     "STEMS",
@@ -33,6 +34,7 @@ __all__ = [
     "shrink",
     "auto_envelope_size",
     "layer_path",
+    "replace_modules",
 ]
 
 log = logging.getLogger("envconv")
@@ -336,24 +338,69 @@ def disentangle(
     if pools and method not in POOL_METHODS:
         raise ValueError(f"method {method!r} cannot go at a pool ({pools[0]}, ...): where='pools' takes "
                          f"method {' or '.join(repr(m) for m in POOL_METHODS)}")
-    channels = pool_channels(model, pools, input_size) if pools else {}
+    blocks = _reparameterizable_blocks(model, [n for n in names if n not in pools], method, options)
+    channels = pool_channels(model, pools + list(blocks), input_size) if pools or blocks else {}
+    for block, convs in blocks.items():
+        if channels[block] != model.get_submodule(convs[0]).in_channels:
+            raise ValueError(f"cannot put the envelope of {convs[0]} in front of {block}, the block that folds it for "
+                             f"inference: the block's input has {channels[block]} channels, the convolution reads "
+                             f"{model.get_submodule(convs[0]).in_channels}")
     first = _convolutions(model)[0][1].weight
     on = {"device": first.device, "dtype": first.dtype}
+    inside = {conv for convs in blocks.values() for conv in convs}
     replacements = {}
     for name in names:
         module = model.get_submodule(name)
-        if id(module) not in replacements:
+        if name not in inside and id(module) not in replacements:
             replacements[id(module)] = (_pool_replacement(method, module, channels[name], options, on)
-                                        if name in channels else build_replacement(method, module, **options))
-    # a module used at several places (named_modules lists it once) gets one replacement at all of them
+                                        if name in pools else build_replacement(method, module, **options))
+    places = replace_modules(model, replacements)
+    for block, convs in blocks.items():
+        envelope = _envelope(method, channels[block], options, on)
+        if not model.get_submodule(convs[0]).weight.requires_grad:  # a frozen block keeps a frozen envelope
+            envelope.requires_grad_(False)
+        envelope_block(model.get_submodule(block), envelope)
+    log.info("envconv: %s at %d layers: %s", method, len(names), ", ".join(names)
+             + (f" (also used as {', '.join(sorted(set(places) - set(names)))})" if set(places) - set(names) else "")
+             + (f"; in front of the re-parameterizable blocks {', '.join(blocks)}" if blocks else ""))
+    return model
+
+
+def _reparameterizable_blocks(model: nn.Module, convs: Sequence[str], method: str, options: dict) -> dict:
+    """The selected convolutions inside blocks that fold themselves for inference, by block (see envconv.reparam)."""
+    blocks: dict = {}
+    for name in convs:
+        block = block_of(model, name)
+        if block is not None:
+            blocks.setdefault(block, []).append(name)
+    for block, names in blocks.items():
+        what = f"{names[0]} is inside {block} ({type(model.get_submodule(block)).__name__}), which folds it into a " \
+               f"new convolution for inference, so its envelope goes in front of the block"
+        if method not in POOL_METHODS:
+            raise ValueError(f"{what}; method {method!r} cannot: use {' or '.join(map(repr, POOL_METHODS))}")
+        if isinstance(model.get_submodule(block), (nn.Sequential, nn.ModuleList)):
+            raise ValueError(f"{what}; but it is a container whose fold reads its children in order, which an "
+                             f"envelope child would change: leave {names[0]} out of where")
+        if options.get("order", "env-conv") != "env-conv":
+            raise ValueError(f"{what}; order='conv-env' cannot")
+        if len({model.get_submodule(n).in_channels for n in names}) > 1:
+            raise ValueError(f"{what}; its convolutions {names} read different channel counts, so they are not "
+                             f"branches over one input")
+    return blocks
+
+
+def replace_modules(model: nn.Module, replacements: dict) -> List[str]:
+    """Put ``replacements[id(old)]`` wherever ``old`` sits in ``model``; returns every name replaced.
+
+    A module used at several places (``named_modules`` lists it once) gets its one
+    replacement at all of them, so sharing survives.
+    """
     places = [name for name, m in model.named_modules(remove_duplicate=False) if id(m) in replacements and name]
     originals = {name: model.get_submodule(name) for name in places}
     for name in places:
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent), child, replacements[id(originals[name])])
-    log.info("envconv: %s at %d layers: %s", method, len(names), ", ".join(names)
-             + (f" (also used as {', '.join(sorted(set(places) - set(names)))})" if set(places) - set(names) else ""))
-    return model
+    return places
 
 
 class _SharedPool(ValueError):
@@ -361,9 +408,10 @@ class _SharedPool(ValueError):
 
 
 def pool_channels(model: nn.Module, names: Sequence[str], input_size: Sequence[int] = (64, 64)) -> dict:
-    """The number of channels each named pool sees: one dummy forward (eval mode, no grad).
+    """The number of channels each named pool (or block) sees at its input: one dummy forward (eval mode, no grad).
 
-    A pool does not know its channels; the envelope put there needs them. The forward runs on
+    A pool does not know its channels; the envelope put there needs them (so does one put in
+    front of a re-parameterizable block, to check that its convolutions read the block's input). The forward runs on
     zeros of shape ``(1, C, H, W)``, ``C`` the first convolution's input channels (an error
     after the last pool, in a head that does not take that size, is ignored); the model's
     train/eval modes are restored.
@@ -395,7 +443,7 @@ def pool_channels(model: nn.Module, names: Sequence[str], input_size: Sequence[i
     except (RuntimeError, ValueError) as error:
         if len(seen) == len(modules):  # the head may not take the dummy size; the pools have been seen
             return seen
-        raise ValueError(f"cannot find the channels of the pools {sorted(set(modules) - set(seen))}: a dummy "
+        raise ValueError(f"cannot find the input channels of {sorted(set(modules) - set(seen))}: a dummy "
                          f"{tuple(x.shape)} forward failed ({error}); pass input_size=(H, W) the model "
                          f"takes") from error
     finally:
@@ -405,20 +453,23 @@ def pool_channels(model: nn.Module, names: Sequence[str], input_size: Sequence[i
             m.training = mode
     missing = sorted(set(modules) - set(seen))
     if missing:
-        raise ValueError(f"the forward never calls the pool(s) {missing}: their channels are unknown; "
+        raise ValueError(f"the forward never calls {missing}: their input channels are unknown; "
                          f"leave them out of where")
     return seen
 
 
-def _pool_replacement(method: str, pool: nn.Module, channels: int, options: dict, on: dict) -> EnvelopePool2d:
-    options = dict(options)
-    order = {"env-conv": "env-pool", "conv-env": "pool-env"}[options.pop("order", "env-conv")]
-    size = options.pop("envelope_size", 9)
+def _envelope(method: str, channels: int, options: dict, on: dict) -> GaussianEnvelope:
+    """The free-standing envelope of ``gaussian`` / ``fixed`` with the method's options (at a pool or a block)."""
+    size, padding = options.get("envelope_size", 9), options.get("envelope_padding_mode", "zeros")
     if method == "fixed":
-        envelope = GaussianEnvelope.fixed(channels, options.pop("sigma"), size,
-                                          padding_mode=options.pop("envelope_padding_mode", "zeros"), **on)
-        return EnvelopePool2d(pool, envelope, order).train(pool.training)
-    return EnvelopePool2d.from_pool(pool, channels, envelope_size=size, order=order, **options, **on)
+        return GaussianEnvelope.fixed(channels, options["sigma"], size, padding_mode=padding, **on)
+    return GaussianEnvelope(channels, size, shared=options.get("shared_sigma", False),
+                            init=options.get("sigma_init", 0.0), padding_mode=padding, **on)
+
+
+def _pool_replacement(method: str, pool: nn.Module, channels: int, options: dict, on: dict) -> EnvelopePool2d:
+    order = {"env-conv": "env-pool", "conv-env": "pool-env"}[options.get("order", "env-conv")]
+    return EnvelopePool2d(pool, _envelope(method, channels, options, on), order).train(pool.training)
 
 
 def _refuse_scripted(module: nn.Module, what: str) -> None:

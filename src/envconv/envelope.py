@@ -8,6 +8,7 @@ from torch import nn
 
 from . import functional, ops
 from . import kernels as EF
+from .state_dict import ArchitectureRecord, check_record
 
 __all__ = ["GaussianEnvelope"]
 
@@ -20,7 +21,7 @@ def _check_channels(channels: int) -> int:
     return channels
 
 
-class GaussianEnvelope(nn.Module):
+class GaussianEnvelope(ArchitectureRecord, nn.Module):
     r"""Channel-wise Gaussian envelope with a learned scale per channel.
 
     Smooths channel :math:`c` of the input with the separable discrete Gaussian of
@@ -43,6 +44,11 @@ class GaussianEnvelope(nn.Module):
     implementations (:data:`~envconv.ops.dispatch.IMPLS`); every choice gives the same result.
     ``forward(x, stride=s)`` returns the envelope only every ``s`` pixels, as a strided
     1x1 convolution after it reads it.
+
+    The state dict holds ``raw_sigma`` and a record of the architecture, ``_extra_state``
+    (int64: format 1, :math:`k_g`, learnable, index in :data:`~envconv.kernels.PADDING_MODES`,
+    channels); loading weights of another size, padding or channel count raises instead of
+    changing the output.
 
     Args:
         channels: number of channels :math:`C`.
@@ -199,6 +205,23 @@ class GaussianEnvelope(nn.Module):
         stride = [stride, stride] if isinstance(stride, int) else list(stride)
         return ops.forward_impl(x, self.size, stride, self.padding_mode, self.impl)
 
+    def get_extra_state(self) -> torch.Tensor:
+        """The record stored with the weights: ``[1, size, learnable, padding mode index, channels]`` (int64)."""
+        return torch.tensor([1, self._size, int(self.learnable), EF.PADDING_MODES.index(self.padding_mode),
+                             self.channels])
+
+    def set_extra_state(self, state: torch.Tensor) -> None:
+        """Check a stored record against this envelope (a size, padding or channel mismatch raises ``ValueError``)."""
+        size, _, padding, channels = read_envelope_record(state)
+        if channels != self.channels:
+            raise ValueError(f"the weights are of an envelope over {channels} channels, this one has {self.channels}")
+        if size != self._size:
+            raise ValueError(f"the weights are of an envelope of size k_g={size}, this one has k_g={self._size} "
+                             f"(envconv.shrink(model, {size}) first, or rebuild with envconv.load_disentangled)")
+        if padding != self.padding_mode:
+            raise ValueError(f"the weights are of an envelope with padding_mode={padding!r}, this one pads "
+                             f"{self.padding_mode!r}")
+
     def extra_repr(self) -> str:
         mode = "shared" if self.shared else "per-channel"
         s = f"{self.channels}, size={self.size}, sigma={mode}"
@@ -207,3 +230,13 @@ class GaussianEnvelope(nn.Module):
         if self.padding_mode != "zeros":
             s += f", padding_mode={self.padding_mode!r}"
         return s
+
+
+def read_envelope_record(state: torch.Tensor):
+    """``(size, learnable, padding_mode, channels)`` from a :class:`GaussianEnvelope`'s stored record."""
+    size, learnable, padding, channels = check_record(state, 5, "envelope record")
+    if size < 1 or size % 2 == 0 or learnable not in (0, 1) or not 0 <= padding < len(EF.PADDING_MODES) \
+            or channels < 1:
+        raise ValueError(f"envelope record {state.tolist()} is corrupt (size {size}, learnable {learnable}, "
+                         f"padding index {padding}, channels {channels})")
+    return size, bool(learnable), EF.PADDING_MODES[padding], channels

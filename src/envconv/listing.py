@@ -15,8 +15,9 @@ import torch
 from torch import nn
 
 from .convert import layer_path, stem_name
-from .envelope import GaussianEnvelope
+from .envelope import GaussianEnvelope, read_envelope_record
 from .kernels import sigma2_from_raw
+from .state_dict import RECORD_KEY
 
 __all__ = ["EnvelopeInfo", "envelopes", "layer_name"]
 
@@ -44,12 +45,11 @@ class EnvelopeInfo:
         name: the layer owning the envelope (``"layer2.0.conv2"``), see :func:`~envconv.listing.layer_name`.
         path: ``"stem"`` (the first convolution), ``"identity"`` (a shortcut's convolution, a name
             component among :data:`envconv.convert.SHORTCUT_NAMES`) or ``"residual"``.
-        channels: the channels the envelope filters (from a state dict: the number of sigmas stored,
-            1 for a shared sigma).
-        size: the number of taps :math:`k_g`; ``None`` when listed from a state dict (the size
-            is not part of it).
-        shared: one sigma for all channels (Table 1d); ``None`` from a state dict.
-        learnable: sigma is a parameter, not a buffer; ``None`` from a state dict.
+        channels: the channels the envelope filters (from a state dict without the envelope's
+            record, written before envconv kept one: the number of sigmas stored, 1 for a shared sigma).
+        size: the number of taps :math:`k_g`; ``None`` from a state dict without the record.
+        shared: one sigma for all channels (Table 1d); ``None`` from a state dict without the record.
+        learnable: sigma is a parameter, not a buffer; ``None`` from a state dict without the record.
         sigmas: one value per channel, a single one for a shared sigma;
             :math:`\sigma_c = \sqrt{\mathrm{softplus}(\tilde\sigma_c)}` per channel.
 
@@ -112,9 +112,15 @@ def _from_state_dict(state: Mapping[str, torch.Tensor]) -> List[EnvelopeInfo]:
     rows = []
     for key, value in state.items():
         if key == _RAW_SIGMA or key.endswith("." + _RAW_SIGMA):
-            owner = layer_name(key[: -len(_RAW_SIGMA)].rstrip("."))
+            prefix = key[: -len(_RAW_SIGMA)]
+            owner = layer_name(prefix.rstrip("."))
             sigmas = _sigmas(value)
-            rows.append(EnvelopeInfo(owner, layer_path(owner, stem), len(sigmas), None, None, None, sigmas))
+            channels, size, shared, learnable = len(sigmas), None, None, None
+            record = state.get(prefix + RECORD_KEY)
+            if record is not None:  # written by envconv >= 0.2: the envelope's architecture
+                size, learnable, _, channels = read_envelope_record(record)
+                shared = len(sigmas) == 1 and channels > 1
+            rows.append(EnvelopeInfo(owner, layer_path(owner, stem), channels, size, shared, learnable, sigmas))
     return rows
 
 

@@ -1,7 +1,13 @@
 """State-dict I/O: reading torch files safely (``weights_only=True``) and writing them atomically.
 
 The recipes' training checkpoints are read through :mod:`envconv.recipes.rundir`, which
-builds on these; a state dict's envelopes are listed by :func:`envconv.envelopes`.
+builds on these; a state dict's envelopes are listed by :func:`envconv.envelopes`, and
+:func:`envconv.load_disentangled` rebuilds a plain model's envelopes from one.
+
+Envelope modules also keep their architecture in the state dict (:class:`ArchitectureRecord`):
+an envelope's size :math:`k_g`, whether its sigma learns and its padding, a layer's order.
+Loading a state dict checks them, so weights of a shrunk model (``k_g = 3``) no longer load
+silently into a ``k_g = 9`` one.
 """
 
 from __future__ import annotations
@@ -12,7 +18,11 @@ from typing import Any, Mapping, Union
 
 import torch
 
-__all__ = ["load_torch_file", "load_state_dict_file", "atomic_write_bytes", "atomic_save"]
+__all__ = ["ArchitectureRecord", "load_torch_file", "load_state_dict_file", "load_weights", "atomic_write_bytes",
+           "atomic_save"]
+
+#: The state-dict key suffix under which a module's record is stored (PyTorch's extra state).
+RECORD_KEY = "_extra_state"
 
 
 def load_torch_file(path: Union[str, os.PathLike]) -> Any:
@@ -54,6 +64,74 @@ def load_state_dict_file(path: Union[str, os.PathLike]) -> Mapping[str, torch.Te
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ValueError(f"{path} does not hold a state dict (a mapping of names to tensors)")
     return obj
+
+
+def load_weights(source: Union[str, os.PathLike, Mapping[str, torch.Tensor]]) -> Mapping[str, torch.Tensor]:
+    """A state dict from a mapping, a torch file (:func:`load_state_dict_file`) or a ``.safetensors`` file.
+
+    A directory is read as a Hugging Face ``save_pretrained`` directory: its ``model.safetensors``
+    (or ``pytorch_model.bin``). Reading safetensors needs the ``safetensors`` package.
+
+    Raises:
+        FileNotFoundError: no such file, or a directory without either weights file.
+        ValueError: a file that is not a readable state dict.
+        ImportError: a ``.safetensors`` file without the ``safetensors`` package.
+    """
+    if isinstance(source, Mapping):
+        return source
+    path = os.fspath(source)
+    if os.path.isdir(path):
+        for name in ("model.safetensors", "pytorch_model.bin"):
+            if os.path.isfile(os.path.join(path, name)):
+                return load_weights(os.path.join(path, name))
+        raise FileNotFoundError(f"{path} holds neither model.safetensors nor pytorch_model.bin (sharded "
+                                f"checkpoints are not read; merge them first)")
+    if not path.endswith(".safetensors"):
+        return load_state_dict_file(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no such weights file: {path}")
+    try:
+        from safetensors.torch import load_file
+    except ImportError as err:
+        raise ImportError(f"reading {path} needs the safetensors package (pip install safetensors)") from err
+    try:
+        return load_file(path, device="cpu")
+    except Exception as err:  # safetensors raises its own error types for a corrupt header
+        raise ValueError(f"{path} is not a readable safetensors file ({type(err).__name__}: {err})") from err
+
+
+class ArchitectureRecord:
+    """Mixin for modules whose architecture travels with their weights, as PyTorch's "extra state".
+
+    The module writes ``get_extra_state()`` (a small int64 tensor, so safetensors and Hugging
+    Face loaders carry it) under ``<prefix>._extra_state``; ``set_extra_state`` raises
+    ``ValueError`` when the stored architecture differs from the module's. Loading through
+    ``load_state_dict`` collects that error with the key, as PyTorch reports a shape mismatch
+    (also with ``strict=False``). A state dict without the record (written before envconv kept
+    it) loads as before: there is nothing to check.
+    """
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        key = prefix + RECORD_KEY
+        try:
+            super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                          error_msgs)
+        except ValueError as err:
+            error_msgs.append(f"architecture mismatch for {key}: {err}")
+        if key not in state_dict and key in missing_keys:
+            missing_keys.remove(key)
+
+
+def check_record(state: Any, length: int, what: str) -> list:
+    """The entries of a stored record (version 1, then ``length - 1`` codes), or ``ValueError``."""
+    if not isinstance(state, torch.Tensor) or state.dtype != torch.int64 or state.shape != (length,):
+        desc = f"{state.dtype} {tuple(state.shape)}" if isinstance(state, torch.Tensor) else type(state).__name__
+        raise ValueError(f"{what}: expected an int64 record of {length} entries, got {desc}")
+    values = [int(v) for v in state.tolist()]
+    if values[0] != 1:
+        raise ValueError(f"{what}: record version {values[0]} is newer than this envconv reads (1); upgrade envconv")
+    return values[1:]
 
 
 def atomic_write_bytes(data: bytes, path: Union[str, os.PathLike]) -> None:

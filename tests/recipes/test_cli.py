@@ -36,13 +36,21 @@ def test_envelopes_summary(tmp_path, capsys):
     with torch.no_grad():
         layer.envelope.raw_sigma.copy_(torch.tensor([0.0, 1.0, 2.0]))
     path = tmp_path / "model.pt"
-    torch.save({"model": torch.nn.Sequential(layer).state_dict()}, path)
+    layer.envelope_size = 5
+    state = torch.nn.Sequential(layer).state_dict()
+    torch.save({"model": state}, path)
     assert main(["envelopes", str(path)]) == 0
     title, *out = capsys.readouterr().out.splitlines()
-    assert title == f"{path}: a state dict (k_g is not stored in it)"
+    assert title == f"{path}: a state dict"
     assert out[0].split() == ["layer", "path", "channels", "k_g", "sigma", "mean", "min", "max"]
     sig = [math.sqrt(math.log1p(math.exp(v))) for v in (0.0, 1.0, 2.0)]
-    assert out[1].split() == ["0", "stem", "3", "-", f"{sum(sig) / 3:.4f}", f"{sig[0]:.4f}", f"{sig[2]:.4f}"]
+    assert out[1].split() == ["0", "stem", "3", "5", f"{sum(sig) / 3:.4f}", f"{sig[0]:.4f}", f"{sig[2]:.4f}"]
+    # a state dict written before envconv kept its records: k_g unknown
+    torch.save({k: v for k, v in state.items() if not k.endswith("_extra_state")}, path)
+    assert main(["envelopes", str(path)]) == 0
+    title, *out = capsys.readouterr().out.splitlines()
+    assert title == f"{path}: a state dict (written before envconv stored k_g with it)"
+    assert out[1].split()[3] == "-"
 
 
 def test_envelopes_errors_are_clear(tmp_path, capsys):

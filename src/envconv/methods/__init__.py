@@ -88,7 +88,7 @@ def _envelope_channels(conv: nn.Conv2d, order: str) -> int:
 
 
 def _on(conv: nn.Conv2d) -> dict:
-    args = conv_arguments(conv)  # also refuses what cannot be converted, before anything is built
+    args = conv_arguments(conv, allow_tf_same=True)  # refuses what cannot be converted, before anything is built
     return {"device": args["device"], "dtype": args["dtype"]}
 
 

@@ -4,7 +4,10 @@ After :func:`register_timm_models`, ``timm.create_model("envconv_resnet50")`` bu
 timm's ResNet-50 with the paper's envelopes, ``timm.create_model("envconv_small_resnet20",
 num_classes=10, in_chans=1)`` envconv's small ResNet; keyword arguments that
 :func:`envconv.disentangle` knows (``method``, ``where``, ``stem``, ``envelope_size``...)
-go to the conversion, the rest to the model. Pretrained weights are not offered.
+go to the conversion, the rest to the model. Pretrained weights are not offered for
+download; your own load with ``pretrained=True, pretrained_cfg_overlay=dict(file=PATH)``
+(a torch or safetensors file, or ``state_dict=`` a mapping): the model is built plain and
+converted where the weights have envelopes, with their sizes (:func:`envconv.load_disentangled`).
 
 Each name has its own pretrained cfg (``default_cfgs``, registered with the entrypoint):
 a timm base's cfg without its weight locations and with the envconv architecture name, or
@@ -19,6 +22,7 @@ import inspect
 from typing import Any, Callable, Dict, List
 
 from ..convert import disentangle
+from ..rebuild import load_disentangled
 from .factory import create_model
 from .small_resnet import SMALL_RESNETS
 
@@ -56,16 +60,22 @@ def _cfg(base: str) -> Dict[str, Any]:
 
 def _entrypoint(name: str, base: str) -> Callable:
     def build(pretrained: bool = False, **kwargs):
-        if pretrained:
-            raise ValueError(f"{name}: envconv offers no pretrained weights (nothing is downloaded)")
+        weights = _local_weights(name, pretrained, kwargs.get("pretrained_cfg_overlay"))
         for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
             kwargs.pop(key, None)
         options = {k: kwargs.pop(k) for k in list(kwargs) if k in _DISENTANGLE_KEYS}
+        if weights is not None:  # the weights say where the envelopes are and how large
+            if set(options) - {"stem", "input_size"}:
+                raise ValueError(f"{name}: with pretrained weights the envelopes come from the file; do not pass "
+                                 f"{', '.join(sorted(set(options) - {'stem', 'input_size'}))}")
+            options["method"] = "none"
         num_classes = kwargs.pop("num_classes", 10 if base in SMALL_RESNETS else 1000)
         in_chans = kwargs.pop("in_chans", 3)
         features = {k: kwargs.pop(k) for k in ("features_only", "out_indices", "feature_cls") if k in kwargs} \
             if base in SMALL_RESNETS else {}
         model = create_model(base, num_classes=num_classes, in_chans=in_chans, model_kwargs=kwargs, **options)
+        if weights is not None:
+            load_disentangled(model, weights)
         import timm
 
         cfg = timm.models.get_pretrained_cfg(name).to_dict()
@@ -79,6 +89,18 @@ def _entrypoint(name: str, base: str) -> Callable:
     build.__module__ = __name__
     build.__doc__ = f"{base} with envconv's envelopes at the paper's places."
     return build
+
+
+def _local_weights(name: str, pretrained: bool, overlay):
+    """The local weights ``pretrained=True`` loads: ``pretrained_cfg_overlay``'s ``file`` or ``state_dict``."""
+    if not pretrained:
+        return None
+    overlay = overlay or {}
+    weights = overlay.get("state_dict", overlay.get("file"))
+    if weights is None:
+        raise ValueError(f"{name}: envconv offers no pretrained weights to download; load your own with "
+                         f"pretrained=True, pretrained_cfg_overlay=dict(file='weights.safetensors')")
+    return weights
 
 
 def _feature_net(model, indices, feature_cls):

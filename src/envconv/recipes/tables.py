@@ -2,7 +2,8 @@
 
 ``envconv envelopes`` lists the envelopes of a training checkpoint or run directory (its model
 rebuilt), of a bare state dict file, or of a freshly built model (``--model NAME``). The ``k_g``
-column is always the envelope's size; a bare state dict does not store it, so it shows ``-`` there.
+column is always the envelope's size; it shows ``-`` for a state dict written before envconv
+stored the size with the weights.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import List, Sequence, Tuple
 
 from ..listing import EnvelopeInfo, envelopes
-from ..state_dict import load_state_dict_file, load_torch_file
+from ..state_dict import load_torch_file, load_weights
 from .rundir import CHECKPOINT_KEYS, checkpoint_of, model_from_checkpoint
 
 __all__ = ["format_table", "envelope_table", "add_arguments", "main", "add_methods_arguments", "methods_main"]
@@ -41,7 +42,7 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[str]], min_width
 
 
 def envelope_table(rows: Sequence[EnvelopeInfo]) -> str:
-    """The table of :func:`envconv.envelopes` rows; ``k_g`` is ``-`` where the size is unknown (a state dict)."""
+    """The table of :func:`envconv.envelopes` rows; ``k_g`` is ``-`` where the size is unknown (an old state dict)."""
     return format_table(
         ["layer", "path", "channels", "k_g", "sigma mean", "min", "max"],
         [[r.name, r.path, str(r.channels), "-" if r.size is None else str(r.size), f"{r.sigma_mean:.4f}",
@@ -66,8 +67,9 @@ def _rows_and_title(args: argparse.Namespace) -> Tuple[List[EnvelopeInfo], str]:
         model_cfg = ckpt["config"]["model"]
         title = f"{path}: {model_cfg['name']} ({model_cfg['method']}), epoch {ckpt['epoch']}"
         return envelopes(model), f"{title}; {sum(p.numel() for p in model.parameters()):,} parameters"
-    rows = envelopes(load_state_dict_file(path))
-    return rows, f"{path}: a state dict (k_g is not stored in it)"
+    rows = envelopes(load_weights(path))
+    old = any(row.size is None for row in rows)
+    return rows, f"{path}: a state dict" + (" (written before envconv stored k_g with it)" if old else "")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

@@ -1,0 +1,208 @@
+r"""Rebuilding envelopes from weights: a plain model converted where a state dict says.
+
+Code that builds an architecture and then loads weights into it (Hugging Face's
+``from_pretrained``, timm's ``checkpoint_path``, a ``load_state_dict`` in user code)
+builds plain convolutions, and the envelopes' keys are left over. :func:`load_disentangled`
+reads the state dict first: every ``<layer>.envelope.raw_sigma`` names a layer to convert,
+and the records stored beside it (:class:`~envconv.state_dict.ArchitectureRecord`) give the
+envelope size :math:`k_g`, learned or fixed sigma, padding and order. The model is converted
+exactly there, then loaded.
+
+Example:
+    >>> import torch, torchvision, envconv
+    >>> trained = envconv.shrink(envconv.disentangle(torchvision.models.resnet18()), 3)
+    >>> plain = torchvision.models.resnet18()             # what a loader rebuilds
+    >>> model = envconv.load_disentangled(plain, trained.state_dict())
+    >>> [(e.name, e.size) for e in envconv.envelopes(model)][:2]
+    [('conv1', 3), ('layer2.0.conv1', 3)]
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+
+from .conv import ORDERS, DisentangledConv2d, EnvelopeConv2d, read_order_record
+from .convert import _refuse_scripted, pool_channels, replace_modules
+from .envelope import GaussianEnvelope, read_envelope_record
+from .pool import POOL_ORDERS, POOLS, EnvelopePool2d
+from .reparam import envelope_block, is_envelope_block, reparameterizable
+from .state_dict import RECORD_KEY, load_weights
+
+__all__ = ["envelope_specs", "disentangle_like", "load_disentangled"]
+
+_SUFFIX = "envelope.raw_sigma"
+Source = Union[str, os.PathLike, Mapping[str, torch.Tensor]]
+
+
+def _layer_of(key: str) -> Optional[str]:
+    if key == _SUFFIX:
+        return ""
+    return key[: -len(_SUFFIX) - 1] if key.endswith("." + _SUFFIX) else None
+
+
+def _key(layer: str, name: str) -> str:
+    return f"{layer}.{name}" if layer else name
+
+
+def envelope_specs(state: Mapping[str, torch.Tensor]) -> Dict[str, dict]:
+    """Every layer of ``state`` with an envelope, mapped to what its records say.
+
+    Each value has ``values`` (the number of stored sigmas), ``size``, ``learnable``,
+    ``padding_mode``, ``channels`` (``None`` where the state dict has no envelope record) and
+    ``order`` (``None`` without an order record).
+
+    Raises:
+        ValueError: a corrupt record.
+    """
+    specs = {}
+    for key, raw in state.items():
+        layer = _layer_of(key)
+        if layer is None:
+            continue
+        spec = {"values": raw.numel(), "size": None, "learnable": None, "padding_mode": None, "channels": None,
+                "order": None}
+        record = state.get(_key(layer, "envelope." + RECORD_KEY))
+        if record is not None:
+            spec["size"], spec["learnable"], spec["padding_mode"], spec["channels"] = read_envelope_record(record)
+        order = state.get(_key(layer, RECORD_KEY))
+        if order is not None:
+            spec["order"] = order  # decoded against the layer's kind, conv or pool
+        specs[layer] = spec
+    return specs
+
+
+def _envelope(spec: dict, channels: int, on: dict) -> GaussianEnvelope:
+    size, padding = spec["size"] or 9, spec["padding_mode"] or "zeros"
+    shared = spec["values"] == 1 and channels > 1
+    if spec["learnable"] is False:
+        return GaussianEnvelope.fixed(channels, 0.0 if shared else [0.0] * channels, size, padding_mode=padding, **on)
+    return GaussianEnvelope(channels, size, shared=shared, padding_mode=padding, **on)
+
+
+def _conv_order(layer: str, conv: nn.Conv2d, spec: dict) -> str:
+    if spec["order"] is not None:
+        return read_order_record(spec["order"], ORDERS)
+    channels = spec["channels"] or spec["values"]
+    if channels == conv.out_channels and channels != conv.in_channels:
+        return "conv-env"
+    return "env-conv"
+
+
+def _replacement(layer: str, module: nn.Module, spec: dict, on: dict, pool_chans: Dict[str, int]) -> nn.Module:
+    if type(module) in POOLS:
+        order = read_order_record(spec["order"], POOL_ORDERS) if spec["order"] is not None else "env-pool"
+        channels = spec["channels"] or pool_chans.get(layer) or spec["values"]
+        return EnvelopePool2d(module, _envelope(spec, channels, on), order).train(module.training)
+    if not isinstance(module, nn.Conv2d):
+        raise ValueError(f"the weights have an envelope at {layer or '(root)'!r}, but that module is a "
+                         f"{type(module).__name__}, neither a convolution nor a max / average pool")
+    order = _conv_order(layer, module, spec)
+    channels = module.in_channels if order == "env-conv" else module.out_channels
+    if spec["learnable"] is False:
+        return EnvelopeConv2d.from_conv(module, envelope=_envelope(spec, channels, on), order=order)
+    new = DisentangledConv2d.from_conv(module, envelope_size=spec["size"] or 9, order=order,
+                                       shared_sigma=spec["values"] == 1 and channels > 1,
+                                       envelope_padding_mode=spec["padding_mode"] or "zeros")
+    return new
+
+
+def disentangle_like(model: nn.Module, state: Mapping[str, torch.Tensor],
+                     input_size: Sequence[int] = (64, 64)) -> nn.Module:
+    """Convert ``model`` in place exactly where ``state`` has envelopes, as the state dict records them.
+
+    A plain ``nn.Conv2d`` gets a :class:`~envconv.DisentangledConv2d` (a learned sigma) or an
+    :class:`~envconv.EnvelopeConv2d` with a fixed envelope; a max / average pool an
+    :class:`~envconv.EnvelopePool2d`; a re-parameterizable block its envelope in front
+    (:mod:`envconv.reparam`); with the recorded size, order, padding and a shared or per-channel
+    sigma. Layers that already have an envelope are left as they are (loading then checks them).
+    Nothing is loaded: see :func:`load_disentangled`.
+
+    A state dict written before envconv kept records has no sizes: 9 taps are assumed (the
+    paper's) and a warning says so; the order is then read off the channel count.
+
+    Args:
+        model: the rebuilt model (plain, or already partly converted).
+        state: a state dict, e.g. from :func:`envconv.state_dict.load_weights`.
+        input_size: ``(H, W)`` of the dummy image that finds a pool's channel count, needed
+            only for a shared sigma at a pool without a record.
+
+    Raises:
+        TypeError: a TorchScript model, or a convolution that cannot be converted (see
+            :func:`envconv.conv.conv_arguments`).
+        ValueError: an envelope key whose layer is missing from ``model`` or is not a convolution
+            or pool; a corrupt record.
+
+    Example:
+        >>> import torch
+        >>> state = DisentangledConv2d(3, 8, 3, envelope_size=5).state_dict()
+        >>> model = disentangle_like(nn.Sequential(nn.Conv2d(3, 8, 3)), {f"0.{k}": v for k, v in state.items()})
+        >>> type(model[0]).__name__, model[0].envelope_size
+        ('DisentangledConv2d', 5)
+    """
+    _refuse_scripted(model, "disentangle_like")
+    specs = envelope_specs(state)
+    if any(spec["size"] is None for spec in specs.values()):
+        warnings.warn("the state dict has envelopes without records (written before envconv kept them): "
+                      "assuming k_g = 9 where none is recorded", UserWarning, stacklevel=3)
+    todo: List[Tuple[str, nn.Module]] = []
+    for layer in specs:
+        try:
+            module = model.get_submodule(layer)
+        except AttributeError:
+            raise ValueError(f"the weights have an envelope at {layer!r}, which {type(model).__name__} does not "
+                             f"have (is it the same architecture, with the same module names?)") from None
+        if not isinstance(module, (EnvelopeConv2d, EnvelopePool2d)) and not is_envelope_block(module):
+            todo.append((layer, module))
+    unknown = [layer for layer, m in todo if not isinstance(m, nn.Conv2d) and specs[layer]["channels"] is None]
+    pool_chans = pool_channels(model, unknown, input_size) if unknown else {}
+    first = next((p for p in model.parameters() if p.is_floating_point()), None)
+    on = {"device": first.device, "dtype": first.dtype} if first is not None else {}
+    replacements, blocks = {}, []
+    for layer, module in todo:
+        if reparameterizable(module) and not isinstance(module, nn.Conv2d):  # envconv.reparam: in front of it
+            channels = specs[layer]["channels"] or pool_chans.get(layer) or specs[layer]["values"]
+            blocks.append((module, _envelope(specs[layer], channels, on)))
+        elif id(module) not in replacements:
+            replacements[id(module)] = _replacement(layer, module, specs[layer], on, pool_chans)
+    replace_modules(model, replacements)
+    for module, envelope in blocks:
+        envelope_block(module, envelope)
+    return model
+
+
+def load_disentangled(model: nn.Module, source: Source, *, strict: bool = True,
+                      input_size: Sequence[int] = (64, 64)) -> nn.Module:
+    """Give a rebuilt model its envelopes back and load the weights: :func:`disentangle_like`, then ``load_state_dict``.
+
+    Args:
+        model: the model a loader built (plain convolutions where the weights have envelopes).
+        source: a state dict, a torch file (a state dict or a checkpoint holding one under
+            ``"model"`` / ``"state_dict"``), a ``.safetensors`` file or a Hugging Face
+            ``save_pretrained`` directory (:func:`envconv.state_dict.load_weights`).
+        strict: as for ``load_state_dict``. A mismatch of an envelope's size, padding or order
+            with a layer that already had one raises whatever ``strict`` says.
+        input_size: see :func:`disentangle_like`.
+
+    Returns:
+        ``model``, converted in place and loaded.
+
+    Raises:
+        FileNotFoundError, ValueError, ImportError: an unreadable ``source`` (see ``load_weights``).
+        RuntimeError: ``load_state_dict``'s error (missing or unexpected keys, shapes, architecture records).
+
+    Example:
+        >>> import torch
+        >>> trained = nn.Sequential(DisentangledConv2d(3, 8, 3, envelope_size=5, order="conv-env"))
+        >>> model = load_disentangled(nn.Sequential(nn.Conv2d(3, 8, 3)), trained.state_dict())
+        >>> model[0].order, torch.equal(model[0].weight, trained[0].weight)
+        ('conv-env', True)
+    """
+    state = load_weights(source)
+    disentangle_like(model, state, input_size)
+    model.load_state_dict(state, strict=strict)
+    return model
