@@ -75,3 +75,15 @@ def test_paths_of_a_converted_resnet_and_the_same_rows_from_its_state_dict():
 def test_envelopes_refuses_other_objects():
     with pytest.raises(TypeError, match="nn.Module or a state dict"):
         envelopes([1, 2])
+
+
+def test_pool_envelopes_are_on_the_pool_path_from_a_model_and_from_its_state_dict():
+    from envconv import EnvelopePool2d, disentangle
+    from envconv.models import create_model
+
+    model = disentangle(create_model("small_vgg8", num_classes=10, in_chans=1, method="none"), where="pools",
+                        input_size=(32, 32))
+    rows = envelopes(model)
+    assert [(r.path, isinstance(model.get_submodule(r.name), EnvelopePool2d)) for r in rows] == \
+        [("stem", False)] + [("pool", True)] * (len(rows) - 1) and len(rows) == 3
+    assert envelopes(model.state_dict()) == rows

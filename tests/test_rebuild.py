@@ -125,13 +125,22 @@ def test_order_padding_and_channel_mismatches_are_errors():
 
 
 @pytest.mark.parametrize("record", [torch.tensor([1, 4, 1, 0, 3]), torch.tensor([2, 9, 1, 0, 3]),
-                                    torch.tensor([1, 9, 1]), torch.tensor([1.0, 9, 1, 0, 3])])
+                                    torch.tensor([1, 9, 1]), torch.tensor([1.0, 9.5, 1, 0, 3])])
 def test_corrupt_records_are_named(record):
     state = dict(GaussianEnvelope(3).state_dict(), _extra_state=record)
     with pytest.raises(RuntimeError, match="_extra_state: .*(corrupt|newer|int64 record)"):
         GaussianEnvelope(3).load_state_dict(state)
     with pytest.raises(ValueError, match="corrupt|newer|int64 record"):
         envconv.envelopes(state)
+
+
+def test_a_state_dict_cast_to_half_precision_keeps_its_records():
+    trained = envconv.shrink(envconv.disentangle(torchvision.models.resnet18()), 5)
+    half = {k: v.half() for k, v in trained.state_dict().items()}  # what fp16 checkpoint converters do
+    rebuilt = envconv.load_disentangled(torchvision.models.resnet18(), half)
+    assert [e.size for e in envconv.envelopes(rebuilt)] == [5] * 7
+    with pytest.raises(RuntimeError, match="k_g=5, this one has k_g=9"):
+        envconv.disentangle(torchvision.models.resnet18()).load_state_dict(half)
 
 
 def test_state_dicts_without_records_still_load_and_rebuild_with_a_warning():

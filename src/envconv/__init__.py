@@ -1,6 +1,6 @@
 """envconv: Disentangled Convolution for Optimizing Receptive Field (Kobayashi, PRL 2023) in PyTorch."""
 
-from . import flops, functional, kernels, methods, ops, state_dict
+from . import flops, functional, kernels, methods, ops, quantization, reparam, state_dict
 from .conv import ConvVariant, DisentangledConv2d, EnvelopeConv2d
 from .convert import disentangle, select_layers, shrink
 from .envelope import GaussianEnvelope
@@ -33,6 +33,8 @@ __all__ = [
     "load_disentangled",
     "methods",
     "ops",
+    "quantization",
+    "reparam",
     "register_timm_models",
     "select_layers",
     "set_curriculum_epoch",

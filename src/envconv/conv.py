@@ -133,7 +133,7 @@ class ConvVariant(nn.Conv2d):
         (True, True, (2, 2))
     """
 
-    #: The TF-"same" padding this layer applies to its convolution's input (see :func:`tf_same_padding`):
+    #: The TF-"same" padding this layer applies to its convolution's input (see :func:`~envconv.conv.tf_same_padding`):
     #: ``None`` (none), ``[]`` (dynamic) or ``[left, right, top, bottom]``.
     tf_same: Optional[List[int]]
     _takes_tf_same = False  # only replacements whose forward applies tf_same accept such convolutions

@@ -17,6 +17,7 @@ from torch import nn
 from .convert import layer_path, stem_name
 from .envelope import GaussianEnvelope, read_envelope_record
 from .kernels import sigma2_from_raw
+from .pool import EnvelopePool2d
 from .state_dict import RECORD_KEY
 
 __all__ = ["EnvelopeInfo", "envelopes", "layer_name"]
@@ -44,7 +45,8 @@ class EnvelopeInfo:
     Attributes:
         name: the layer owning the envelope (``"layer2.0.conv2"``), see :func:`~envconv.listing.layer_name`.
         path: ``"stem"`` (the first convolution), ``"identity"`` (a shortcut's convolution, a name
-            component among :data:`envconv.convert.SHORTCUT_NAMES`) or ``"residual"``.
+            component among :data:`envconv.convert.SHORTCUT_NAMES`), ``"pool"`` (an
+            :class:`~envconv.EnvelopePool2d`) or ``"residual"`` (any other).
         channels: the channels the envelope filters (from a state dict without the envelope's
             record, written before envconv kept one: the number of sigmas stored, 1 for a shared sigma).
         size: the number of taps :math:`k_g`; ``None`` from a state dict without the record.
@@ -97,12 +99,24 @@ def _sigmas(raw_sigma: torch.Tensor) -> Tuple[float, ...]:
 def _from_model(model: nn.Module) -> List[EnvelopeInfo]:
     stem = stem_name(model) if any(isinstance(m, nn.Conv2d) for m in model.modules()) else ""
     rows = []
+    pools = {name for name, m in model.named_modules() if isinstance(m, EnvelopePool2d)}
     for name, m in model.named_modules():
         if isinstance(m, GaussianEnvelope):
             owner = layer_name(name)
-            rows.append(EnvelopeInfo(owner, layer_path(owner, stem), m.channels, m.size, m.shared, m.learnable,
-                                     _sigmas(m.raw_sigma)))
+            path = "pool" if owner in pools else layer_path(owner, stem)
+            rows.append(EnvelopeInfo(owner, path, m.channels, m.size, m.shared, m.learnable, _sigmas(m.raw_sigma)))
     return rows
+
+
+def _is_pool(state: Mapping[str, torch.Tensor], envelope_prefix: str) -> bool:
+    """Whether the layer of the envelope at ``envelope_prefix`` is a pool (nothing but its envelope and order record).
+
+    A convolution's layer holds its weight as well.
+    """
+    layer = envelope_prefix.removesuffix("envelope.")
+    if not layer or layer == envelope_prefix or layer + RECORD_KEY not in state:
+        return False
+    return all(k.startswith(envelope_prefix) or k == layer + RECORD_KEY for k in state if k.startswith(layer))
 
 
 def _from_state_dict(state: Mapping[str, torch.Tensor]) -> List[EnvelopeInfo]:
@@ -120,7 +134,8 @@ def _from_state_dict(state: Mapping[str, torch.Tensor]) -> List[EnvelopeInfo]:
             if record is not None:  # written by envconv >= 0.2: the envelope's architecture
                 size, learnable, _, channels = read_envelope_record(record)
                 shared = len(sigmas) == 1 and channels > 1
-            rows.append(EnvelopeInfo(owner, layer_path(owner, stem), channels, size, shared, learnable, sigmas))
+            path = "pool" if _is_pool(state, prefix) else layer_path(owner, stem)
+            rows.append(EnvelopeInfo(owner, path, channels, size, shared, learnable, sigmas))
     return rows
 
 

@@ -124,11 +124,19 @@ class ArchitectureRecord:
 
 
 def check_record(state: Any, length: int, what: str) -> list:
-    """The entries of a stored record (version 1, then ``length - 1`` codes), or ``ValueError``."""
-    if not isinstance(state, torch.Tensor) or state.dtype != torch.int64 or state.shape != (length,):
+    """The entries of a stored record (version 1, then ``length - 1`` codes), or ``ValueError``.
+
+    A record cast to a floating dtype with the rest of a state dict (``{k: v.half() ...}``) is
+    still read while its entries are whole numbers.
+    """
+    if not isinstance(state, torch.Tensor) or state.shape != (length,) or state.dtype == torch.bool \
+            or state.is_complex():
         desc = f"{state.dtype} {tuple(state.shape)}" if isinstance(state, torch.Tensor) else type(state).__name__
         raise ValueError(f"{what}: expected an int64 record of {length} entries, got {desc}")
-    values = [int(v) for v in state.tolist()]
+    raw = state.tolist()
+    if any(v != int(v) for v in raw):
+        raise ValueError(f"{what}: record {raw} is corrupt (its entries are not whole numbers)")
+    values = [int(v) for v in raw]
     if values[0] != 1:
         raise ValueError(f"{what}: record version {values[0]} is newer than this envconv reads (1); upgrade envconv")
     return values[1:]

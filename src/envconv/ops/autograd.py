@@ -112,15 +112,22 @@ def _envelope_grad(ctx, grad):
     return (grad_x if need_x else None), (grad_raw if need_sigma else None), None, None, None, None
 
 
+_KERNELS = (EF.gaussian_kernel1d, EF.gaussian_kernel1d_derivative, EF.gaussian_kernel1d_second_derivative)
+
+
+def _pass_kernels(raw_sigma: Tensor, size: int, x: Tensor, pairs) -> dict:
+    """The per-channel 1-D kernels of the orders that ``pairs`` use (only those: each costs a softmax)."""
+    orders = {order for _, along_h, along_w in pairs for order in (along_h, along_w)}
+    return {order: _KERNELS[order](raw_sigma, size).expand(x.shape[1], size).to(x.dtype) for order in orders}
+
+
 def _passes(x: Tensor, raw_sigma: Tensor, size: int, stride: List[int], padding_mode: str, pairs) -> Tensor:
     r"""Sum over ``pairs`` of (weight, height kernel, width kernel) separable passes of ``x``.
 
     Kernels are named by their order in :math:`\tilde\sigma`: 0 the Gaussian of eq. (9), 1 and 2
     its first and second derivatives, all per channel.
     """
-    kernels = [EF.gaussian_kernel1d(raw_sigma, size), EF.gaussian_kernel1d_derivative(raw_sigma, size),
-               EF.gaussian_kernel1d_second_derivative(raw_sigma, size)]
-    kernels = [k.expand(x.shape[1], size).to(x.dtype) for k in kernels]
+    kernels = _pass_kernels(raw_sigma, size, x, pairs)
     rows = {}
     out = 0
     for weight, along_h, along_w in pairs:
@@ -133,8 +140,7 @@ def _passes(x: Tensor, raw_sigma: Tensor, size: int, stride: List[int], padding_
 def _passes_adjoint(grad: Tensor, x: Tensor, raw_sigma: Tensor, size: int, stride: List[int], padding_mode: str,
                     pairs) -> Tensor:
     """The adjoint of :func:`_passes` applied to ``grad``: a gradient shaped like ``x``."""
-    kernels = [EF.gaussian_kernel1d(raw_sigma, size), EF.gaussian_kernel1d_derivative(raw_sigma, size)]
-    kernels = [k.expand(x.shape[1], size).to(x.dtype) for k in kernels]
+    kernels = _pass_kernels(raw_sigma, size, x, pairs)
     rows_shape = x[..., ::stride[1]]  # the width pass's output: only its shape is read
     out = 0
     for weight, along_h, along_w in pairs:
