@@ -156,9 +156,9 @@ def test_shrink_changes_only_the_size():
     assert [m.envelope_size for m in (model[0], model[2])] == [3, 3]
     after = model.state_dict()
     assert all(torch.equal(before[k], v) for k, v in after.items() if not k.endswith("envelope._extra_state"))
-    # the records travel with the weights: [format 1, k_g, learnable, padding index, channels]
-    assert after["0.envelope._extra_state"].tolist() == [1, 3, 1, 0, 3]
-    assert after["2.envelope._extra_state"].tolist() == [1, 3, 1, 0, 8]
+    # the records travel with the weights: [format 1, k_g, learnable, padding index, channels, spatial dims]
+    assert after["0.envelope._extra_state"].tolist() == [1, 3, 1, 0, 3, 2]
+    assert after["2.envelope._extra_state"].tolist() == [1, 3, 1, 0, 8, 2]
     # the shrunk layer is exactly the 3-tap envelope of the same sigma
     x = torch.randn(1, 3, 10, 10, dtype=torch.float64)
     layer = DisentangledConv2d(3, 4, 3, dtype=torch.float64, sigma_init=0.5)

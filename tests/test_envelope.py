@@ -70,7 +70,7 @@ def test_size_change_keeps_parameters():
     assert env.size == 3 and env.kernel1d().shape == (3, 3)
     after = env.state_dict()
     assert before.keys() == after.keys() and torch.equal(before["raw_sigma"], after["raw_sigma"])
-    assert (before["_extra_state"].tolist(), after["_extra_state"].tolist()) == ([1, 9, 1, 0, 3], [1, 3, 1, 0, 3])
+    assert (before["_extra_state"].tolist(), after["_extra_state"].tolist()) == ([1, 9, 1, 0, 3, 2], [1, 3, 1, 0, 3, 2])
     with pytest.raises(ValueError, match="odd"):
         env.size = 4
 

@@ -124,8 +124,9 @@ def test_order_padding_and_channel_mismatches_are_errors():
         EnvelopePool2d.from_pool(nn.MaxPool2d(2), 4).load_state_dict(pool_state)
 
 
-@pytest.mark.parametrize("record", [torch.tensor([1, 4, 1, 0, 3]), torch.tensor([2, 9, 1, 0, 3]),
-                                    torch.tensor([1, 9, 1]), torch.tensor([1.0, 9.5, 1, 0, 3])])
+@pytest.mark.parametrize("record", [torch.tensor([1, 4, 1, 0, 3, 2]), torch.tensor([2, 9, 1, 0, 3, 2]),
+                                    torch.tensor([1, 9, 1]), torch.tensor([1.0, 9.5, 1, 0, 3, 2]),
+                                    torch.tensor([1, 9, 1, 0, 3, 4])])
 def test_corrupt_records_are_named(record):
     state = dict(GaussianEnvelope(3).state_dict(), _extra_state=record)
     with pytest.raises(RuntimeError, match="_extra_state: .*(corrupt|newer|int64 record)"):

@@ -479,18 +479,19 @@ def _refuse_scripted(module: nn.Module, what: str) -> None:
 
 
 def auto_envelope_size(envelope: GaussianEnvelope, eps: float = 1e-2) -> int:
-    r"""Smallest odd size whose truncation keeps at least ``1 - eps`` of the envelope's 2-D mass.
+    r"""Smallest odd size whose truncation keeps at least ``1 - eps`` of the envelope's mass.
 
     The mass is measured on the envelope at its current size and for its largest sigma
     (the widest channel): the central :math:`s` taps of the 1-D kernel of eq. (9) hold
-    :math:`m_s`, the separable 2-D envelope :math:`m_s^2`. Never larger than the current size.
+    :math:`m_s`, the separable 2-D envelope :math:`m_s^2` (1-D: :math:`m_s`, 3-D: :math:`m_s^3`).
+    Never larger than the current size.
     """
     if not 0 < eps < 1:
         raise ValueError(f"eps must be in (0, 1), got {eps!r}")
     size = envelope.size
     raw = envelope.raw_sigma.detach().double().max().reshape(1)
     for taps in range(1, size, 2):
-        if float(EF.central_mass(raw, size, taps)) >= 1 - eps:
+        if float(EF.central_mass(raw, size, taps, envelope.spatial_dims)) >= 1 - eps:
             return taps
     return size
 

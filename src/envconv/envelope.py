@@ -1,7 +1,7 @@
 r"""``GaussianEnvelope``: the channel-wise Gaussian envelope as a module (paper eq. (3), (9))."""
 
 import math
-from typing import List, Sequence, Union
+from typing import List, NamedTuple, Sequence, Union
 
 import torch
 from torch import nn
@@ -47,8 +47,8 @@ class GaussianEnvelope(ArchitectureRecord, nn.Module):
 
     The state dict holds ``raw_sigma`` and a record of the architecture, ``_extra_state``
     (int64: format 1, :math:`k_g`, learnable, index in :data:`~envconv.kernels.PADDING_MODES`,
-    channels); loading weights of another size, padding or channel count raises instead of
-    changing the output.
+    channels, spatial dims); loading weights of another size, padding, channel count or
+    dimensionality raises instead of changing the output.
 
     Args:
         channels: number of channels :math:`C`.
@@ -59,12 +59,17 @@ class GaussianEnvelope(ArchitectureRecord, nn.Module):
             sigma, Table 1h); the forward code path is the same.
         padding_mode: ``"zeros"`` (default, as a convolution pads), ``"reflect"``,
             ``"replicate"`` or ``"circular"``; the spatial size is always kept.
+        spatial_dims: 2 (default: images), 1 (sequences, :math:`(N, C, L)`) or 3 (volumes and
+            clips, :math:`(N, C, D, H, W)`); the kernel of eq. (9) runs along each axis in turn.
 
     Shape:
-        - Input: :math:`(N, C, H, W)` or :math:`(C, H, W)`.
+        - Input: :math:`(N, C, H, W)` or :math:`(C, H, W)` (with ``spatial_dims`` 1 or 3:
+          :math:`(N, C, L)` or :math:`(N, C, D, H, W)`, or without :math:`N`).
         - Output: same shape as the input.
 
     Example:
+        >>> GaussianEnvelope(4, size=5, spatial_dims=3)(torch.randn(2, 4, 6, 8, 8)).shape
+        torch.Size([2, 4, 6, 8, 8])
         >>> env = GaussianEnvelope(8, size=9)
         >>> env(torch.randn(2, 8, 32, 32)).shape
         torch.Size([2, 8, 32, 32])
@@ -89,11 +94,15 @@ class GaussianEnvelope(ArchitectureRecord, nn.Module):
         init: float = 0.0,
         learnable: bool = True,
         padding_mode: str = "zeros",
+        spatial_dims: int = 2,
         device=None,
         dtype=None,
     ) -> None:
         super().__init__()
         self.channels = _check_channels(channels)
+        if spatial_dims not in (1, 2, 3) or isinstance(spatial_dims, bool):
+            raise ValueError(f"spatial_dims must be 1, 2 or 3, got {spatial_dims!r}")
+        self.spatial_dims = int(spatial_dims)
         self.size = size  # validated by the setter
         self.shared = bool(shared)
         self.padding_mode = EF.check_padding_mode(padding_mode)
@@ -114,6 +123,7 @@ class GaussianEnvelope(ArchitectureRecord, nn.Module):
         size: int = 9,
         *,
         padding_mode: str = "zeros",
+        spatial_dims: int = 2,
         device=None,
         dtype=None,
     ):
@@ -128,6 +138,7 @@ class GaussianEnvelope(ArchitectureRecord, nn.Module):
                 so an infinite or NaN pixel makes its neighbours NaN (``0 * inf``).
             size: envelope size :math:`k_g`.
             padding_mode: as in the constructor.
+            spatial_dims: as in the constructor.
             device: where the sigma buffer goes.
             dtype: the sigma buffer's dtype.
 
@@ -149,6 +160,7 @@ class GaussianEnvelope(ArchitectureRecord, nn.Module):
             shared=raw.numel() == 1,
             learnable=False,
             padding_mode=padding_mode,
+            spatial_dims=spatial_dims,
             device=device,
             dtype=dtype,
         )
@@ -190,29 +202,31 @@ class GaussianEnvelope(ArchitectureRecord, nn.Module):
 
     def forward(self, x: torch.Tensor, stride: Union[int, List[int]] = 1) -> torch.Tensor:
         """Smooth ``x``; with ``stride > 1`` only at the positions a strided 1x1 conv reads."""
-        if torch.jit.is_scripting():  # torch.jit.script: the op itself, on a 4-D input
-            strides = [stride, stride] if isinstance(stride, int) else stride
+        if torch.jit.is_scripting():  # torch.jit.script: the op itself, on a batched input
+            strides = [stride] * self.spatial_dims if isinstance(stride, int) else stride
             return torch.ops.envconv.envelope(x, self.raw_sigma, self._size, strides, self.padding_mode, self.impl)
         return self._forward(x, stride)
 
     @torch.jit.unused
     def _forward(self, x: torch.Tensor, stride: Union[int, Sequence[int]] = 1) -> torch.Tensor:
         return functional.gaussian_envelope(x, self.raw_sigma, self.size, self.padding_mode, stride, self.impl,
-                                            channels=self.channels)
+                                            channels=self.channels, spatial_dims=self.spatial_dims)
 
     def resolve_impl(self, x: torch.Tensor, stride: Union[int, Sequence[int]] = 1) -> str:
         """The implementation that computes this envelope's forward for ``x`` (see :mod:`envconv.ops.dispatch`)."""
-        stride = [stride, stride] if isinstance(stride, int) else list(stride)
+        stride = [stride] * self.spatial_dims if isinstance(stride, int) else list(stride)
         return ops.forward_impl(x, self.size, stride, self.padding_mode, self.impl)
 
     def get_extra_state(self) -> torch.Tensor:
-        """The record stored with the weights: ``[1, size, learnable, padding mode index, channels]`` (int64)."""
+        """The record stored with the weights: ``[1, size, learnable, padding mode index, channels, spatial dims]``."""
         return torch.tensor([1, self._size, int(self.learnable), EF.PADDING_MODES.index(self.padding_mode),
-                             self.channels])
+                             self.channels, self.spatial_dims])
 
     def set_extra_state(self, state: torch.Tensor) -> None:
         """Check a stored record against this envelope (a size, padding or channel mismatch raises ``ValueError``)."""
-        size, _, padding, channels = read_envelope_record(state)
+        size, _, padding, channels, spatial_dims = read_envelope_record(state)
+        if spatial_dims != self.spatial_dims:
+            raise ValueError(f"the weights are of a {spatial_dims}-D envelope, this one is {self.spatial_dims}-D")
         if channels != self.channels:
             raise ValueError(f"the weights are of an envelope over {channels} channels, this one has {self.channels}")
         if size != self._size:
@@ -229,14 +243,26 @@ class GaussianEnvelope(ArchitectureRecord, nn.Module):
             s += ", learnable=False"
         if self.padding_mode != "zeros":
             s += f", padding_mode={self.padding_mode!r}"
+        if self.spatial_dims != 2:
+            s += f", spatial_dims={self.spatial_dims}"
         return s
 
 
-def read_envelope_record(state: torch.Tensor):
-    """``(size, learnable, padding_mode, channels)`` from a :class:`GaussianEnvelope`'s stored record."""
-    size, learnable, padding, channels = check_record(state, 5, "envelope record")
+class EnvelopeRecord(NamedTuple):
+    """What a :class:`GaussianEnvelope`'s state dict records of its architecture."""
+
+    size: int
+    learnable: bool
+    padding_mode: str
+    channels: int
+    spatial_dims: int
+
+
+def read_envelope_record(state: torch.Tensor) -> EnvelopeRecord:
+    """The :class:`EnvelopeRecord` of a :class:`GaussianEnvelope`'s stored record."""
+    size, learnable, padding, channels, dims = check_record(state, 6, "envelope record")
     if size < 1 or size % 2 == 0 or learnable not in (0, 1) or not 0 <= padding < len(EF.PADDING_MODES) \
-            or channels < 1:
+            or channels < 1 or dims not in (1, 2, 3):
         raise ValueError(f"envelope record {state.tolist()} is corrupt (size {size}, learnable {learnable}, "
-                         f"padding index {padding}, channels {channels})")
-    return size, bool(learnable), EF.PADDING_MODES[padding], channels
+                         f"padding index {padding}, channels {channels}, spatial dims {dims})")
+    return EnvelopeRecord(size, bool(learnable), EF.PADDING_MODES[padding], channels, dims)

@@ -26,21 +26,28 @@ __all__ = ["gaussian_envelope", "envelope_conv2d", "PADDING_MODES"]
 PADDING_MODES = kernels.PADDING_MODES
 
 
-def _pair(value: Union[int, Sequence[int]], name: str) -> List[int]:
-    pair = [value, value] if isinstance(value, int) else list(value)
-    if len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in pair):
-        raise ValueError(f"{name} must be a positive int or a pair of them, got {value!r}")
+def _pair(value: Union[int, Sequence[int]], name: str, n: int = 2) -> List[int]:
+    pair = [value] * n if isinstance(value, int) else list(value)
+    if len(pair) != n or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in pair):
+        what = "a pair" if n == 2 else f"{n}" if n > 1 else "one"
+        raise ValueError(f"{name} must be a positive int or {what} of them, got {value!r}")
     return pair
 
 
-def _check_input(x: torch.Tensor, channels: Optional[int] = None) -> None:
+#: The input shapes an envelope takes, by number of spatial dimensions.
+_SHAPES = {1: "(N, C, L) or (C, L)", 2: "(N, C, H, W) or (C, H, W)", 3: "(N, C, D, H, W) or (C, D, H, W)"}
+
+
+def _check_input(x: torch.Tensor, channels: Optional[int] = None, spatial_dims: int = 2) -> None:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a tensor, got {type(x).__name__}")
-    if x.dim() not in (3, 4):
-        raise ValueError(f"x must have shape (N, C, H, W) or (C, H, W), got {x.dim()} dims {tuple(x.shape)}")
-    if channels is not None and x.shape[-3] != channels:
-        raise ValueError(f"the envelope has {channels} channels but the input has {x.shape[-3]} "
-                         f"(shape {tuple(x.shape)})")
+    if spatial_dims not in _SHAPES:
+        raise ValueError(f"spatial_dims must be 1, 2 or 3, got {spatial_dims!r}")
+    if x.dim() not in (spatial_dims + 1, spatial_dims + 2):
+        raise ValueError(f"x must have shape {_SHAPES[spatial_dims]}, got {x.dim()} dims {tuple(x.shape)}")
+    c = x.shape[-spatial_dims - 1]
+    if channels is not None and c != channels:
+        raise ValueError(f"the envelope has {channels} channels but the input has {c} (shape {tuple(x.shape)})")
 
 
 def gaussian_envelope(
@@ -52,30 +59,33 @@ def gaussian_envelope(
     impl: str = "auto",
     *,
     channels: Optional[int] = None,
+    spatial_dims: int = 2,
 ) -> torch.Tensor:
     r"""Channel-wise Gaussian envelope filtering, eq. (3) with the kernel of eq. (9).
 
     Smooths each channel ``c`` of ``x`` with the separable Gaussian of scale
-    :math:`\sigma_c`. The spatial size is kept (``stride=1``), or the result is computed
-    only every ``stride`` pixels, as a strided 1x1 convolution after it reads it.
-    Gradients: eq. (7) for ``x`` and eq. (8) for ``raw_sigma``.
+    :math:`\sigma_c`: the 1-D kernel along each spatial axis in turn. The spatial size is kept
+    (``stride=1``), or the result is computed only every ``stride`` pixels, as a strided 1x1
+    convolution after it reads it. Gradients: eq. (7) for ``x`` and eq. (8) for ``raw_sigma``.
 
     Args:
         x: input of shape :math:`(N, C, H, W)` or :math:`(C, H, W)`, NCHW or channels_last
-            (the output keeps it).
+            (the output keeps it); with ``spatial_dims=1`` :math:`(N, C, L)` or :math:`(C, L)`,
+            with ``spatial_dims=3`` :math:`(N, C, D, H, W)` or :math:`(C, D, H, W)`.
         raw_sigma: raw scale :math:`\tilde\sigma`, shape :math:`(C,)`, or :math:`(1,)`
             for one sigma shared by all channels.
         size: envelope size :math:`k_g = 2r + 1` (odd, positive).
         padding_mode: one of :data:`envconv.kernels.PADDING_MODES`. ``"reflect"`` needs
             :math:`r < \min(H, W)`, ``"circular"`` :math:`r \le \min(H, W)`.
-        stride: output every ``stride`` pixels (int or (sh, sw)).
+        stride: output every ``stride`` pixels (an int, or one per spatial axis: (sh, sw) in 2-D).
         impl: ``"auto"`` (:mod:`envconv.ops.dispatch` decides) or one of
-            :data:`~envconv.ops.dispatch.IMPLS` to force one.
+            :data:`~envconv.ops.dispatch.IMPLS` to force one (1-D and 3-D: ``"separable"`` only).
         channels: the number of channels ``x`` must have (what a shared sigma cannot tell).
+        spatial_dims: 1, 2 (default) or 3: the number of spatial axes of ``x``.
 
     Returns:
         Tensor of shape :math:`(N, C, \lceil H / s_h \rceil, \lceil W / s_w \rceil)`
-        (without :math:`N` for a 3-D input).
+        (without :math:`N` for an unbatched input; in 1-D and 3-D likewise per axis).
 
     Raises:
         ValueError: a shape, size, padding mode, stride or ``impl`` it cannot take, naming it.
@@ -87,12 +97,15 @@ def gaussian_envelope(
         >>> y = gaussian_envelope(x, torch.zeros(3), 9, stride=2)
         >>> bool(torch.allclose(y, gaussian_envelope(x, torch.zeros(3), 9)[..., ::2, ::2], atol=1e-6))
         True
+        >>> gaussian_envelope(torch.randn(2, 3, 4, 16, 16), torch.zeros(3), 5, stride=2, spatial_dims=3).shape
+        torch.Size([2, 3, 2, 8, 8])
     """
-    _check_input(x, channels)
-    if x.dim() == 3:
-        return gaussian_envelope(x.unsqueeze(0), raw_sigma, size, padding_mode, stride, impl).squeeze(0)
+    _check_input(x, channels, spatial_dims)
+    if x.dim() == spatial_dims + 1:
+        return gaussian_envelope(x.unsqueeze(0), raw_sigma, size, padding_mode, stride, impl,
+                                 spatial_dims=spatial_dims).squeeze(0)
     kernels.check_envelope_args(x, raw_sigma, size, padding_mode)
-    stride = _pair(stride, "stride")
+    stride = _pair(stride, "stride", spatial_dims)
     check_impl(impl)
     if torch.onnx.is_in_onnx_export():
         return envelope_decomposed(x, raw_sigma, size, stride, padding_mode)

@@ -152,17 +152,18 @@ def gaussian_kernel1d(raw_sigma: torch.Tensor, size: int) -> torch.Tensor:
     return torch.softmax(-x2 / (2.0 * sigma2[:, None]), dim=1)
 
 
-def central_mass(raw_sigma: torch.Tensor, size: int, taps: int) -> torch.Tensor:
+def central_mass(raw_sigma: torch.Tensor, size: int, taps: int, spatial_dims: int = 2) -> torch.Tensor:
     r"""Per channel, the share of the ``size`` x ``size`` envelope's mass inside its central ``taps`` x ``taps``.
 
     The separable 2-D envelope's central part holds :math:`m^2`, :math:`m` the sum of the
-    central ``taps`` entries of :func:`gaussian_kernel1d`. ``1 - central_mass`` is what
-    shrinking the envelope to ``taps`` at inference (Table 1e) leaves out.
+    central ``taps`` entries of :func:`gaussian_kernel1d` (in 1-D :math:`m`, in 3-D :math:`m^3`).
+    ``1 - central_mass`` is what shrinking the envelope to ``taps`` at inference (Table 1e) leaves out.
 
     Args:
         raw_sigma: raw parameters :math:`\tilde\sigma`, shape :math:`(C,)`.
         size: the envelope's size :math:`k_g`.
         taps: the central size kept (odd; capped at ``size``).
+        spatial_dims: the envelope's number of spatial axes.
 
     Returns:
         Tensor of shape :math:`(C,)`.
@@ -174,7 +175,7 @@ def central_mass(raw_sigma: torch.Tensor, size: int, taps: int) -> torch.Tensor:
     check_envelope_size(taps, "taps")
     kernel = gaussian_kernel1d(raw_sigma, size)
     r, t = size // 2, min(taps, size) // 2
-    return kernel[:, r - t : r + t + 1].sum(dim=1).square()
+    return kernel[:, r - t : r + t + 1].sum(dim=1).pow(spatial_dims)
 
 
 def gaussian_kernel1d_derivative(raw_sigma: torch.Tensor, size: int) -> torch.Tensor:
@@ -253,7 +254,7 @@ def check_floating_point(x: torch.Tensor) -> None:
 
 
 def check_envelope_args(x: torch.Tensor, raw_sigma: torch.Tensor, size: int, padding_mode: str) -> None:
-    """Check an envelope's arguments: ``x`` (N, C, H, W), ``raw_sigma`` (C,) or (1,); raise naming the problem.
+    """Check an envelope's arguments: ``x`` (N, C, ...), 1 to 3 spatial axes, ``raw_sigma`` (C,) or (1,); raise naming it.
 
     Both must be floating point (``TypeError`` otherwise): the kernel of eq. (9) has no integer form.
 
@@ -271,8 +272,9 @@ def check_envelope_args(x: torch.Tensor, raw_sigma: torch.Tensor, size: int, pad
     channels_of_param = raw_sigma.shape[0]
     check_envelope_size(size)
     check_padding_mode(padding_mode)
-    if x.dim() != 4:
-        raise ValueError(f"x must have shape (N, C, H, W), got {x.dim()} dims {tuple(x.shape)}")
+    if x.dim() not in (3, 4, 5):
+        raise ValueError(f"x must have shape (N, C, H, W), or (N, C, L) / (N, C, D, H, W) for 1-D / 3-D envelopes, "
+                         f"got {x.dim()} dims {tuple(x.shape)}")
     channels = x.shape[1]
     if channels_of_param not in (1, channels):
         raise ValueError(
@@ -295,7 +297,8 @@ def check_padding_size(x: torch.Tensor, size: int, padding_mode: str) -> None:
     too_small = {"reflect": min(x.shape[2:]) <= r, "circular": min(x.shape[2:]) < r}
     if too_small.get(padding_mode, False):
         relation = ">" if padding_mode == "reflect" else ">="
+        sizes = "height and width" if x.dim() == 4 else "every spatial size"
         raise ValueError(
-            f"padding_mode={padding_mode!r} needs height and width {relation} r = {r} (size {size}), "
+            f"padding_mode={padding_mode!r} needs {sizes} {relation} r = {r} (size {size}), "
             f"got {tuple(x.shape[2:])}"
         )

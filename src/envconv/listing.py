@@ -132,7 +132,7 @@ def _from_state_dict(state: Mapping[str, torch.Tensor]) -> List[EnvelopeInfo]:
             channels, size, shared, learnable = len(sigmas), None, None, None
             record = state.get(prefix + RECORD_KEY)
             if record is not None:  # written by envconv >= 0.2: the envelope's architecture
-                size, learnable, _, channels = read_envelope_record(record)
+                size, learnable, _, channels, _ = read_envelope_record(record)
                 shared = len(sigmas) == 1 and channels > 1
             path = "pool" if _is_pool(state, prefix) else layer_path(owner, stem)
             rows.append(EnvelopeInfo(owner, path, channels, size, shared, learnable, sigmas))

@@ -68,7 +68,8 @@ def envelope_specs(state: Mapping[str, torch.Tensor]) -> Dict[str, dict]:
                 "order": None}
         record = state.get(_key(layer, "envelope." + RECORD_KEY))
         if record is not None:
-            spec["size"], spec["learnable"], spec["padding_mode"], spec["channels"] = read_envelope_record(record)
+            rec = read_envelope_record(record)
+            spec.update(size=rec.size, learnable=rec.learnable, padding_mode=rec.padding_mode, channels=rec.channels)
         order = state.get(_key(layer, RECORD_KEY))
         if order is not None:
             spec["order"] = order  # decoded against the layer's kind, conv or pool

@@ -115,25 +115,30 @@ def _envelope_grad(ctx, grad):
 _KERNELS = (EF.gaussian_kernel1d, EF.gaussian_kernel1d_derivative, EF.gaussian_kernel1d_second_derivative)
 
 
-def _pass_kernels(raw_sigma: Tensor, size: int, x: Tensor, pairs) -> dict:
-    """The per-channel 1-D kernels of the orders that ``pairs`` use (only those: each costs a softmax)."""
-    orders = {order for _, along_h, along_w in pairs for order in (along_h, along_w)}
+def _pass_kernels(raw_sigma: Tensor, size: int, x: Tensor, terms) -> dict:
+    """The per-channel 1-D kernels of the orders that ``terms`` use (only those: each costs a softmax)."""
+    orders = {order for _, per_axis in terms for order in per_axis}
     return {order: _KERNELS[order](raw_sigma, size).expand(x.shape[1], size).to(x.dtype) for order in orders}
 
 
-def _passes(x: Tensor, raw_sigma: Tensor, size: int, stride: List[int], padding_mode: str, pairs) -> Tensor:
-    r"""Sum over ``pairs`` of (weight, height kernel, width kernel) separable passes of ``x``.
+def _passes(x: Tensor, raw_sigma: Tensor, size: int, stride: List[int], padding_mode: str, terms) -> Tensor:
+    r"""Sum over ``terms`` of (weight, kernel per spatial axis) separable passes of ``x``.
 
     Kernels are named by their order in :math:`\tilde\sigma`: 0 the Gaussian of eq. (9), 1 and 2
-    its first and second derivatives, all per channel.
+    its first and second derivatives, all per channel; ``orders[i]`` is the kernel along spatial
+    axis ``i``. The passes run from the last axis to the first, sharing common prefixes.
     """
-    kernels = _pass_kernels(raw_sigma, size, x, pairs)
-    rows = {}
+    kernels = _pass_kernels(raw_sigma, size, x, terms)
+    done = {(): x}
     out = 0
-    for weight, along_h, along_w in pairs:
-        if along_w not in rows:
-            rows[along_w] = composite.pass1d(x, kernels[along_w], 3, padding_mode, stride[1])
-        out = out + weight * composite.pass1d(rows[along_w], kernels[along_h], 2, padding_mode, stride[0])
+    for weight, orders in terms:
+        key = ()
+        for axis in range(len(orders) - 1, -1, -1):  # the last spatial axis (the width) first
+            step = key + (orders[axis],)
+            if step not in done:
+                done[step] = composite.pass1d(done[key], kernels[orders[axis]], axis + 2, padding_mode, stride[axis])
+            key = step
+        out = out + weight * done[key]
     return out
 
 
@@ -141,17 +146,35 @@ def _passes_adjoint(grad: Tensor, x: Tensor, raw_sigma: Tensor, size: int, strid
                     pairs) -> Tensor:
     """The adjoint of :func:`_passes` applied to ``grad``: a gradient shaped like ``x``."""
     kernels = _pass_kernels(raw_sigma, size, x, pairs)
-    rows_shape = x[..., ::stride[1]]  # the width pass's output: only its shape is read
+    ndim = len(stride)
+    # the input of the pass along each spatial axis (only their shapes are read): axes after it strided
+    sources = [x[(..., *(slice(None, None, stride[a]) if a > axis else slice(None) for a in range(ndim)))]
+               for axis in range(ndim)]
     out = 0
-    for weight, along_h, along_w in pairs:
-        rows = composite.pass1d_adjoint(grad, rows_shape, kernels[along_h], 2, padding_mode, stride[0])
-        out = out + weight * composite.pass1d_adjoint(rows, x, kernels[along_w], 3, padding_mode, stride[1])
+    for weight, orders in pairs:
+        g = grad
+        for axis in range(ndim):  # adjoints in reverse order of the passes: the first axis first
+            g = composite.pass1d_adjoint(g, sources[axis], kernels[orders[axis]], axis + 2, padding_mode, stride[axis])
+        out = out + weight * g
     return out
 
 
-#: The separable kernel's first and second derivatives in sigma, as (weight, height, width) passes.
-_FIRST = ((1.0, 1, 0), (1.0, 0, 1))
-_SECOND = ((1.0, 2, 0), (2.0, 1, 1), (1.0, 0, 2))
+def _derivative_terms(ndim: int, order: int):
+    r"""The separable kernel's ``order``-th derivative in sigma (product rule), as (weight, kernel orders per axis).
+
+    First: :math:`\sum_a g' \text{ along } a`; second: :math:`\sum_a g'' \text{ along } a + 2 \sum_{a<b} g'
+    \text{ along } a, b` (in 2-D: :math:`g''\otimes g + 2 g'\otimes g' + g\otimes g''`).
+    """
+    def at(*axes_orders):
+        orders = [0] * ndim
+        for axis, o in axes_orders:
+            orders[axis] = o
+        return tuple(orders)
+
+    if order == 1:
+        return tuple((1.0, at((a, 1))) for a in range(ndim))
+    return tuple((1.0, at((a, 2))) for a in range(ndim)) + tuple(
+        (2.0, at((a, 1), (b, 1))) for a in range(ndim) for b in range(a + 1, ndim))
 
 
 def _sigma_derivative(x: Tensor, raw_sigma: Tensor, size: int, stride: List[int], padding_mode: str,
@@ -162,8 +185,8 @@ def _sigma_derivative(x: Tensor, raw_sigma: Tensor, size: int, stride: List[int]
     + g \otimes g'') * X_c`, at the strided positions.
     """
     if size == 1 or x.numel() == 0:
-        return torch.zeros_like(x[..., ::stride[0], ::stride[1]])
-    return _passes(x, raw_sigma, size, stride, padding_mode, _FIRST if order == 1 else _SECOND)
+        return torch.zeros_like(x[(..., *(slice(None, None, s) for s in stride))])
+    return _passes(x, raw_sigma, size, stride, padding_mode, _derivative_terms(len(stride), order))
 
 
 def _sigma_derivative_adjoint(grad: Tensor, x: Tensor, raw_sigma: Tensor, size: int, stride: List[int],
@@ -171,12 +194,12 @@ def _sigma_derivative_adjoint(grad: Tensor, x: Tensor, raw_sigma: Tensor, size: 
     """The adjoint of the first :func:`_sigma_derivative` applied to ``grad`` (shaped like ``x``)."""
     if size == 1 or x.numel() == 0:
         return torch.zeros_like(x)
-    return _passes_adjoint(grad, x, raw_sigma, size, stride, padding_mode, _FIRST)
+    return _passes_adjoint(grad, x, raw_sigma, size, stride, padding_mode, _derivative_terms(len(stride), 1))
 
 
 def _per_sigma(product: Tensor, raw_sigma: Tensor) -> Tensor:
-    """A per-channel sum of ``product`` (N, C, h, w), summed again for a shared sigma."""
-    per_channel = product.sum((0, 2, 3))
+    """A per-channel sum of ``product`` (N, C, *spatial), summed again for a shared sigma."""
+    per_channel = product.sum([0, *range(2, product.dim())])
     return (per_channel.sum().reshape(1) if raw_sigma.shape[0] != product.shape[1] else per_channel).to(raw_sigma.dtype)
 
 
@@ -210,8 +233,8 @@ def _add(total, part):
 
 
 def _scaled(t: Tensor, per_sigma: Tensor) -> Tensor:
-    """``t`` (N, C, h, w) times a per-channel (or shared) sigma tangent or upstream gradient."""
-    return t * per_sigma.to(t.dtype).view(1, -1, 1, 1)
+    """``t`` (N, C, *spatial) times a per-channel (or shared) sigma tangent or upstream gradient."""
+    return t * per_sigma.to(t.dtype).view(1, -1, *[1] * (t.dim() - 2))
 
 
 def _envelope_backward_grad(ctx, up_x, up_raw):
@@ -372,7 +395,7 @@ def _batch_first(t: Tensor, dim, size: int) -> Tensor:
 
 
 def _fold_channels(x: Tensor, x_dim, size: int) -> Tensor:
-    """(B, N, C, H, W) -> (N, B*C, H, W): each vmapped sample's channels side by side."""
+    """(B, N, C, *spatial) -> (N, B*C, *spatial): each vmapped sample's channels side by side."""
     x = _batch_first(x, x_dim, size)
     return x.transpose(0, 1).reshape(x.shape[1], -1, *x.shape[3:])
 
@@ -394,7 +417,7 @@ def _envelope_vmap(info, in_dims, x, raw_sigma, size, stride, padding_mode, impl
         x = _batch_first(x, x_dim, b)
         y = torch.ops.envconv.envelope(x.flatten(0, 1), raw_sigma, size, stride, padding_mode, impl)
         return y.unflatten(0, (b, -1)), 0
-    channels = x.shape[-3]
+    channels = x.shape[-len(stride) - 1]
     y = torch.ops.envconv.envelope(_fold_channels(x, x_dim, b), _fold_sigma(raw_sigma, raw_dim, b, channels), size,
                                    stride, padding_mode, impl)
     return _unfold_channels(y, b), 1
@@ -410,7 +433,7 @@ def _envelope_backward_vmap(info, in_dims, grad, x, raw_sigma, size, stride, pad
                                                                stride, padding_mode, impl, need_x, False)
         return (grad_x.unflatten(0, (b, -1)), grad_raw), (0, None)
     # a sigma gradient per sample: each sample's channels get their own sigma
-    channels = x.shape[-3]
+    channels = x.shape[-len(stride) - 1]
     grad_x, grad_raw = torch.ops.envconv.envelope_backward(
         _fold_channels(grad, grad_dim, b), _fold_channels(x, x_dim, b), _fold_sigma(raw_sigma, raw_dim, b, channels),
         size, stride, padding_mode, impl, need_x, need_sigma)

@@ -1,57 +1,76 @@
 """The envelope from ATen ops: runs on every device and dtype, in every padding mode.
 
-Forward: two depth-wise 1-D convolutions (``"separable"``), or one depth-wise ``k x k``
-convolution with the outer-product kernel (``"full"``, faster for 3 taps and small maps on
-CPU), evaluated only at the strided output positions. Backward: the input gradient by the
-transposed passes (eq. (7)), and the sigma gradient by eq. (8): one derivative-of-Gaussian
-filtering per axis and a dot product with the output gradient - no depth-wise weight gradient
-is ever formed.
+Forward: a depth-wise 1-D convolution per spatial axis (``"separable"``; 1-D, 2-D and 3-D
+inputs), or, in 2-D, one depth-wise ``k x k`` convolution with the outer-product kernel
+(``"full"``, faster for 3 taps and small maps on CPU), evaluated only at the strided output
+positions. Backward: the input gradient by the transposed passes (eq. (7)), and the sigma
+gradient by eq. (8): one derivative-of-Gaussian filtering per axis and a dot product with the
+output gradient - no depth-wise weight gradient is ever formed.
 
-NCHW inputs with few channels are filtered with the batch folded into the channels, a free
+Contiguous inputs with few channels are filtered with the batch folded into the channels, a free
 view: oneDNN's grouped convolution is 4-5x faster with N*C groups than with C. The fold
 lives inside the op, so traced graphs never see the batch size.
 """
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["forward", "backward", "pass1d", "pass1d_adjoint"]
+__all__ = ["forward", "backward", "pass1d", "pass1d_adjoint", "axes"]
 
 #: NCHW inputs with fewer channels than this are filtered with the batch folded into the channels.
 FOLD_CHANNELS = 8
 
 
-def _weight(kernel: torch.Tensor, dim: int) -> torch.Tensor:
+_CONV = {3: F.conv1d, 4: F.conv2d, 5: F.conv3d}
+_CONV_T = {3: F.conv_transpose1d, 4: F.conv_transpose2d, 5: F.conv_transpose3d}
+_PAD_BACKWARD = {("reflect", 3): "reflection_pad1d_backward", ("reflect", 4): "reflection_pad2d_backward",
+                 ("reflect", 5): "reflection_pad3d_backward", ("replicate", 3): "replication_pad1d_backward",
+                 ("replicate", 4): "replication_pad2d_backward", ("replicate", 5): "replication_pad3d_backward"}
+
+
+def _weight(kernel: torch.Tensor, dim: int, ndim: int) -> torch.Tensor:
+    """The depth-wise weight (C, 1, 1.., k, ..1) of a pass along tensor axis ``dim`` of an ``ndim``-D input."""
     channels, size = kernel.shape
-    return kernel.view(channels, 1, 1, size) if dim == 3 else kernel.view(channels, 1, size, 1)
+    shape = [channels, 1] + [size if axis == dim else 1 for axis in range(2, ndim)]
+    return kernel.view(shape)
 
 
-def _pad(r: int, dim: int):
-    return (r, r, 0, 0) if dim == 3 else (0, 0, r, r)
+def _along(dim: int, ndim: int, value: int, other: int) -> tuple:
+    """A per-spatial-axis tuple: ``value`` on axis ``dim``, ``other`` on the rest."""
+    return tuple(value if axis == dim else other for axis in range(2, ndim))
+
+
+def _pad(r: int, dim: int, ndim: int) -> tuple:
+    """``F.pad``'s argument padding axis ``dim`` by ``r`` on both sides (F.pad lists the last axis first)."""
+    pad = []
+    for axis in range(ndim - 1, 1, -1):
+        pad += [r, r] if axis == dim else [0, 0]
+    return tuple(pad)
 
 
 def pass1d(x: torch.Tensor, kernel: torch.Tensor, dim: int, padding_mode: str, stride: int = 1) -> torch.Tensor:
-    """One depth-wise 1-D pass of ``kernel`` (C, k) along ``dim`` (2: height, 3: width), output every ``stride``."""
+    """One depth-wise 1-D pass of ``kernel`` (C, k) along tensor axis ``dim`` (2, 3 or 4), output every ``stride``.
+
+    ``x`` is (N, C, L), (N, C, H, W) or (N, C, D, H, W); on 4-D input ``dim`` 2 is the height, 3 the width.
+    """
+    ndim = x.dim()
     channels, size = kernel.shape
     r = size // 2
-    conv_stride = (1, stride) if dim == 3 else (stride, 1)
+    conv, weight, conv_stride = _CONV[ndim], _weight(kernel, dim, ndim), _along(dim, ndim, stride, 1)
     if padding_mode == "zeros":
-        padding = (0, r) if dim == 3 else (r, 0)
-        return F.conv2d(x, _weight(kernel, dim), stride=conv_stride, padding=padding, groups=channels)
-    return F.conv2d(F.pad(x, _pad(r, dim), mode=padding_mode), _weight(kernel, dim), stride=conv_stride,
-                    groups=channels)
+        return conv(x, weight, stride=conv_stride, padding=_along(dim, ndim, r, 0), groups=channels)
+    return conv(F.pad(x, _pad(r, dim, ndim), mode=padding_mode), weight, stride=conv_stride, groups=channels)
 
 
 def _pad_adjoint(grad: torch.Tensor, x: torch.Tensor, r: int, dim: int, padding_mode: str) -> torch.Tensor:
     """The adjoint of ``F.pad(x, r on both sides of dim, mode)``: padded gradient -> gradient of ``x``."""
-    if padding_mode == "reflect":
-        return torch.ops.aten.reflection_pad2d_backward(grad, x, list(_pad(r, dim)))
-    if padding_mode == "replicate":
-        return torch.ops.aten.replication_pad2d_backward(grad, x, list(_pad(r, dim)))
+    if padding_mode in ("reflect", "replicate"):
+        backward = getattr(torch.ops.aten, _PAD_BACKWARD[padding_mode, x.dim()])
+        return backward(grad, x, list(_pad(r, dim, x.dim())))
     n = x.shape[dim]  # circular: the left pad is x[n-r:], the right pad x[:r]
     out = grad.narrow(dim, r, n).clone()
     if r:
@@ -63,48 +82,53 @@ def _pad_adjoint(grad: torch.Tensor, x: torch.Tensor, r: int, dim: int, padding_
 def pass1d_adjoint(grad: torch.Tensor, x: torch.Tensor, kernel: torch.Tensor, dim: int, padding_mode: str,
                    stride: int = 1) -> torch.Tensor:
     """The adjoint of :func:`pass1d` applied to ``grad``: the gradient of its input ``x`` (only its shape is read)."""
+    ndim = x.dim()
     channels, size = kernel.shape
     r = size // 2
-    n = x.shape[dim]
-    extra = n - 1 - (grad.shape[dim] - 1) * stride  # output_padding: restores n from ceil(n / stride)
-    conv_stride = (1, stride) if dim == 3 else (stride, 1)
-    out_pad = (0, extra) if dim == 3 else (extra, 0)
+    extra = x.shape[dim] - 1 - (grad.shape[dim] - 1) * stride  # output_padding: restores n from ceil(n / stride)
+    conv_t, weight = _CONV_T[ndim], _weight(kernel, dim, ndim)
+    conv_stride, out_pad = _along(dim, ndim, stride, 1), _along(dim, ndim, extra, 0)
     if padding_mode == "zeros":
-        padding = (0, r) if dim == 3 else (r, 0)
-        return F.conv_transpose2d(grad, _weight(kernel, dim), stride=conv_stride, padding=padding,
-                                  output_padding=out_pad, groups=channels)
-    padded = F.conv_transpose2d(grad, _weight(kernel, dim), stride=conv_stride, output_padding=out_pad,
-                                groups=channels)
+        return conv_t(grad, weight, stride=conv_stride, padding=_along(dim, ndim, r, 0), output_padding=out_pad,
+                      groups=channels)
+    padded = conv_t(grad, weight, stride=conv_stride, output_padding=out_pad, groups=channels)
     return _pad_adjoint(padded, x, r, dim, padding_mode)
 
 
+def axes(x: torch.Tensor) -> List[int]:
+    """The spatial axes of ``x`` in the order the separable passes run: the last (the width) first."""
+    return list(range(x.dim() - 1, 1, -1))
+
+
 def _fold(x: torch.Tensor, kernel: torch.Tensor) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
-    """``(x as (1, N*C, H, W), kernel repeated N times)`` for few-channel NCHW input, else ``None``."""
-    n, channels, h, w = x.shape
+    """``(x as (1, N*C, ...), kernel repeated N times)`` for few-channel contiguous input, else ``None``."""
+    n, channels = x.shape[:2]
     if channels < FOLD_CHANNELS and n > 1 and x.is_contiguous():
-        return x.view(1, n * channels, h, w), kernel.repeat(n, 1)
+        return x.view(1, n * channels, *x.shape[2:]), kernel.repeat(n, 1)
     return None
 
 
 def forward(x: torch.Tensor, kernel: torch.Tensor, stride: Sequence[int], padding_mode: str,
             variant: str = "separable") -> torch.Tensor:
-    """The envelope of ``x`` (N, C, H, W) with 1-D kernels ``kernel`` (C, k) in ``x``'s dtype and memory format.
+    """The envelope of ``x`` (N, C, *spatial) with 1-D kernels ``kernel`` (C, k) in ``x``'s dtype and memory format.
 
-    ``variant``: ``"separable"`` (two 1-D passes) or ``"full"`` (one ``k x k`` depth-wise conv).
+    ``stride`` has one entry per spatial axis. ``variant``: ``"separable"`` (a 1-D pass per
+    axis) or, for 2-D input, ``"full"`` (one ``k x k`` depth-wise conv).
     """
-    sh, sw = stride
     folded = _fold(x, kernel)
     if folded is not None:
         out = forward(*folded, stride, padding_mode, variant)
-        return out.view(x.shape[0], x.shape[1], *out.shape[-2:])
+        return out.view(x.shape[0], x.shape[1], *out.shape[2:])
     if variant == "full":
         channels, size = kernel.shape
         r = size // 2
         weight = (kernel[:, :, None] * kernel[:, None, :]).unsqueeze(1)
         if padding_mode == "zeros":
-            return F.conv2d(x, weight, stride=(sh, sw), padding=r, groups=channels)
-        return F.conv2d(F.pad(x, (r, r, r, r), mode=padding_mode), weight, stride=(sh, sw), groups=channels)
-    return pass1d(pass1d(x, kernel, 3, padding_mode, sw), kernel, 2, padding_mode, sh)
+            return F.conv2d(x, weight, stride=tuple(stride), padding=r, groups=channels)
+        return F.conv2d(F.pad(x, (r, r, r, r), mode=padding_mode), weight, stride=tuple(stride), groups=channels)
+    for dim in axes(x):
+        x = pass1d(x, kernel, dim, padding_mode, stride[dim - 2])
+    return x
 
 
 def backward(grad: torch.Tensor, x: torch.Tensor, kernel: torch.Tensor, dkernel: torch.Tensor,
@@ -113,29 +137,39 @@ def backward(grad: torch.Tensor, x: torch.Tensor, kernel: torch.Tensor, dkernel:
     r"""``(grad_x, per-channel sigma gradient (C,))`` of the envelope, each ``None`` when not needed.
 
     ``dkernel`` is :math:`\partial \mathbf g / \partial\tilde\sigma` (C, k). Eq. (7):
-    :math:`\partial L/\partial X = P_w^\top P_h^\top(\partial L/\partial Y)`; eq. (8) for the
-    separable kernel: :math:`\partial L/\partial\tilde\sigma_c = \sum \partial L/\partial Y \cdot
-    [P_h(P_w(X, g'), g) + P_h(P_w(X, g), g')]`, both sums over one channel.
+    :math:`\partial L/\partial X = P_1^\top \cdots P_n^\top(\partial L/\partial Y)`, the passes' adjoints
+    in reverse; eq. (8) for the separable kernel: :math:`\partial L/\partial\tilde\sigma_c = \sum
+    \partial L/\partial Y \cdot \sum_a P_n \cdots P_1(X)` with :math:`g'` in the pass along axis
+    :math:`a` and :math:`g` in the others (in 2-D: :math:`P_h(P_w(X, g'), g) + P_h(P_w(X, g), g')`),
+    both sums over one channel.
     """
-    sh, sw = stride
     folded = _fold(x, kernel)
     if folded is not None:
         n, c = x.shape[:2]
         flat_x, flat_k = folded
-        gx, gs = backward(grad.contiguous().view(1, n * c, *grad.shape[-2:]), flat_x, flat_k,
+        gx, gs = backward(grad.contiguous().view(1, n * c, *grad.shape[2:]), flat_x, flat_k,
                           dkernel.repeat(n, 1), stride, padding_mode, need_x, need_sigma)
         return (gx.view(x.shape) if gx is not None else None), (gs.view(n, c).sum(0) if gs is not None else None)
     grad = grad.to(x.dtype)
-    rows = pass1d(x, kernel, 3, padding_mode, sw)  # (N, C, H, OW): the forward's intermediate
+    dkernel = dkernel.to(x.dtype)
+    order = axes(x)
+    inputs = [x]  # the forward's intermediates: the input of each pass
+    for dim in order[:-1]:
+        inputs.append(pass1d(inputs[-1], kernel, dim, padding_mode, stride[dim - 2]))
     grad_x = grad_sigma = None
     if need_x:
-        grad_rows = pass1d_adjoint(grad, rows, kernel, 2, padding_mode, sh)
-        grad_x = pass1d_adjoint(grad_rows, x, kernel, 3, padding_mode, sw)
+        grad_x = grad
+        for dim, source in zip(reversed(order), reversed(inputs)):
+            grad_x = pass1d_adjoint(grad_x, source, kernel, dim, padding_mode, stride[dim - 2])
     if need_sigma:
-        drows = pass1d(x, dkernel.to(x.dtype), 3, padding_mode, sw)
-        both = pass1d(torch.cat([drows, rows], 1), torch.cat([kernel, dkernel.to(x.dtype)], 0), 2, padding_mode, sh)
         channels = x.shape[1]
-        deriv = both[:, :channels] + both[:, channels:]
-        grad_sigma = (grad.to(deriv.dtype) * deriv).sum((0, 2, 3), dtype=torch.float64 if x.dtype == torch.float64
-                                                          else torch.float32)
+        # deriv: the passes so far with g' in exactly one of them; inputs[i + 1]: with g in all
+        deriv = pass1d(x, dkernel, order[0], padding_mode, stride[order[0] - 2])
+        for i, dim in enumerate(order[1:]):  # one call for both terms: P(deriv, g) + P(smoothed, g')
+            both = pass1d(torch.cat([deriv, inputs[i + 1]], 1), torch.cat([kernel, dkernel], 0), dim, padding_mode,
+                          stride[dim - 2])
+            deriv = both[:, :channels] + both[:, channels:]
+        reduce = [0, *range(2, x.dim())]
+        grad_sigma = (grad.to(deriv.dtype) * deriv).sum(reduce, dtype=torch.float64 if x.dtype == torch.float64
+                                                         else torch.float32)
     return grad_x, grad_sigma

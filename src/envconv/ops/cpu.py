@@ -130,6 +130,8 @@ def supports(x: torch.Tensor, padding_mode: str) -> Optional[str]:
     It handles 4-D float32/float64 CPU tensors with zero padding; inputs that are not
     channels_last are converted on the way in and the results converted back.
     """
+    if x.dim() != 4:
+        return f"it filters 2-D maps (N, C, H, W), got {x.dim() - 2} spatial dims"
     if x.device.type != "cpu":
         return f"it runs on CPU tensors, got a {x.device.type} tensor"
     if x.dtype not in (torch.float32, torch.float64):

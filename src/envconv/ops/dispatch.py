@@ -6,7 +6,9 @@ Implementations (:data:`IMPLS`):
 * ``"triton"`` - the Triton kernels (:mod:`envconv.ops.triton_kernels`): CUDA tensors (CPU
   tensors only under ``TRITON_INTERPRET=1``, which is how they are tested), zero padding;
 * ``"separable"`` / ``"full"`` - the composite ATen implementation (:mod:`envconv.ops.composite`),
-  two 1-D passes or one ``k x k`` depth-wise conv in forward; every device, dtype and padding mode.
+  a 1-D pass per spatial axis or (2-D only) one ``k x k`` depth-wise conv in forward; every device,
+  dtype and padding mode, and the only one for 1-D and 3-D inputs (the C++ and Triton kernels
+  filter 2-D maps).
 
 ``"auto"`` picks by measurement:
 
@@ -47,6 +49,8 @@ def check_impl(impl: str) -> str:
 def triton_unsupported(x: torch.Tensor, padding_mode: str) -> Optional[str]:
     """``None`` if the Triton kernels handle ``x``, else the reason they do not."""
     interpret = os.environ.get("TRITON_INTERPRET", "") not in ("", "0")
+    if x.dim() != 4:
+        return f"they filter 2-D maps (N, C, H, W), got {x.dim() - 2} spatial dims"
     if x.device.type != "cuda" and not (interpret and x.device.type == "cpu"):
         return f"they run on CUDA tensors (CPU tensors only with TRITON_INTERPRET=1), got a {x.device.type} tensor"
     if padding_mode != "zeros":
@@ -69,10 +73,15 @@ def _forced(x: torch.Tensor, padding_mode: str, impl: str) -> str:
         reason = triton_unsupported(x, padding_mode)
         if reason is not None:
             raise ValueError(f"impl='triton' cannot compute this envelope: {reason}")
+    elif impl == "full" and x.dim() != 4:
+        raise ValueError(f"impl='full' (one k x k depth-wise conv) is for 2-D maps, got {x.dim() - 2} spatial dims; "
+                         f"use 'separable'")
     return impl
 
 
 def _composite_forward(x: torch.Tensor, size: int) -> str:
+    if x.dim() != 4:  # 1-D and 3-D: a pass per axis
+        return "separable"
     return "full" if size <= 3 or x.shape[2] * x.shape[3] <= 28 * 28 else "separable"
 
 
@@ -84,7 +93,7 @@ def forward_impl(x: torch.Tensor, size: int, stride: Sequence[int], padding_mode
     """The implementation that computes the envelope's forward for ``x``."""
     if check_impl(impl) != "auto":
         return _forced(x, padding_mode, impl)
-    if size <= 3:  # one 3x3 depth-wise conv beats two 1-D passes and the C++ kernel
+    if size <= 3 and x.dim() == 4:  # one 3x3 depth-wise conv beats two 1-D passes and the C++ kernel
         return "full"
     if x.device.type == "cpu" and is_channels_last(x) and _fused_ok(x, padding_mode):
         return "fused"

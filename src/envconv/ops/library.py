@@ -40,7 +40,12 @@ STEM_CHANNELS = 4
 
 
 def _out_size(x: Tensor, stride: List[int]):
-    return (x.shape[2] - 1) // stride[0] + 1, (x.shape[3] - 1) // stride[1] + 1
+    return tuple((n - 1) // s + 1 for n, s in zip(x.shape[2:], stride))
+
+
+def _strided(x: Tensor, stride: List[int]) -> Tensor:
+    """``x`` at every ``stride``-th position of each spatial axis (a view)."""
+    return x[(..., *(slice(None, None, s) for s in stride))]
 
 
 def _kernels(raw_sigma: Tensor, size: int, channels: int, derivative: bool = False):
@@ -72,7 +77,7 @@ def _forward(x: Tensor, raw_sigma: Tensor, size: int, stride: List[int], padding
     if x.numel() == 0:  # an empty batch (or map): nothing to filter; ATen's grouped convs refuse 0 groups
         return empty_like_layout(x, (x.shape[0], x.shape[1], *_out_size(x, stride)))
     if size == 1:  # the 1-tap envelope is the identity, whatever sigma (a copy: op outputs never alias inputs)
-        return x[..., ::stride[0], ::stride[1]].contiguous(memory_format=memory_format(x)).clone()
+        return _strided(x, stride).contiguous(memory_format=memory_format(x)).clone()
     which = dispatch.forward_impl(x, size, stride, padding_mode, impl)
     kernel, _ = _kernels(raw_sigma, size, x.shape[1])
     return _run_kernel(x, kernel, stride, padding_mode, which)
@@ -82,7 +87,7 @@ def _forward(x: Tensor, raw_sigma: Tensor, size: int, stride: List[int], padding
 
 @torch.library.custom_op("envconv::envelope", mutates_args=())
 def envelope(x: Tensor, raw_sigma: Tensor, size: int, stride: List[int], padding_mode: str, impl: str) -> Tensor:
-    """The envelope of ``x`` (N, C, H, W) at every ``stride``-th pixel: :func:`envconv.gaussian_envelope`."""
+    """The envelope of ``x`` (N, C, L), (N, C, H, W) or (N, C, D, H, W) at every ``stride``-th position."""
     with _no_autocast(x):
         return _forward(x, raw_sigma, size, stride, padding_mode, impl)
 
@@ -90,12 +95,14 @@ def envelope(x: Tensor, raw_sigma: Tensor, size: int, stride: List[int], padding
 def _check_fake(x: Tensor, raw_sigma: Tensor, size: int, stride: List[int]) -> None:
     """What the real kernels assume, checked on fake tensors too (the compiler and export see the same errors)."""
     EF.check_floating_point(x)
-    torch._check(x.dim() == 4, lambda: f"envconv::envelope: x must be 4-D (N, C, H, W), got {x.dim()} dims")
+    torch._check(x.dim() in (3, 4, 5), lambda: f"envconv::envelope: x must be (N, C, L), (N, C, H, W) or "
+                                               f"(N, C, D, H, W), got {x.dim()} dims")
     torch._check(raw_sigma.dim() == 1 and raw_sigma.shape[0] in (1, x.shape[1]),
                  lambda: f"envconv::envelope: raw_sigma must have shape (C,) or (1,), got {tuple(raw_sigma.shape)}")
     torch._check(size >= 1 and size % 2 == 1, lambda: f"envconv::envelope: size must be odd and positive, got {size}")
-    torch._check(len(stride) == 2 and all(s >= 1 for s in stride),
-                 lambda: f"envconv::envelope: stride must be two positive ints, got {stride}")
+    torch._check(len(stride) == x.dim() - 2 and all(s >= 1 for s in stride),
+                 lambda: f"envconv::envelope: stride must be {x.dim() - 2} positive ints (one per spatial axis), "
+                         f"got {stride}")
 
 
 @envelope.register_fake
@@ -123,7 +130,7 @@ def _backward(grad, x, raw_sigma, size, stride, padding_mode, impl, need_x, need
         grad_x = None
         if need_x:
             grad_x = torch.zeros_like(x, memory_format=memory_format(x))
-            grad_x[..., ::stride[0], ::stride[1]] = grad
+            _strided(grad_x, stride).copy_(grad)
         grad_raw = torch.zeros_like(raw_sigma) if need_sigma else None
     else:
         which = dispatch.backward_impl(x, size, stride, padding_mode, impl)
@@ -148,7 +155,7 @@ def _backward(grad, x, raw_sigma, size, stride, padding_mode, impl, need_x, need
 @envelope_backward.register_fake
 def _(grad, x, raw_sigma, size, stride, padding_mode, impl, need_x, need_sigma):
     _check_fake(x, raw_sigma, size, stride)
-    torch._check(grad.dim() == 4 and tuple(grad.shape[2:]) == tuple(_out_size(x, stride)),
+    torch._check(grad.dim() == x.dim() and tuple(grad.shape[2:]) == tuple(_out_size(x, stride)),
                  lambda: f"envconv::envelope_backward: grad has shape {tuple(grad.shape)}, the envelope's output "
                          f"{(x.shape[0], x.shape[1], *_out_size(x, stride))}")
     grad_x = empty_like_layout(x, x.shape) if need_x else x.new_empty(0)
@@ -170,6 +177,7 @@ def envelope_conv2d(x: Tensor, raw_sigma: Tensor, weight: Tensor, bias: Optional
 @envelope_conv2d.register_fake
 def _(x, raw_sigma, weight, bias, size, env_stride, padding_mode, impl, stride, padding, dilation, groups):
     _check_fake(x, raw_sigma, size, env_stride)
+    torch._check(x.dim() == 4, lambda: f"envconv::envelope_conv2d: x must be 4-D (N, C, H, W), got {x.dim()} dims")
     torch._check(weight.dim() == 4 and weight.shape[1] * groups == x.shape[1],
                  lambda: f"envconv::envelope_conv2d: weight {tuple(weight.shape)} with groups={groups} does not take "
                          f"{x.shape[1]} input channels")
@@ -226,7 +234,7 @@ def envelope_decomposed(x: Tensor, raw_sigma: Tensor, size: int, stride: List[in
     exporter, which needs kernels of known shape, gets it as a constant.
     """
     if size == 1:
-        return x[..., ::stride[0], ::stride[1]]
+        return _strided(x, stride)
     kernel = EF.gaussian_kernel1d(raw_sigma, size).to(x.dtype)
     if torch.jit.is_tracing():
         # The TorchScript exporter needs Conv kernels of known shape: bake the kernel in as a
@@ -235,8 +243,9 @@ def envelope_decomposed(x: Tensor, raw_sigma: Tensor, size: int, stride: List[in
         kernel = kernel.expand(int(raw_sigma.shape[0]) if raw_sigma.shape[0] > 1 else int(x.shape[1]), size)
     else:
         kernel = kernel.expand(x.shape[1], size)
-    rows = composite.pass1d(x, kernel, 3, padding_mode, stride[1])
-    return composite.pass1d(rows, kernel, 2, padding_mode, stride[0])
+    for dim in composite.axes(x):
+        x = composite.pass1d(x, kernel, dim, padding_mode, stride[dim - 2])
+    return x
 
 
 # ---- FLOP formulas ----------------------------------------------------------------------------------------
@@ -244,14 +253,21 @@ def envelope_decomposed(x: Tensor, raw_sigma: Tensor, size: int, stride: List[in
 def envelope_flops(x_shape, size: int, stride) -> int:
     r"""FLOPs (2 per multiply-add) of the separable envelope at the positions it computes.
 
-    The width pass runs on every input row at the strided columns, the height pass at the
-    strided output positions: :math:`2 N C k_g \lceil W/s_w \rceil (H + \lceil H/s_h \rceil)`.
+    The passes run from the last axis to the first, each on its input at the strided positions of
+    its own axis: in 2-D the width pass on every input row at the strided columns, the height pass
+    at the strided output positions, :math:`2 N C k_g \lceil W/s_w \rceil (H + \lceil H/s_h \rceil)`.
     """
     if size == 1:
         return 0
-    n, c, h, w = x_shape
-    oh, ow = (h - 1) // stride[0] + 1, (w - 1) // stride[1] + 1
-    return 2 * n * c * size * ow * (h + oh)
+    shape = list(x_shape)
+    flops = 0
+    for axis in range(len(shape) - 1, 1, -1):  # each pass: k multiply-adds per output element
+        shape[axis] = (shape[axis] - 1) // stride[axis - 2] + 1
+        elements = 1
+        for n in shape:
+            elements *= n
+        flops += 2 * size * elements
+    return flops
 
 
 @register_flop_formula(torch.ops.envconv.envelope)
@@ -266,8 +282,10 @@ def _(grad_shape, x_shape, raw_shape, size, stride, padding_mode, impl, need_x, 
     # intermediate, the derivative pass, two height passes and the dot product with the gradient
     flops = envelope_flops(x_shape, size, stride) if need_x else 0
     if need_sigma and size > 1:
-        flops += 2 * envelope_flops(x_shape, size, stride) + 2 * grad_shape[0] * grad_shape[1] * grad_shape[2] \
-            * grad_shape[3]
+        elements = 1
+        for n in grad_shape:
+            elements *= n
+        flops += 2 * envelope_flops(x_shape, size, stride) + 2 * elements
     return flops
 
 
