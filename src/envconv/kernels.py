@@ -254,7 +254,7 @@ def check_floating_point(x: torch.Tensor) -> None:
 
 
 def check_envelope_args(x: torch.Tensor, raw_sigma: torch.Tensor, size: int, padding_mode: str) -> None:
-    """Check an envelope's arguments: ``x`` (N, C, ...), 1 to 3 spatial axes, ``raw_sigma`` (C,) or (1,); raise naming it.
+    """Check an envelope's arguments: ``x`` (N, C, ...) with 1-3 spatial axes, ``raw_sigma`` (C,) or (1,).
 
     Both must be floating point (``TypeError`` otherwise): the kernel of eq. (9) has no integer form.
 
