@@ -21,7 +21,7 @@ LAYERS = {
     0: {"version", "kernels", "state_dict"},
     1: {"ops"},
     2: {"functional"},
-    3: {"envelope", "conv", "pool", "reparam"},
+    3: {"envelope", "conv", "convnd", "pool", "reparam"},
     4: {"methods"},
     5: {"convert"},
     6: {"listing", "models", "flops", "rebuild", "quantization"},

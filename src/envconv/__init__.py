@@ -3,6 +3,7 @@
 from . import flops, functional, kernels, methods, ops, quantization, reparam, state_dict
 from .conv import ConvVariant, DisentangledConv2d, EnvelopeConv2d
 from .convert import disentangle, select_layers, shrink
+from .convnd import DisentangledConv1d, DisentangledConv3d, EnvelopeConv1d, EnvelopeConv3d
 from .envelope import GaussianEnvelope
 from .functional import envelope_conv2d, gaussian_envelope
 from .listing import EnvelopeInfo, envelopes
@@ -14,8 +15,12 @@ from .version import __version__
 
 __all__ = [
     "ConvVariant",
+    "DisentangledConv1d",
     "DisentangledConv2d",
+    "DisentangledConv3d",
+    "EnvelopeConv1d",
     "EnvelopeConv2d",
+    "EnvelopeConv3d",
     "EnvelopeInfo",
     "EnvelopePool2d",
     "GaussianEnvelope",

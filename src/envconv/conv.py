@@ -21,8 +21,11 @@ from . import functional
 from .envelope import GaussianEnvelope
 from .state_dict import ArchitectureRecord, check_record
 
-__all__ = ["ORDERS", "TF_SAME_CONVS", "ConvVariant", "EnvelopeConv2d", "DisentangledConv2d", "conv_arguments",
-           "tf_same_padding", "same_pad"]
+__all__ = ["CONVS", "ORDERS", "TF_SAME_CONVS", "ConvVariant", "EnvelopeConv2d", "DisentangledConv2d", "adopt_weights",
+           "check_conv_input", "conv_arguments", "tf_same_padding", "same_pad"]
+
+#: The convolution classes envconv converts (the envelope methods; the others take nn.Conv2d only).
+CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 #: Processing orders (envelope then convolution, eqs. (3)-(4), the paper's choice; or
 #: convolution then envelope, eqs. (5)-(6)).
@@ -76,7 +79,7 @@ def same_pad(x: torch.Tensor, kernel_size: List[int], stride: List[int], dilatio
     return pads
 
 
-def conv_arguments(conv: nn.Conv2d, allow_tf_same: bool = False) -> Dict[str, Any]:
+def conv_arguments(conv: nn.Module, allow_tf_same: bool = False) -> Dict[str, Any]:
     """The constructor arguments of ``conv`` (including device and dtype), by name.
 
     With ``allow_tf_same``, a TF-"same" convolution (:func:`tf_same_padding`) is taken too; its
@@ -88,18 +91,19 @@ def conv_arguments(conv: nn.Conv2d, allow_tf_same: bool = False) -> Dict[str, An
             allowed), since copying its arguments would change its output.
         ValueError: if ``conv`` is a lazy module whose weight is not materialised.
     """
-    if not isinstance(conv, nn.Conv2d):
-        raise TypeError(f"expected an nn.Conv2d, got {type(conv).__name__}")
-    if isinstance(conv, ConvVariant):
+    base = next((b for b in CONVS if isinstance(conv, b)), None)
+    if base is None:
+        raise TypeError(f"expected an nn.Conv2d (or nn.Conv1d / nn.Conv3d), got {type(conv).__name__}")
+    if isinstance(conv, ConvVariant) or hasattr(conv, "envelope"):
         raise TypeError(f"this convolution is already converted ({type(conv).__name__}); convert a plain nn.Conv2d")
     tf_same = tf_same_padding(conv)
     if tf_same is not None and not allow_tf_same:
         raise TypeError(f"cannot convert {type(conv).__name__} with this method: it pads like TensorFlow's 'same', "
                         f"which only the envelope methods (gaussian, fixed, dw, ...) keep")
-    if tf_same is None and (type(conv).forward is not nn.Conv2d.forward
-                            or type(conv)._conv_forward is not nn.Conv2d._conv_forward):
+    if tf_same is None and (type(conv).forward is not base.forward
+                            or type(conv)._conv_forward is not base._conv_forward):
         raise TypeError(
-            f"cannot convert {type(conv).__name__}: it overrides nn.Conv2d's forward, "
+            f"cannot convert {type(conv).__name__}: it overrides nn.{base.__name__}'s forward, "
             f"so a replacement with the same arguments would compute something else"
         )
     if isinstance(conv.weight, nn.parameter.UninitializedParameter):
@@ -159,20 +163,13 @@ class ConvVariant(nn.Conv2d):
         Raises:
             TypeError, ValueError: see :func:`~envconv.conv.conv_arguments`.
         """
+        if not isinstance(conv, nn.Conv2d):
+            raise TypeError(f"{cls.__name__} replaces an nn.Conv2d, got {type(conv).__name__} (1-D and 3-D "
+                            f"convolutions: envconv.DisentangledConv1d / DisentangledConv3d, methods 'gaussian' and "
+                            f"'fixed')")
         new = cls(**conv_arguments(conv, allow_tf_same=cls._takes_tf_same), **kwargs)
         new.tf_same = tf_same_padding(conv)
-        for name in ("weight", "bias"):
-            source = getattr(conv, name)
-            if isinstance(source, nn.Parameter):  # the same Parameter: ties stay tied (as timm's converters do)
-                setattr(new, name, source)
-            elif source is not None:  # e.g. a parametrized weight: its current value
-                with torch.no_grad():
-                    getattr(new, name).copy_(source)
-        if not conv.weight.requires_grad:
-            for name, param in new.named_parameters():
-                if name not in ("weight", "bias"):
-                    param.requires_grad_(False)
-        return new.train(conv.training)
+        return adopt_weights(new, conv)
 
     def _check_input(self, x: torch.Tensor) -> None:
         check_conv_input(type(self).__name__, self.in_channels, x)
@@ -188,21 +185,46 @@ class ConvVariant(nn.Conv2d):
         return F.pad(x, pad)
 
 
-def check_conv_input(layer: str, in_channels: int, x: torch.Tensor) -> None:
+def adopt_weights(new: nn.Module, conv: nn.Module) -> nn.Module:
+    """Give the replacement ``new`` the weight and bias of ``conv`` (the same Parameters), its mode and frozenness.
+
+    A frozen convolution (weight without gradient) gives a frozen replacement: its own new
+    parameters (the envelope's sigma) do not train either. Returns ``new``.
+    """
+    for name in ("weight", "bias"):
+        source = getattr(conv, name)
+        if isinstance(source, nn.Parameter):  # the same Parameter: ties stay tied (as timm's converters do)
+            setattr(new, name, source)
+        elif source is not None:  # e.g. a parametrized weight: its current value
+            with torch.no_grad():
+                getattr(new, name).copy_(source)
+    if not conv.weight.requires_grad:
+        for name, param in new.named_parameters():
+            if name not in ("weight", "bias"):
+                param.requires_grad_(False)
+    return new.train(conv.training)
+
+
+_SHAPES = {1: "(N, C, L) or (C, L)", 2: "(N, C, H, W) or (C, H, W)", 3: "(N, C, D, H, W) or (C, D, H, W)"}
+
+
+def check_conv_input(layer: str, in_channels: int, x: torch.Tensor, spatial_dims: int = 2) -> None:
     """Raise naming the problem unless ``x`` is ``(N, C, H, W)`` or ``(C, H, W)`` with ``C == in_channels``.
 
-    Under ``torch.fx.symbolic_trace`` it is recorded as a node (:func:`torch.fx.wrap`), so the
-    traced module checks the real input when it runs.
+    ``spatial_dims`` 1 or 3: ``(N, C, L)`` / ``(N, C, D, H, W)``, with or without ``N``. Under
+    ``torch.fx.symbolic_trace`` it is recorded as a node (:func:`torch.fx.wrap`), so the traced
+    module checks the real input when it runs.
     """
-    if x.dim() not in (3, 4):
+    if x.dim() not in (spatial_dims + 1, spatial_dims + 2):
         raise ValueError(
-            f"{layer} expects input of shape (N, C, H, W) or (C, H, W), "
+            f"{layer} expects input of shape {_SHAPES[spatial_dims]}, "
             f"got {x.dim()} dims {tuple(x.shape)}"
         )
-    if x.shape[-3] != in_channels:
+    channels = x.shape[-spatial_dims - 1]
+    if channels != in_channels:
         raise ValueError(
             f"{layer} has in_channels={in_channels} but the input has "
-            f"{x.shape[-3]} channels (shape {tuple(x.shape)})"
+            f"{channels} channels (shape {tuple(x.shape)})"
         )
 
 

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from . import kernels as EF
+from .conv import CONVS
 from .envelope import GaussianEnvelope
 from .methods import build_replacement, check_options, get_method
 from .pool import EnvelopePool2d, strided_pool
@@ -53,9 +54,9 @@ Where = Union[str, Sequence[str], Callable[[str, nn.Module], bool]]
 
 
 def _convolutions(model: nn.Module) -> List[Tuple[str, nn.Conv2d]]:
-    convs = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    convs = [(name, m) for name, m in model.named_modules() if isinstance(m, CONVS)]
     if not convs:
-        raise ValueError(f"{type(model).__name__} has no nn.Conv2d to convert")
+        raise ValueError(f"{type(model).__name__} has no nn.Conv2d (nor nn.Conv1d / nn.Conv3d) to convert")
     return convs
 
 
@@ -190,7 +191,7 @@ def select_layers(model: nn.Module, where: Where = "downsample", stem: str = "pa
         raise ValueError(f"where must be a rule name, a non-empty list of names/patterns or a predicate, got {where!r}")
     if stem != "none":
         chosen.add(stem_name)
-    return [n for n, m in model.named_modules() if n in chosen and (isinstance(m, nn.Conv2d) or strided_pool(m))]
+    return [n for n, m in model.named_modules() if n in chosen and (isinstance(m, CONVS) or strided_pool(m))]
 
 
 def _nothing_selected(model: nn.Module, where: str, stem: str, pools) -> None:
@@ -323,7 +324,7 @@ def disentangle(
         if value is not None:
             options[name] = value
     check_options(method, options)
-    if isinstance(model, nn.Conv2d):
+    if isinstance(model, CONVS):
         raise ValueError("model is itself a convolution; convert it with the method's module, e.g. "
                          "DisentangledConv2d.from_conv(conv)")
     if stem == "modified":
@@ -334,7 +335,7 @@ def disentangle(
         names = select_layers(model, where, stem)
     if method == "none":
         return model
-    pools = [name for name in names if not isinstance(model.get_submodule(name), nn.Conv2d)]
+    pools = [name for name in names if not isinstance(model.get_submodule(name), CONVS)]
     if pools and method not in POOL_METHODS:
         raise ValueError(f"method {method!r} cannot go at a pool ({pools[0]}, ...): where='pools' takes "
                          f"method {' or '.join(repr(m) for m in POOL_METHODS)}")

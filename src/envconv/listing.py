@@ -14,6 +14,7 @@ from typing import List, Mapping, Optional, Tuple, Union
 import torch
 from torch import nn
 
+from .conv import CONVS
 from .convert import layer_path, stem_name
 from .envelope import GaussianEnvelope, read_envelope_record
 from .kernels import sigma2_from_raw
@@ -97,7 +98,7 @@ def _sigmas(raw_sigma: torch.Tensor) -> Tuple[float, ...]:
 
 
 def _from_model(model: nn.Module) -> List[EnvelopeInfo]:
-    stem = stem_name(model) if any(isinstance(m, nn.Conv2d) for m in model.modules()) else ""
+    stem = stem_name(model) if any(isinstance(m, CONVS) for m in model.modules()) else ""
     rows = []
     pools = {name for name, m in model.named_modules() if isinstance(m, EnvelopePool2d)}
     for name, m in model.named_modules():
@@ -121,7 +122,7 @@ def _is_pool(state: Mapping[str, torch.Tensor], envelope_prefix: str) -> bool:
 
 def _from_state_dict(state: Mapping[str, torch.Tensor]) -> List[EnvelopeInfo]:
     # the stem is the first convolution weight, as named_modules() lists the first Conv2d
-    convs = [k.removesuffix(".weight") for k, v in state.items() if k.endswith("weight") and v.dim() == 4]
+    convs = [k.removesuffix(".weight") for k, v in state.items() if k.endswith("weight") and v.dim() in (3, 4, 5)]
     stem = convs[0] if convs else ""
     rows = []
     for key, value in state.items():

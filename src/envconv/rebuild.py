@@ -26,8 +26,9 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from .conv import ORDERS, DisentangledConv2d, EnvelopeConv2d, read_order_record
+from .conv import CONVS, ORDERS, DisentangledConv2d, EnvelopeConv2d, read_order_record
 from .convert import _refuse_scripted, pool_channels, replace_modules
+from .convnd import DISENTANGLED_CONVS, ENVELOPE_CONVS
 from .envelope import GaussianEnvelope, read_envelope_record
 from .pool import POOL_ORDERS, POOLS, EnvelopePool2d
 from .reparam import envelope_block, is_envelope_block, reparameterizable
@@ -77,12 +78,13 @@ def envelope_specs(state: Mapping[str, torch.Tensor]) -> Dict[str, dict]:
     return specs
 
 
-def _envelope(spec: dict, channels: int, on: dict) -> GaussianEnvelope:
+def _envelope(spec: dict, channels: int, on: dict, spatial_dims: int = 2) -> GaussianEnvelope:
     size, padding = spec["size"] or 9, spec["padding_mode"] or "zeros"
     shared = spec["values"] == 1 and channels > 1
     if spec["learnable"] is False:
-        return GaussianEnvelope.fixed(channels, 0.0 if shared else [0.0] * channels, size, padding_mode=padding, **on)
-    return GaussianEnvelope(channels, size, shared=shared, padding_mode=padding, **on)
+        return GaussianEnvelope.fixed(channels, 0.0 if shared else [0.0] * channels, size, padding_mode=padding,
+                                      spatial_dims=spatial_dims, **on)
+    return GaussianEnvelope(channels, size, shared=shared, padding_mode=padding, spatial_dims=spatial_dims, **on)
 
 
 def _conv_order(layer: str, conv: nn.Conv2d, spec: dict) -> str:
@@ -99,17 +101,20 @@ def _replacement(layer: str, module: nn.Module, spec: dict, on: dict, pool_chans
         order = read_order_record(spec["order"], POOL_ORDERS) if spec["order"] is not None else "env-pool"
         channels = spec["channels"] or pool_chans.get(layer) or spec["values"]
         return EnvelopePool2d(module, _envelope(spec, channels, on), order).train(module.training)
-    if not isinstance(module, nn.Conv2d):
+    if not isinstance(module, CONVS):
         raise ValueError(f"the weights have an envelope at {layer or '(root)'!r}, but that module is a "
                          f"{type(module).__name__}, neither a convolution nor a max / average pool")
     order = _conv_order(layer, module, spec)
     channels = module.in_channels if order == "env-conv" else module.out_channels
+    base = next((b for b in DISENTANGLED_CONVS if isinstance(module, b)), None)  # Conv1d / Conv3d
     if spec["learnable"] is False:
-        return EnvelopeConv2d.from_conv(module, envelope=_envelope(spec, channels, on), order=order)
-    new = DisentangledConv2d.from_conv(module, envelope_size=spec["size"] or 9, order=order,
-                                       shared_sigma=spec["values"] == 1 and channels > 1,
-                                       envelope_padding_mode=spec["padding_mode"] or "zeros")
-    return new
+        layer_cls = EnvelopeConv2d if base is None else ENVELOPE_CONVS[base]
+        envelope = _envelope(spec, channels, on, len(module.kernel_size))
+        return layer_cls.from_conv(module, envelope=envelope, order=order)
+    layer_cls = DisentangledConv2d if base is None else DISENTANGLED_CONVS[base]
+    return layer_cls.from_conv(module, envelope_size=spec["size"] or 9, order=order,
+                               shared_sigma=spec["values"] == 1 and channels > 1,
+                               envelope_padding_mode=spec["padding_mode"] or "zeros")
 
 
 def disentangle_like(model: nn.Module, state: Mapping[str, torch.Tensor],
@@ -157,15 +162,16 @@ def disentangle_like(model: nn.Module, state: Mapping[str, torch.Tensor],
         except AttributeError:
             raise ValueError(f"the weights have an envelope at {layer!r}, which {type(model).__name__} does not "
                              f"have (is it the same architecture, with the same module names?)") from None
-        if not isinstance(module, (EnvelopeConv2d, EnvelopePool2d)) and not is_envelope_block(module):
+        if not isinstance(module, (EnvelopeConv2d, EnvelopePool2d, *ENVELOPE_CONVS.values())) \
+                and not is_envelope_block(module):
             todo.append((layer, module))
-    unknown = [layer for layer, m in todo if not isinstance(m, nn.Conv2d) and specs[layer]["channels"] is None]
+    unknown = [layer for layer, m in todo if not isinstance(m, CONVS) and specs[layer]["channels"] is None]
     pool_chans = pool_channels(model, unknown, input_size) if unknown else {}
     first = next((p for p in model.parameters() if p.is_floating_point()), None)
     on = {"device": first.device, "dtype": first.dtype} if first is not None else {}
     replacements, blocks = {}, []
     for layer, module in todo:
-        if reparameterizable(module) and not isinstance(module, nn.Conv2d):  # envconv.reparam: in front of it
+        if reparameterizable(module) and not isinstance(module, CONVS):  # envconv.reparam: in front of it
             channels = specs[layer]["channels"] or pool_chans.get(layer) or specs[layer]["values"]
             blocks.append((module, _envelope(specs[layer], channels, on)))
         elif id(module) not in replacements:

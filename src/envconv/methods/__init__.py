@@ -33,6 +33,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 from torch import nn
 
 from ..conv import DisentangledConv2d, EnvelopeConv2d, conv_arguments
+from ..convnd import DISENTANGLED_CONVS, ENVELOPE_CONVS
 from ..envelope import GaussianEnvelope
 from .cbs import CBS_DEFAULTS, CurriculumSmoothing, cbs_sigma, set_curriculum_epoch
 from .channel_filters import AdaptiveAttentionEnvelope, DepthwiseEnvelope, EnsembleEnvelope, ParametricAttentionEnvelope
@@ -92,16 +93,24 @@ def _on(conv: nn.Conv2d) -> dict:
     return {"device": args["device"], "dtype": args["dtype"]}
 
 
+def _nd_base(conv: nn.Module):
+    """``nn.Conv1d`` / ``nn.Conv3d`` for a 1-D / 3-D convolution (the envelope methods take them), else ``None``."""
+    return next((base for base in DISENTANGLED_CONVS if isinstance(conv, base)), None)
+
+
 def _gaussian(conv, *, envelope_size: int = 9, order: str = "env-conv", shared_sigma: bool = False,
               sigma_init: float = 0.0, envelope_padding_mode: str = "zeros"):
-    return DisentangledConv2d.from_conv(conv, envelope_size=envelope_size, order=order, shared_sigma=shared_sigma,
-                                        sigma_init=sigma_init, envelope_padding_mode=envelope_padding_mode)
+    base = _nd_base(conv)
+    layer = DisentangledConv2d if base is None else DISENTANGLED_CONVS[base]
+    return layer.from_conv(conv, envelope_size=envelope_size, order=order, shared_sigma=shared_sigma,
+                           sigma_init=sigma_init, envelope_padding_mode=envelope_padding_mode)
 
 
 def _fixed(conv, *, sigma, envelope_size: int = 9, order: str = "env-conv", envelope_padding_mode: str = "zeros"):
+    base = _nd_base(conv)
     env = GaussianEnvelope.fixed(_envelope_channels(conv, order), sigma, envelope_size,
-                                 padding_mode=envelope_padding_mode, **_on(conv))
-    return EnvelopeConv2d.from_conv(conv, envelope=env, order=order)
+                                 padding_mode=envelope_padding_mode, spatial_dims=len(conv.kernel_size), **_on(conv))
+    return (EnvelopeConv2d if base is None else ENVELOPE_CONVS[base]).from_conv(conv, envelope=env, order=order)
 
 
 def _envelope_builder(cls):
@@ -195,4 +204,7 @@ def build_replacement(method: str, conv: nn.Conv2d, **options) -> nn.Module:
     check_options(method, options)
     if spec.build is None:
         return conv
+    if _nd_base(conv) is not None and method not in ("gaussian", "fixed"):
+        raise TypeError(f"method {method!r} converts nn.Conv2d only; a {type(conv).__name__} takes 'gaussian' or "
+                        f"'fixed'")
     return spec.build(conv, **options)

@@ -1,0 +1,148 @@
+"""1-D and 3-D envelope convolutions (envconv.convnd) and converting Conv1d / Conv3d networks."""
+
+import copy
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+import envconv
+from envconv import DisentangledConv1d, DisentangledConv2d, DisentangledConv3d, EnvelopeConv3d, GaussianEnvelope
+
+sys.path.insert(0, str(Path(__file__).parent / "ops"))
+from test_nd import _reference  # noqa: E402  (scipy's correlate1d along every axis)
+
+
+@pytest.mark.parametrize("layer, conv, shape", [
+    (DisentangledConv1d, F.conv1d, (2, 3, 17)),
+    (DisentangledConv3d, F.conv3d, (2, 3, 5, 9, 8)),
+])
+@pytest.mark.parametrize("kernel, stride, padding", [(3, 1, 1), (3, 2, 1), (1, 2, 0)])
+def test_layers_equal_scipy_envelope_then_the_convolution(layer, conv, shape, kernel, stride, padding):
+    torch.manual_seed(0)
+    x = torch.randn(shape, dtype=torch.float64)
+    m = layer(3, 4, kernel, stride=stride, padding=padding, envelope_size=5, dtype=torch.float64)
+    with torch.no_grad():
+        m.envelope.raw_sigma.copy_(torch.tensor([-0.5, 0.3, 1.2]))
+    dims = len(shape) - 2
+    smoothed = torch.from_numpy(_reference(x, m.envelope.raw_sigma.detach(), 5, "zeros", [1] * dims))
+    want = conv(smoothed, m.weight, m.bias, stride, padding)
+    torch.testing.assert_close(m(x), want, rtol=1e-12, atol=1e-12)  # the 1x1 strided case reads it sampled
+    torch.testing.assert_close(m(x[0]), want[0], rtol=1e-12, atol=1e-12)  # unbatched
+    after = layer(3, 4, kernel, stride=stride, padding=padding, envelope_size=5, order="conv-env", dtype=torch.float64)
+    raw = after.envelope.raw_sigma.detach()
+    want = torch.from_numpy(_reference(conv(x, after.weight, after.bias, stride, padding).detach(), raw, 5, "zeros",
+                                       [1] * dims))
+    torch.testing.assert_close(after(x), want, rtol=1e-12, atol=1e-12)
+
+
+def test_gradients_of_a_3d_layer_against_finite_differences():
+    m = DisentangledConv3d(2, 3, 3, stride=2, padding=1, envelope_size=3, sigma_init=0.4, dtype=torch.float64)
+    x = torch.randn(1, 2, 3, 4, 5, dtype=torch.float64, requires_grad=True)
+    params = (x, m.envelope.raw_sigma, m.weight)
+    assert torch.autograd.gradcheck(lambda a, r, w: torch.func.functional_call(
+        m, {"envelope.raw_sigma": r, "weight": w, "bias": m.bias}, (a,)), params)
+
+
+def test_from_conv_shares_weights_and_refuses_other_dimensionalities():
+    conv = nn.Conv3d(3, 8, (3, 7, 7), stride=(1, 2, 2), padding=(1, 3, 3)).eval()
+    layer = DisentangledConv3d.from_conv(conv, envelope_size=5)
+    assert layer.weight is conv.weight and layer.bias is conv.bias and not layer.training
+    assert layer.envelope.spatial_dims == 3 and layer.envelope.channels == 3
+    with pytest.raises(TypeError, match="replaces an nn.Conv3d, got Conv2d"):
+        DisentangledConv3d.from_conv(nn.Conv2d(3, 8, 3))
+    with pytest.raises(TypeError, match="DisentangledConv2d replaces an nn.Conv2d, got Conv3d"):
+        DisentangledConv2d.from_conv(conv)
+    with pytest.raises(ValueError, match=r"\(N, C, D, H, W\) or \(C, D, H, W\), got 3 dims"):
+        layer(torch.randn(3, 8, 8))
+    state = layer.state_dict()
+    assert state["envelope._extra_state"].tolist() == [1, 5, 1, 0, 3, 3] and state["_extra_state"].tolist() == [1, 0]
+
+
+def test_r3d_18_converts_at_the_papers_places_equals_the_plain_net_at_sigma_zero_and_trains():
+    torch.manual_seed(0)
+    plain = torchvision.models.video.r3d_18(num_classes=5).double().eval()
+    x = torch.randn(2, 3, 4, 32, 32, dtype=torch.float64)
+    with torch.no_grad():
+        want = plain(x)
+        at_zero = envconv.disentangle(copy.deepcopy(plain), method="fixed", sigma=0.0)
+        assert torch.equal(at_zero(x), want)
+    model = envconv.disentangle(copy.deepcopy(plain).float())
+    rows = envconv.envelopes(model)
+    assert [(r.name, r.path) for r in rows] == [
+        ("stem.0", "stem"), ("layer2.0.conv1.0", "residual"), ("layer2.0.downsample.0", "identity"),
+        ("layer3.0.conv1.0", "residual"), ("layer3.0.downsample.0", "identity"),
+        ("layer4.0.conv1.0", "residual"), ("layer4.0.downsample.0", "identity")]
+    assert all(isinstance(model.get_submodule(r.name), DisentangledConv3d) for r in rows)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    model.train()
+    loss = F.cross_entropy(model(x.float()), torch.tensor([1, 3]))
+    loss.backward()
+    assert all(float(model.get_submodule(r.name).envelope.raw_sigma.grad.abs().sum()) > 0 for r in rows)
+    optimizer.step()
+    # the weights rebuild a plain r3d_18, and shrink works on the 3-D envelopes
+    rebuilt = envconv.load_disentangled(torchvision.models.video.r3d_18(num_classes=5), model.state_dict())
+    with torch.no_grad():
+        assert torch.equal(rebuilt.eval()(x.float()), model.eval()(x.float()))
+    assert {r.size for r in envconv.envelopes(envconv.shrink(model, 3))} == {3}
+    with pytest.raises(TypeError, match="method 'dw' converts nn.Conv2d only; a Conv3d takes 'gaussian' or 'fixed'"):
+        envconv.disentangle(torchvision.models.video.r3d_18(), method="dw")
+
+
+def _audio_net():
+    return nn.Sequential(nn.Conv1d(1, 8, 9, stride=2, padding=4), nn.BatchNorm1d(8), nn.ReLU(),
+                         nn.Conv1d(8, 16, 5, stride=2, padding=2), nn.BatchNorm1d(16), nn.ReLU(),
+                         nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(16, 2))
+
+
+def test_a_converted_conv1d_network_learns_a_frequency_task():
+    torch.manual_seed(0)
+    t = torch.arange(64, dtype=torch.float32)
+    labels = torch.randint(0, 2, (256,))
+    freq = torch.where(labels == 0, 0.1, 0.35)[:, None]
+    signals = (torch.sin(freq * t + torch.rand(256, 1) * 6.28) + 0.3 * torch.randn(256, 64))[:, None]
+    model = envconv.disentangle(_audio_net())
+    assert [type(model[i]).__name__ for i in (0, 3)] == ["DisentangledConv1d", "DisentangledConv1d"]
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for step in range(60):
+        batch = slice(64 * (step % 4), 64 * (step % 4 + 1))
+        loss = F.cross_entropy(model(signals[batch]), labels[batch])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss))
+    assert np.mean(losses[-8:]) < 0.5 * np.mean(losses[:8])  # it learns: the loss halves
+    with torch.no_grad():
+        accuracy = float((model.eval()(signals).argmax(1) == labels).float().mean())
+    assert accuracy > 0.9
+
+
+@pytest.mark.parametrize("make, shape", [(_audio_net, (2, 1, 64)),
+                                         (lambda: nn.Sequential(nn.Conv3d(2, 4, 3, stride=2, padding=1), nn.ReLU(),
+                                                                nn.Conv3d(4, 4, 1, stride=2)), (2, 2, 4, 8, 8))])
+def test_compile_fullgraph_and_export_with_a_dynamic_batch(make, shape):
+    torch.manual_seed(0)
+    model = envconv.disentangle(make()).eval()
+    x = torch.randn(shape)
+    compiled = torch.compile(model, fullgraph=True, backend="eager")
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x))
+    program = torch.export.export(model, (x,), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
+    other = torch.randn(5, *shape[1:])
+    with torch.no_grad():
+        torch.testing.assert_close(program.module()(other), model(other))
+    assert any("envconv.envelope" in str(n.target) for n in program.graph.nodes)
+
+
+def test_envelope_conv3d_takes_any_envelope_module():
+    env = GaussianEnvelope.fixed(2, sigma=[0.0, 0.5], size=3, spatial_dims=3)
+    layer = EnvelopeConv3d(2, 3, 1, envelope=env)
+    assert "order=env-conv" in repr(layer)
+    with pytest.raises(ValueError, match="order must be one of"):
+        EnvelopeConv3d(2, 3, 1, envelope=env, order="bad")
