@@ -116,3 +116,22 @@ def test_what_cannot_go_in_front_of_a_block_is_refused_before_anything_changes()
     with pytest.raises(ValueError, match="container whose fold reads its children in order"):
         envconv.disentangle(repvit)
     assert set(plain.state_dict()) == keys and envconv.envelopes(plain) == envconv.envelopes(repvit) == []
+
+
+def test_a_fuse_that_returns_a_container_keeps_the_envelope_in_front():
+    class Branches(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+        def forward(self, x):
+            return self.conv(x)
+
+        def fuse(self):
+            return nn.Sequential(self.conv, nn.Identity())
+
+    block = envelope_block(Branches(), GaussianEnvelope(3, size=5, init=0.4))
+    x = torch.randn(1, 3, 8, 8)
+    fused = block.fuse()
+    assert isinstance(fused, nn.Sequential) and fused[0] is block.envelope
+    torch.testing.assert_close(fused(x), block(x), rtol=0, atol=0)

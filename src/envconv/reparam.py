@@ -52,7 +52,11 @@ def _fuse(self):
         conv = DisentangledConv2d.from_conv(fused, envelope_size=self.envelope.size)
         conv.envelope = self.envelope  # the learned sigmas themselves
         return conv
-    return envelope_block(fused, self.envelope) if fused is not self else self
+    if fused is self:
+        return self
+    if isinstance(fused, (nn.Sequential, nn.ModuleList)):  # a container cannot hold the envelope as a child
+        return nn.Sequential(self.envelope, fused)
+    return envelope_block(fused, self.envelope)
 
 
 def _class_for(base: type) -> type:
