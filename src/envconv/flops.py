@@ -33,6 +33,7 @@ from typing import Any, Callable, Dict, List, Sequence
 from torch import nn
 
 from .conv import DisentangledConv2d
+from .convnd import DisentangledConv1d, DisentangledConv3d
 from .envelope import GaussianEnvelope
 from .ops.library import envelope_flops
 
@@ -43,13 +44,19 @@ def _pair(value) -> List[int]:
     return [int(v) for v in value] if isinstance(value, (tuple, list)) else [int(value)] * 2
 
 
+#: The layers with a learned envelope whose convolution the hooks count too (2-D, 1-D, 3-D).
+LAYERS = (DisentangledConv2d, DisentangledConv1d, DisentangledConv3d)
+
+
 def _passes_macs(x_shape: Sequence[int], y_shape: Sequence[int], size: int) -> int:
-    """Multiply-adds of the two 1-D passes from an envelope's input (N, C, H, W) to its output (.., oh, ow)."""
+    """Multiply-adds of the 1-D passes (last axis first) from an envelope's input (N, C, ...) to its output."""
     if size == 1:
         return 0
-    n, c, h, _ = x_shape
-    oh, ow = y_shape[-2:]
-    return int(n * c * size * ow * (h + oh))
+    shape, macs = [int(n) for n in x_shape], 0
+    for axis in range(len(shape) - 1, 1, -1):  # each pass outputs at its own axis' strided positions
+        shape[axis] = int(y_shape[axis])
+        macs += size * math.prod(shape)
+    return macs
 
 
 def envelope_macs(layer: nn.Module, x_shape: Sequence[int], y_shape: Sequence[int]) -> int:
@@ -57,9 +64,9 @@ def envelope_macs(layer: nn.Module, x_shape: Sequence[int], y_shape: Sequence[in
 
     Args:
         layer: a :class:`~envconv.DisentangledConv2d` (its envelope on the input, at the
-            strided positions of a strided 1x1 conv, or on the output with ``order="conv-env"``)
-            or a :class:`~envconv.GaussianEnvelope`.
-        x_shape: the shape (N, C, H, W) of the layer's input.
+            strided positions of a strided 1x1 conv, or on the output with ``order="conv-env"``),
+            its 1-D / 3-D counterpart, or a :class:`~envconv.GaussianEnvelope`.
+        x_shape: the shape (N, C, H, W) of the layer's input ((N, C, L), (N, C, D, H, W) in 1-D, 3-D).
         y_shape: the shape of its output.
 
     Example:
@@ -69,12 +76,12 @@ def envelope_macs(layer: nn.Module, x_shape: Sequence[int], y_shape: Sequence[in
     """
     if isinstance(layer, GaussianEnvelope):
         return _passes_macs(x_shape, y_shape, layer.size)
-    if not isinstance(layer, DisentangledConv2d):
-        raise TypeError(f"expected a DisentangledConv2d or GaussianEnvelope, got {type(layer).__name__}")
-    size = layer.envelope.size
+    if not isinstance(layer, LAYERS):
+        raise TypeError(f"expected a DisentangledConv1d/2d/3d or GaussianEnvelope, got {type(layer).__name__}")
+    size, ones = layer.envelope.size, (1,) * len(layer.kernel_size)
     if layer.order == "conv-env":
-        return envelope_flops(tuple(y_shape), size, (1, 1)) // 2
-    stride = layer.stride if layer._sampled else (1, 1)
+        return envelope_flops(tuple(y_shape), size, ones) // 2
+    stride = layer.stride if layer._sampled else ones
     return envelope_flops(tuple(x_shape), size, stride) // 2
 
 
@@ -131,7 +138,7 @@ def fvcore_handles() -> Dict[str, Callable]:
 def _ptflops_module_hook(module: nn.Module, inputs, output) -> None:
     x_shape, y_shape = tuple(inputs[0].shape), tuple(output.shape)
     macs = envelope_macs(module, x_shape, y_shape)
-    if isinstance(module, DisentangledConv2d):
+    if isinstance(module, LAYERS):
         macs += conv_macs(module, y_shape, bias=True)  # ptflops counts a conv's bias
     module.__flops__ += int(macs)
 
@@ -163,7 +170,7 @@ def ptflops_hooks() -> Dict[Any, Callable]:
 
     ops = torch.ops.envconv
     return {
-        DisentangledConv2d: _ptflops_module_hook,
+        **{layer: _ptflops_module_hook for layer in LAYERS},
         GaussianEnvelope: _ptflops_module_hook,
         ops.envelope: lambda args, out: _ptflops_op(args, out, "envelope"),
         ops.envelope_conv2d: lambda args, out: _ptflops_op(args, out, "envelope_conv2d"),
@@ -177,8 +184,8 @@ def _thop_hook(module: nn.Module, inputs, output) -> None:
 
     x_shape, y_shape = tuple(inputs[0].shape), tuple(output.shape)
     macs = envelope_macs(module, x_shape, y_shape)
-    if isinstance(module, DisentangledConv2d):
-        macs += conv_macs(module, y_shape, bias=True)  # thop's conv rule counts the bias
+    if isinstance(module, LAYERS):
+        macs += conv_macs(module, y_shape, bias=False)  # thop's conv rule leaves the bias out
     module.total_ops += torch.DoubleTensor([int(macs)])
 
 
@@ -190,7 +197,7 @@ def thop_ops() -> Dict[type, Callable]:
         import thop
         macs, params = thop.profile(model, inputs=(x,), custom_ops=envconv.flops.thop_ops())
     """
-    return {DisentangledConv2d: _thop_hook, GaussianEnvelope: _thop_hook}
+    return {**{layer: _thop_hook for layer in LAYERS}, GaussianEnvelope: _thop_hook}
 
 
 # ---- torchinfo: no hooks, so a wrapper -------------------------------------------------------------------
@@ -212,7 +219,7 @@ def torchinfo_summary(model: nn.Module, *args, **kwargs):
     verbose = kwargs.pop("verbose", 1)
     stats = torchinfo.summary(model, *args, verbose=0, **kwargs)
     for info in stats.summary_list:
-        if not isinstance(info.module, DisentangledConv2d) or info.is_leaf_layer or not info.output_size:
+        if not isinstance(info.module, LAYERS) or info.is_leaf_layer or not info.output_size:
             continue
         y_shape = info.output_size
         macs = conv_macs(info.module, y_shape, bias=True) + envelope_macs(info.module, info.input_size, y_shape)
