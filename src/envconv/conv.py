@@ -19,7 +19,7 @@ from torch import nn
 
 from . import functional
 from .envelope import GaussianEnvelope
-from .state_dict import ArchitectureRecord, check_record
+from .state_dict import OrderRecord
 
 __all__ = ["CONVS", "ORDERS", "TF_SAME_CONVS", "ConvVariant", "EnvelopeConv2d", "DisentangledConv2d", "adopt_weights",
            "check_conv_input", "conv_arguments", "tf_same_padding", "same_pad"]
@@ -228,7 +228,7 @@ def check_conv_input(layer: str, in_channels: int, x: torch.Tensor, spatial_dims
         )
 
 
-class EnvelopeConv2d(ArchitectureRecord, ConvVariant):
+class EnvelopeConv2d(OrderRecord, ConvVariant):
     r"""A convolution with a channel-wise envelope module before or after it.
 
     ``order="env-conv"``: :math:`Y = \mathbf F * E(X)`, where ``envelope`` :math:`E` acts
@@ -251,6 +251,7 @@ class EnvelopeConv2d(ArchitectureRecord, ConvVariant):
     """
 
     _takes_tf_same = True
+    _orders = ORDERS  # the order record (state_dict.OrderRecord)
     tf_same: Optional[List[int]]  # TorchScript reads a class's own annotations only
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
@@ -270,16 +271,6 @@ class EnvelopeConv2d(ArchitectureRecord, ConvVariant):
         if self.order == "env-conv":
             return self._conv_forward(self._tf_pad(self.envelope(x)), self.weight, self.bias)
         return self.envelope(self._conv_forward(self._tf_pad(x), self.weight, self.bias))
-
-    def get_extra_state(self) -> torch.Tensor:
-        """The record stored with the weights: ``[1, index of the order in ORDERS]`` (int64)."""
-        return torch.tensor([1, ORDERS.index(self.order)])
-
-    def set_extra_state(self, state: torch.Tensor) -> None:
-        """Check a stored record: weights of the other order raise ``ValueError``."""
-        order = read_order_record(state, ORDERS)
-        if order != self.order:
-            raise ValueError(f"the weights are of a layer with order={order!r}, this one has order={self.order!r}")
 
     def extra_repr(self) -> str:
         same = "" if self.tf_same is None else f", tf_same={self.tf_same or 'dynamic'}"
@@ -453,14 +444,6 @@ class DisentangledConv2d(EnvelopeConv2d):
         if self.tf_same is not None:
             sigma += f", tf_same={self.tf_same or 'dynamic'}"
         return f"{nn.Conv2d.extra_repr(self)}, envelope_size={self.envelope.size}, order={self.order}, sigma={sigma}"
-
-
-def read_order_record(state: torch.Tensor, orders) -> str:
-    """The order stored in a layer's record (an index into ``orders``)."""
-    (index,) = check_record(state, 2, "order record")
-    if not 0 <= index < len(orders):
-        raise ValueError(f"order record {state.tolist()} is corrupt (no order {index} in {orders})")
-    return orders[index]
 
 
 torch.fx.wrap("check_conv_input")

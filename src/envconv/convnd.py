@@ -15,41 +15,46 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .conv import ORDERS, adopt_weights, check_conv_input, conv_arguments, read_order_record
+from .conv import ORDERS, adopt_weights, check_conv_input, conv_arguments
 from .envelope import GaussianEnvelope
-from .state_dict import ArchitectureRecord
+from .state_dict import OrderRecord
 
 __all__ = ["EnvelopeConv1d", "EnvelopeConv3d", "DisentangledConv1d", "DisentangledConv3d", "ENVELOPE_CONVS",
            "DISENTANGLED_CONVS"]
 
 
-class _EnvelopeConvNd(ArchitectureRecord):
+class _EnvelopeConvNd(OrderRecord):
     """What the 1-D and 3-D envelope convolutions share (a mixin in front of ``nn.Conv1d`` / ``nn.Conv3d``)."""
 
     _base: type
     _dims: int
     _functional = None
+    _orders = ORDERS  # the order record (state_dict.OrderRecord)
 
-    def _set_envelope(self, envelope: nn.Module, order: str) -> None:
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
+                 groups: int = 1, bias: bool = True, padding_mode: str = "zeros", *, envelope: nn.Module,
+                 order: str = "env-conv", device=None, dtype=None) -> None:
         if order not in ORDERS:
             raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
         if not isinstance(envelope, nn.Module):
             raise TypeError(f"envelope must be an nn.Module, got {type(envelope).__name__}")
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding, dilation=dilation,
+                         groups=groups, bias=bias, padding_mode=padding_mode, device=device, dtype=dtype)
         self.order = order
         self.envelope = envelope
 
     @classmethod
     def from_conv(cls, conv: nn.Module, **kwargs):
         """Build this layer from an existing convolution of its kind: its arguments and the same weight Parameters."""
-        if type(conv) is not cls._base and not issubclass(type(conv), cls._base):
+        if not isinstance(conv, cls._base):
             raise TypeError(f"{cls.__name__} replaces an nn.{cls._base.__name__}, got {type(conv).__name__}")
         return adopt_weights(cls(**conv_arguments(conv), **kwargs), conv)
 
     @property
     def _sampled(self) -> bool:
         """A strided 1x1 conv without padding: it reads the envelope only every stride-th position."""
-        return all(k == 1 for k in self.kernel_size) and all(p == 0 for p in self.padding) and \
-            self.padding != "same" and any(s > 1 for s in self.stride)
+        unpadded = not isinstance(self.padding, str) and all(p == 0 for p in self.padding)
+        return all(k == 1 for k in self.kernel_size) and unpadded and any(s > 1 for s in self.stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_conv_input(type(self).__name__, self.in_channels, x, self._dims)
@@ -60,27 +65,26 @@ class _EnvelopeConvNd(ArchitectureRecord):
             return type(self)._functional(smoothed, self.weight, self.bias, 1, 0, self.dilation, self.groups)
         return self._conv_forward(self.envelope(x), self.weight, self.bias)
 
-    def get_extra_state(self) -> torch.Tensor:
-        """The record stored with the weights: ``[1, index of the order in ORDERS]`` (int64)."""
-        return torch.tensor([1, ORDERS.index(self.order)])
-
-    def set_extra_state(self, state: torch.Tensor) -> None:
-        """Check a stored record: weights of the other order raise ``ValueError``."""
-        order = read_order_record(state, ORDERS)
-        if order != self.order:
-            raise ValueError(f"the weights are of a layer with order={order!r}, this one has order={self.order!r}")
-
     def extra_repr(self) -> str:
         return f"{self._base.extra_repr(self)}, order={self.order}"
 
 
-def _learned_envelope(dims: int, in_channels: int, out_channels: int, envelope_size: int, order: str,
-                      shared_sigma: bool, sigma_init: float, envelope_padding_mode: str, device, dtype):
-    if order not in ORDERS:
-        raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
-    return GaussianEnvelope(in_channels if order == "env-conv" else out_channels, envelope_size, shared=shared_sigma,
-                            init=sigma_init, padding_mode=envelope_padding_mode, spatial_dims=dims, device=device,
-                            dtype=dtype)
+class _DisentangledConvNd:
+    """The learned Gaussian envelope's constructor, shared by the 1-D and 3-D disentangled convolutions."""
+
+    _dims: int
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
+                 groups: int = 1, bias: bool = True, padding_mode: str = "zeros", *, envelope_size: int = 9,
+                 order: str = "env-conv", shared_sigma: bool = False, sigma_init: float = 0.0,
+                 envelope_padding_mode: str = "zeros", device=None, dtype=None) -> None:
+        if order not in ORDERS:
+            raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+        envelope = GaussianEnvelope(in_channels if order == "env-conv" else out_channels, envelope_size,
+                                    shared=shared_sigma, init=sigma_init, padding_mode=envelope_padding_mode,
+                                    spatial_dims=self._dims, device=device, dtype=dtype)
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+                         padding_mode, envelope=envelope, order=order, device=device, dtype=dtype)
 
 
 class EnvelopeConv1d(_EnvelopeConvNd, nn.Conv1d):
@@ -103,13 +107,6 @@ class EnvelopeConv1d(_EnvelopeConvNd, nn.Conv1d):
     _base, _dims = nn.Conv1d, 1
     _functional = staticmethod(F.conv1d)
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
-                 groups: int = 1, bias: bool = True, padding_mode: str = "zeros", *, envelope: nn.Module,
-                 order: str = "env-conv", device=None, dtype=None) -> None:
-        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding, dilation=dilation,
-                         groups=groups, bias=bias, padding_mode=padding_mode, device=device, dtype=dtype)
-        self._set_envelope(envelope, order)
-
 
 class EnvelopeConv3d(_EnvelopeConvNd, nn.Conv3d):
     r"""An ``nn.Conv3d`` with a channel-wise envelope module before (``order="env-conv"``) or after it.
@@ -127,21 +124,14 @@ class EnvelopeConv3d(_EnvelopeConvNd, nn.Conv3d):
     _base, _dims = nn.Conv3d, 3
     _functional = staticmethod(F.conv3d)
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
-                 groups: int = 1, bias: bool = True, padding_mode: str = "zeros", *, envelope: nn.Module,
-                 order: str = "env-conv", device=None, dtype=None) -> None:
-        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding, dilation=dilation,
-                         groups=groups, bias=bias, padding_mode=padding_mode, device=device, dtype=dtype)
-        self._set_envelope(envelope, order)
 
-
-class DisentangledConv1d(EnvelopeConv1d):
+class DisentangledConv1d(_DisentangledConvNd, EnvelopeConv1d):
     r"""Disentangled convolution for sequences :math:`(N, C, L)`: a learned Gaussian envelope, then ``nn.Conv1d``.
 
     Args:
         in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode: as in
-            the convolution it subclasses.
-        envelope_size: :math:`k_g = 2r + 1` (paper: 9), along every axis.
+            :class:`torch.nn.Conv1d`.
+        envelope_size: :math:`k_g = 2r + 1` (paper: 9).
         order: ``"env-conv"`` (eqs. (3)-(4)) or ``"conv-env"`` (eqs. (5)-(6)).
         shared_sigma: one sigma for all channels instead of one per channel.
         sigma_init: initial raw value :math:`\tilde\sigma` (paper: 0).
@@ -154,43 +144,17 @@ class DisentangledConv1d(EnvelopeConv1d):
         (torch.Size([4, 32, 50]), 1)
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
-                 groups: int = 1, bias: bool = True, padding_mode: str = "zeros", *, envelope_size: int = 9,
-                 order: str = "env-conv", shared_sigma: bool = False, sigma_init: float = 0.0,
-                 envelope_padding_mode: str = "zeros", device=None, dtype=None) -> None:
-        envelope = _learned_envelope(1, in_channels, out_channels, envelope_size, order, shared_sigma, sigma_init,
-                                     envelope_padding_mode, device, dtype)
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
-                         padding_mode, envelope=envelope, order=order, device=device, dtype=dtype)
 
-
-class DisentangledConv3d(EnvelopeConv3d):
+class DisentangledConv3d(_DisentangledConvNd, EnvelopeConv3d):
     r"""Disentangled convolution for clips and volumes :math:`(N, C, D, H, W)`: a learned envelope, then ``nn.Conv3d``.
 
-    Args:
-        in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode: as in
-            the convolution it subclasses.
-        envelope_size: :math:`k_g = 2r + 1` (paper: 9), along every axis.
-        order: ``"env-conv"`` (eqs. (3)-(4)) or ``"conv-env"`` (eqs. (5)-(6)).
-        shared_sigma: one sigma for all channels instead of one per channel.
-        sigma_init: initial raw value :math:`\tilde\sigma` (paper: 0).
-        envelope_padding_mode: the envelope's padding (``"zeros"``, ``"reflect"``, ``"replicate"``,
-            ``"circular"``); it keeps the size.
+    Args as :class:`DisentangledConv1d`, for :class:`torch.nn.Conv3d`; ``envelope_size`` applies along every axis.
 
     Example:
         >>> conv = DisentangledConv3d(3, 64, (3, 7, 7), stride=(1, 2, 2), padding=(1, 3, 3), bias=False)
         >>> conv(torch.randn(1, 3, 8, 32, 32)).shape
         torch.Size([1, 64, 8, 16, 16])
     """
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
-                 groups: int = 1, bias: bool = True, padding_mode: str = "zeros", *, envelope_size: int = 9,
-                 order: str = "env-conv", shared_sigma: bool = False, sigma_init: float = 0.0,
-                 envelope_padding_mode: str = "zeros", device=None, dtype=None) -> None:
-        envelope = _learned_envelope(3, in_channels, out_channels, envelope_size, order, shared_sigma, sigma_init,
-                                     envelope_padding_mode, device, dtype)
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
-                         padding_mode, envelope=envelope, order=order, device=device, dtype=dtype)
 
 
 #: The envelope convolution (any envelope module) for each convolution class it replaces.

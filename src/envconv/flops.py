@@ -35,7 +35,7 @@ from torch import nn
 from .conv import DisentangledConv2d
 from .convnd import DisentangledConv1d, DisentangledConv3d
 from .envelope import GaussianEnvelope
-from .ops.library import envelope_flops
+from .ops.library import envelope_flops, separable_macs
 
 __all__ = ["envelope_macs", "conv_macs", "fvcore_handles", "ptflops_hooks", "thop_ops", "torchinfo_summary"]
 
@@ -49,14 +49,8 @@ LAYERS = (DisentangledConv2d, DisentangledConv1d, DisentangledConv3d)
 
 
 def _passes_macs(x_shape: Sequence[int], y_shape: Sequence[int], size: int) -> int:
-    """Multiply-adds of the 1-D passes (last axis first) from an envelope's input (N, C, ...) to its output."""
-    if size == 1:
-        return 0
-    shape, macs = [int(n) for n in x_shape], 0
-    for axis in range(len(shape) - 1, 1, -1):  # each pass outputs at its own axis' strided positions
-        shape[axis] = int(y_shape[axis])
-        macs += size * math.prod(shape)
-    return macs
+    """Multiply-adds of the 1-D passes from an envelope's input (N, C, ...) to its output."""
+    return separable_macs([int(n) for n in x_shape], [int(n) for n in y_shape[2:]], size)
 
 
 def envelope_macs(layer: nn.Module, x_shape: Sequence[int], y_shape: Sequence[int]) -> int:

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .envelope import GaussianEnvelope
-from .state_dict import ArchitectureRecord
+from .state_dict import OrderRecord
 
 __all__ = ["POOL_ORDERS", "POOLS", "EnvelopePool2d", "strided_pool"]
 
@@ -42,7 +42,7 @@ def strided_pool(module: nn.Module) -> bool:
     return any(s > 1 for s in _pair(stride))
 
 
-class EnvelopePool2d(ArchitectureRecord, nn.Module):
+class EnvelopePool2d(OrderRecord, nn.Module):
     r"""A strided max or average pool with a Gaussian envelope in front of it (or behind it).
 
     Args:
@@ -70,6 +70,8 @@ class EnvelopePool2d(ArchitectureRecord, nn.Module):
         >>> torch.equal(layer(x), pool(x))
         True
     """
+
+    _orders, _record_kind = POOL_ORDERS, "pool"  # the order record (state_dict.OrderRecord)
 
     def __init__(self, pool: nn.Module, envelope: nn.Module, order: str = "env-pool") -> None:
         super().__init__()
@@ -106,18 +108,6 @@ class EnvelopePool2d(ArchitectureRecord, nn.Module):
         if self.order == "env-pool":
             return self.pool(self.envelope(x))
         return self.envelope(self.pool(x), self.stride)
-
-    def get_extra_state(self) -> torch.Tensor:
-        """The record stored with the weights: ``[1, index of the order in POOL_ORDERS]`` (int64)."""
-        return torch.tensor([1, POOL_ORDERS.index(self.order)])
-
-    def set_extra_state(self, state: torch.Tensor) -> None:
-        """Check a stored record: weights of the other order raise ``ValueError``."""
-        from .conv import read_order_record
-
-        order = read_order_record(state, POOL_ORDERS)
-        if order != self.order:
-            raise ValueError(f"the weights are of a pool with order={order!r}, this one has order={self.order!r}")
 
     def extra_repr(self) -> str:
         return f"order={self.order!r}"

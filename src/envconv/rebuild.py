@@ -26,13 +26,14 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from .conv import CONVS, ORDERS, DisentangledConv2d, EnvelopeConv2d, read_order_record
+from .conv import CONVS, ORDERS, EnvelopeConv2d
 from .convert import _refuse_scripted, pool_channels, replace_modules
-from .convnd import DISENTANGLED_CONVS, ENVELOPE_CONVS
+from .convnd import ENVELOPE_CONVS
 from .envelope import GaussianEnvelope, read_envelope_record
+from .methods import build_replacement
 from .pool import POOL_ORDERS, POOLS, EnvelopePool2d
 from .reparam import envelope_block, is_envelope_block, reparameterizable
-from .state_dict import RECORD_KEY, load_weights
+from .state_dict import RECORD_KEY, load_weights, read_order_record
 
 __all__ = ["envelope_specs", "disentangle_like", "load_disentangled"]
 
@@ -78,13 +79,13 @@ def envelope_specs(state: Mapping[str, torch.Tensor]) -> Dict[str, dict]:
     return specs
 
 
-def _envelope(spec: dict, channels: int, on: dict, spatial_dims: int = 2) -> GaussianEnvelope:
+def _envelope(spec: dict, channels: int, on: dict) -> GaussianEnvelope:
+    """A free-standing envelope as ``spec`` records it (for a pool or a block; convolutions go through the methods)."""
     size, padding = spec["size"] or 9, spec["padding_mode"] or "zeros"
     shared = spec["values"] == 1 and channels > 1
     if spec["learnable"] is False:
-        return GaussianEnvelope.fixed(channels, 0.0 if shared else [0.0] * channels, size, padding_mode=padding,
-                                      spatial_dims=spatial_dims, **on)
-    return GaussianEnvelope(channels, size, shared=shared, padding_mode=padding, spatial_dims=spatial_dims, **on)
+        return GaussianEnvelope.fixed(channels, 0.0 if shared else [0.0] * channels, size, padding_mode=padding, **on)
+    return GaussianEnvelope(channels, size, shared=shared, padding_mode=padding, **on)
 
 
 def _conv_order(layer: str, conv: nn.Conv2d, spec: dict) -> str:
@@ -106,15 +107,12 @@ def _replacement(layer: str, module: nn.Module, spec: dict, on: dict, pool_chans
                          f"{type(module).__name__}, neither a convolution nor a max / average pool")
     order = _conv_order(layer, module, spec)
     channels = module.in_channels if order == "env-conv" else module.out_channels
-    base = next((b for b in DISENTANGLED_CONVS if isinstance(module, b)), None)  # Conv1d / Conv3d
-    if spec["learnable"] is False:
-        layer_cls = EnvelopeConv2d if base is None else ENVELOPE_CONVS[base]
-        envelope = _envelope(spec, channels, on, len(module.kernel_size))
-        return layer_cls.from_conv(module, envelope=envelope, order=order)
-    layer_cls = DisentangledConv2d if base is None else DISENTANGLED_CONVS[base]
-    return layer_cls.from_conv(module, envelope_size=spec["size"] or 9, order=order,
-                               shared_sigma=spec["values"] == 1 and channels > 1,
-                               envelope_padding_mode=spec["padding_mode"] or "zeros")
+    shared = spec["values"] == 1 and channels > 1
+    options = {"envelope_size": spec["size"] or 9, "order": order,
+               "envelope_padding_mode": spec["padding_mode"] or "zeros"}
+    if spec["learnable"] is False:  # the sigma values come with the weights
+        return build_replacement("fixed", module, sigma=0.0 if shared else [0.0] * channels, **options)
+    return build_replacement("gaussian", module, shared_sigma=shared, **options)
 
 
 def disentangle_like(model: nn.Module, state: Mapping[str, torch.Tensor],
@@ -145,6 +143,7 @@ def disentangle_like(model: nn.Module, state: Mapping[str, torch.Tensor],
 
     Example:
         >>> import torch
+        >>> from envconv import DisentangledConv2d
         >>> state = DisentangledConv2d(3, 8, 3, envelope_size=5).state_dict()
         >>> model = disentangle_like(nn.Sequential(nn.Conv2d(3, 8, 3)), {f"0.{k}": v for k, v in state.items()})
         >>> type(model[0]).__name__, model[0].envelope_size
@@ -204,6 +203,7 @@ def load_disentangled(model: nn.Module, source: Source, *, strict: bool = True,
 
     Example:
         >>> import torch
+        >>> from envconv import DisentangledConv2d
         >>> trained = nn.Sequential(DisentangledConv2d(3, 8, 3, envelope_size=5, order="conv-env"))
         >>> model = load_disentangled(nn.Sequential(nn.Conv2d(3, 8, 3)), trained.state_dict())
         >>> model[0].order, torch.equal(model[0].weight, trained[0].weight)

@@ -18,8 +18,8 @@ from typing import Any, Mapping, Union
 
 import torch
 
-__all__ = ["ArchitectureRecord", "load_torch_file", "load_state_dict_file", "load_weights", "atomic_write_bytes",
-           "atomic_save"]
+__all__ = ["ArchitectureRecord", "OrderRecord", "read_order_record", "load_torch_file", "load_state_dict_file",
+           "load_weights", "atomic_write_bytes", "atomic_save"]
 
 #: The state-dict key suffix under which a module's record is stored (PyTorch's extra state).
 RECORD_KEY = "_extra_state"
@@ -170,3 +170,32 @@ def atomic_save(obj: Any, path: Union[str, os.PathLike]) -> None:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     atomic_write_bytes(buffer.getvalue(), path)
+
+
+def read_order_record(state: torch.Tensor, orders) -> str:
+    """The order stored in a layer's record (an index into ``orders``)."""
+    (index,) = check_record(state, 2, "order record")
+    if not 0 <= index < len(orders):
+        raise ValueError(f"order record {state.tolist()} is corrupt (no order {index} in {orders})")
+    return orders[index]
+
+
+class OrderRecord(ArchitectureRecord):
+    """Mixin for a layer whose record is its ``order``: ``[1, index of the order in _orders]`` (int64).
+
+    The class sets ``_orders`` (its orders) and ``_record_kind`` (what the error calls it).
+    """
+
+    _orders: tuple
+    _record_kind = "layer"
+
+    def get_extra_state(self) -> torch.Tensor:
+        """The record stored with the weights: ``[1, index of the order]`` (int64)."""
+        return torch.tensor([1, self._orders.index(self.order)])
+
+    def set_extra_state(self, state: torch.Tensor) -> None:
+        """Check a stored record: weights of the other order raise ``ValueError``."""
+        order = read_order_record(state, self._orders)
+        if order != self.order:
+            raise ValueError(f"the weights are of a {self._record_kind} with order={order!r}, this one has "
+                             f"order={self.order!r}")

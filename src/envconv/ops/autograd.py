@@ -31,7 +31,7 @@ from torch.autograd.function import _SingleLevelFunction
 from .. import kernels as EF
 from . import composite
 from .layout import memory_format
-from .library import STEM_CHANNELS, _kernels
+from .library import STEM_CHANNELS, _kernels, _strided
 
 try:  # torch >= 2.0 has it; its home is private, hence the guard
     from torch._functorch.utils import enable_single_level_autograd_function
@@ -185,7 +185,7 @@ def _sigma_derivative(x: Tensor, raw_sigma: Tensor, size: int, stride: List[int]
     + g \otimes g'') * X_c`, at the strided positions.
     """
     if size == 1 or x.numel() == 0:
-        return torch.zeros_like(x[(..., *(slice(None, None, s) for s in stride))])
+        return torch.zeros_like(_strided(x, stride))
     return _passes(x, raw_sigma, size, stride, padding_mode, _derivative_terms(len(stride), order))
 
 

@@ -32,7 +32,7 @@ from . import composite, cpu, dispatch
 from .layout import empty_like_layout, memory_format
 
 __all__ = ["envelope", "envelope_backward", "envelope_conv2d", "envelope_decomposed", "envelope_flops",
-           "STEM_CHANNELS"]
+           "separable_macs", "STEM_CHANNELS"]
 
 #: An envelope + conv with at most this many input channels, whose input needs no gradient (a
 #: stem on the image), gets its sigma gradient from forward convolutions (:func:`_stem_backward`).
@@ -257,17 +257,25 @@ def envelope_flops(x_shape, size: int, stride) -> int:
     its own axis: in 2-D the width pass on every input row at the strided columns, the height pass
     at the strided output positions, :math:`2 N C k_g \lceil W/s_w \rceil (H + \lceil H/s_h \rceil)`.
     """
+    out = [(n - 1) // s + 1 for n, s in zip(list(x_shape)[2:], stride)]
+    return 2 * separable_macs(x_shape, out, size)
+
+
+def separable_macs(x_shape, out_spatial, size: int) -> int:
+    """Multiply-adds of the separable passes (last axis first) from an input of ``x_shape`` to ``out_spatial``.
+
+    Each pass computes its own axis at the output positions: ``size`` multiply-adds per element it outputs.
+    """
     if size == 1:
         return 0
-    shape = list(x_shape)
-    flops = 0
-    for axis in range(len(shape) - 1, 1, -1):  # each pass: k multiply-adds per output element
-        shape[axis] = (shape[axis] - 1) // stride[axis - 2] + 1
+    shape, macs = list(x_shape), 0
+    for axis in range(len(shape) - 1, 1, -1):
+        shape[axis] = out_spatial[axis - 2]
         elements = 1
         for n in shape:
             elements *= n
-        flops += 2 * size * elements
-    return flops
+        macs += size * elements
+    return macs
 
 
 @register_flop_formula(torch.ops.envconv.envelope)
