@@ -93,3 +93,23 @@ def envelope_vjp(x, raw, size, gy, mode="zeros", stride=(1, 1), eps=1e-6):
         diff = envelope_strided(x, up, size, mode, stride) - envelope_strided(x, down, size, mode, stride)
         graw[i] = (gy * diff).sum() / (2 * eps)
     return gx, graw
+
+
+def envelope_nd(x, raw, size, mode="zeros", stride=None):
+    """The separable envelope of x (N, C, *spatial) by scipy: along each spatial axis its own 1-D kernel.
+
+    ``raw``: (C,) or (1,) - one sigma per channel for every axis - or (C, n) / (1, n), a column
+    per spatial axis. Then every ``stride``-th sample of each axis.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    raw = np.asarray(raw, dtype=np.float64)
+    dims = x.ndim - 2
+    columns = [raw] * dims if raw.ndim == 1 else [raw[:, a] for a in range(dims)]
+    out = x.copy()
+    for axis, column in enumerate(columns):
+        k = kernel1d(column, size)
+        k = np.repeat(k, x.shape[1], axis=0) if k.shape[0] == 1 else k
+        for c in range(x.shape[1]):  # axes of out[:, c]: 0 is the batch
+            out[:, c] = ndimage.correlate1d(out[:, c], k[c], axis=axis + 1, mode=SCIPY_MODES[mode], cval=0.0)
+    stride = stride or [1] * dims
+    return out[(..., *(slice(None, None, s) for s in stride))]

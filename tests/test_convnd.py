@@ -12,6 +12,7 @@ import torchvision
 from torch import nn
 
 import envconv
+import reference
 from envconv import DisentangledConv1d, DisentangledConv2d, DisentangledConv3d, EnvelopeConv3d, GaussianEnvelope
 
 sys.path.insert(0, str(Path(__file__).parent / "ops"))
@@ -146,3 +147,40 @@ def test_envelope_conv3d_takes_any_envelope_module():
     assert "order=env-conv" in repr(layer)
     with pytest.raises(ValueError, match="order must be one of"):
         EnvelopeConv3d(2, 3, 1, envelope=env, order="bad")
+
+
+def test_r3d_18_with_a_sigma_per_axis_trains_rebuilds_lists_and_shrinks_per_axis():
+    from envconv import envelopes, load_disentangled, shrink
+    from envconv.recipes.tables import envelope_table
+
+    torch.manual_seed(0)
+    model = torchvision.models.video.r3d_18(num_classes=3)
+    envconv.disentangle(model, sigma_per_axis=True)
+    shapes = [tuple(m.raw_sigma.shape) for m in model.modules() if isinstance(m, GaussianEnvelope)]
+    assert shapes == [(3, 3), (64, 3), (64, 3), (128, 3), (128, 3), (256, 3), (256, 3)]
+    x = torch.randn(2, 3, 4, 32, 32)
+    optimizer = torch.optim.SGD([p for n, p in model.named_parameters() if "raw_sigma" in n], lr=1.0)
+    nn.functional.cross_entropy(model(x), torch.tensor([0, 2])).backward()
+    stem = model.stem[0].envelope
+    assert stem.raw_sigma.grad.shape == (3, 3) and bool((stem.raw_sigma.grad != 0).all())
+    optimizer.step()
+    # the time axis (column 0) moved apart from the image axes: each axis learns its own
+    assert not torch.equal(stem.raw_sigma[:, 0], stem.raw_sigma[:, 1])
+    rows = envelopes(model)
+    want = np.sqrt(np.logaddexp(0.0, stem.raw_sigma.detach().double().numpy()))  # sqrt(softplus(raw)), (C, axes)
+    np.testing.assert_allclose(np.asarray(rows[0].axis_sigmas).T, want, rtol=1e-15)
+    assert "mean per axis" in envelope_table(rows) and envelopes(model.state_dict())[0].axis_sigmas == rows[0].axis_sigmas
+    rebuilt = load_disentangled(torchvision.models.video.r3d_18(num_classes=3), model.state_dict())
+    model.eval(), rebuilt.eval()
+    assert torch.equal(rebuilt(x), model(x))
+    # automatic shrinking: the channel keeping the least mass (the product over its axes) decides
+    env = GaussianEnvelope.fixed(2, [[0.4, 0.4, 1.0], [0.4, 0.4, 0.4]], 9, spatial_dims=3, per_axis=True)
+    size = shrink(env, "auto", eps=1e-2).size
+
+    def mass(sigma, taps):  # the central taps' share of the 9-tap kernel (tests/reference.py)
+        k = reference.kernel1d(np.log(np.expm1(sigma ** 2)), 9)[0]
+        return k[4 - taps // 2: 5 + taps // 2].sum()
+
+    assert size == min(t for t in (1, 3, 5, 7, 9) if mass(1.0, t) * mass(0.4, t) ** 2 >= 0.99)
+    # smaller than an isotropic envelope of the largest sigma needs (its mass is m^3)
+    assert size < min(t for t in (1, 3, 5, 7, 9) if mass(1.0, t) ** 3 >= 0.99)

@@ -145,3 +145,27 @@ def test_sigma_zero_is_the_identity_for_finite_input_and_spreads_nan_from_inf_as
     assert y[0, 0, 4, 4] == float("inf")
     assert int(torch.isnan(y).sum()) == 24  # 0 * inf = NaN at the other 24 taps of the 5x5 window
     assert "0 * inf" in GaussianEnvelope.fixed.__doc__
+
+
+def test_a_sigma_per_axis_module_fixed_constructor_kernels_and_errors():
+    env = GaussianEnvelope(3, size=5, spatial_dims=3, per_axis=True, init=0.5)
+    assert env.raw_sigma.shape == (3, 3) and env.per_axis and env.sigma.shape == (3, 3)
+    assert "sigma=per-channel per-axis" in repr(env)
+    shared = GaussianEnvelope(3, size=5, shared=True, per_axis=True)
+    assert shared.raw_sigma.shape == (1, 2) and shared.sigma.shape == (3, 2)
+    fixed = GaussianEnvelope.fixed(2, [[0.3, 1.0], [0.5, 0.7]], 5, per_axis=True)
+    np.testing.assert_allclose(fixed.sigma.numpy(), [[0.3, 1.0], [0.5, 0.7]], rtol=1e-6)
+    # each axis's 1-D kernel, and the 2-D envelope as their outer product
+    np.testing.assert_allclose(fixed.kernel1d(1)[0].numpy(), ref.kernel1d(np.log(np.expm1(1.0)), 5)[0],
+                               rtol=1e-6)
+    assert torch.equal(fixed.kernel2d(), fixed.kernel1d(0)[:, :, None] * fixed.kernel1d(1)[:, None, :])
+    x = torch.randn(2, 2, 8, 9)
+    y = fixed(x)
+    np.testing.assert_allclose(y.numpy(), ref.envelope_nd(x, fixed.raw_sigma, 5), rtol=2e-6, atol=2e-6)
+    with pytest.raises(ValueError, match=r"per-axis sigma must have 2 entries .* or shape \(2, 2\)"):
+        GaussianEnvelope.fixed(2, [0.1, 0.2, 0.3], per_axis=True)
+    with pytest.raises(ValueError, match="kernel2d is the envelope of a 2-D input"):
+        GaussianEnvelope(3, spatial_dims=3).kernel2d()
+    # a per-axis state dict does not load into a per-channel envelope (torch names the shapes)
+    with pytest.raises(RuntimeError, match="size mismatch for raw_sigma"):
+        GaussianEnvelope(3, size=5, spatial_dims=3).load_state_dict(env.state_dict())

@@ -304,6 +304,7 @@ class DisentangledConv2d(EnvelopeConv2d):
         envelope_size: :math:`k_g = 2r + 1` of the envelope (paper: 9).
         order: ``"env-conv"`` or ``"conv-env"``.
         shared_sigma: one sigma for all channels (Table 1d) instead of one per channel.
+        sigma_per_axis: a sigma per channel and axis (height, width), ``raw_sigma`` of shape (C, 2).
         sigma_init: initial raw value :math:`\tilde\sigma` (paper: 0).
         envelope_padding_mode: padding of the envelope (``"zeros"``, ``"reflect"``,
             ``"replicate"``, ``"circular"``); it always keeps the spatial size.
@@ -336,6 +337,7 @@ class DisentangledConv2d(EnvelopeConv2d):
         envelope_size: int = 9,
         order: str = "env-conv",
         shared_sigma: bool = False,
+        sigma_per_axis: bool = False,
         sigma_init: float = 0.0,
         envelope_padding_mode: str = "zeros",
         device=None,
@@ -347,6 +349,7 @@ class DisentangledConv2d(EnvelopeConv2d):
             in_channels if order == "env-conv" else out_channels,
             envelope_size,
             shared=shared_sigma,
+            per_axis=sigma_per_axis,
             init=sigma_init,
             padding_mode=envelope_padding_mode,
             device=device,
@@ -440,7 +443,7 @@ class DisentangledConv2d(EnvelopeConv2d):
         self.envelope.size = value
 
     def extra_repr(self) -> str:
-        sigma = "shared" if self.envelope.shared else "per-channel"
+        sigma = ("shared" if self.envelope.shared else "per-channel") + (" per-axis" if self.envelope.per_axis else "")
         if self.tf_same is not None:
             sigma += f", tf_same={self.tf_same or 'dynamic'}"
         return f"{nn.Conv2d.extra_repr(self)}, envelope_size={self.envelope.size}, order={self.order}, sigma={sigma}"

@@ -290,7 +290,9 @@ def disentangle(
         input_size: ``(H, W)`` of the dummy image that finds the pools' channel counts
             (:func:`~envconv.convert.pool_channels`), used only when envelopes go at pools.
         **method_options: the method's own options, e.g. ``sigma=0.6`` for ``fixed``,
-            ``initial_sigma=1.0, decay=0.9, every=5`` for ``cbs``.
+            ``initial_sigma=1.0, decay=0.9, every=5`` for ``cbs``; ``sigma_per_axis=True`` for
+            ``gaussian`` and ``fixed``: a sigma per channel and spatial axis (a clip's time axis
+            apart from its height and width).
 
     At a pool (``where="pools"``), ``gaussian`` and ``fixed`` put an
     :class:`~envconv.pool.EnvelopePool2d`; their ``order`` ``"env-conv"`` (default) becomes
@@ -462,9 +464,10 @@ def pool_channels(model: nn.Module, names: Sequence[str], input_size: Sequence[i
 def _envelope(method: str, channels: int, options: dict, on: dict) -> GaussianEnvelope:
     """The free-standing envelope of ``gaussian`` / ``fixed`` with the method's options (at a pool or a block)."""
     size, padding = options.get("envelope_size", 9), options.get("envelope_padding_mode", "zeros")
+    per_axis = options.get("sigma_per_axis", False)
     if method == "fixed":
-        return GaussianEnvelope.fixed(channels, options["sigma"], size, padding_mode=padding, **on)
-    return GaussianEnvelope(channels, size, shared=options.get("shared_sigma", False),
+        return GaussianEnvelope.fixed(channels, options["sigma"], size, padding_mode=padding, per_axis=per_axis, **on)
+    return GaussianEnvelope(channels, size, shared=options.get("shared_sigma", False), per_axis=per_axis,
                             init=options.get("sigma_init", 0.0), padding_mode=padding, **on)
 
 
@@ -484,15 +487,15 @@ def auto_envelope_size(envelope: GaussianEnvelope, eps: float = 1e-2) -> int:
 
     The mass is measured on the envelope at its current size and for its largest sigma
     (the widest channel): the central :math:`s` taps of the 1-D kernel of eq. (9) hold
-    :math:`m_s`, the separable 2-D envelope :math:`m_s^2` (1-D: :math:`m_s`, 3-D: :math:`m_s^3`).
-    Never larger than the current size.
+    :math:`m_s`, the separable 2-D envelope :math:`m_s^2` (1-D: :math:`m_s`, 3-D: :math:`m_s^3`;
+    with a sigma per axis the product of the axes' masses). Never larger than the current size.
     """
     if not 0 < eps < 1:
         raise ValueError(f"eps must be in (0, 1), got {eps!r}")
     size = envelope.size
-    raw = envelope.raw_sigma.detach().double().max().reshape(1)
-    for taps in range(1, size, 2):
-        if float(EF.central_mass(raw, size, taps, envelope.spatial_dims)) >= 1 - eps:
+    raw = envelope.raw_sigma.detach().double()
+    for taps in range(1, size, 2):  # the channel keeping the least mass decides
+        if float(EF.central_mass(raw, size, taps, envelope.spatial_dims).min()) >= 1 - eps:
             return taps
     return size
 

@@ -76,12 +76,13 @@ class _DisentangledConvNd:
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
                  groups: int = 1, bias: bool = True, padding_mode: str = "zeros", *, envelope_size: int = 9,
-                 order: str = "env-conv", shared_sigma: bool = False, sigma_init: float = 0.0,
-                 envelope_padding_mode: str = "zeros", device=None, dtype=None) -> None:
+                 order: str = "env-conv", shared_sigma: bool = False, sigma_per_axis: bool = False,
+                 sigma_init: float = 0.0, envelope_padding_mode: str = "zeros", device=None, dtype=None) -> None:
         if order not in ORDERS:
             raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
         envelope = GaussianEnvelope(in_channels if order == "env-conv" else out_channels, envelope_size,
-                                    shared=shared_sigma, init=sigma_init, padding_mode=envelope_padding_mode,
+                                    shared=shared_sigma, per_axis=sigma_per_axis, init=sigma_init,
+                                    padding_mode=envelope_padding_mode,
                                     spatial_dims=self._dims, device=device, dtype=dtype)
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
                          padding_mode, envelope=envelope, order=order, device=device, dtype=dtype)
@@ -134,6 +135,8 @@ class DisentangledConv1d(_DisentangledConvNd, EnvelopeConv1d):
         envelope_size: :math:`k_g = 2r + 1` (paper: 9).
         order: ``"env-conv"`` (eqs. (3)-(4)) or ``"conv-env"`` (eqs. (5)-(6)).
         shared_sigma: one sigma for all channels instead of one per channel.
+        sigma_per_axis: a sigma per channel and spatial axis, ``raw_sigma`` of shape (C, n); in 3-D
+            the time (or depth) axis learns its own receptive field.
         sigma_init: initial raw value :math:`\tilde\sigma` (paper: 0).
         envelope_padding_mode: the envelope's padding (``"zeros"``, ``"reflect"``, ``"replicate"``,
             ``"circular"``); it keeps the size.
@@ -151,9 +154,10 @@ class DisentangledConv3d(_DisentangledConvNd, EnvelopeConv3d):
     Args as :class:`DisentangledConv1d`, for :class:`torch.nn.Conv3d`; ``envelope_size`` applies along every axis.
 
     Example:
-        >>> conv = DisentangledConv3d(3, 64, (3, 7, 7), stride=(1, 2, 2), padding=(1, 3, 3), bias=False)
-        >>> conv(torch.randn(1, 3, 8, 32, 32)).shape
-        torch.Size([1, 64, 8, 16, 16])
+        >>> conv = DisentangledConv3d(3, 64, (3, 7, 7), stride=(1, 2, 2), padding=(1, 3, 3), bias=False,
+        ...                           sigma_per_axis=True)
+        >>> conv(torch.randn(1, 3, 8, 32, 32)).shape, conv.envelope.raw_sigma.shape  # (time, height, width)
+        (torch.Size([1, 64, 8, 16, 16]), torch.Size([3, 3]))
     """
 
 

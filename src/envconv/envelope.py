@@ -36,6 +36,9 @@ class GaussianEnvelope(ArchitectureRecord, nn.Module):
     The trainable parameter is ``raw_sigma`` (:math:`\tilde\sigma`), one per channel,
     or a single one when ``shared=True`` (the paper's "single sigma", Table 1d). The
     paper initialises it at 0, i.e. :math:`\sigma = \sqrt{\log 2} \approx 0.833`.
+    With ``per_axis=True`` each channel has a sigma per spatial axis, ``raw_sigma`` of shape
+    :math:`(C, n)` (:math:`(1, n)` if shared), in the order of the input's axes: a clip's time
+    axis, a spectrogram's frequency axis or a volume's slices learn their own receptive field.
 
     ``size`` (:math:`k_g`) is a plain attribute, not a parameter: it can be changed
     after training (see :func:`envconv.shrink`, the paper's Table 1e) without touching
@@ -61,6 +64,7 @@ class GaussianEnvelope(ArchitectureRecord, nn.Module):
             ``"replicate"`` or ``"circular"``; the spatial size is always kept.
         spatial_dims: 2 (default: images), 1 (sequences, :math:`(N, C, L)`) or 3 (volumes and
             clips, :math:`(N, C, D, H, W)`); the kernel of eq. (9) runs along each axis in turn.
+        per_axis: a sigma per channel and spatial axis instead of one per channel.
 
     Shape:
         - Input: :math:`(N, C, H, W)` or :math:`(C, H, W)` (with ``spatial_dims`` 1 or 3:
@@ -70,6 +74,9 @@ class GaussianEnvelope(ArchitectureRecord, nn.Module):
     Example:
         >>> GaussianEnvelope(4, size=5, spatial_dims=3)(torch.randn(2, 4, 6, 8, 8)).shape
         torch.Size([2, 4, 6, 8, 8])
+        >>> clip = GaussianEnvelope(4, size=5, spatial_dims=3, per_axis=True)  # time, height, width
+        >>> clip.raw_sigma.shape, clip.sigma.shape
+        (torch.Size([4, 3]), torch.Size([4, 3]))
         >>> env = GaussianEnvelope(8, size=9)
         >>> env(torch.randn(2, 8, 32, 32)).shape
         torch.Size([2, 8, 32, 32])
@@ -83,7 +90,7 @@ class GaussianEnvelope(ArchitectureRecord, nn.Module):
 
     raw_sigma: torch.Tensor
     # TorchScript compiles forward's scripted branch only; these stay Python
-    __jit_unused_properties__ = ["size", "learnable", "sigma2", "sigma"]
+    __jit_unused_properties__ = ["size", "learnable", "sigma2", "sigma", "per_axis"]
 
     def __init__(
         self,
@@ -95,6 +102,7 @@ class GaussianEnvelope(ArchitectureRecord, nn.Module):
         learnable: bool = True,
         padding_mode: str = "zeros",
         spatial_dims: int = 2,
+        per_axis: bool = False,
         device=None,
         dtype=None,
     ) -> None:
@@ -109,7 +117,8 @@ class GaussianEnvelope(ArchitectureRecord, nn.Module):
         if isinstance(init, bool) or not isinstance(init, (int, float)) or not math.isfinite(init):
             raise ValueError(f"init (raw sigma) must be a finite number, got {init!r}")
         self.impl = "auto"  # envconv.ops.dispatch decides; "separable" / "full" / "fused" / "triton" force one
-        raw = torch.full((1 if shared else channels,), float(init), device=device, dtype=dtype)
+        shape = (1 if shared else channels,) + ((self.spatial_dims,) if per_axis else ())
+        raw = torch.full(shape, float(init), device=device, dtype=dtype)
         if learnable:
             self.raw_sigma = nn.Parameter(raw)
         else:
@@ -124,6 +133,7 @@ class GaussianEnvelope(ArchitectureRecord, nn.Module):
         *,
         padding_mode: str = "zeros",
         spatial_dims: int = 2,
+        per_axis: bool = False,
         device=None,
         dtype=None,
     ):
@@ -132,13 +142,15 @@ class GaussianEnvelope(ArchitectureRecord, nn.Module):
         Args:
             channels: number of channels.
             sigma: the scale :math:`\sigma \ge 0` (not its square, not the raw value):
-                one number shared by all channels, or one per channel.
+                one number shared by all channels, or one per channel; with ``per_axis``,
+                one per spatial axis (shared by the channels) or a :math:`(C, n)` table.
                 ``sigma = 0`` is a delta kernel: the identity for finite inputs. Like any
                 convolution it multiplies every pixel in the ``k_g x k_g`` window by its tap,
                 so an infinite or NaN pixel makes its neighbours NaN (``0 * inf``).
             size: envelope size :math:`k_g`.
             padding_mode: as in the constructor.
             spatial_dims: as in the constructor.
+            per_axis: as in the constructor.
             device: where the sigma buffer goes.
             dtype: the sigma buffer's dtype.
 
@@ -147,9 +159,17 @@ class GaussianEnvelope(ArchitectureRecord, nn.Module):
             >>> x = torch.randn(1, 2, 8, 8)
             >>> torch.equal(blur(x)[:, 0], x[:, 0]), blur.learnable  # sigma 0 is the identity
             (True, False)
+            >>> GaussianEnvelope.fixed(2, sigma=[0.5, 1.5, 1.5], spatial_dims=3, per_axis=True).sigma.tolist()
+            [[0.5, 1.5, 1.5], [0.5, 1.5, 1.5]]
         """
         raw = EF.raw_from_sigma(sigma)
-        if raw.dim() > 1 or (raw.dim() == 1 and raw.numel() not in (1, channels)):
+        if per_axis:
+            if raw.dim() == 1 and raw.numel() == spatial_dims:
+                raw = raw.reshape(1, spatial_dims)
+            if raw.dim() != 2 or raw.shape[0] not in (1, channels) or raw.shape[1] != spatial_dims:
+                raise ValueError(f"a per-axis sigma must have {spatial_dims} entries (one per spatial axis) or shape "
+                                 f"({channels}, {spatial_dims}), got shape {tuple(raw.shape)}")
+        elif raw.dim() > 1 or (raw.dim() == 1 and raw.numel() not in (1, channels)):
             raise ValueError(
                 f"sigma must be a number or have {channels} entries (one per channel), "
                 f"got shape {tuple(raw.shape)}"
@@ -157,14 +177,15 @@ class GaussianEnvelope(ArchitectureRecord, nn.Module):
         env = cls(
             channels,
             size,
-            shared=raw.numel() == 1,
+            shared=raw.dim() > 0 and raw.shape[0] == 1 if per_axis else raw.numel() == 1,
             learnable=False,
             padding_mode=padding_mode,
             spatial_dims=spatial_dims,
+            per_axis=per_axis,
             device=device,
             dtype=dtype,
         )
-        env.raw_sigma.copy_(raw.reshape(-1))
+        env.raw_sigma.copy_(raw.reshape(env.raw_sigma.shape))
         return env
 
     @property
@@ -182,23 +203,31 @@ class GaussianEnvelope(ArchitectureRecord, nn.Module):
         return isinstance(self.raw_sigma, nn.Parameter)
 
     @property
+    def per_axis(self) -> bool:
+        """Whether each channel has a sigma per spatial axis (``raw_sigma`` of shape (C, n))."""
+        return self.raw_sigma.dim() == 2
+
+    @property
     def sigma2(self) -> torch.Tensor:
-        r"""Per-channel :math:`\sigma_c^2 = \operatorname{softplus}(\tilde\sigma_c)`, shape :math:`(C,)`."""
-        return EF.sigma2_from_raw(self.raw_sigma).expand(self.channels)
+        r"""Per-channel :math:`\sigma_c^2 = \operatorname{softplus}(\tilde\sigma_c)`, shape :math:`(C,)` (per axis: :math:`(C, n)`)."""
+        return EF.sigma2_from_raw(self.raw_sigma).expand(self.channels, *self.raw_sigma.shape[1:])
 
     @property
     def sigma(self) -> torch.Tensor:
-        r"""Per-channel :math:`\sigma_c`, shape :math:`(C,)` (differentiable; ``.detach()`` for logging)."""
+        r"""Per-channel :math:`\sigma_c`, shape :math:`(C,)` or :math:`(C, n)` (differentiable; ``.detach()`` for logging)."""
         return self.sigma2.sqrt()
 
-    def kernel1d(self) -> torch.Tensor:
-        """The 1-D kernels of eq. (9) at the current size, shape :math:`(C, k_g)`."""
-        return EF.gaussian_kernel1d(self.raw_sigma, self.size).expand(self.channels, self.size)
+    def kernel1d(self, axis: int = 0) -> torch.Tensor:
+        """The 1-D kernels of eq. (9) along spatial ``axis`` at the current size, shape :math:`(C, k_g)`."""
+        raw = EF.axis_raw_sigmas(self.raw_sigma, self.spatial_dims)[axis]
+        return EF.gaussian_kernel1d(raw, self.size).expand(self.channels, self.size)
 
     def kernel2d(self) -> torch.Tensor:
-        """The 2-D envelopes (outer products, for analysis only), shape :math:`(C, k_g, k_g)`."""
-        k = self.kernel1d()
-        return k[:, :, None] * k[:, None, :]
+        """The 2-D envelopes (outer products of the two axes' kernels, for analysis only), :math:`(C, k_g, k_g)`."""
+        if self.spatial_dims != 2:
+            raise ValueError(f"kernel2d is the envelope of a 2-D input; this one is {self.spatial_dims}-D "
+                             f"(kernel1d(axis) gives each axis's kernel)")
+        return self.kernel1d(0)[:, :, None] * self.kernel1d(1)[:, None, :]
 
     def forward(self, x: torch.Tensor, stride: Union[int, List[int]] = 1) -> torch.Tensor:
         """Smooth ``x``; with ``stride > 1`` only at the positions a strided 1x1 conv reads."""
@@ -215,7 +244,7 @@ class GaussianEnvelope(ArchitectureRecord, nn.Module):
     def resolve_impl(self, x: torch.Tensor, stride: Union[int, Sequence[int]] = 1) -> str:
         """The implementation that computes this envelope's forward for ``x`` (see :mod:`envconv.ops.dispatch`)."""
         stride = [stride] * self.spatial_dims if isinstance(stride, int) else list(stride)
-        return ops.forward_impl(x, self.size, stride, self.padding_mode, self.impl)
+        return ops.forward_impl(x, self.size, stride, self.padding_mode, self.impl, per_axis=self.per_axis)
 
     def get_extra_state(self) -> torch.Tensor:
         """The record stored with the weights: ``[1, size, learnable, padding mode index, channels, spatial dims]``."""
@@ -237,7 +266,7 @@ class GaussianEnvelope(ArchitectureRecord, nn.Module):
                              f"{self.padding_mode!r}")
 
     def extra_repr(self) -> str:
-        mode = "shared" if self.shared else "per-channel"
+        mode = ("shared" if self.shared else "per-channel") + (" per-axis" if self.per_axis else "")
         s = f"{self.channels}, size={self.size}, sigma={mode}"
         if not self.learnable:
             s += ", learnable=False"

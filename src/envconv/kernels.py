@@ -10,7 +10,8 @@ This module is the single place where the envelope's math lives (paper, Sec. 2.3
 
     \bar X(\cdot, \cdot, c) = \mathbf g_{\sigma_c}(y) * \big(\mathbf g_{\sigma_c}(x) * X(\cdot, \cdot, c)\big).
 
-The 2-D envelope is the outer product of the 1-D kernel with itself. This module holds the
+The 2-D envelope is the outer product of the 1-D kernel with itself; with a sigma per axis
+(``raw_sigma`` of shape :math:`(C, n)`), of the 1-D kernels of each axis's own sigma. This module holds the
 math only: the kernel, its derivative (what eq. (8) filters with), the parameterisation and
 argument checks. Applying the envelope to a tensor is the functional
 :func:`envconv.functional.gaussian_envelope` over the operator of :mod:`envconv.ops`; the
@@ -19,12 +20,13 @@ independent reference it is tested against is ``tests/reference.py`` (scipy).
 
 from __future__ import annotations
 
-from typing import Sequence, Union
+from typing import List, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "axis_raw_sigmas",
     "central_mass",
     "PADDING_MODES",
     "MIN_SIGMA2",
@@ -152,15 +154,36 @@ def gaussian_kernel1d(raw_sigma: torch.Tensor, size: int) -> torch.Tensor:
     return torch.softmax(-x2 / (2.0 * sigma2[:, None]), dim=1)
 
 
+def axis_raw_sigmas(raw_sigma: torch.Tensor, spatial_dims: int) -> List[torch.Tensor]:
+    r"""The raw sigma of each spatial axis, each of shape :math:`(C,)` or :math:`(1,)`.
+
+    A ``raw_sigma`` of shape :math:`(C,)` or :math:`(1,)` scales every axis (the paper's
+    envelope); one of shape :math:`(C, n)` or :math:`(1, n)` has a column per spatial axis, in
+    the order of the input's axes (in 3-D: depth or time, height, width).
+
+    Example:
+        >>> [tuple(r.shape) for r in axis_raw_sigmas(torch.zeros(4, 3), 3)]
+        [(4,), (4,), (4,)]
+    """
+    if raw_sigma.dim() == 1:
+        return [raw_sigma] * spatial_dims
+    if raw_sigma.dim() != 2 or raw_sigma.shape[1] != spatial_dims:
+        raise ValueError(f"a per-axis raw_sigma must have shape (C, {spatial_dims}) or (1, {spatial_dims}), "
+                         f"got {tuple(raw_sigma.shape)}")
+    return [raw_sigma[:, a] for a in range(spatial_dims)]
+
+
 def central_mass(raw_sigma: torch.Tensor, size: int, taps: int, spatial_dims: int = 2) -> torch.Tensor:
     r"""Per channel, the share of the ``size`` x ``size`` envelope's mass inside its central ``taps`` x ``taps``.
 
     The separable 2-D envelope's central part holds :math:`m^2`, :math:`m` the sum of the
-    central ``taps`` entries of :func:`gaussian_kernel1d` (in 1-D :math:`m`, in 3-D :math:`m^3`).
+    central ``taps`` entries of :func:`gaussian_kernel1d` (in 1-D :math:`m`, in 3-D :math:`m^3`;
+    with a sigma per axis the product of each axis's :math:`m`).
     ``1 - central_mass`` is what shrinking the envelope to ``taps`` at inference (Table 1e) leaves out.
 
     Args:
-        raw_sigma: raw parameters :math:`\tilde\sigma`, shape :math:`(C,)`.
+        raw_sigma: raw parameters :math:`\tilde\sigma`, shape :math:`(C,)` (or :math:`(C, n)`,
+            one per axis).
         size: the envelope's size :math:`k_g`.
         taps: the central size kept (odd; capped at ``size``).
         spatial_dims: the envelope's number of spatial axes.
@@ -173,8 +196,12 @@ def central_mass(raw_sigma: torch.Tensor, size: int, taps: int, spatial_dims: in
         0.893
     """
     check_envelope_size(taps, "taps")
-    kernel = gaussian_kernel1d(raw_sigma, size)
     r, t = size // 2, min(taps, size) // 2
+    if raw_sigma.dim() == 2:  # a sigma per axis: the product of the axes' central masses
+        masses = [gaussian_kernel1d(raw, size)[:, r - t : r + t + 1].sum(dim=1)
+                  for raw in axis_raw_sigmas(raw_sigma, spatial_dims)]
+        return torch.stack(masses).prod(0)
+    kernel = gaussian_kernel1d(raw_sigma, size)
     return kernel[:, r - t : r + t + 1].sum(dim=1).pow(spatial_dims)
 
 
@@ -256,6 +283,8 @@ def check_floating_point(x: torch.Tensor) -> None:
 def check_envelope_args(x: torch.Tensor, raw_sigma: torch.Tensor, size: int, padding_mode: str) -> None:
     """Check an envelope's arguments: ``x`` (N, C, ...) with 1-3 spatial axes, ``raw_sigma`` (C,) or (1,).
 
+    A sigma per axis: ``raw_sigma`` (C, n) or (1, n), n the number of spatial axes.
+
     Both must be floating point (``TypeError`` otherwise): the kernel of eq. (9) has no integer form.
 
     Example:
@@ -267,19 +296,23 @@ def check_envelope_args(x: torch.Tensor, raw_sigma: torch.Tensor, size: int, pad
     check_floating_point(x)
     if not raw_sigma.is_floating_point():
         raise TypeError(f"raw_sigma must be a floating-point tensor, got {raw_sigma.dtype}")
-    if raw_sigma.dim() != 1:
-        raise ValueError(f"raw_sigma must have shape (C,) or (1,), got {tuple(raw_sigma.shape)}")
-    channels_of_param = raw_sigma.shape[0]
     check_envelope_size(size)
     check_padding_mode(padding_mode)
     if x.dim() not in (3, 4, 5):
         raise ValueError(f"x must have shape (N, C, H, W), or (N, C, L) / (N, C, D, H, W) for 1-D / 3-D envelopes, "
                          f"got {x.dim()} dims {tuple(x.shape)}")
-    channels = x.shape[1]
-    if channels_of_param not in (1, channels):
+    channels, dims = x.shape[1], x.dim() - 2
+    if raw_sigma.dim() == 2:
+        if raw_sigma.shape[0] not in (1, channels) or raw_sigma.shape[1] != dims:
+            raise ValueError(f"a per-axis raw_sigma must have shape ({channels}, {dims}) or (1, {dims}) for x with "
+                             f"{channels} channels and {dims} spatial axes, got {tuple(raw_sigma.shape)}")
+    elif raw_sigma.dim() != 1:
+        raise ValueError(f"raw_sigma must have shape (C,) or (1,) (or (C, {dims}) for a sigma per axis), "
+                         f"got {tuple(raw_sigma.shape)}")
+    elif raw_sigma.shape[0] not in (1, channels):
         raise ValueError(
             f"raw_sigma must have shape ({channels},) or (1,) for x with {channels} channels, "
-            f"got ({channels_of_param},)"
+            f"got ({raw_sigma.shape[0]},)"
         )
     check_padding_size(x, size, padding_mode)
 

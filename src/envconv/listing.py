@@ -54,7 +54,11 @@ class EnvelopeInfo:
         shared: one sigma for all channels (Table 1d); ``None`` from a state dict without the record.
         learnable: sigma is a parameter, not a buffer; ``None`` from a state dict without the record.
         sigmas: one value per channel, a single one for a shared sigma;
-            :math:`\sigma_c = \sqrt{\mathrm{softplus}(\tilde\sigma_c)}` per channel.
+            :math:`\sigma_c = \sqrt{\mathrm{softplus}(\tilde\sigma_c)}` per channel (a sigma per
+            axis: every channel's, channel after channel).
+        spatial_dims: the envelope's spatial axes (1, 2 or 3; 2 from a state dict without the record).
+        axis_sigmas: for a sigma per axis, the sigmas along each spatial axis (a tuple per axis,
+            one value per channel); ``None`` for one sigma per channel.
 
     Example:
         >>> import envconv
@@ -70,6 +74,15 @@ class EnvelopeInfo:
     shared: Optional[bool]
     learnable: Optional[bool]
     sigmas: Tuple[float, ...]
+    spatial_dims: int = 2
+    axis_sigmas: Optional[Tuple[Tuple[float, ...], ...]] = None
+
+    @property
+    def axis_means(self) -> Optional[Tuple[float, ...]]:
+        """The mean sigma along each spatial axis (a sigma per axis), else ``None``."""
+        if self.axis_sigmas is None:
+            return None
+        return tuple(sum(a) / len(a) for a in self.axis_sigmas)
 
     @property
     def sigma_mean(self) -> float:
@@ -88,13 +101,27 @@ class EnvelopeInfo:
         row = {"name": self.name, "path": self.path, "channels": self.channels, "size": self.size,
                "shared": self.shared, "learnable": self.learnable, "sigma_mean": self.sigma_mean,
                "sigma_min": self.sigma_min, "sigma_max": self.sigma_max}
+        if self.spatial_dims != 2:
+            row["spatial_dims"] = self.spatial_dims
+        if self.axis_sigmas is not None:
+            row["axis_sigma_means"] = list(self.axis_means)
         if with_sigmas:
             row["sigmas"] = list(self.sigmas)
+            if self.axis_sigmas is not None:
+                row["axis_sigmas"] = [list(a) for a in self.axis_sigmas]
         return row
 
 
 def _sigmas(raw_sigma: torch.Tensor) -> Tuple[float, ...]:
     return tuple(sigma2_from_raw(raw_sigma.detach().double().cpu().reshape(-1)).sqrt().tolist())
+
+
+def _axis_sigmas(raw_sigma: torch.Tensor) -> Optional[Tuple[Tuple[float, ...], ...]]:
+    """Per spatial axis, each channel's sigma, for a per-axis ``raw_sigma`` (C, n); else ``None``."""
+    if raw_sigma.dim() != 2:
+        return None
+    sigma = sigma2_from_raw(raw_sigma.detach().double().cpu()).sqrt()
+    return tuple(tuple(column.tolist()) for column in sigma.T)
 
 
 def _from_model(model: nn.Module) -> List[EnvelopeInfo]:
@@ -105,7 +132,8 @@ def _from_model(model: nn.Module) -> List[EnvelopeInfo]:
         if isinstance(m, GaussianEnvelope):
             owner = layer_name(name)
             path = "pool" if owner in pools else layer_path(owner, stem)
-            rows.append(EnvelopeInfo(owner, path, m.channels, m.size, m.shared, m.learnable, _sigmas(m.raw_sigma)))
+            rows.append(EnvelopeInfo(owner, path, m.channels, m.size, m.shared, m.learnable, _sigmas(m.raw_sigma),
+                                     m.spatial_dims, _axis_sigmas(m.raw_sigma)))
     return rows
 
 
@@ -129,14 +157,17 @@ def _from_state_dict(state: Mapping[str, torch.Tensor]) -> List[EnvelopeInfo]:
         if key == _RAW_SIGMA or key.endswith("." + _RAW_SIGMA):
             prefix = key[: -len(_RAW_SIGMA)]
             owner = layer_name(prefix.rstrip("."))
-            sigmas = _sigmas(value)
-            channels, size, shared, learnable = len(sigmas), None, None, None
+            sigmas, axis_sigmas = _sigmas(value), _axis_sigmas(value)
+            values = value.shape[0] if value.dim() == 2 else len(sigmas)
+            channels, size, shared, learnable, dims = values, None, None, None, 2
+            if value.dim() == 2:
+                dims = value.shape[1]
             record = state.get(prefix + RECORD_KEY)
             if record is not None:  # written by envconv >= 0.2: the envelope's architecture
-                size, learnable, _, channels, _ = read_envelope_record(record)
-                shared = len(sigmas) == 1 and channels > 1
+                size, learnable, _, channels, dims = read_envelope_record(record)
+                shared = values == 1 and channels > 1
             path = "pool" if _is_pool(state, prefix) else layer_path(owner, stem)
-            rows.append(EnvelopeInfo(owner, path, channels, size, shared, learnable, sigmas))
+            rows.append(EnvelopeInfo(owner, path, channels, size, shared, learnable, sigmas, dims, axis_sigmas))
     return rows
 
 

@@ -97,10 +97,11 @@ class EnvelopePool2d(OrderRecord, nn.Module):
 
     @classmethod
     def from_pool(cls, pool: nn.Module, channels: int, *, envelope_size: int = 9, order: str = "env-pool",
-                  shared_sigma: bool = False, sigma_init: float = 0.0, envelope_padding_mode: str = "zeros",
-                  device=None, dtype=None) -> "EnvelopePool2d":
-        """A learned envelope (per channel, or ``shared_sigma``) at ``pool``, over ``channels`` channels."""
-        envelope = GaussianEnvelope(channels, envelope_size, shared=shared_sigma, init=sigma_init,
+                  shared_sigma: bool = False, sigma_per_axis: bool = False, sigma_init: float = 0.0,
+                  envelope_padding_mode: str = "zeros", device=None, dtype=None) -> "EnvelopePool2d":
+        """A learned envelope (per channel, or ``shared_sigma``; ``sigma_per_axis``) at ``pool``, over ``channels``."""
+        envelope = GaussianEnvelope(channels, envelope_size, shared=shared_sigma, per_axis=sigma_per_axis,
+                                    init=sigma_init,
                                     padding_mode=envelope_padding_mode, device=device, dtype=dtype)
         return cls(pool, envelope, order).train(pool.training)
 

@@ -54,7 +54,8 @@ def _key(layer: str, name: str) -> str:
 def envelope_specs(state: Mapping[str, torch.Tensor]) -> Dict[str, dict]:
     """Every layer of ``state`` with an envelope, mapped to what its records say.
 
-    Each value has ``values`` (the number of stored sigmas), ``size``, ``learnable``,
+    Each value has ``values`` (the number of stored sigmas, per axis for ``per_axis``), ``per_axis``
+    (a sigma per spatial axis), ``size``, ``learnable``,
     ``padding_mode``, ``channels`` (``None`` where the state dict has no envelope record) and
     ``order`` (``None`` without an order record).
 
@@ -66,8 +67,8 @@ def envelope_specs(state: Mapping[str, torch.Tensor]) -> Dict[str, dict]:
         layer = _layer_of(key)
         if layer is None:
             continue
-        spec = {"values": raw.numel(), "size": None, "learnable": None, "padding_mode": None, "channels": None,
-                "order": None}
+        spec = {"values": raw.shape[0] if raw.dim() == 2 else raw.numel(), "per_axis": raw.dim() == 2, "size": None,
+                "learnable": None, "padding_mode": None, "channels": None, "order": None}
         record = state.get(_key(layer, "envelope." + RECORD_KEY))
         if record is not None:
             rec = read_envelope_record(record)
@@ -82,10 +83,17 @@ def envelope_specs(state: Mapping[str, torch.Tensor]) -> Dict[str, dict]:
 def _envelope(spec: dict, channels: int, on: dict) -> GaussianEnvelope:
     """A free-standing envelope as ``spec`` records it (for a pool or a block; convolutions go through the methods)."""
     size, padding = spec["size"] or 9, spec["padding_mode"] or "zeros"
-    shared = spec["values"] == 1 and channels > 1
+    shared, per_axis = spec["values"] == 1 and channels > 1, spec["per_axis"]
     if spec["learnable"] is False:
-        return GaussianEnvelope.fixed(channels, 0.0 if shared else [0.0] * channels, size, padding_mode=padding, **on)
-    return GaussianEnvelope(channels, size, shared=shared, padding_mode=padding, **on)
+        return GaussianEnvelope.fixed(channels, _zero_sigmas(shared, channels, per_axis, 2), size,
+                                      padding_mode=padding, per_axis=per_axis, **on)
+    return GaussianEnvelope(channels, size, shared=shared, per_axis=per_axis, padding_mode=padding, **on)
+
+
+def _zero_sigmas(shared: bool, channels: int, per_axis: bool, dims: int):
+    """Placeholder sigmas of a fixed envelope's shape (the stored values replace them)."""
+    values = [0.0] * (1 if shared else channels)
+    return [[0.0] * dims for _ in values] if per_axis else (0.0 if shared else values)
 
 
 def _conv_order(layer: str, conv: nn.Conv2d, spec: dict) -> str:
@@ -110,8 +118,11 @@ def _replacement(layer: str, module: nn.Module, spec: dict, on: dict, pool_chans
     shared = spec["values"] == 1 and channels > 1
     options = {"envelope_size": spec["size"] or 9, "order": order,
                "envelope_padding_mode": spec["padding_mode"] or "zeros"}
+    if spec["per_axis"]:
+        options["sigma_per_axis"] = True
     if spec["learnable"] is False:  # the sigma values come with the weights
-        return build_replacement("fixed", module, sigma=0.0 if shared else [0.0] * channels, **options)
+        sigma = _zero_sigmas(shared, channels, spec["per_axis"], len(module.kernel_size))
+        return build_replacement("fixed", module, sigma=sigma, **options)
     return build_replacement("gaussian", module, shared_sigma=shared, **options)
 
 

@@ -99,17 +99,20 @@ def _nd_base(conv: nn.Module):
 
 
 def _gaussian(conv, *, envelope_size: int = 9, order: str = "env-conv", shared_sigma: bool = False,
-              sigma_init: float = 0.0, envelope_padding_mode: str = "zeros"):
+              sigma_per_axis: bool = False, sigma_init: float = 0.0, envelope_padding_mode: str = "zeros"):
     base = _nd_base(conv)
     layer = DisentangledConv2d if base is None else DISENTANGLED_CONVS[base]
     return layer.from_conv(conv, envelope_size=envelope_size, order=order, shared_sigma=shared_sigma,
-                           sigma_init=sigma_init, envelope_padding_mode=envelope_padding_mode)
+                           sigma_per_axis=sigma_per_axis, sigma_init=sigma_init,
+                           envelope_padding_mode=envelope_padding_mode)
 
 
-def _fixed(conv, *, sigma, envelope_size: int = 9, order: str = "env-conv", envelope_padding_mode: str = "zeros"):
+def _fixed(conv, *, sigma, envelope_size: int = 9, order: str = "env-conv", envelope_padding_mode: str = "zeros",
+           sigma_per_axis: bool = False):
     base = _nd_base(conv)
     env = GaussianEnvelope.fixed(_envelope_channels(conv, order), sigma, envelope_size,
-                                 padding_mode=envelope_padding_mode, spatial_dims=len(conv.kernel_size), **_on(conv))
+                                 padding_mode=envelope_padding_mode, spatial_dims=len(conv.kernel_size),
+                                 per_axis=sigma_per_axis, **_on(conv))
     return (EnvelopeConv2d if base is None else ENVELOPE_CONVS[base]).from_conv(conv, envelope=env, order=order)
 
 

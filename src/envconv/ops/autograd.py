@@ -116,27 +116,31 @@ _KERNELS = (EF.gaussian_kernel1d, EF.gaussian_kernel1d_derivative, EF.gaussian_k
 
 
 def _pass_kernels(raw_sigma: Tensor, size: int, x: Tensor, terms) -> dict:
-    """The per-channel 1-D kernels of the orders that ``terms`` use (only those: each costs a softmax)."""
-    orders = {order for _, per_axis in terms for order in per_axis}
-    return {order: _KERNELS[order](raw_sigma, size).expand(x.shape[1], size).to(x.dtype) for order in orders}
+    """The per-channel 1-D kernels, by (sigma column, order), that ``terms`` use (only those: each costs a softmax)."""
+    columns = EF.axis_raw_sigmas(raw_sigma, x.dim() - 2)
+    keys = {key for _, per_axis in terms for key in per_axis}
+    return {(col, order): _KERNELS[order](columns[col], size).expand(x.shape[1], size).to(x.dtype)
+            for col, order in keys}
 
 
 def _passes(x: Tensor, raw_sigma: Tensor, size: int, stride: List[int], padding_mode: str, terms) -> Tensor:
     r"""Sum over ``terms`` of (weight, kernel per spatial axis) separable passes of ``x``.
 
-    Kernels are named by their order in :math:`\tilde\sigma`: 0 the Gaussian of eq. (9), 1 and 2
-    its first and second derivatives, all per channel; ``orders[i]`` is the kernel along spatial
-    axis ``i``. The passes run from the last axis to the first, sharing common prefixes.
+    A kernel is named (sigma column, order): the column of ``raw_sigma`` it is computed from (0
+    for one sigma per channel, the axis for a sigma per axis) and its order in
+    :math:`\tilde\sigma`: 0 the Gaussian of eq. (9), 1 and 2 its first and second derivatives, all
+    per channel; ``terms[i][1][a]`` is the kernel along spatial axis ``a``. The passes run from
+    the last axis to the first, sharing common prefixes.
     """
     kernels = _pass_kernels(raw_sigma, size, x, terms)
     done = {(): x}
     out = 0
-    for weight, orders in terms:
+    for weight, keys in terms:
         key = ()
-        for axis in range(len(orders) - 1, -1, -1):  # the last spatial axis (the width) first
-            step = key + (orders[axis],)
+        for axis in range(len(keys) - 1, -1, -1):  # the last spatial axis (the width) first
+            step = key + (keys[axis],)
             if step not in done:
-                done[step] = composite.pass1d(done[key], kernels[orders[axis]], axis + 2, padding_mode, stride[axis])
+                done[step] = composite.pass1d(done[key], kernels[keys[axis]], axis + 2, padding_mode, stride[axis])
             key = step
         out = out + weight * done[key]
     return out
@@ -151,66 +155,112 @@ def _passes_adjoint(grad: Tensor, x: Tensor, raw_sigma: Tensor, size: int, strid
     sources = [x[(..., *(slice(None, None, stride[a]) if a > axis else slice(None) for a in range(ndim)))]
                for axis in range(ndim)]
     out = 0
-    for weight, orders in pairs:
+    for weight, keys in pairs:
         g = grad
         for axis in range(ndim):  # adjoints in reverse order of the passes: the first axis first
-            g = composite.pass1d_adjoint(g, sources[axis], kernels[orders[axis]], axis + 2, padding_mode, stride[axis])
+            g = composite.pass1d_adjoint(g, sources[axis], kernels[keys[axis]], axis + 2, padding_mode, stride[axis])
         out = out + weight * g
     return out
 
 
-def _derivative_terms(ndim: int, order: int):
-    r"""The separable kernel's ``order``-th derivative in sigma (product rule), as (weight, kernel orders per axis).
+def _sigma_axes(raw_sigma: Tensor, ndim: int):
+    """The spatial axes each sigma scales: all of them for a sigma per channel, one each for a sigma per axis."""
+    return [tuple(range(ndim))] if raw_sigma.dim() == 1 else [(a,) for a in range(ndim)]
 
-    First: :math:`\sum_a g' \text{ along } a`; second: :math:`\sum_a g'' \text{ along } a + 2 \sum_{a<b} g'
-    \text{ along } a, b` (in 2-D: :math:`g''\otimes g + 2 g'\otimes g' + g\otimes g''`).
+
+def _term(raw_sigma: Tensor, ndim: int, *axes_orders):
+    """The kernel keys along each axis: the Gaussian except ``order`` on the given axes."""
+    orders = dict(axes_orders)
+    return tuple((0 if raw_sigma.dim() == 1 else axis, orders.get(axis, 0)) for axis in range(ndim))
+
+
+def _first_terms(raw_sigma: Tensor, ndim: int, axes):
+    r"""The separable kernel's derivative in the sigma of ``axes`` (product rule): :math:`\sum_{a} g'` along a."""
+    return tuple((1.0, _term(raw_sigma, ndim, (a, 1))) for a in axes)
+
+
+def _second_terms(raw_sigma: Tensor, ndim: int, axes_s, axes_t):
+    r"""The second derivative in the sigmas of ``axes_s`` and ``axes_t``, as (weight, kernel keys per axis).
+
+    One sigma: :math:`\sum_a g'' \text{ along } a + 2 \sum_{a<b} g' \text{ along } a, b` (in 2-D:
+    :math:`g''\otimes g + 2 g'\otimes g' + g\otimes g''`); two sigmas of different axes: :math:`g'` along both.
     """
-    def at(*axes_orders):
-        orders = [0] * ndim
-        for axis, o in axes_orders:
-            orders[axis] = o
-        return tuple(orders)
-
-    if order == 1:
-        return tuple((1.0, at((a, 1))) for a in range(ndim))
-    return tuple((1.0, at((a, 2))) for a in range(ndim)) + tuple(
-        (2.0, at((a, 1), (b, 1))) for a in range(ndim) for b in range(a + 1, ndim))
+    if axes_s != axes_t:
+        return tuple((1.0, _term(raw_sigma, ndim, (a, 1), (b, 1))) for a in axes_s for b in axes_t)
+    return tuple((1.0, _term(raw_sigma, ndim, (a, 2))) for a in axes_s) + tuple(
+        (2.0, _term(raw_sigma, ndim, (a, 1), (b, 1))) for i, a in enumerate(axes_s) for b in axes_s[i + 1:])
 
 
-def _sigma_derivative(x: Tensor, raw_sigma: Tensor, size: int, stride: List[int], padding_mode: str,
-                      order: int = 1) -> Tensor:
-    r"""The envelope's ``order``-th derivative in :math:`\tilde\sigma_c`, applied to every channel of ``x``.
+def _sigma_derivatives(x: Tensor, raw_sigma: Tensor, size: int, stride: List[int], padding_mode: str):
+    r"""The envelope's derivative in each sigma (one, or one per axis), applied to every channel of ``x``.
 
-    First: :math:`(g' \otimes g + g \otimes g') * X_c`; second: :math:`(g'' \otimes g + 2 g' \otimes g'
-    + g \otimes g'') * X_c`, at the strided positions.
+    One sigma per channel: :math:`[(g' \otimes g + g \otimes g') * X_c]`; a sigma per axis in 2-D:
+    :math:`[(g'_h \otimes g_w) * X_c, (g_h \otimes g'_w) * X_c]`; at the strided positions.
     """
+    groups = _sigma_axes(raw_sigma, len(stride))
     if size == 1 or x.numel() == 0:
-        return torch.zeros_like(_strided(x, stride))
-    return _passes(x, raw_sigma, size, stride, padding_mode, _derivative_terms(len(stride), order))
+        return [torch.zeros_like(_strided(x, stride)) for _ in groups]
+    return [_passes(x, raw_sigma, size, stride, padding_mode, _first_terms(raw_sigma, len(stride), axes))
+            for axes in groups]
 
 
-def _sigma_derivative_adjoint(grad: Tensor, x: Tensor, raw_sigma: Tensor, size: int, stride: List[int],
-                              padding_mode: str) -> Tensor:
-    """The adjoint of the first :func:`_sigma_derivative` applied to ``grad`` (shaped like ``x``)."""
+def _sigma_second_derivatives(x: Tensor, raw_sigma: Tensor, size: int, stride: List[int], padding_mode: str):
+    """The envelope's second derivatives in each pair of sigmas applied to ``x``: a symmetric list of lists."""
+    groups = _sigma_axes(raw_sigma, len(stride))
     if size == 1 or x.numel() == 0:
-        return torch.zeros_like(x)
-    return _passes_adjoint(grad, x, raw_sigma, size, stride, padding_mode, _derivative_terms(len(stride), 1))
+        zero = torch.zeros_like(_strided(x, stride))
+        return [[zero] * len(groups) for _ in groups]
+    out = [[None] * len(groups) for _ in groups]
+    for s, axes_s in enumerate(groups):
+        for t in range(s, len(groups)):
+            terms = _second_terms(raw_sigma, len(stride), axes_s, groups[t])
+            out[s][t] = out[t][s] = _passes(x, raw_sigma, size, stride, padding_mode, terms)
+    return out
 
 
-def _per_sigma(product: Tensor, raw_sigma: Tensor) -> Tensor:
-    """A per-channel sum of ``product`` (N, C, *spatial), summed again for a shared sigma."""
-    per_channel = product.sum([0, *range(2, product.dim())])
-    return (per_channel.sum().reshape(1) if raw_sigma.shape[0] != product.shape[1] else per_channel).to(raw_sigma.dtype)
+def _sigma_derivatives_adjoint(grad: Tensor, x: Tensor, raw_sigma: Tensor, size: int, stride: List[int],
+                               padding_mode: str):
+    """The adjoints of :func:`_sigma_derivatives` applied to ``grad`` (each shaped like ``x``)."""
+    groups = _sigma_axes(raw_sigma, len(stride))
+    if size == 1 or x.numel() == 0:
+        return [torch.zeros_like(x) for _ in groups]
+    return [_passes_adjoint(grad, x, raw_sigma, size, stride, padding_mode, _first_terms(raw_sigma, len(stride), axes))
+            for axes in groups]
+
+
+def _column(t: Tensor, s: int) -> Tensor:
+    """Sigma ``s``'s entries of a sigma-shaped tensor (a tangent or upstream gradient): (C,) or (1,)."""
+    return t if t.dim() == 1 else t[:, s]
+
+
+def _per_sigma(products, raw_sigma: Tensor) -> Tensor:
+    """Per-channel sums of each sigma's ``products`` (N, C, *spatial), in ``raw_sigma``'s shape (summed if shared)."""
+    sums = [p.sum([0, *range(2, p.dim())]) for p in products]
+    per_channel = sums[0] if raw_sigma.dim() == 1 else torch.stack(sums, 1)
+    if raw_sigma.shape[0] != per_channel.shape[0]:
+        per_channel = per_channel.sum(0, keepdim=True)
+    return per_channel.to(raw_sigma.dtype)
+
+
+def _scaled_sum(parts, per_sigma: Tensor) -> Tensor:
+    """``sum_s parts[s] * per_sigma[:, s]``: each sigma's part times its tangent or upstream gradient."""
+    return sum(_scaled(p, _column(per_sigma, s)) for s, p in enumerate(parts))
 
 
 def _envelope_tangent(x, raw_sigma, x_t, raw_t, size, stride, padding_mode, impl):
-    r"""The envelope's tangent :math:`A\dot X + (A'X)\dot\sigma` (also the double backward's gradient of G)."""
+    r"""The envelope's tangent :math:`A\dot X + \sum_s (A'_s X)\dot\sigma_s` (also the double backward's gradient of G)."""
     tangent = None
     if x_t is not None:
         tangent = torch.ops.envconv.envelope(x_t, raw_sigma, size, stride, padding_mode, impl)
     if raw_t is not None:
-        tangent = _add(tangent, _scaled(_sigma_derivative(x, raw_sigma, size, stride, padding_mode), raw_t))
+        tangent = _add(tangent, _scaled_sum(_sigma_derivatives(x, raw_sigma, size, stride, padding_mode), raw_t))
     return tangent
+
+
+def _second_order_grad(grad, x, raw_sigma, up_raw, size, stride, padding_mode) -> Tensor:
+    r""":math:`\langle G, A''_{st} X\rangle \dot\sigma_t` summed over t, per sigma s, in ``raw_sigma``'s shape."""
+    second = _sigma_second_derivatives(x, raw_sigma, size, stride, padding_mode)
+    return _per_sigma([grad * _scaled_sum(row, up_raw) for row in second], raw_sigma)
 
 
 def _envelope_jvp(ctx, x_t, raw_t, *_):
@@ -254,14 +304,13 @@ def _envelope_backward_grad(ctx, up_x, up_raw):
     if want_grad and (up_x is not None or up_raw is not None):
         grad_g = _envelope_tangent(x, raw_sigma, up_x, up_raw, size, stride, padding_mode, impl)
     if want_x and up_raw is not None:
-        grad_x = _scaled(_sigma_derivative_adjoint(grad, x, raw_sigma, size, stride, padding_mode), up_raw)
+        grad_x = _scaled_sum(_sigma_derivatives_adjoint(grad, x, raw_sigma, size, stride, padding_mode), up_raw)
     if want_raw:
         if up_x is not None:
             grad_raw = torch.ops.envconv.envelope_backward(grad, up_x, raw_sigma, size, stride, padding_mode, impl,
                                                            False, True)[1]
         if up_raw is not None:
-            second = _sigma_derivative(x, raw_sigma, size, stride, padding_mode, order=2)
-            grad_raw = _add(grad_raw, _per_sigma(grad * second, raw_sigma) * up_raw)
+            grad_raw = _add(grad_raw, _second_order_grad(grad, x, raw_sigma, up_raw, size, stride, padding_mode))
     grads = [None if not want else (torch.zeros_like(t) if g is None else g)
              for g, t, want in zip((grad_g, grad_x, grad_raw), (grad, x, raw_sigma), (want_grad, want_x, want_raw))]
     return (*grads, None, None, None, None, None, None)
@@ -280,14 +329,13 @@ def _envelope_backward_jvp(ctx, grad_t, x_t, raw_t, *_):
         tangent_x, tangent_raw = torch.ops.envconv.envelope_backward(grad_t, x, raw_sigma, size, stride, padding_mode,
                                                                      impl, need_x, need_sigma)
     if need_x and raw_t is not None:
-        tangent_x = _add(tangent_x, _scaled(_sigma_derivative_adjoint(grad, x, raw_sigma, size, stride, padding_mode),
-                                            raw_t))
+        tangent_x = _add(tangent_x, _scaled_sum(_sigma_derivatives_adjoint(grad, x, raw_sigma, size, stride,
+                                                                           padding_mode), raw_t))
     if need_sigma and x_t is not None:
         tangent_raw = _add(tangent_raw, torch.ops.envconv.envelope_backward(grad, x_t, raw_sigma, size, stride,
                                                                             padding_mode, impl, False, True)[1])
     if need_sigma and raw_t is not None:
-        second = _sigma_derivative(x, raw_sigma, size, stride, padding_mode, order=2)
-        tangent_raw = _add(tangent_raw, _per_sigma(grad * second, raw_sigma) * raw_t)
+        tangent_raw = _add(tangent_raw, _second_order_grad(grad, x, raw_sigma, raw_t, size, stride, padding_mode))
     tangent_x = (torch.zeros_like(x) if tangent_x is None else tangent_x) if need_x else x.new_empty(0)
     tangent_raw = (torch.zeros_like(raw_sigma) if tangent_raw is None else tangent_raw) if need_sigma \
         else raw_sigma.new_empty(0)
@@ -311,7 +359,7 @@ def _conv2d_grad(ctx, grad_out):
     need_x, need_raw, need_w, need_b = ctx.needs_input_grad[:4]
     tail = (None,) * 8
     if need_raw and not need_x and groups == 1 and list(env_stride) == [1, 1] and padding_mode == "zeros" \
-            and x.shape[1] <= STEM_CHANNELS and size > 1 and x.numel() > 0:
+            and x.shape[1] <= STEM_CHANNELS and size > 1 and x.numel() > 0 and raw_sigma.dim() == 1:
         return (None, *_stem_backward(grad_out, x, raw_sigma, weight, size, need_w, ctx.bias_shape, need_b,
                                       (stride, padding, dilation)), *tail)
     smoothed = torch.ops.envconv.envelope(x, raw_sigma, size, env_stride, padding_mode, impl)
@@ -371,8 +419,8 @@ def _stem_backward(grad_out, x, raw_sigma, weight, size, need_w, bias_shape, nee
     which costs about 5x its weight gradient at a ResNet stem in oneDNN, is skipped. Zero padding.
     """
     n, c, h, w = x.shape
-    kernel, dkernel = _kernels(raw_sigma, size, c, derivative=True)
-    kernel, dkernel = kernel.to(x.dtype).repeat(n, 1), dkernel.to(x.dtype).repeat(n, 1)
+    kernels, dkernels = _kernels(raw_sigma, size, x, derivative=True)  # one sigma per channel: one kernel
+    kernel, dkernel = kernels[0].to(x.dtype).repeat(n, 1), dkernels[0].to(x.dtype).repeat(n, 1)
     flat = x.contiguous().view(1, n * c, h, w)  # batch folded into channels: fast grouped 1-D passes
     rows, drows = composite.pass1d(flat, kernel, 2, "zeros"), composite.pass1d(flat, dkernel, 2, "zeros")
     smoothed = composite.pass1d(rows, kernel, 3, "zeros").view(n, c, h, w)
@@ -406,7 +454,9 @@ def _unfold_channels(y: Tensor, size: int) -> Tensor:
 
 
 def _fold_sigma(raw_sigma: Tensor, raw_dim, size: int, channels: int) -> Tensor:
-    return _batch_first(raw_sigma, raw_dim, size).expand(size, channels).reshape(-1)
+    """(B, C or 1[, n]) -> (B*C[, n]): each vmapped sample's sigmas for its channels, as :func:`_fold_channels`."""
+    raw = _batch_first(raw_sigma, raw_dim, size)
+    return raw.expand(size, channels, *raw.shape[2:]).reshape(size * channels, *raw.shape[2:])
 
 
 @torch.library.register_vmap("envconv::envelope")
@@ -440,8 +490,8 @@ def _envelope_backward_vmap(info, in_dims, grad, x, raw_sigma, size, stride, pad
     if need_x:
         grad_x = _unfold_channels(grad_x, b)
     if need_sigma:
-        grad_raw = grad_raw.view(b, channels)
-        if raw_sigma.shape[-1] != channels:  # a shared sigma
+        grad_raw = grad_raw.view(b, channels, *grad_raw.shape[1:])
+        if _batch_first(raw_sigma, raw_dim, b).shape[1] != channels:  # a sigma shared by the channels
             grad_raw = grad_raw.sum(1, keepdim=True)
     return (grad_x, grad_raw), (1 if need_x else None, 0 if need_sigma else None)
 

@@ -19,7 +19,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-__all__ = ["forward", "backward", "pass1d", "pass1d_adjoint", "axes"]
+__all__ = ["forward", "backward", "pass1d", "pass1d_adjoint", "axes", "per_axis"]
 
 #: NCHW inputs with fewer channels than this are filtered with the batch folded into the channels.
 FOLD_CHANNELS = 8
@@ -100,76 +100,100 @@ def axes(x: torch.Tensor) -> List[int]:
     return list(range(x.dim() - 1, 1, -1))
 
 
-def _fold(x: torch.Tensor, kernel: torch.Tensor) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
-    """``(x as (1, N*C, ...), kernel repeated N times)`` for few-channel contiguous input, else ``None``."""
+def per_axis(kernel, ndim: int) -> List[torch.Tensor]:
+    """The 1-D kernels (C, k) of each spatial axis: ``kernel`` itself on every axis, or its entries (one per axis)."""
+    return [kernel] * ndim if isinstance(kernel, torch.Tensor) else list(kernel)
+
+
+def _fold(x: torch.Tensor, kernels: List[torch.Tensor]) -> Optional[Tuple[torch.Tensor, List[torch.Tensor]]]:
+    """``(x as (1, N*C, ...), each kernel repeated N times)`` for few-channel contiguous input, else ``None``."""
     n, channels = x.shape[:2]
     if channels < FOLD_CHANNELS and n > 1 and x.is_contiguous():
-        return x.view(1, n * channels, *x.shape[2:]), kernel.repeat(n, 1)
+        return x.view(1, n * channels, *x.shape[2:]), [k.repeat(n, 1) for k in kernels]
     return None
 
 
-def forward(x: torch.Tensor, kernel: torch.Tensor, stride: Sequence[int], padding_mode: str,
+def forward(x: torch.Tensor, kernel, stride: Sequence[int], padding_mode: str,
             variant: str = "separable") -> torch.Tensor:
-    """The envelope of ``x`` (N, C, *spatial) with 1-D kernels ``kernel`` (C, k) in ``x``'s dtype and memory format.
+    """The envelope of ``x`` (N, C, *spatial) with 1-D kernels (C, k) in ``x``'s dtype and memory format.
 
-    ``stride`` has one entry per spatial axis. ``variant``: ``"separable"`` (a 1-D pass per
-    axis) or, for 2-D input, ``"full"`` (one ``k x k`` depth-wise conv).
+    ``kernel``: one (C, k) tensor for every axis, or a sequence of them, one per spatial axis
+    (a sigma per axis). ``stride`` has one entry per spatial axis. ``variant``:
+    ``"separable"`` (a 1-D pass per axis) or, for 2-D input, ``"full"`` (one ``k x k`` depth-wise conv).
     """
-    folded = _fold(x, kernel)
+    kernels = per_axis(kernel, x.dim() - 2)
+    folded = _fold(x, kernels)
     if folded is not None:
         out = forward(*folded, stride, padding_mode, variant)
         return out.view(x.shape[0], x.shape[1], *out.shape[2:])
     if variant == "full":
-        channels, size = kernel.shape
+        channels, size = kernels[0].shape
         r = size // 2
-        weight = (kernel[:, :, None] * kernel[:, None, :]).unsqueeze(1)
+        weight = (kernels[0][:, :, None] * kernels[1][:, None, :]).unsqueeze(1)
         if padding_mode == "zeros":
             return F.conv2d(x, weight, stride=tuple(stride), padding=r, groups=channels)
         return F.conv2d(F.pad(x, (r, r, r, r), mode=padding_mode), weight, stride=tuple(stride), groups=channels)
     for dim in axes(x):
-        x = pass1d(x, kernel, dim, padding_mode, stride[dim - 2])
+        x = pass1d(x, kernels[dim - 2], dim, padding_mode, stride[dim - 2])
     return x
 
 
-def backward(grad: torch.Tensor, x: torch.Tensor, kernel: torch.Tensor, dkernel: torch.Tensor,
-             stride: Sequence[int], padding_mode: str, need_x: bool,
-             need_sigma: bool) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
-    r"""``(grad_x, per-channel sigma gradient (C,))`` of the envelope, each ``None`` when not needed.
+def backward(grad: torch.Tensor, x: torch.Tensor, kernel, dkernel, stride: Sequence[int], padding_mode: str,
+             need_x: bool, need_sigma: bool,
+             sigma_per_axis: bool = False) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    r"""``(grad_x, sigma gradient per channel (C,))`` of the envelope, each ``None`` when not needed.
 
-    ``dkernel`` is :math:`\partial \mathbf g / \partial\tilde\sigma` (C, k). Eq. (7):
+    ``kernel`` / ``dkernel``: the kernels :math:`\mathbf g` and :math:`\partial \mathbf g /
+    \partial\tilde\sigma` (C, k), one for all axes or one per spatial axis (as in :func:`forward`);
+    with ``sigma_per_axis`` the sigma gradient has a column per spatial axis, (C, n). Eq. (7):
     :math:`\partial L/\partial X = P_1^\top \cdots P_n^\top(\partial L/\partial Y)`, the passes' adjoints
-    in reverse; eq. (8) for the separable kernel: :math:`\partial L/\partial\tilde\sigma_c = \sum
-    \partial L/\partial Y \cdot \sum_a P_n \cdots P_1(X)` with :math:`g'` in the pass along axis
-    :math:`a` and :math:`g` in the others (in 2-D: :math:`P_h(P_w(X, g'), g) + P_h(P_w(X, g), g')`),
-    both sums over one channel.
+    in reverse; eq. (8) for the separable kernel: :math:`\partial L/\partial\tilde\sigma_{c,a} = \sum
+    \partial L/\partial Y \cdot P_n \cdots P_1(X)` with :math:`g'` in the pass along axis
+    :math:`a` and :math:`g` in the others, summed over the axes for one sigma per channel
+    (in 2-D: :math:`P_h(P_w(X, g'), g) + P_h(P_w(X, g), g')`), each sum over one channel.
     """
-    folded = _fold(x, kernel)
+    ndim = x.dim() - 2
+    kernels, dkernels = per_axis(kernel, ndim), per_axis(dkernel, ndim)
+    folded = _fold(x, kernels)
     if folded is not None:
         n, c = x.shape[:2]
         flat_x, flat_k = folded
         gx, gs = backward(grad.contiguous().view(1, n * c, *grad.shape[2:]), flat_x, flat_k,
-                          dkernel.repeat(n, 1), stride, padding_mode, need_x, need_sigma)
-        return (gx.view(x.shape) if gx is not None else None), (gs.view(n, c).sum(0) if gs is not None else None)
+                          [d.repeat(n, 1) for d in dkernels], stride, padding_mode, need_x, need_sigma,
+                          sigma_per_axis)
+        return (gx.view(x.shape) if gx is not None else None), \
+            (gs.view(n, c, *gs.shape[1:]).sum(0) if gs is not None else None)
     grad = grad.to(x.dtype)
-    dkernel = dkernel.to(x.dtype)
+    dkernels = [d.to(x.dtype) for d in dkernels]
     order = axes(x)
     inputs = [x]  # the forward's intermediates: the input of each pass
     for dim in order[:-1]:
-        inputs.append(pass1d(inputs[-1], kernel, dim, padding_mode, stride[dim - 2]))
+        inputs.append(pass1d(inputs[-1], kernels[dim - 2], dim, padding_mode, stride[dim - 2]))
     grad_x = grad_sigma = None
     if need_x:
         grad_x = grad
         for dim, source in zip(reversed(order), reversed(inputs)):
-            grad_x = pass1d_adjoint(grad_x, source, kernel, dim, padding_mode, stride[dim - 2])
+            grad_x = pass1d_adjoint(grad_x, source, kernels[dim - 2], dim, padding_mode, stride[dim - 2])
     if need_sigma:
-        channels = x.shape[1]
-        # deriv: the passes so far with g' in exactly one of them; inputs[i + 1]: with g in all
-        deriv = pass1d(x, dkernel, order[0], padding_mode, stride[order[0] - 2])
-        for i, dim in enumerate(order[1:]):  # one call for both terms: P(deriv, g) + P(smoothed, g')
-            both = pass1d(torch.cat([deriv, inputs[i + 1]], 1), torch.cat([kernel, dkernel], 0), dim, padding_mode,
-                          stride[dim - 2])
-            deriv = both[:, :channels] + both[:, channels:]
-        reduce = [0, *range(2, x.dim())]
-        grad_sigma = (grad.to(deriv.dtype) * deriv).sum(reduce, dtype=torch.float64 if x.dtype == torch.float64
-                                                         else torch.float32)
+        grad_sigma = _sigma_gradient(grad, x, inputs, kernels, dkernels, stride, padding_mode, sigma_per_axis)
     return grad_x, grad_sigma
+
+
+def _sigma_gradient(grad, x, inputs, kernels, dkernels, stride, padding_mode, sigma_per_axis):
+    """Eq. (8): the output gradient dotted with the envelope's sigma derivatives, per channel (and axis)."""
+    channels, order = x.shape[1], axes(x)
+    # derivs: the passes so far with g' in exactly one of them (one tensor per axis done, or their sum
+    # for one sigma per channel); inputs[i + 1]: the passes so far with g in all
+    derivs = [pass1d(x, dkernels[order[0] - 2], order[0], padding_mode, stride[order[0] - 2])]
+    for i, dim in enumerate(order[1:]):  # one call for all terms: P(deriv, g) for each, and P(smoothed, g')
+        a, k = dim - 2, len(derivs)
+        both = pass1d(torch.cat([*derivs, inputs[i + 1]], 1), torch.cat([kernels[a]] * k + [dkernels[a]], 0), dim,
+                      padding_mode, stride[a])
+        derivs = list(both.split(channels, 1))
+        if not sigma_per_axis:
+            derivs = [sum(derivs[1:], derivs[0])]
+    reduce, acc = [0, *range(2, x.dim())], torch.float64 if x.dtype == torch.float64 else torch.float32
+    sums = [(grad.to(d.dtype) * d).sum(reduce, dtype=acc) for d in derivs]
+    if not sigma_per_axis:
+        return sums[0]
+    return torch.stack(sums[::-1], 1)  # derivs run from the last axis to the first

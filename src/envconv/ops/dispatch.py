@@ -7,8 +7,8 @@ Implementations (:data:`IMPLS`):
   tensors only under ``TRITON_INTERPRET=1``, which is how they are tested), zero padding;
 * ``"separable"`` / ``"full"`` - the composite ATen implementation (:mod:`envconv.ops.composite`),
   a 1-D pass per spatial axis or (2-D only) one ``k x k`` depth-wise conv in forward; every device,
-  dtype and padding mode, and the only one for 1-D and 3-D inputs (the C++ and Triton kernels
-  filter 2-D maps).
+  dtype and padding mode, and the only one for 1-D and 3-D inputs and for a sigma per axis (the
+  C++ and Triton kernels filter 2-D maps with one sigma per channel).
 
 ``"auto"`` picks by measurement:
 
@@ -62,7 +62,10 @@ def triton_unsupported(x: torch.Tensor, padding_mode: str) -> Optional[str]:
     return None
 
 
-def _forced(x: torch.Tensor, padding_mode: str, impl: str) -> str:
+def _forced(x: torch.Tensor, padding_mode: str, impl: str, per_axis: bool = False) -> str:
+    if per_axis and impl in ("fused", "triton"):
+        raise ValueError(f"impl={impl!r} cannot compute this envelope: its kernel takes one sigma per channel, "
+                         f"this envelope has one per axis (use 'separable' or 'full')")
     if impl == "fused":
         reason = cpu.supports(x, padding_mode)
         if reason is not None:
@@ -89,25 +92,27 @@ def _fused_ok(x: torch.Tensor, padding_mode: str) -> bool:
     return cpu.supports(x, padding_mode) is None and cpu.available()
 
 
-def forward_impl(x: torch.Tensor, size: int, stride: Sequence[int], padding_mode: str, impl: str = "auto") -> str:
-    """The implementation that computes the envelope's forward for ``x``."""
+def forward_impl(x: torch.Tensor, size: int, stride: Sequence[int], padding_mode: str, impl: str = "auto",
+                 per_axis: bool = False) -> str:
+    """The implementation that computes the envelope's forward for ``x`` (``per_axis``: a sigma per axis)."""
     if check_impl(impl) != "auto":
-        return _forced(x, padding_mode, impl)
+        return _forced(x, padding_mode, impl, per_axis)
     if size <= 3 and x.dim() == 4:  # one 3x3 depth-wise conv beats two 1-D passes and the C++ kernel
         return "full"
-    if x.device.type == "cpu" and is_channels_last(x) and _fused_ok(x, padding_mode):
+    if x.device.type == "cpu" and is_channels_last(x) and not per_axis and _fused_ok(x, padding_mode):
         return "fused"
     return _composite_forward(x, size)
 
 
-def backward_impl(x: torch.Tensor, size: int, stride: Sequence[int], padding_mode: str, impl: str = "auto") -> str:
+def backward_impl(x: torch.Tensor, size: int, stride: Sequence[int], padding_mode: str, impl: str = "auto",
+                  per_axis: bool = False) -> str:
     """The implementation that computes the envelope's backward (eq. (7) and (8)) for ``x``.
 
     Every backward computes the sigma gradient by eq. (8); ``"separable"`` and ``"full"``
     name the same composite backward.
     """
     if check_impl(impl) != "auto":
-        return _forced(x, padding_mode, impl)
-    if x.device.type == "cpu" and _fused_ok(x, padding_mode):
+        return _forced(x, padding_mode, impl, per_axis)
+    if x.device.type == "cpu" and not per_axis and _fused_ok(x, padding_mode):
         return "fused"
     return "separable"

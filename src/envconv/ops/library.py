@@ -4,7 +4,9 @@ Three ops, registered with :func:`torch.library.custom_op`, each with a fake (me
 the compiler and export, and a FLOP formula for :class:`torch.utils.flop_counter.FlopCounterMode`:
 
 * ``envconv::envelope(x, raw_sigma, size, stride, padding_mode, impl) -> y`` - eq. (3) with the
-  kernel of eq. (9), evaluated every ``stride`` pixels; its backward is the next op.
+  kernel of eq. (9), evaluated every ``stride`` pixels; its backward is the next op. ``raw_sigma``
+  is (C,) or (1,) - a sigma per channel, or one for all - or (C, n) / (1, n): a sigma per
+  channel and spatial axis (n of them), each axis filtered with its own.
 * ``envconv::envelope_backward(grad, x, raw_sigma, ...) -> (grad_x, grad_raw_sigma)`` - eq. (7)
   and the eq. (8) sigma gradient (an empty tensor for a gradient not asked for); differentiable
   too (double backward, for gradient penalties).
@@ -48,12 +50,25 @@ def _strided(x: Tensor, stride: List[int]) -> Tensor:
     return x[(..., *(slice(None, None, s) for s in stride))]
 
 
-def _kernels(raw_sigma: Tensor, size: int, channels: int, derivative: bool = False):
-    """(kernel, d kernel / d raw) of eq. (9), one row per channel (C, k), in ``raw_sigma``'s dtype."""
-    kernel = EF.gaussian_kernel1d(raw_sigma, size).expand(channels, size)
+def _kernels(raw_sigma: Tensor, size: int, x: Tensor, derivative: bool = False):
+    """(kernels, d kernels / d raw) of eq. (9) per spatial axis of ``x``, each (C, k), in ``raw_sigma``'s dtype.
+
+    One sigma per channel: the same tensor on every axis; a sigma per axis: each axis's own.
+    """
+    columns = EF.axis_raw_sigmas(raw_sigma, x.dim() - 2)
+    unique = {id(raw): raw for raw in columns}
+    kernel = {key: EF.gaussian_kernel1d(raw, size).expand(x.shape[1], size) for key, raw in unique.items()}
     if not derivative:
-        return kernel, None
-    return kernel, EF.gaussian_kernel1d_derivative(raw_sigma, size).expand(channels, size)
+        return [kernel[id(raw)] for raw in columns], None
+    dkernel = {key: EF.gaussian_kernel1d_derivative(raw, size).expand(x.shape[1], size) for key, raw in unique.items()}
+    return [kernel[id(raw)] for raw in columns], [dkernel[id(raw)] for raw in columns]
+
+
+def _reduce_sigma_grad(grad_c: Tensor, raw_sigma: Tensor) -> Tensor:
+    """A per-channel (C,) or per-channel-and-axis (C, n) sigma gradient summed to ``raw_sigma``'s shape."""
+    if raw_sigma.shape[0] != grad_c.shape[0]:  # one sigma (per axis) shared by all channels
+        grad_c = grad_c.sum(0, keepdim=True)
+    return grad_c.to(raw_sigma.dtype)
 
 
 def _no_autocast(x: Tensor):
@@ -61,14 +76,14 @@ def _no_autocast(x: Tensor):
     return torch.autocast(x.device.type, enabled=False)
 
 
-def _run_kernel(x: Tensor, kernel: Tensor, stride: List[int], padding_mode: str, which: str) -> Tensor:
-    if which == "fused":
-        return cpu.forward(x, kernel, stride)
+def _run_kernel(x: Tensor, kernels: List[Tensor], stride: List[int], padding_mode: str, which: str) -> Tensor:
+    if which == "fused":  # one sigma per channel: the same kernel on both axes
+        return cpu.forward(x, kernels[0], stride)
     if which == "triton":
         from . import triton_kernels
 
-        return triton_kernels.forward(x, kernel, stride)
-    out = composite.forward(x, kernel.to(x.dtype), stride, padding_mode, which)
+        return triton_kernels.forward(x, kernels[0], stride)
+    out = composite.forward(x, [k.to(x.dtype) for k in kernels], stride, padding_mode, which)
     return out.contiguous(memory_format=memory_format(x))
 
 
@@ -78,16 +93,19 @@ def _forward(x: Tensor, raw_sigma: Tensor, size: int, stride: List[int], padding
         return empty_like_layout(x, (x.shape[0], x.shape[1], *_out_size(x, stride)))
     if size == 1:  # the 1-tap envelope is the identity, whatever sigma (a copy: op outputs never alias inputs)
         return _strided(x, stride).contiguous(memory_format=memory_format(x)).clone()
-    which = dispatch.forward_impl(x, size, stride, padding_mode, impl)
-    kernel, _ = _kernels(raw_sigma, size, x.shape[1])
-    return _run_kernel(x, kernel, stride, padding_mode, which)
+    which = dispatch.forward_impl(x, size, stride, padding_mode, impl, per_axis=raw_sigma.dim() == 2)
+    kernels, _ = _kernels(raw_sigma, size, x)
+    return _run_kernel(x, kernels, stride, padding_mode, which)
 
 
 # ---- envconv::envelope ------------------------------------------------------------------------------------
 
 @torch.library.custom_op("envconv::envelope", mutates_args=())
 def envelope(x: Tensor, raw_sigma: Tensor, size: int, stride: List[int], padding_mode: str, impl: str) -> Tensor:
-    """The envelope of ``x`` (N, C, L), (N, C, H, W) or (N, C, D, H, W) at every ``stride``-th position."""
+    """The envelope of ``x`` (N, C, L), (N, C, H, W) or (N, C, D, H, W) at every ``stride``-th position.
+
+    ``raw_sigma``: (C,) or (1,), or (C, n) / (1, n) for a sigma per spatial axis.
+    """
     with _no_autocast(x):
         return _forward(x, raw_sigma, size, stride, padding_mode, impl)
 
@@ -97,8 +115,10 @@ def _check_fake(x: Tensor, raw_sigma: Tensor, size: int, stride: List[int]) -> N
     EF.check_floating_point(x)
     torch._check(x.dim() in (3, 4, 5), lambda: f"envconv::envelope: x must be (N, C, L), (N, C, H, W) or "
                                                f"(N, C, D, H, W), got {x.dim()} dims")
-    torch._check(raw_sigma.dim() == 1 and raw_sigma.shape[0] in (1, x.shape[1]),
-                 lambda: f"envconv::envelope: raw_sigma must have shape (C,) or (1,), got {tuple(raw_sigma.shape)}")
+    torch._check(raw_sigma.dim() in (1, 2) and raw_sigma.shape[0] in (1, x.shape[1])
+                 and (raw_sigma.dim() == 1 or raw_sigma.shape[1] == x.dim() - 2),
+                 lambda: f"envconv::envelope: raw_sigma must have shape (C,) or (1,), or (C, {x.dim() - 2}) / "
+                         f"(1, {x.dim() - 2}) for a sigma per axis, got {tuple(raw_sigma.shape)}")
     torch._check(size >= 1 and size % 2 == 1, lambda: f"envconv::envelope: size must be odd and positive, got {size}")
     torch._check(len(stride) == x.dim() - 2 and all(s >= 1 for s in stride),
                  lambda: f"envconv::envelope: stride must be {x.dim() - 2} positive ints (one per spatial axis), "
@@ -133,22 +153,21 @@ def _backward(grad, x, raw_sigma, size, stride, padding_mode, impl, need_x, need
             _strided(grad_x, stride).copy_(grad)
         grad_raw = torch.zeros_like(raw_sigma) if need_sigma else None
     else:
-        which = dispatch.backward_impl(x, size, stride, padding_mode, impl)
-        kernel, dkernel = _kernels(raw_sigma, size, x.shape[1], derivative=True)
+        per_axis = raw_sigma.dim() == 2
+        which = dispatch.backward_impl(x, size, stride, padding_mode, impl, per_axis=per_axis)
+        kernels, dkernels = _kernels(raw_sigma, size, x, derivative=True)
         if which == "fused":
-            grad_x, grad_c = cpu.backward(grad, x, kernel, dkernel, stride, need_x)
+            grad_x, grad_c = cpu.backward(grad, x, kernels[0], dkernels[0], stride, need_x)
         elif which == "triton":
             from . import triton_kernels
 
-            grad_x, grad_c = triton_kernels.backward(grad, x, kernel, dkernel, stride, need_x, need_sigma)
+            grad_x, grad_c = triton_kernels.backward(grad, x, kernels[0], dkernels[0], stride, need_x, need_sigma)
         else:
-            grad_x, grad_c = composite.backward(grad, x, kernel.to(x.dtype), dkernel, stride, padding_mode, need_x,
-                                                need_sigma)
+            grad_x, grad_c = composite.backward(grad, x, [k.to(x.dtype) for k in kernels], dkernels, stride,
+                                                padding_mode, need_x, need_sigma, sigma_per_axis=per_axis)
             if grad_x is not None:
                 grad_x = grad_x.contiguous(memory_format=memory_format(x))
-        grad_raw = None
-        if need_sigma:
-            grad_raw = (grad_c.sum().reshape(1) if raw_sigma.shape[0] != x.shape[1] else grad_c).to(raw_sigma.dtype)
+        grad_raw = _reduce_sigma_grad(grad_c, raw_sigma) if need_sigma else None
     return (grad_x if need_x else empty), (grad_raw if need_sigma else raw_sigma.new_empty(0))
 
 
@@ -235,17 +254,22 @@ def envelope_decomposed(x: Tensor, raw_sigma: Tensor, size: int, stride: List[in
     """
     if size == 1:
         return _strided(x, stride)
-    kernel = EF.gaussian_kernel1d(raw_sigma, size).to(x.dtype)
-    if torch.jit.is_tracing():
-        # The TorchScript exporter needs Conv kernels of known shape: bake the kernel in as a
-        # constant (the exported graph is for inference; sigma is fixed there anyway).
-        kernel = torch.tensor(kernel.detach().tolist(), dtype=x.dtype, device=x.device)
-        kernel = kernel.expand(int(raw_sigma.shape[0]) if raw_sigma.shape[0] > 1 else int(x.shape[1]), size)
-    else:
-        kernel = kernel.expand(x.shape[1], size)
-    for dim in composite.axes(x):
-        x = composite.pass1d(x, kernel, dim, padding_mode, stride[dim - 2])
-    return x
+    out, kernels = x, {}
+    for dim, raw in zip(composite.axes(x), EF.axis_raw_sigmas(raw_sigma, x.dim() - 2)[::-1]):
+        if id(raw) in kernels:  # one sigma per channel: one kernel for every axis
+            out = composite.pass1d(out, kernels[id(raw)], dim, padding_mode, stride[dim - 2])
+            continue
+        kernel = EF.gaussian_kernel1d(raw, size).to(x.dtype)
+        if torch.jit.is_tracing():
+            # The TorchScript exporter needs Conv kernels of known shape: bake the kernel in as a
+            # constant (the exported graph is for inference; sigma is fixed there anyway).
+            kernel = torch.tensor(kernel.detach().tolist(), dtype=x.dtype, device=x.device)
+            kernel = kernel.expand(int(raw.shape[0]) if raw.shape[0] > 1 else int(x.shape[1]), size)
+        else:
+            kernel = kernel.expand(x.shape[1], size)
+        kernels[id(raw)] = kernel
+        out = composite.pass1d(out, kernel, dim, padding_mode, stride[dim - 2])
+    return out
 
 
 # ---- FLOP formulas ----------------------------------------------------------------------------------------

@@ -42,11 +42,18 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[str]], min_width
 
 
 def envelope_table(rows: Sequence[EnvelopeInfo]) -> str:
-    """The table of :func:`envconv.envelopes` rows; ``k_g`` is ``-`` where the size is unknown (an old state dict)."""
-    return format_table(
-        ["layer", "path", "channels", "k_g", "sigma mean", "min", "max"],
-        [[r.name, r.path, str(r.channels), "-" if r.size is None else str(r.size), f"{r.sigma_mean:.4f}",
-          f"{r.sigma_min:.4f}", f"{r.sigma_max:.4f}"] for r in rows], align="ll")
+    """The table of :func:`envconv.envelopes` rows; ``k_g`` is ``-`` where the size is unknown (an old state dict).
+
+    With a sigma per axis somewhere, a column gives each axis's mean sigma (first axis first).
+    """
+    header = ["layer", "path", "channels", "k_g", "sigma mean", "min", "max"]
+    cells = [[r.name, r.path, str(r.channels), "-" if r.size is None else str(r.size), f"{r.sigma_mean:.4f}",
+              f"{r.sigma_min:.4f}", f"{r.sigma_max:.4f}"] for r in rows]
+    if any(r.axis_sigmas is not None for r in rows):
+        header.append("mean per axis")
+        for row, r in zip(cells, rows):
+            row.append("-" if r.axis_means is None else " / ".join(f"{m:.4f}" for m in r.axis_means))
+    return format_table(header, cells, align="ll")
 
 
 def _is_training_checkpoint(path: Path) -> bool:

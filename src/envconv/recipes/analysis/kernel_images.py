@@ -61,6 +61,11 @@ def envelope_row(row: EnvelopeInfo) -> dict:
         >>> row["path"], row["channels"], round(row["mass_3_taps_mean"], 3)
         ('residual', 16, 0.893)
     """
-    kept = mass_kept(row.sigmas, row.size, 3)
+    if row.axis_sigmas is not None:  # a sigma per axis: the product of each axis's central mass
+        raw = EF.raw_from_sigma(np.asarray(row.axis_sigmas, dtype=np.float64).T)
+        kept = EF.central_mass(raw, row.size, 3, row.spatial_dims).numpy()
+    else:
+        raw = EF.raw_from_sigma(np.atleast_1d(np.asarray(row.sigmas, dtype=np.float64)))
+        kept = EF.central_mass(raw, row.size, 3, row.spatial_dims).numpy()
     return {**row.as_dict(with_sigmas=True), "mass_3_taps_mean": float(kept.mean()),
             "mass_3_taps_min": float(kept.min())}
