@@ -167,11 +167,13 @@ def test_r3d_18_with_a_sigma_per_axis_trains_rebuilds_lists_and_shrinks_per_axis
     # the time axis (column 0) moved apart from the image axes: each axis learns its own
     assert not torch.equal(stem.raw_sigma[:, 0], stem.raw_sigma[:, 1])
     rows = envelopes(model)
-    want = np.sqrt(np.logaddexp(0.0, stem.raw_sigma.detach().double().numpy()))  # sqrt(softplus(raw)), (C, axes)
+    want = np.sqrt(np.logaddexp(0.0, stem.raw_sigma.detach().double().numpy()))  # sqrt(softplus(raw)): (C, axes)
     np.testing.assert_allclose(np.asarray(rows[0].axis_sigmas).T, want, rtol=1e-15)
-    assert "mean per axis" in envelope_table(rows) and envelopes(model.state_dict())[0].axis_sigmas == rows[0].axis_sigmas
+    assert "mean per axis" in envelope_table(rows)
+    assert envelopes(model.state_dict())[0].axis_sigmas == rows[0].axis_sigmas
     rebuilt = load_disentangled(torchvision.models.video.r3d_18(num_classes=3), model.state_dict())
-    model.eval(), rebuilt.eval()
+    model.eval()
+    rebuilt.eval()
     assert torch.equal(rebuilt(x), model(x))
     # automatic shrinking: the channel keeping the least mass (the product over its axes) decides
     env = GaussianEnvelope.fixed(2, [[0.4, 0.4, 1.0], [0.4, 0.4, 0.4]], 9, spatial_dims=3, per_axis=True)

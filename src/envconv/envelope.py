@@ -209,12 +209,12 @@ class GaussianEnvelope(ArchitectureRecord, nn.Module):
 
     @property
     def sigma2(self) -> torch.Tensor:
-        r"""Per-channel :math:`\sigma_c^2 = \operatorname{softplus}(\tilde\sigma_c)`, shape :math:`(C,)` (per axis: :math:`(C, n)`)."""
+        r"""Per-channel :math:`\sigma_c^2 = \operatorname{softplus}(\tilde\sigma_c)`, :math:`(C,)` (per axis: (C, n))."""
         return EF.sigma2_from_raw(self.raw_sigma).expand(self.channels, *self.raw_sigma.shape[1:])
 
     @property
     def sigma(self) -> torch.Tensor:
-        r"""Per-channel :math:`\sigma_c`, shape :math:`(C,)` or :math:`(C, n)` (differentiable; ``.detach()`` for logging)."""
+        r"""Per-channel :math:`\sigma_c`, :math:`(C,)` or :math:`(C, n)` (differentiable; ``.detach()`` for logging)."""
         return self.sigma2.sqrt()
 
     def kernel1d(self, axis: int = 0) -> torch.Tensor:

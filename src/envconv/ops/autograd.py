@@ -248,7 +248,7 @@ def _scaled_sum(parts, per_sigma: Tensor) -> Tensor:
 
 
 def _envelope_tangent(x, raw_sigma, x_t, raw_t, size, stride, padding_mode, impl):
-    r"""The envelope's tangent :math:`A\dot X + \sum_s (A'_s X)\dot\sigma_s` (also the double backward's gradient of G)."""
+    r"""The envelope's tangent :math:`A\dot X + \sum_s (A'_s X)\dot\sigma_s` (also double backward's gradient of G)."""
     tangent = None
     if x_t is not None:
         tangent = torch.ops.envconv.envelope(x_t, raw_sigma, size, stride, padding_mode, impl)
