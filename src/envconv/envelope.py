@@ -209,7 +209,7 @@ class GaussianEnvelope(ArchitectureRecord, nn.Module):
 
     @property
     def sigma2(self) -> torch.Tensor:
-        r"""Per-channel :math:`\sigma_c^2 = \operatorname{softplus}(\tilde\sigma_c)`: :math:`(C,)` (per axis: (C, n))."""
+        r"""Per-channel :math:`\sigma_c^2 = \operatorname{softplus}(\tilde\sigma_c)`, (C,) or per axis (C, n)."""
         return EF.sigma2_from_raw(self.raw_sigma).expand(self.channels, *self.raw_sigma.shape[1:])
 
     @property
