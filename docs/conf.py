@@ -24,7 +24,7 @@ extensions = ["sphinx.ext.autodoc", "sphinx.ext.napoleon", "myst_parser", "envco
 # site shows its equations offline and opened from disk.
 html_math_renderer = "mathml"
 source_suffix = {".md": "markdown"}
-exclude_patterns = ["_build", "_ext", "analysis-example/report.html"]
+exclude_patterns = ["_build", "_ext", "analysis-example/report.html", "nd/clips.md"]  # included by nd.md
 myst_enable_extensions = ["dollarmath", "colon_fence"]
 myst_heading_anchors = 3
 

@@ -92,3 +92,15 @@ def test_gpu_benchmark_plumbing_on_cpu(tmp_path, monkeypatch):
     assert written["settings"]["device"] == "cpu"
     markdown = (tmp_path / (result["written"].rsplit("/", 1)[-1] + ".md")).read_text()
     assert "| stage4 identity | channels_last |" in markdown
+
+
+def test_nd_benchmark_smoke():
+    from benchmarks import nd_speed
+
+    layer_rows = nd_speed.layers(quick=True, repeats=1, log=lambda *a: None)
+    assert {(r["layout"], r["per_axis"]) for r in layer_rows if r["shape"][2:] == [4, 8, 8]} == {
+        (layout, per_axis) for layout in ("ncdhw", "channels_last_3d") for per_axis in (False, True)}
+    model_rows = nd_speed.models(quick=True, repeats=1, names=("audio_cnn",), log=lambda *a: None)
+    assert model_rows[0]["memory_ratio"] > 1 and model_rows[0]["training_step_k9"]["median"] > 0
+    text = nd_speed.markdown(layer_rows, model_rows)
+    assert "| audio_cnn | (2, 1, 1600) | ncl |" in text and "| r3d_18 layer2 (3-D) | (1, 8, 4, 8, 8) |" in text

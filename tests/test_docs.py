@@ -33,6 +33,8 @@ def test_python_examples_run(page, tmp_path):
         assert re.search(r"^layer2\.0\.conv2 +residual +C=  128  k_g=9  sigma mean 0\.833$", out, flags=re.M)
         assert re.search(r"^layer2\.0\.downsample\.0 +identity +C=  256", out, flags=re.M)
         assert len(re.findall(r"^(conv1|layer[234]\.0\.(conv2|downsample\.0)) +\w+ +C=", out, flags=re.M)) == 7
+    if page.name == "nd.md":
+        assert "torch.Size([16, 3])\ntorch.Size([3, 3]) torch.Size([2, 16, 8, 32, 32])" in out
     if page.name == "converting.md":
         assert "torch.Size([64])" in out and "torch.Size([8, 128, 28, 28])" in out
         assert re.search(r"^97$", out, flags=re.M)  # the sigmas of small_resnet20 on 1 channel: 1 + 16 + 16 + 32 + 32

@@ -94,7 +94,7 @@ def test_option_errors_name_the_method_and_the_options():
         build_replacement("proj", conv3x3(), order="conv-env")
     with pytest.raises(ValueError, match=r"'fixed' needs option\(s\) \['sigma'\]"):
         build_replacement("fixed", conv3x3())
-    assert method_options("fixed") == (["sigma"], ["envelope_size", "order", "envelope_padding_mode"])
+    assert method_options("fixed") == (["sigma"], ["envelope_size", "order", "envelope_padding_mode", "sigma_per_axis"])
     with pytest.raises(ValueError, match="centred"):
         build_replacement("se", nn.Conv2d(C, D, 3, padding=0))
     with pytest.raises(ValueError, match="decay"):

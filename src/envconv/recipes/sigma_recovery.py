@@ -2,7 +2,7 @@
 
 A teacher blurs random images with fixed Gaussian envelopes of known sigma (one per
 channel, or one per channel and axis) and then applies a fixed 3x3 convolution. A
-:class:`DisentangledConv2d` student (``DisentangledConv1d`` / ``DisentangledConv3d`` for
+:class:`~envconv.DisentangledConv2d` student (``DisentangledConv1d`` / ``DisentangledConv3d`` for
 sequences and volumes) with the teacher's filter, frozen, and sigma initialised at the paper's
 raw value 0 (sigma = 0.833) learns the sigmas from the teacher's outputs by gradient
 descent on the mean squared error. With a sigma per axis, each axis's sigma is learned back
@@ -41,7 +41,7 @@ class SigmaRecoveryResult:
 
     @property
     def relative_error(self) -> List[float]:
-        """|learned - teacher| / teacher per channel (per channel and axis, flattened, for a sigma per axis)."""
+        """``abs(learned - teacher) / teacher`` per channel (per channel and axis, flattened, for a sigma per axis)."""
         return [abs(s - t) / t for s, t in zip(_flat(self.learned_sigma), _flat(self.teacher_sigma))]
 
 

@@ -1,0 +1,157 @@
+"""1-D and 3-D envelopes: layer and model speed, converted / plain, ratios measured in one run.
+
+* layer: the envelope's forward + backward (input and sigma gradients, ``k_g = 9``) against
+  ``x.clone()`` on the same tensor - the memory-traffic floor any filter pays - at the
+  shapes of a 1-D audio CNN and of ``r3d_18``'s stem and strided places; one sigma per channel
+  and one per axis;
+* model: torchvision's ``r3d_18`` (clips ``(N, 3, T, H, W)``) and a 1-D CNN for raw audio
+  (M5-style, :func:`audio_cnn`), plain vs converted by ``envconv.disentangle`` (the stem and the
+  strided convolutions): inference with the envelopes shrunk to ``k_g = 3``, a training step
+  with ``k_g = 9``, and the training step's memory (:func:`benchmarks.model_speed.training_memory`),
+  in both layouts of each model; the headline is the plain model's fastest layout.
+
+    python -m benchmarks.nd_speed [--quick] [--repeats 7] [--save]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+from typing import Dict, List
+
+import torch
+import torchvision
+from torch import nn
+
+import envconv
+
+from .model_speed import _inference, _training_step, training_memory
+from .timing import paired_ratio
+
+LAYOUTS = {3: {"ncl": torch.contiguous_format}, 5: {"ncdhw": torch.contiguous_format,
+                                                    "channels_last_3d": torch.channels_last_3d}}
+
+
+def audio_cnn(num_classes: int = 35) -> nn.Sequential:
+    """An M5-style 1-D CNN for 16 kHz raw audio (Dai et al. 2017): a wide strided stem, then pooled stages."""
+    def block(cin, cout, k, stride):
+        return [nn.Conv1d(cin, cout, k, stride=stride, padding=k // 2, bias=False), nn.BatchNorm1d(cout),
+                nn.ReLU(inplace=True)]
+
+    return nn.Sequential(*block(1, 32, 79, 4), nn.MaxPool1d(4), *block(32, 32, 3, 1), *block(32, 64, 3, 2),
+                         *block(64, 64, 3, 1), *block(64, 128, 3, 2), nn.AdaptiveAvgPool1d(1), nn.Flatten(),
+                         nn.Linear(128, num_classes))
+
+
+def layer_shapes(quick: bool) -> Dict[str, tuple]:
+    if quick:
+        return {"audio stem (1-D)": (2, 1, 1600), "r3d_18 layer2 (3-D)": (1, 8, 4, 8, 8)}
+    return {"audio stem (1-D)": (16, 1, 16000), "audio stage (1-D)": (16, 64, 1000),
+            "r3d_18 stem (3-D)": (2, 3, 8, 112, 112), "r3d_18 layer2 (3-D)": (2, 64, 8, 56, 56),
+            "r3d_18 layer4 (3-D)": (2, 256, 2, 14, 14)}
+
+
+def _forward_backward(env: nn.Module, x: torch.Tensor, grad: torch.Tensor):
+    def step():
+        x.grad = env.raw_sigma.grad = None
+        env(x).backward(grad)
+
+    return step
+
+
+def _clone(x: torch.Tensor):
+    return lambda: x.detach().clone()
+
+
+def layers(quick: bool = False, repeats: int = 7, log=print) -> List[dict]:
+    rows = []
+    for place, shape in layer_shapes(quick).items():
+        dims = len(shape) - 2
+        for layout, fmt in LAYOUTS[len(shape)].items():
+            x = torch.randn(shape).contiguous(memory_format=fmt).requires_grad_()
+            for per_axis in (False, True):
+                env = envconv.GaussianEnvelope(shape[1], 9, spatial_dims=dims, per_axis=per_axis)
+                grad = torch.randn(shape).contiguous(memory_format=fmt)
+
+                ratio = paired_ratio(_forward_backward(env, x, grad), _clone(x), repeats=repeats)
+                rows.append({"place": place, "shape": list(shape), "layout": layout, "per_axis": per_axis,
+                             "ratio": ratio.as_dict()})
+                log(f"{place:22s} {layout:16s} {'per axis' if per_axis else 'per channel':11s} "
+                    f"forward+backward / clone {ratio}")
+    return rows
+
+
+def _model(name: str):
+    torch.manual_seed(0)
+    if name == "r3d_18":
+        return torchvision.models.video.r3d_18(num_classes=400)
+    return audio_cnn()
+
+
+def models(quick: bool = False, repeats: int = 7, names=("r3d_18", "audio_cnn"), log=print) -> List[dict]:
+    inputs = {"r3d_18": (2, 3, 8, 112, 112) if not quick else (1, 3, 4, 32, 32),
+              "audio_cnn": (16, 1, 16000) if not quick else (2, 1, 1600)}
+    rows = []
+    for name in names:
+        shape = inputs[name]
+        plain = _model(name)
+        converted = envconv.disentangle(copy.deepcopy(plain), envelope_size=9)
+        classes = plain[-1].out_features if isinstance(plain, nn.Sequential) else plain.fc.out_features
+        y = torch.randint(0, classes, (shape[0],))
+        for layout, fmt in LAYOUTS[len(shape)].items():
+            x = torch.randn(shape).contiguous(memory_format=fmt)
+            if len(shape) == 5:  # Module.to takes 4-D or 5-D layouts only
+                plain.to(memory_format=fmt)
+                converted.to(memory_format=fmt)
+            envconv.shrink(converted, 3)
+            inference = paired_ratio(_inference(converted, x), _inference(plain, x), repeats=repeats)
+            envconv.shrink(converted, 9)
+            training = paired_ratio(_training_step(converted, x, y), _training_step(plain, x, y), repeats=repeats)
+            mem = training_memory(converted, x, y)["total"] / training_memory(plain, x, y)["total"]
+            rows.append({"model": name, "input": list(shape), "layout": layout, "inference_k3": inference.as_dict(),
+                         "training_step_k9": training.as_dict(), "memory_ratio": mem, "plain_step_ms": training.ms_b})
+            log(f"{name:10s} {layout:16s} inference k3 {inference}; training step k9 {training}; memory {mem:.4f}x")
+    return rows
+
+
+def markdown(layer_rows: List[dict], model_rows: List[dict]) -> str:
+    lines = ["| model | input | layout | plain step (ms) | inference, k_g = 3 | training step, k_g = 9 | "
+             "training memory |", "|---|---|---|---|---|---|---|"]
+    for r in model_rows:
+        inf, tr = r["inference_k3"], r["training_step_k9"]
+        lines.append(f"| {r['model']} | {tuple(r['input'])} | {r['layout']} | {r['plain_step_ms']:.0f} | "
+                     f"{inf['median']:.3f}x [{inf['q1']:.3f}-{inf['q3']:.3f}] | "
+                     f"{tr['median']:.3f}x [{tr['q1']:.3f}-{tr['q3']:.3f}] | {r['memory_ratio']:.4f}x |")
+    lines += ["", "Envelope forward + backward (k_g = 9) / `x.clone()` on the same tensor:", "",
+              "| place | shape | layout | sigma | ratio to clone |", "|---|---|---|---|---|"]
+    for r in layer_rows:
+        q = r["ratio"]
+        lines.append(f"| {r['place']} | {tuple(r['shape'])} | {r['layout']} | "
+                     f"{'per axis' if r['per_axis'] else 'per channel'} | "
+                     f"{q['median']:.1f}x [{q['q1']:.1f}-{q['q3']:.1f}] |")
+    return "\n".join(lines)
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="tiny shapes: a smoke run")
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--save", action="store_true", help="also write results/<date>-<machine>-nd.json and .md")
+    return p
+
+
+def main(args: argparse.Namespace) -> dict:
+    layer_rows = layers(args.quick, args.repeats)
+    model_rows = models(args.quick, args.repeats)
+    text = markdown(layer_rows, model_rows)
+    print(text)
+    if args.save:
+        from .run_all import save
+
+        save({"layers": layer_rows, "models": model_rows}, "nd-quick" if args.quick else "nd",
+             "## 1-D and 3-D envelopes\n\nModels, converted / plain (median of paired ratios [quartiles]):\n\n" + text)
+    return {"layers": layer_rows, "models": model_rows}
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())
