@@ -173,3 +173,14 @@ def test_wrong_per_axis_shapes_are_named():
         functional.gaussian_envelope(torch.randn(1, 3, 8, 8), torch.zeros(3, 3), 5)
     with pytest.raises(ValueError, match=r"per-axis raw_sigma must have shape \(3, 3\) or \(1, 3\)"):
         functional.gaussian_envelope(torch.randn(1, 3, 4, 8, 8), torch.zeros(2, 3), 5, spatial_dims=3)
+
+
+@pytest.mark.parametrize("raw_shape", [(3, 3), (1, 3), (3,)])
+def test_the_aten_only_form_for_exporters_equals_the_op(raw_shape):
+    from envconv.ops.library import envelope_decomposed
+
+    x = torch.randn(2, 3, 7, 8, 9, dtype=torch.float64)
+    raw = torch.randn(raw_shape, dtype=torch.float64)
+    for mode, stride in (("reflect", [1, 2, 1]), ("zeros", [2, 1, 3])):
+        want = torch.ops.envconv.envelope(x, raw, 5, stride, mode, "auto")
+        torch.testing.assert_close(envelope_decomposed(x, raw, 5, stride, mode), want, rtol=1e-13, atol=1e-13)
