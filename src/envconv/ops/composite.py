@@ -53,7 +53,9 @@ def _pad(r: int, dim: int, ndim: int) -> tuple:
 
 
 def _as_4d(x: torch.Tensor, kernel: torch.Tensor, dim: int):
-    """A contiguous (N, C, D, H, W) pass as a 2-D one: ``(x viewed 4-D, its kernel, its axis, its output shape)``.
+    """A contiguous (N, C, D, H, W) pass as a 2-D one: ``(x viewed 4-D, its kernel, its axis, back)``.
+
+    ``back`` views the 2-D pass's output as the 5-D one.
 
     oneDNN's depth-wise 2-D convolutions run 1.4-1.8x faster than its 3-D ones on the same
     data (2 cores): the width pass views (N, C, D*H, W), the depth pass (N, C, D, H*W), the
