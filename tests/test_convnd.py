@@ -186,3 +186,22 @@ def test_r3d_18_with_a_sigma_per_axis_trains_rebuilds_lists_and_shrinks_per_axis
     assert size == min(t for t in (1, 3, 5, 7, 9) if mass(1.0, t) * mass(0.4, t) ** 2 >= 0.99)
     # smaller than an isotropic envelope of the largest sigma needs (its mass is m^3)
     assert size < min(t for t in (1, 3, 5, 7, 9) if mass(1.0, t) ** 3 >= 0.99)
+
+
+def test_monai_segresnet_converts_at_its_stem_and_strided_convs_and_trains_per_axis():
+    """A 3-D volume network users have (MONAI, random init): the envelopes learn a sigma per axis."""
+    monai_nets = pytest.importorskip("monai.networks.nets")
+    torch.manual_seed(0)
+    plain = monai_nets.SegResNet(spatial_dims=3, in_channels=1, out_channels=2, init_filters=8,
+                                 blocks_down=(1, 2, 2), blocks_up=(1, 1)).double()
+    model = envconv.disentangle(copy.deepcopy(plain), method="fixed", sigma=[0.0, 0.0, 0.0], sigma_per_axis=True)
+    assert [e.name for e in envconv.envelopes(model)] == ["convInit.conv", "down_layers.1.0.conv",
+                                                          "down_layers.2.0.conv"]
+    x = torch.randn(1, 1, 8, 16, 16, dtype=torch.float64)
+    plain.eval()
+    model.eval()
+    assert torch.equal(model(x), plain(x))  # sigma 0 on every axis: the plain network, exactly
+    learned = envconv.disentangle(copy.deepcopy(plain), sigma_per_axis=True).train()
+    learned(x).square().mean().backward()
+    grads = [m.raw_sigma.grad for m in learned.modules() if isinstance(m, GaussianEnvelope)]
+    assert [tuple(g.shape) for g in grads] == [(1, 3), (8, 3), (16, 3)] and all(bool(g.abs().sum() > 0) for g in grads)
