@@ -119,9 +119,14 @@ def test_vmap_per_sample_gradients_in_1d_equal_a_loop():
     def loss(r, xi):
         return functional.gaussian_envelope(xi[None], r, 5, "reflect", 2, spatial_dims=1).square().sum()
 
+    assert_per_sample_gradients_equal_a_loop(loss, raw, x)
+
+
+def assert_per_sample_gradients_equal_a_loop(loss, raw, x):
+    """``vmap(grad(loss))`` over the samples of ``x`` equals ordinary backward passes, one sample at a time."""
     per_sample = torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0))(raw, x)
     loop = []
-    for xi in x:  # ordinary backward passes, one sample at a time
+    for xi in x:
         r = raw.clone().requires_grad_()
         loop.append(torch.autograd.grad(loss(r, xi), r)[0])
     torch.testing.assert_close(per_sample, torch.stack(loop), rtol=1e-12, atol=1e-12)

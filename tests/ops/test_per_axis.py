@@ -8,6 +8,7 @@ per-axis sigma gradient against the isotropic one it must sum to when the column
 import numpy as np
 import pytest
 import torch
+from test_nd import assert_per_sample_gradients_equal_a_loop
 
 import reference
 from envconv import GaussianEnvelope, functional
@@ -122,12 +123,7 @@ def test_vmap_per_sample_gradients_equal_a_loop():
     def loss(r, xi):
         return functional.gaussian_envelope(xi[None], r, 3, "zeros", 2, spatial_dims=3).square().sum()
 
-    per_sample = torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0))(raw, x)
-    loop = []
-    for xi in x:  # ordinary backward passes, one sample at a time
-        r = raw.clone().requires_grad_()
-        loop.append(torch.autograd.grad(loss(r, xi), r)[0])
-    torch.testing.assert_close(per_sample, torch.stack(loop), rtol=1e-12, atol=1e-12)
+    assert_per_sample_gradients_equal_a_loop(loss, raw, x)
     # a sigma per sample (vmapped raw_sigma), shared by the channels
     raws = torch.randn(3, 1, 3, dtype=torch.float64)
     per_raw = torch.func.vmap(torch.func.grad(loss), in_dims=(0, 0))(raws, x)
