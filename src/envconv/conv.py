@@ -257,10 +257,7 @@ class EnvelopeConv2d(OrderRecord, ConvVariant):
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
                  groups: int = 1, bias: bool = True, padding_mode: str = "zeros", *, envelope: nn.Module,
                  order: str = "env-conv", device=None, dtype=None) -> None:
-        if order not in ORDERS:
-            raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
-        if not isinstance(envelope, nn.Module):
-            raise TypeError(f"envelope must be an nn.Module, got {type(envelope).__name__}")
+        self._check_arguments(order, envelope)
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding, dilation=dilation,
                          groups=groups, bias=bias, padding_mode=padding_mode, device=device, dtype=dtype)
         self.order = order
@@ -343,8 +340,7 @@ class DisentangledConv2d(EnvelopeConv2d):
         device=None,
         dtype=None,
     ) -> None:
-        if order not in ORDERS:
-            raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+        self._check_arguments(order)
         envelope = GaussianEnvelope(
             in_channels if order == "env-conv" else out_channels,
             envelope_size,

@@ -34,10 +34,7 @@ class _EnvelopeConvNd(OrderRecord):
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
                  groups: int = 1, bias: bool = True, padding_mode: str = "zeros", *, envelope: nn.Module,
                  order: str = "env-conv", device=None, dtype=None) -> None:
-        if order not in ORDERS:
-            raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
-        if not isinstance(envelope, nn.Module):
-            raise TypeError(f"envelope must be an nn.Module, got {type(envelope).__name__}")
+        self._check_arguments(order, envelope)
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding, dilation=dilation,
                          groups=groups, bias=bias, padding_mode=padding_mode, device=device, dtype=dtype)
         self.order = order
@@ -78,8 +75,7 @@ class _DisentangledConvNd:
                  groups: int = 1, bias: bool = True, padding_mode: str = "zeros", *, envelope_size: int = 9,
                  order: str = "env-conv", shared_sigma: bool = False, sigma_per_axis: bool = False,
                  sigma_init: float = 0.0, envelope_padding_mode: str = "zeros", device=None, dtype=None) -> None:
-        if order not in ORDERS:
-            raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+        self._check_arguments(order)
         envelope = GaussianEnvelope(in_channels if order == "env-conv" else out_channels, envelope_size,
                                     shared=shared_sigma, per_axis=sigma_per_axis, init=sigma_init,
                                     padding_mode=envelope_padding_mode,

@@ -77,10 +77,7 @@ class EnvelopePool2d(OrderRecord, nn.Module):
         super().__init__()
         if type(pool) not in POOLS:
             raise TypeError(f"pool must be an nn.MaxPool2d or nn.AvgPool2d, got {type(pool).__name__}")
-        if not isinstance(envelope, nn.Module):
-            raise TypeError(f"envelope must be an nn.Module, got {type(envelope).__name__}")
-        if order not in POOL_ORDERS:
-            raise ValueError(f"order must be one of {POOL_ORDERS}, got {order!r}")
+        self._check_arguments(order, envelope)
         stride = _pair(pool.stride if pool.stride is not None else pool.kernel_size)
         if order == "pool-env":
             if pool.ceil_mode:

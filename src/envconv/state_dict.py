@@ -189,6 +189,14 @@ class OrderRecord(ArchitectureRecord):
     _orders: tuple
     _record_kind = "layer"
 
+    @classmethod
+    def _check_arguments(cls, order: str, envelope=None) -> None:
+        """Raise for an order this layer does not have, or an envelope that is not a module (before building)."""
+        if order not in cls._orders:
+            raise ValueError(f"order must be one of {cls._orders}, got {order!r}")
+        if envelope is not None and not isinstance(envelope, torch.nn.Module):
+            raise TypeError(f"envelope must be an nn.Module, got {type(envelope).__name__}")
+
     def get_extra_state(self) -> torch.Tensor:
         """The record stored with the weights: ``[1, index of the order]`` (int64)."""
         return torch.tensor([1, self._orders.index(self.order)])
