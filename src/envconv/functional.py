@@ -73,7 +73,8 @@ def gaussian_envelope(
             (the output keeps it); with ``spatial_dims=1`` :math:`(N, C, L)` or :math:`(C, L)`,
             with ``spatial_dims=3`` :math:`(N, C, D, H, W)` or :math:`(C, D, H, W)`.
         raw_sigma: raw scale :math:`\tilde\sigma`, shape :math:`(C,)`, or :math:`(1,)`
-            for one sigma shared by all channels.
+            for one sigma shared by all channels; :math:`(C, n)` or :math:`(1, n)` for a sigma
+            per spatial axis (``n`` axes, in the input's order: in 3-D depth, height, width).
         size: envelope size :math:`k_g = 2r + 1` (odd, positive).
         padding_mode: one of :data:`envconv.kernels.PADDING_MODES`. ``"reflect"`` needs
             :math:`r < \min(H, W)`, ``"circular"`` :math:`r \le \min(H, W)`.
@@ -99,6 +100,9 @@ def gaussian_envelope(
         True
         >>> gaussian_envelope(torch.randn(2, 3, 4, 16, 16), torch.zeros(3), 5, stride=2, spatial_dims=3).shape
         torch.Size([2, 3, 2, 8, 8])
+        >>> per_axis = torch.zeros(3, 2)  # a sigma per channel and axis (height, width); here both equal
+        >>> bool(torch.allclose(gaussian_envelope(x, per_axis, 9), gaussian_envelope(x, torch.zeros(3), 9), atol=1e-6))
+        True
     """
     _check_input(x, channels, spatial_dims)
     if x.dim() == spatial_dims + 1:
