@@ -362,3 +362,22 @@ def test_tf_same_padding_of_static_and_dynamic_classes_and_torchscript():
         layer = DisentangledConv2d.from_conv(conv)
         x = torch.randn(1, 4, 11, 16)
         torch.testing.assert_close(torch.jit.script(layer)(x), layer(x), rtol=0, atol=0)
+
+
+def test_disentangled_conv2d_with_a_sigma_per_axis_equals_its_envelope_then_the_conv():
+    from envconv import functional
+
+    torch.manual_seed(0)
+    conv = DisentangledConv2d(3, 4, 3, stride=2, padding=1, envelope_size=5, sigma_per_axis=True).double()
+    with torch.no_grad():
+        conv.envelope.raw_sigma.copy_(torch.tensor([[-1.0, 0.5], [0.3, 1.2], [2.0, -0.4]]))
+    x = torch.randn(2, 3, 9, 10, dtype=torch.float64, requires_grad=True)
+    smoothed = torch.from_numpy(ref.envelope_nd(x.detach(), conv.envelope.raw_sigma.detach(), 5))
+    want = F.conv2d(smoothed, conv.weight.detach(), conv.bias.detach(), 2, 1)
+    torch.testing.assert_close(conv(x), want, rtol=1e-12, atol=1e-12)
+    assert "per-channel per-axis" in repr(conv)
+    weight, bias = conv.weight.detach(), conv.bias.detach()
+    assert torch.autograd.gradcheck(lambda a, r: functional.envelope_conv2d(a, r, 5, weight, bias, stride=2, padding=1),
+                                    (x, conv.envelope.raw_sigma))
+    conv(x).square().sum().backward()
+    assert conv.envelope.raw_sigma.grad.shape == (3, 2)
