@@ -228,7 +228,26 @@ def check_conv_input(layer: str, in_channels: int, x: torch.Tensor, spatial_dims
         )
 
 
-class EnvelopeConv2d(OrderRecord, ConvVariant):
+class EnvelopeConvLayer(OrderRecord):
+    """The constructor of every envelope convolution, 1-D to 3-D (a mixin in front of the ``nn.ConvNd``).
+
+    The convolution's own arguments, then ``envelope`` (a module) and ``order`` (one of
+    :data:`ORDERS`, recorded with the weights by :class:`~envconv.state_dict.OrderRecord`).
+    """
+
+    _orders = ORDERS  # the order record (state_dict.OrderRecord)
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
+                 groups: int = 1, bias: bool = True, padding_mode: str = "zeros", *, envelope: nn.Module,
+                 order: str = "env-conv", device=None, dtype=None) -> None:
+        self._check_arguments(order, envelope)
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding, dilation=dilation,
+                         groups=groups, bias=bias, padding_mode=padding_mode, device=device, dtype=dtype)
+        self.order = order
+        self.envelope = envelope
+
+
+class EnvelopeConv2d(EnvelopeConvLayer, ConvVariant):
     r"""A convolution with a channel-wise envelope module before or after it.
 
     ``order="env-conv"``: :math:`Y = \mathbf F * E(X)`, where ``envelope`` :math:`E` acts
@@ -251,17 +270,7 @@ class EnvelopeConv2d(OrderRecord, ConvVariant):
     """
 
     _takes_tf_same = True
-    _orders = ORDERS  # the order record (state_dict.OrderRecord)
     tf_same: Optional[List[int]]  # TorchScript reads a class's own annotations only
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
-                 groups: int = 1, bias: bool = True, padding_mode: str = "zeros", *, envelope: nn.Module,
-                 order: str = "env-conv", device=None, dtype=None) -> None:
-        self._check_arguments(order, envelope)
-        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding, dilation=dilation,
-                         groups=groups, bias=bias, padding_mode=padding_mode, device=device, dtype=dtype)
-        self.order = order
-        self.envelope = envelope
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)

@@ -15,30 +15,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .conv import ORDERS, adopt_weights, check_conv_input, conv_arguments
+from .conv import EnvelopeConvLayer, adopt_weights, check_conv_input, conv_arguments
 from .envelope import GaussianEnvelope
-from .state_dict import OrderRecord
 
 __all__ = ["EnvelopeConv1d", "EnvelopeConv3d", "DisentangledConv1d", "DisentangledConv3d", "ENVELOPE_CONVS",
            "DISENTANGLED_CONVS"]
 
 
-class _EnvelopeConvNd(OrderRecord):
+class _EnvelopeConvNd(EnvelopeConvLayer):
     """What the 1-D and 3-D envelope convolutions share (a mixin in front of ``nn.Conv1d`` / ``nn.Conv3d``)."""
 
     _base: type
     _dims: int
     _functional = None
-    _orders = ORDERS  # the order record (state_dict.OrderRecord)
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
-                 groups: int = 1, bias: bool = True, padding_mode: str = "zeros", *, envelope: nn.Module,
-                 order: str = "env-conv", device=None, dtype=None) -> None:
-        self._check_arguments(order, envelope)
-        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding, dilation=dilation,
-                         groups=groups, bias=bias, padding_mode=padding_mode, device=device, dtype=dtype)
-        self.order = order
-        self.envelope = envelope
 
     @classmethod
     def from_conv(cls, conv: nn.Module, **kwargs):
