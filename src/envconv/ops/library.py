@@ -50,18 +50,23 @@ def _strided(x: Tensor, stride: List[int]) -> Tensor:
     return x[(..., *(slice(None, None, s) for s in stride))]
 
 
-def _kernels(raw_sigma: Tensor, size: int, x: Tensor, derivative: bool = False):
-    """(kernels, d kernels / d raw) of eq. (9) per spatial axis of ``x``, each (C, k), in ``raw_sigma``'s dtype.
+def _axis_kernels(kernel_fn, raw_sigma: Tensor, size: int, x: Tensor) -> List[Tensor]:
+    """``kernel_fn``'s 1-D kernel (C, k) for each spatial axis of ``x``.
 
-    One sigma per channel: the same tensor on every axis; a sigma per axis: each axis's own.
+    One sigma per channel: one tensor for every axis; a sigma per axis: each axis's own.
     """
-    columns = EF.axis_raw_sigmas(raw_sigma, x.dim() - 2)
-    unique = {id(raw): raw for raw in columns}
-    kernel = {key: EF.gaussian_kernel1d(raw, size).expand(x.shape[1], size) for key, raw in unique.items()}
+    channels, dims = x.shape[1], x.dim() - 2
+    if raw_sigma.dim() == 1:
+        return [kernel_fn(raw_sigma, size).expand(channels, size)] * dims
+    return [kernel_fn(raw, size).expand(channels, size) for raw in EF.axis_raw_sigmas(raw_sigma, dims)]
+
+
+def _kernels(raw_sigma: Tensor, size: int, x: Tensor, derivative: bool = False):
+    """(kernels, d kernels / d raw) of eq. (9) per spatial axis of ``x``, each (C, k), in ``raw_sigma``'s dtype."""
+    kernels = _axis_kernels(EF.gaussian_kernel1d, raw_sigma, size, x)
     if not derivative:
-        return [kernel[id(raw)] for raw in columns], None
-    dkernel = {key: EF.gaussian_kernel1d_derivative(raw, size).expand(x.shape[1], size) for key, raw in unique.items()}
-    return [kernel[id(raw)] for raw in columns], [dkernel[id(raw)] for raw in columns]
+        return kernels, None
+    return kernels, _axis_kernels(EF.gaussian_kernel1d_derivative, raw_sigma, size, x)
 
 
 def _reduce_sigma_grad(grad_c: Tensor, raw_sigma: Tensor) -> Tensor:
@@ -254,22 +259,14 @@ def envelope_decomposed(x: Tensor, raw_sigma: Tensor, size: int, stride: List[in
     """
     if size == 1:
         return _strided(x, stride)
-    out, kernels = x, {}
-    for dim, raw in zip(composite.axes(x), EF.axis_raw_sigmas(raw_sigma, x.dim() - 2)[::-1]):
-        if id(raw) in kernels:  # one sigma per channel: one kernel for every axis
-            out = composite.pass1d(out, kernels[id(raw)], dim, padding_mode, stride[dim - 2])
-            continue
-        kernel = EF.gaussian_kernel1d(raw, size).to(x.dtype)
-        if torch.jit.is_tracing():
-            # The TorchScript exporter needs Conv kernels of known shape: bake the kernel in as a
-            # constant (the exported graph is for inference; sigma is fixed there anyway).
-            kernel = torch.tensor(kernel.detach().tolist(), dtype=x.dtype, device=x.device)
-            kernel = kernel.expand(int(raw.shape[0]) if raw.shape[0] > 1 else int(x.shape[1]), size)
-        else:
-            kernel = kernel.expand(x.shape[1], size)
-        kernels[id(raw)] = kernel
-        out = composite.pass1d(out, kernel, dim, padding_mode, stride[dim - 2])
-    return out
+    kernels = [k.to(x.dtype) for k in _axis_kernels(EF.gaussian_kernel1d, raw_sigma, size, x)]
+    if torch.jit.is_tracing():
+        # The TorchScript exporter needs Conv kernels of known shape: bake the kernels in as
+        # constants (the exported graph is for inference; sigma is fixed there anyway).
+        kernels = [torch.tensor(k.detach().tolist(), dtype=x.dtype, device=x.device) for k in kernels]
+    for dim in composite.axes(x):
+        x = composite.pass1d(x, kernels[dim - 2], dim, padding_mode, stride[dim - 2])
+    return x
 
 
 # ---- FLOP formulas ----------------------------------------------------------------------------------------
