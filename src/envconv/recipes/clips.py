@@ -33,6 +33,7 @@ from ..convert import disentangle
 from ..envelope import GaussianEnvelope
 from .data import FASHION_MNIST_ROOT, FashionMNIST
 from .study.stats import paired_difference, summarize
+from .training.optim import parameter_groups
 
 __all__ = ["VARIANTS", "make_clips", "clip_net", "train_variant", "run_clips", "report", "add_arguments", "main"]
 
@@ -98,10 +99,7 @@ def train_variant(variant: str, seed: int, train: tuple, test: tuple, *, epochs:
     """Train one variant from ``seed`` on ``train`` = (clips, labels); returns its test accuracy and sigmas."""
     torch.manual_seed(seed)
     model = _model(variant)
-    sigmas = [p for n, p in model.named_parameters() if n.endswith("raw_sigma")]
-    decayed = [p for n, p in model.named_parameters() if not n.endswith("raw_sigma") and p.ndim > 1]
-    others = [p for n, p in model.named_parameters() if not n.endswith("raw_sigma") and p.ndim <= 1]
-    groups = [{"params": decayed, "weight_decay": 5e-4}, {"params": others + sigmas, "weight_decay": 0.0}]
+    groups = parameter_groups(model, 5e-4, sigma_weight_decay=False, norm_weight_decay=False)
     optimizer = torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True)
     steps = epochs * ((len(train[0]) + batch_size - 1) // batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.15)
