@@ -113,3 +113,33 @@ def envelope_nd(x, raw, size, mode="zeros", stride=None):
             out[:, c] = ndimage.correlate1d(out[:, c], k[c], axis=axis + 1, mode=SCIPY_MODES[mode], cval=0.0)
     stride = stride or [1] * dims
     return out[(..., *(slice(None, None, s) for s in stride))]
+
+
+def envelope_nd_vjp(x, raw, size, gy, mode="zeros", stride=None, eps=1e-6):
+    """(dL/dx, dL/draw) of L = sum(gy * envelope_nd) in N-D, raw (C,), (1,), (C, n) or (1, n).
+
+    dL/dx: every axis's transposed pass matrix applied to gy; dL/draw: central differences of
+    :func:`envelope_nd`, one entry of ``raw`` at a time.
+    """
+    x, gy = np.asarray(x, dtype=np.float64), np.asarray(gy, dtype=np.float64)
+    raw = np.asarray(raw, dtype=np.float64)
+    dims = x.ndim - 2
+    stride = stride or [1] * dims
+    columns = [raw] * dims if raw.ndim == 1 else [raw[:, a] for a in range(dims)]
+    gx = np.empty_like(x)
+    for c in range(x.shape[1]):
+        g = gy[:, c]
+        for a, column in enumerate(columns):  # out = A_1 (... A_n x): the adjoint applies each A^T
+            k = kernel1d(column, size)
+            k = k[0] if k.shape[0] == 1 else k[c]
+            m = pass_matrix(k, x.shape[2 + a], mode, stride[a])
+            g = np.moveaxis(np.tensordot(m, g, axes=([0], [1 + a])), 0, 1 + a)
+        gx[:, c] = g
+    graw = np.empty_like(raw)
+    for index in np.ndindex(raw.shape):
+        up, down = raw.copy(), raw.copy()
+        up[index] += eps
+        down[index] -= eps
+        diff = envelope_nd(x, up, size, mode, stride) - envelope_nd(x, down, size, mode, stride)
+        graw[index] = (gy * diff).sum() / (2 * eps)
+    return gx, graw

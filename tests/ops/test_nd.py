@@ -80,10 +80,16 @@ def test_opcheck(dims):
                               (grad, x, torch.randn(3), 5, stride, "reflect", "auto", True, True))
 
 
-@pytest.mark.parametrize("impl", ["fused", "triton", "full"])
-def test_kernels_for_2d_maps_refuse_other_dims_by_name(impl):
-    with pytest.raises(ValueError, match="2-D maps"):
-        functional.gaussian_envelope(torch.randn(1, 2, 9), torch.zeros(2), 5, impl=impl, spatial_dims=1)
+def test_the_full_kernel_for_2d_maps_refuses_other_dims_by_name():
+    with pytest.raises(ValueError, match="impl='full' .* is for 2-D maps, got 1 spatial dims"):
+        functional.gaussian_envelope(torch.randn(1, 2, 9), torch.zeros(2), 5, impl="full", spatial_dims=1)
+
+
+@pytest.mark.parametrize("impl", ["fused", "triton"])
+def test_kernels_refuse_padding_they_lack_by_name(impl):
+    with pytest.raises(ValueError, match="pads? with zeros, got padding_mode='reflect'"):
+        functional.gaussian_envelope(torch.randn(1, 2, 4, 5, 9), torch.zeros(2, 3), 5, "reflect", impl=impl,
+                                     spatial_dims=3)
 
 
 def test_wrong_shapes_and_strides_are_named():

@@ -47,12 +47,6 @@ def test_2d_implementations_and_layouts(impl, layout):
         np.testing.assert_allclose(y.numpy(), reference.envelope_nd(x, raw, size), rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("impl", ["fused", "triton"])
-def test_kernels_with_one_sigma_per_channel_refuse_by_name(impl):
-    with pytest.raises(ValueError, match="one sigma per channel, this envelope has one per axis"):
-        functional.gaussian_envelope(torch.randn(1, 3, 8, 8), torch.zeros(3, 2), 5, impl=impl)
-
-
 @pytest.mark.parametrize("dims", [1, 2, 3])
 @pytest.mark.parametrize("mode, stride, shared", [("zeros", 1, False), ("reflect", 2, False), ("circular", 1, True)])
 def test_gradients_and_second_order_against_finite_differences(dims, mode, stride, shared):

@@ -11,6 +11,7 @@
 #include <torch/library.h>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <map>
 #include <mutex>
 #include <vector>
@@ -171,7 +172,296 @@ void check(const torch::Tensor& t, const char* name) {
               " must be a 4-D channels_last tensor");
 }
 
+// ---- N-D: one 1-D pass per spatial axis, for 1-3 spatial dims, channels_last or contiguous ----------
+//
+// A pass along one spatial axis sees its tensor as B blocks of [L][M] in memory: L the axis, M the
+// elements after it in memory (later spatial axes, and the channels when they are innermost). A
+// channel is m % C in channels_last memory, and one per block ((b / before) % C) in contiguous
+// memory. Rows of M values are filtered with per-tap weight rows of period C, so the inner loops run
+// over contiguous memory and vectorise in both layouts; rows shorter than kRowChannels (the last
+// axis of contiguous or few-channel maps) are filtered a whole block at a time instead.
+struct AxisView {
+  int64_t B, L, OL, M, C, before, k, s;
+  bool cl;  // channels innermost
+  int64_t channel(int64_t b) const { return cl ? 0 : (b / before) % C; }
+};
+
+// The view of a pass along spatial axis `a` of t (sizes of t; outputs strided by s).
+AxisView axis_view(const torch::Tensor& t, int64_t a, int64_t k, int64_t s, bool cl) {
+  const int64_t N = t.size(0), C = t.size(1), dims = t.dim() - 2;
+  int64_t before = 1, after = 1;
+  for (int64_t i = 0; i < a; ++i) before *= t.size(2 + i);
+  for (int64_t i = a + 1; i < dims; ++i) after *= t.size(2 + i);
+  const int64_t L = t.size(2 + a);
+  AxisView v{N * before * (cl ? 1 : C), L, (L - 1) / s + 1, after * (cl ? C : 1), C, before, k, s, cl};
+  return v;
+}
+
+// Weight rows of one block: w[i * P + j] = g[i, channel of element j], P a multiple of the period.
+template <typename T>
+struct TapRows {
+  std::vector<T> w;
+  int64_t P = 0, held = -1;
+  void fill(const T* g, const AxisView& v, int64_t c) {  // c: the block's channel (contiguous memory)
+    if (v.cl) {
+      if (held == 0) return;
+      P = std::min<int64_t>(v.M, v.C * std::max<int64_t>(1, 512 / v.C));
+      w.resize(v.k * P);
+      for (int64_t i = 0; i < v.k; ++i)
+        for (int64_t j = 0; j < P; ++j) w[i * P + j] = g[i * v.C + j % v.C];
+      held = 0;
+      return;
+    }
+    if (held == c + 1) return;
+    P = std::min<int64_t>(v.M, 512);
+    w.resize(v.k * P);
+    for (int64_t i = 0; i < v.k; ++i)
+      for (int64_t j = 0; j < P; ++j) w[i * P + j] = g[i * v.C + c];
+    held = c + 1;
+  }
+  const T* tap(int64_t i) const { return w.data() + i * P; }
+};
+
+// out[m] += w[m % P] * in[m] for m < M (M a multiple of P's period).
+template <typename T>
+inline void axpy_rows(T* __restrict__ out, const T* __restrict__ in, const T* __restrict__ w, int64_t M, int64_t P) {
+  for (int64_t m0 = 0; m0 < M; m0 += P) {
+    const int64_t n = std::min(P, M - m0);
+    for (int64_t j = 0; j < n; ++j) out[m0 + j] += w[j] * in[m0 + j];
+  }
+}
+
+// acc[m % P] += w[m % P] * a[m] * b[m] for m < M.
+template <typename T>
+inline void dot_rows(T* __restrict__ acc, const T* __restrict__ a, const T* __restrict__ b, const T* __restrict__ w,
+                     int64_t M, int64_t P) {
+  for (int64_t m0 = 0; m0 < M; m0 += P) {
+    const int64_t n = std::min(P, M - m0);
+    for (int64_t j = 0; j < n; ++j) acc[j] += w[j] * a[m0 + j] * b[m0 + j];
+  }
+}
+
+// Per-thread partial sums of the sigma gradient (C,), added in chunk order: deterministic results.
+template <typename T>
+struct Partials {
+  std::mutex lock;
+  std::map<int64_t, std::vector<T>> parts;
+  void add(int64_t begin, std::vector<T>&& part) {
+    std::lock_guard<std::mutex> guard(lock);
+    parts[begin] = std::move(part);
+  }
+  void sum_into(T* graw, int64_t stride) const {  // graw[c * stride] += sum of the parts
+    for (const auto& item : parts)
+      for (size_t c = 0; c < item.second.size(); ++c) graw[c * stride] += item.second[c];
+  }
+};
+
+// Folds a per-position accumulator of period C (length P) or a per-channel one into acc (C,).
+template <typename T>
+inline void fold(std::vector<T>& acc, const std::vector<T>& pos, int64_t C) {
+  for (size_t j = 0; j < pos.size(); ++j) acc[j % C] += pos[j];
+}
+
+template <typename T>
+void axis_forward(const T* x, const T* g, T* y, const AxisView& v) {
+  const int64_t r = v.k / 2, M = v.M;
+  if (M < kRowChannels) {  // short rows: a block at a time, element by element
+    at::parallel_for(0, v.B, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t b = begin; b < end; ++b) {
+        const T* xb = x + b * v.L * M;
+        T* yb = y + b * v.OL * M;
+        const int64_t c0 = v.channel(b);
+        for (int64_t ol = 0; ol < v.OL; ++ol)
+          for (int64_t m = 0; m < M; ++m) {
+            const int64_t c = v.cl ? m % v.C : c0;
+            T sum = T(0);
+            for (int64_t i = 0; i < v.k; ++i) {
+              const int64_t l = ol * v.s + i - r;
+              if (l >= 0 && l < v.L) sum += g[i * v.C + c] * xb[l * M + m];
+            }
+            yb[ol * M + m] = sum;
+          }
+      }
+    });
+    return;
+  }
+  at::parallel_for(0, v.B * v.OL, 1, [&](int64_t begin, int64_t end) {
+    TapRows<T> taps;
+    for (int64_t idx = begin; idx < end; ++idx) {
+      const int64_t b = idx / v.OL, ol = idx % v.OL;
+      taps.fill(g, v, v.channel(b));
+      T* __restrict__ yrow = y + idx * M;
+      for (int64_t m = 0; m < M; ++m) yrow[m] = T(0);
+      for (int64_t i = 0; i < v.k; ++i) {
+        const int64_t l = ol * v.s + i - r;
+        if (l >= 0 && l < v.L) axpy_rows(yrow, x + (b * v.L + l) * M, taps.tap(i), M, taps.P);
+      }
+    }
+  });
+}
+
+// gx = the pass's transpose applied to gy (if gx), and graw[c * gstride] += sum gy * pass(x, gd).
+template <typename T>
+void axis_backward(const T* gy, const T* x, const T* g, const T* gd, T* gx, T* graw, int64_t gstride,
+                   const AxisView& v) {
+  const int64_t r = v.k / 2, M = v.M, C = v.C;
+  Partials<T> partials;
+  if (M < kRowChannels) {
+    at::parallel_for(0, v.B, 1, [&](int64_t begin, int64_t end) {
+      std::vector<T> acc(C, T(0));
+      for (int64_t b = begin; b < end; ++b) {
+        const T *xb = x + b * v.L * M, *gb = gy + b * v.OL * M;
+        const int64_t c0 = v.channel(b);
+        if (gx != nullptr) {
+          T* gxb = gx + b * v.L * M;
+          for (int64_t l = 0; l < v.L; ++l)
+            for (int64_t m = 0; m < M; ++m) {
+              const int64_t c = v.cl ? m % C : c0;
+              T sum = T(0);
+              for (int64_t i = 0; i < v.k; ++i) {
+                const int64_t num = l - i + r;
+                if (num >= 0 && num % v.s == 0 && num / v.s < v.OL) sum += g[i * C + c] * gb[(num / v.s) * M + m];
+              }
+              gxb[l * M + m] = sum;
+            }
+        }
+        for (int64_t ol = 0; ol < v.OL; ++ol)
+          for (int64_t m = 0; m < M; ++m) {
+            const int64_t c = v.cl ? m % C : c0;
+            T z = T(0);
+            for (int64_t i = 0; i < v.k; ++i) {
+              const int64_t l = ol * v.s + i - r;
+              if (l >= 0 && l < v.L) z += gd[i * C + c] * xb[l * M + m];
+            }
+            acc[c] += gb[ol * M + m] * z;
+          }
+      }
+      partials.add(begin, std::move(acc));
+    });
+    partials.sum_into(graw, gstride);
+    return;
+  }
+  if (gx != nullptr) {
+    at::parallel_for(0, v.B * v.L, 1, [&](int64_t begin, int64_t end) {
+      TapRows<T> taps;
+      for (int64_t idx = begin; idx < end; ++idx) {
+        const int64_t b = idx / v.L, l = idx % v.L;
+        taps.fill(g, v, v.channel(b));
+        T* __restrict__ row = gx + idx * M;
+        for (int64_t m = 0; m < M; ++m) row[m] = T(0);
+        for (int64_t i = 0; i < v.k; ++i) {
+          const int64_t num = l - i + r;
+          if (num >= 0 && num % v.s == 0 && num / v.s < v.OL)
+            axpy_rows(row, gy + (b * v.OL + num / v.s) * M, taps.tap(i), M, taps.P);
+        }
+      }
+    });
+  }
+  at::parallel_for(0, v.B * v.OL, 1, [&](int64_t begin, int64_t end) {
+    TapRows<T> taps;
+    std::vector<T> pos, acc(C, T(0));
+    int64_t pos_channel = -1;  // contiguous memory: pos holds this channel's sum
+    for (int64_t idx = begin; idx < end; ++idx) {
+      const int64_t b = idx / v.OL, ol = idx % v.OL, c = v.channel(b);
+      taps.fill(gd, v, c);
+      if (pos.empty()) pos.assign(taps.P, T(0));
+      if (!v.cl && c != pos_channel) {  // a new channel: fold the last one's sum
+        if (pos_channel >= 0) for (T p : pos) acc[pos_channel] += p;
+        std::fill(pos.begin(), pos.end(), T(0));
+        pos_channel = c;
+      }
+      const T* gyrow = gy + idx * M;
+      for (int64_t i = 0; i < v.k; ++i) {
+        const int64_t l = ol * v.s + i - r;
+        if (l >= 0 && l < v.L) dot_rows(pos.data(), gyrow, x + (b * v.L + l) * M, taps.tap(i), M, taps.P);
+      }
+    }
+    if (v.cl) fold(acc, pos, C);
+    else if (pos_channel >= 0) for (T p : pos) acc[pos_channel] += p;
+    partials.add(begin, std::move(acc));
+  });
+  partials.sum_into(graw, gstride);
+}
+
+// A tensor of t's sizes with spatial axis a of length n, in t's memory format.
+torch::Tensor empty_with_axis(const torch::Tensor& t, int64_t a, int64_t n, bool cl) {
+  auto sizes = t.sizes().vec();
+  sizes[2 + a] = n;
+  auto format = !cl ? at::MemoryFormat::Contiguous
+                    : (t.dim() == 5 ? at::MemoryFormat::ChannelsLast3d : at::MemoryFormat::ChannelsLast);
+  return torch::empty(sizes, t.options().memory_format(format));
+}
+
+bool check_nd(const torch::Tensor& x, const torch::Tensor& g, at::IntArrayRef stride, const char* name) {
+  TORCH_CHECK(x.device().is_cpu(), name, ": x must be on the CPU");
+  TORCH_CHECK(x.dim() >= 3 && x.dim() <= 5, name, ": x must have 1-3 spatial dims");
+  const int64_t dims = x.dim() - 2;
+  TORCH_CHECK(g.dim() == 3 && g.size(0) == dims && g.size(2) == x.size(1) && g.is_contiguous() &&
+                  g.scalar_type() == x.scalar_type(),
+              name, ": g must be a contiguous (dims, k, C) tensor of x's dtype");
+  TORCH_CHECK(static_cast<int64_t>(stride.size()) == dims, name, ": one stride per spatial axis");
+  const bool cl = x.dim() > 3 && !x.is_contiguous() &&
+                  x.is_contiguous(x.dim() == 5 ? at::MemoryFormat::ChannelsLast3d : at::MemoryFormat::ChannelsLast);
+  TORCH_CHECK(cl || x.is_contiguous(), name, ": x must be contiguous or channels_last");
+  return cl;
+}
+
+// The passes, last spatial axis first: ts[j] is the input of pass j (ts[0] = x), the result last.
+std::vector<torch::Tensor> nd_passes(const torch::Tensor& x, const torch::Tensor& g, at::IntArrayRef stride, bool cl,
+                                     int64_t count) {
+  const int64_t dims = x.dim() - 2, k = g.size(1);
+  std::vector<torch::Tensor> ts{x};
+  for (int64_t j = 0; j < count; ++j) {
+    const int64_t a = dims - 1 - j;
+    const auto& t = ts.back();
+    const auto v = axis_view(t, a, k, stride[a], cl);
+    auto y = empty_with_axis(t, a, v.OL, cl);
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "envelope_nd_forward", [&] {
+      axis_forward<scalar_t>(t.data_ptr<scalar_t>(), g[a].data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), v);
+    });
+    ts.push_back(y);
+  }
+  return ts;
+}
+
 }  // namespace
+
+// The envelope of x (N, C, *spatial) with the 1-D kernels g[a] (k, C) of each spatial axis.
+torch::Tensor envelope_nd_forward(const torch::Tensor& x, const torch::Tensor& g, at::IntArrayRef stride) {
+  const bool cl = check_nd(x, g, stride, "_cpu_envelope_nd_forward");
+  return nd_passes(x, g, stride, cl, x.dim() - 2).back();
+}
+
+// (grad_x or an empty tensor, grad of the raw sigma per channel and axis (C, dims)).
+std::tuple<torch::Tensor, torch::Tensor> envelope_nd_backward(const torch::Tensor& gy_in, const torch::Tensor& x,
+                                                              const torch::Tensor& g, const torch::Tensor& gd,
+                                                              at::IntArrayRef stride, bool need_x) {
+  const bool cl = check_nd(x, g, stride, "_cpu_envelope_nd_backward");
+  TORCH_CHECK(gd.sizes() == g.sizes() && gd.is_contiguous() && gd.scalar_type() == x.scalar_type(),
+              "_cpu_envelope_nd_backward: gd must be like g");
+  const int64_t dims = x.dim() - 2, k = g.size(1), C = x.size(1);
+  auto ts = nd_passes(x, g, stride, cl, dims - 1);  // the inputs of every pass
+  auto out_sizes = ts.back().sizes().vec();
+  out_sizes[2] = (x.size(2) - 1) / stride[0] + 1;
+  TORCH_CHECK(gy_in.sizes() == at::IntArrayRef(out_sizes), "_cpu_envelope_nd_backward: grad_output has the wrong size");
+  auto grad = cl ? gy_in.contiguous(x.dim() == 5 ? at::MemoryFormat::ChannelsLast3d : at::MemoryFormat::ChannelsLast)
+                 : gy_in.contiguous();
+  auto graw = torch::zeros({C, dims}, x.options().memory_format(at::MemoryFormat::Contiguous));
+  for (int64_t j = dims - 1; j >= 0; --j) {  // the last pass first
+    const int64_t a = dims - 1 - j;
+    const auto& t = ts[j];
+    const auto v = axis_view(t, a, k, stride[a], cl);
+    const bool want_input = j > 0 || need_x;
+    auto gx = want_input ? empty_with_axis(t, a, v.L, cl) : torch::Tensor();
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "envelope_nd_backward", [&] {
+      axis_backward<scalar_t>(grad.data_ptr<scalar_t>(), t.data_ptr<scalar_t>(), g[a].data_ptr<scalar_t>(),
+                              gd[a].data_ptr<scalar_t>(), want_input ? gx.data_ptr<scalar_t>() : nullptr,
+                              graw.data_ptr<scalar_t>() + a, dims, v);
+    });
+    grad = gx;
+  }
+  return std::make_tuple(need_x ? grad : torch::empty({0}, x.options()), graw);
+}
 
 torch::Tensor envelope_forward(const torch::Tensor& x, const torch::Tensor& g, int64_t sh, int64_t sw) {
   check(x, "x");
@@ -303,9 +593,13 @@ std::tuple<torch::Tensor, torch::Tensor> envelope_backward(const torch::Tensor& 
 TORCH_LIBRARY_FRAGMENT(envconv, m) {
   m.def("_cpu_envelope_forward(Tensor x, Tensor g, int sh, int sw) -> Tensor");
   m.def("_cpu_envelope_backward(Tensor gy, Tensor x, Tensor g, Tensor gd, int sh, int sw, bool need_x) -> (Tensor, Tensor)");
+  m.def("_cpu_envelope_nd_forward(Tensor x, Tensor g, int[] stride) -> Tensor");
+  m.def("_cpu_envelope_nd_backward(Tensor gy, Tensor x, Tensor g, Tensor gd, int[] stride, bool need_x) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(envconv, CPU, m) {
   m.impl("_cpu_envelope_forward", &envelope_forward);
   m.impl("_cpu_envelope_backward", &envelope_backward);
+  m.impl("_cpu_envelope_nd_forward", &envelope_nd_forward);
+  m.impl("_cpu_envelope_nd_backward", &envelope_nd_backward);
 }

@@ -1,9 +1,13 @@
 """The C++ CPU kernels: registered as ``torch.ops.envconv._cpu_envelope_*`` (built on first use).
 
-``csrc/envelope_cpu.cpp`` computes the two 1-D passes with loops that vectorise over the
-contiguous channels of a channels_last tensor, and a backward that takes the sigma gradient
-from the paper's eq. (8) - one derivative-of-Gaussian pass per axis and a dot product -
-instead of the generic depth-wise weight gradient. It registers its two functions as ops
+``csrc/envelope_cpu.cpp`` computes the 1-D passes with loops that vectorise over contiguous
+memory, and a backward that takes the sigma gradient from the paper's eq. (8) - one
+derivative-of-Gaussian pass per axis and a dot product - instead of the generic depth-wise
+weight gradient. Two kernel pairs: 2-D maps with one sigma per channel run a two-pass kernel on
+channels_last memory that keeps the width pass in a ring of rows (never stored whole); 1-D and
+3-D maps and a sigma per axis run one pass per axis (last axis first) on contiguous or
+channels_last memory, the backward sweeping the passes in reverse with each axis's sigma
+gradient taken on the way. It registers its functions as ops
 with ``TORCH_LIBRARY_FRAGMENT(envconv, ...)``; :mod:`envconv.ops.library` calls them inside
 the public ``envconv::envelope`` ops on CPU tensors.
 
@@ -32,7 +36,7 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 
-from .layout import memory_format
+from .layout import is_channels_last, memory_format
 
 __all__ = ["available", "load", "build_tag", "main", "unavailable_reason", "supports", "forward", "backward"]
 
@@ -127,11 +131,12 @@ def unavailable_reason() -> Optional[str]:
 def supports(x: torch.Tensor, padding_mode: str) -> Optional[str]:
     """``None`` if the C++ kernel handles ``x``, else the reason it does not.
 
-    It handles 4-D float32/float64 CPU tensors with zero padding; inputs that are not
-    channels_last are converted on the way in and the results converted back.
+    It handles float32/float64 CPU tensors with 1-3 spatial dims and zero padding, with one sigma
+    per channel or one per channel and axis. Inputs in another memory format than contiguous or
+    channels_last are made contiguous on the way in.
     """
-    if x.dim() != 4:
-        return f"it filters 2-D maps (N, C, H, W), got {x.dim() - 2} spatial dims"
+    if x.dim() not in (3, 4, 5):
+        return f"it filters maps with 1-3 spatial dims, got {x.dim() - 2}"
     if x.device.type != "cpu":
         return f"it runs on CPU tensors, got a {x.device.type} tensor"
     if x.dtype not in (torch.float32, torch.float64):
@@ -146,22 +151,60 @@ def _channels_last(x: torch.Tensor) -> torch.Tensor:
 
 
 def _like_input(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """The kernel's channels_last result in ``x``'s memory format."""
+    """The kernel's result in ``x``'s memory format."""
     return y.contiguous(memory_format=memory_format(x))
 
 
-def forward(x: torch.Tensor, kernel: torch.Tensor, stride: Sequence[int]) -> torch.Tensor:
-    """The envelope of ``x`` with 1-D kernels ``kernel`` (C, k), output every ``stride`` pixels."""
-    y = torch.ops.envconv._cpu_envelope_forward(_channels_last(x), kernel.to(x.dtype).t().contiguous(), *stride)
+def _per_axis(kernel) -> bool:
+    """Whether ``kernel`` is a sequence of kernels, one per spatial axis (else one (C, k) tensor for all)."""
+    return not isinstance(kernel, torch.Tensor)
+
+
+def _taps(kernels, x: torch.Tensor) -> torch.Tensor:
+    """The N-D kernel's tap tensor (dims, k, C) from one (C, k) kernel per spatial axis."""
+    return torch.stack([k.to(x.dtype).t() for k in kernels]).contiguous()
+
+
+def _nd_input(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in a layout the N-D kernel reads: channels_last as it is, anything else contiguous."""
+    return x if is_channels_last(x) else x.contiguous()
+
+
+def forward(x: torch.Tensor, kernel, stride: Sequence[int]) -> torch.Tensor:
+    """The envelope of ``x`` with 1-D kernels, output every ``stride`` positions, in ``x``'s memory format.
+
+    ``kernel``: one (C, k) tensor for every spatial axis, or a sequence of them, one per axis (as
+    in :func:`envconv.ops.composite.forward`). 2-D maps with one kernel run the two-pass kernel
+    that keeps the width pass in a ring of rows; other cases run a pass per axis.
+    """
+    if x.dim() == 4 and not _per_axis(kernel):
+        y = torch.ops.envconv._cpu_envelope_forward(_channels_last(x), kernel.to(x.dtype).t().contiguous(), *stride)
+        return _like_input(y, x)
+    kernels = kernel if _per_axis(kernel) else [kernel] * (x.dim() - 2)
+    y = torch.ops.envconv._cpu_envelope_nd_forward(_nd_input(x), _taps(kernels, x), list(stride))
     return _like_input(y, x)
 
 
-def backward(grad: torch.Tensor, x: torch.Tensor, kernel: torch.Tensor, dkernel: torch.Tensor,
-             stride: Sequence[int], need_x: bool) -> Tuple[Optional[torch.Tensor], torch.Tensor]:
-    """``(grad_x or None, per-channel sigma gradient (C,))`` by the fused eq. (8) backward."""
-    grad_x, grad_sigma = torch.ops.envconv._cpu_envelope_backward(
-        grad.to(x.dtype), _channels_last(x), kernel.to(x.dtype).t().contiguous(),
-        dkernel.to(x.dtype).t().contiguous(), *stride, need_x)
+def backward(grad: torch.Tensor, x: torch.Tensor, kernel, dkernel, stride: Sequence[int],
+             need_x: bool) -> Tuple[Optional[torch.Tensor], torch.Tensor]:
+    """``(grad_x or None, sigma gradient)`` by the fused eq. (8) backward.
+
+    ``kernel`` / ``dkernel``: as in :func:`forward`. The sigma gradient is per channel (C,) for
+    one kernel, per channel and axis (C, n) for one kernel per axis.
+    """
+    if x.dim() == 4 and not _per_axis(kernel):
+        grad_x, grad_sigma = torch.ops.envconv._cpu_envelope_backward(
+            grad.to(x.dtype), _channels_last(x), kernel.to(x.dtype).t().contiguous(),
+            dkernel.to(x.dtype).t().contiguous(), *stride, need_x)
+        return (_like_input(grad_x, x) if need_x else None), grad_sigma
+    dims = x.dim() - 2
+    kernels = kernel if _per_axis(kernel) else [kernel] * dims
+    dkernels = dkernel if _per_axis(dkernel) else [dkernel] * dims
+    source = _nd_input(x)
+    grad_x, grad_sigma = torch.ops.envconv._cpu_envelope_nd_backward(
+        grad.to(x.dtype).contiguous(memory_format=memory_format(source)), source, _taps(kernels, x),
+        _taps(dkernels, x), list(stride), need_x)
+    grad_sigma = grad_sigma if _per_axis(kernel) else grad_sigma.sum(1)
     return (_like_input(grad_x, x) if need_x else None), grad_sigma
 
 

@@ -7,8 +7,10 @@ Implementations (:data:`IMPLS`):
   tensors only under ``TRITON_INTERPRET=1``, which is how they are tested), zero padding;
 * ``"separable"`` / ``"full"`` - the composite ATen implementation (:mod:`envconv.ops.composite`),
   a 1-D pass per spatial axis or (2-D only) one ``k x k`` depth-wise conv in forward; every device,
-  dtype and padding mode, and the only one for 1-D and 3-D inputs and for a sigma per axis (the
-  C++ and Triton kernels filter 2-D maps with one sigma per channel).
+  dtype and padding mode.
+
+Every implementation but ``"full"`` takes 1-D, 2-D and 3-D maps, with one sigma per channel or
+one per channel and axis.
 
 ``"auto"`` picks by measurement:
 
@@ -49,8 +51,8 @@ def check_impl(impl: str) -> str:
 def triton_unsupported(x: torch.Tensor, padding_mode: str) -> Optional[str]:
     """``None`` if the Triton kernels handle ``x``, else the reason they do not."""
     interpret = os.environ.get("TRITON_INTERPRET", "") not in ("", "0")
-    if x.dim() != 4:
-        return f"they filter 2-D maps (N, C, H, W), got {x.dim() - 2} spatial dims"
+    if x.dim() not in (3, 4, 5):
+        return f"they filter maps with 1-3 spatial dims, got {x.dim() - 2}"
     if x.device.type != "cuda" and not (interpret and x.device.type == "cpu"):
         return f"they run on CUDA tensors (CPU tensors only with TRITON_INTERPRET=1), got a {x.device.type} tensor"
     if padding_mode != "zeros":
@@ -63,9 +65,6 @@ def triton_unsupported(x: torch.Tensor, padding_mode: str) -> Optional[str]:
 
 
 def _forced(x: torch.Tensor, padding_mode: str, impl: str, per_axis: bool = False) -> str:
-    if per_axis and impl in ("fused", "triton"):
-        raise ValueError(f"impl={impl!r} cannot compute this envelope: its kernel takes one sigma per channel, "
-                         f"this envelope has one per axis (use 'separable' or 'full')")
     if impl == "fused":
         reason = cpu.supports(x, padding_mode)
         if reason is not None:
@@ -99,7 +98,7 @@ def forward_impl(x: torch.Tensor, size: int, stride: Sequence[int], padding_mode
         return _forced(x, padding_mode, impl, per_axis)
     if size <= 3 and x.dim() == 4:  # one 3x3 depth-wise conv beats two 1-D passes and the C++ kernel
         return "full"
-    if x.device.type == "cpu" and is_channels_last(x) and not per_axis and _fused_ok(x, padding_mode):
+    if x.device.type == "cpu" and x.dim() == 4 and is_channels_last(x) and not per_axis and _fused_ok(x, padding_mode):
         return "fused"
     return _composite_forward(x, size)
 
@@ -113,6 +112,6 @@ def backward_impl(x: torch.Tensor, size: int, stride: Sequence[int], padding_mod
     """
     if check_impl(impl) != "auto":
         return _forced(x, padding_mode, impl, per_axis)
-    if x.device.type == "cpu" and not per_axis and _fused_ok(x, padding_mode):
+    if x.device.type == "cpu" and x.dim() == 4 and not per_axis and _fused_ok(x, padding_mode):
         return "fused"
     return "separable"

@@ -81,13 +81,21 @@ def _no_autocast(x: Tensor):
     return torch.autocast(x.device.type, enabled=False)
 
 
-def _run_kernel(x: Tensor, kernels: List[Tensor], stride: List[int], padding_mode: str, which: str) -> Tensor:
-    if which == "fused":  # one sigma per channel: the same kernel on both axes
-        return cpu.forward(x, kernels[0], stride)
+def _for_kernel(kernels: List[Tensor], raw_sigma: Tensor):
+    """What the fused kernels take: one (C, k) kernel for all axes (one sigma per channel), or the list."""
+    return kernels if raw_sigma.dim() == 2 else kernels[0]
+
+
+def _run_kernel(x: Tensor, raw_sigma: Tensor, kernels: List[Tensor], stride: List[int], padding_mode: str,
+                which: str) -> Tensor:
+    if which == "fused":
+        return cpu.forward(x, _for_kernel(kernels, raw_sigma), stride)
     if which == "triton":
         from . import triton_kernels
 
-        return triton_kernels.forward(x, kernels[0], stride)
+        if x.dim() == 4 and raw_sigma.dim() == 1:  # both passes in one kernel
+            return triton_kernels.forward(x, kernels[0], stride)
+        return triton_kernels.forward_nd(x, _for_kernel(kernels, raw_sigma), stride)
     out = composite.forward(x, [k.to(x.dtype) for k in kernels], stride, padding_mode, which)
     return out.contiguous(memory_format=memory_format(x))
 
@@ -100,7 +108,7 @@ def _forward(x: Tensor, raw_sigma: Tensor, size: int, stride: List[int], padding
         return _strided(x, stride).contiguous(memory_format=memory_format(x)).clone()
     which = dispatch.forward_impl(x, size, stride, padding_mode, impl, per_axis=raw_sigma.dim() == 2)
     kernels, _ = _kernels(raw_sigma, size, x)
-    return _run_kernel(x, kernels, stride, padding_mode, which)
+    return _run_kernel(x, raw_sigma, kernels, stride, padding_mode, which)
 
 
 # ---- envconv::envelope ------------------------------------------------------------------------------------
@@ -162,11 +170,19 @@ def _backward(grad, x, raw_sigma, size, stride, padding_mode, impl, need_x, need
         which = dispatch.backward_impl(x, size, stride, padding_mode, impl, per_axis=per_axis)
         kernels, dkernels = _kernels(raw_sigma, size, x, derivative=True)
         if which == "fused":
-            grad_x, grad_c = cpu.backward(grad, x, kernels[0], dkernels[0], stride, need_x)
+            grad_x, grad_c = cpu.backward(grad, x, _for_kernel(kernels, raw_sigma), _for_kernel(dkernels, raw_sigma),
+                                          stride, need_x)
         elif which == "triton":
             from . import triton_kernels
 
-            grad_x, grad_c = triton_kernels.backward(grad, x, kernels[0], dkernels[0], stride, need_x, need_sigma)
+            if x.dim() == 4 and not per_axis:
+                grad_x, grad_c = triton_kernels.backward(grad, x, kernels[0], dkernels[0], stride, need_x,
+                                                         need_sigma)
+            else:
+                grad_x, grad_c = triton_kernels.backward_nd(grad, x, _for_kernel(kernels, raw_sigma),
+                                                            _for_kernel(dkernels, raw_sigma), stride, need_x,
+                                                            need_sigma)
+                grad_c = grad_c if per_axis or grad_c is None else grad_c.sum(1)
         else:
             grad_x, grad_c = composite.backward(grad, x, [k.to(x.dtype) for k in kernels], dkernels, stride,
                                                 padding_mode, need_x, need_sigma, sigma_per_axis=per_axis)
