@@ -5,7 +5,7 @@ from .conv import ConvVariant, DisentangledConv2d, EnvelopeConv2d
 from .convert import disentangle, select_layers, shrink
 from .convnd import DisentangledConv1d, DisentangledConv3d, EnvelopeConv1d, EnvelopeConv3d
 from .envelope import GaussianEnvelope
-from .functional import envelope_conv2d, gaussian_envelope
+from .functional import envelope_conv, envelope_conv2d, gaussian_envelope
 from .listing import EnvelopeInfo, envelopes
 from .methods import METHODS, set_curriculum_epoch
 from .models import create_model, list_models, register_timm_models
@@ -28,6 +28,7 @@ __all__ = [
     "create_model",
     "disentangle",
     "disentangle_like",
+    "envelope_conv",
     "envelope_conv2d",
     "envelopes",
     "flops",

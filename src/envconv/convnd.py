@@ -5,8 +5,10 @@ The 1-D and 3-D counterparts of :class:`~envconv.EnvelopeConv2d` and
 axis, :class:`~envconv.GaussianEnvelope` with ``spatial_dims`` 1 or 3) before the convolution
 (eqs. (3)-(4)) or after it (eqs. (5)-(6)). They are subclasses of ``nn.Conv1d`` / ``nn.Conv3d``,
 keep ``weight`` and ``bias`` where those keep them, and a strided ``1 x 1`` convolution reads the
-envelope only where it samples, as in 2-D. Unlike the 2-D layer they run envelope and convolution
-as two ops (no recomputing ``envelope_conv2d`` op), and TorchScript is not offered.
+envelope only where it samples, as in 2-D. The disentangled layers run as the ``envconv::envelope_conv``
+op where the 2-D layer runs ``envelope_conv2d`` (zero-padded convolution, numeric padding): only the
+input is kept for backward, and a few-channel stem gets its sigma gradient without the
+convolution's input gradient. TorchScript is not offered.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import functional
 from .conv import EnvelopeConvLayer, adopt_weights, check_conv_input, conv_arguments
 from .envelope import GaussianEnvelope
 
@@ -56,9 +59,33 @@ class _EnvelopeConvNd(EnvelopeConvLayer):
 
 
 class _DisentangledConvNd:
-    """The learned Gaussian envelope's constructor, shared by the 1-D and 3-D disentangled convolutions."""
+    """The learned Gaussian envelope's constructor and op, shared by the 1-D and 3-D disentangled convolutions."""
 
     _dims: int
+    #: Run as the ``envconv::envelope_conv`` op (as :attr:`DisentangledConv2d.recompute_envelope`).
+    recompute_envelope = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        padding = self._op_padding
+        if self.order != "env-conv" or padding is None:
+            return super().forward(x)
+        check_conv_input(type(self).__name__, self.in_channels, x, self._dims)
+        env, sampled = self.envelope, self._sampled
+        return functional.envelope_conv(x, env.raw_sigma, env.size, self.weight, self.bias,
+                                        env_stride=self.stride if sampled else 1, padding_mode=env.padding_mode,
+                                        stride=1 if sampled else self.stride, padding=padding,
+                                        dilation=self.dilation, groups=self.groups, impl=env.impl)
+
+    @property
+    def _op_padding(self):
+        """The conv padding for the envelope + conv op, or ``None`` when envelope and conv run apart."""
+        if not self.recompute_envelope or self.padding_mode != "zeros":
+            return None
+        if self._sampled or self.padding == "valid":
+            return [0] * self._dims
+        if isinstance(self.padding, str):  # "same": torch pads asymmetrically for even kernels
+            return None
+        return [int(p) for p in self.padding]
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
                  groups: int = 1, bias: bool = True, padding_mode: str = "zeros", *, envelope_size: int = 9,

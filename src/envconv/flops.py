@@ -107,8 +107,8 @@ def _fvcore_envelope(inputs: List[Any], outputs: List[Any]) -> Counter:
     return Counter({"envelope": _passes_macs(_jit_shape(inputs[0]), _jit_shape(outputs[0]), size)})
 
 
-def _fvcore_envelope_conv2d(inputs: List[Any], outputs: List[Any]) -> Counter:
-    # envconv::envelope_conv2d(x, raw_sigma, weight, bias, size, env_stride, padding_mode, impl, stride, ...)
+def _fvcore_envelope_conv(inputs: List[Any], outputs: List[Any]) -> Counter:
+    # envconv::envelope_conv2d / envelope_conv(x, raw_sigma, weight, bias, size, env_stride, padding_mode, ...)
     x_shape, w_shape, y_shape = _jit_shape(inputs[0]), _jit_shape(inputs[2]), _jit_shape(outputs[0])
     size, env_stride = int(inputs[4].toIValue()), _jit_ints(inputs[5])
     conv = x_shape[0] * math.prod(w_shape) * math.prod(y_shape[2:])  # fvcore's rule: multiplies, no bias
@@ -124,7 +124,8 @@ def fvcore_handles() -> Dict[str, Callable]:
         flops = FlopCountAnalysis(model, x).set_op_handle(**envconv.flops.fvcore_handles())
         flops.total(), flops.by_operator()  # by operator: "conv", "envelope", ...
     """
-    return {"envconv::envelope": _fvcore_envelope, "envconv::envelope_conv2d": _fvcore_envelope_conv2d}
+    return {"envconv::envelope": _fvcore_envelope, "envconv::envelope_conv2d": _fvcore_envelope_conv,
+            "envconv::envelope_conv": _fvcore_envelope_conv}
 
 
 # ---- ptflops: module hooks (pytorch backend) and op hooks (aten backend) -----------------------------------
@@ -168,6 +169,7 @@ def ptflops_hooks() -> Dict[Any, Callable]:
         GaussianEnvelope: _ptflops_module_hook,
         ops.envelope: lambda args, out: _ptflops_op(args, out, "envelope"),
         ops.envelope_conv2d: lambda args, out: _ptflops_op(args, out, "envelope_conv2d"),
+        ops.envelope_conv: lambda args, out: _ptflops_op(args, out, "envelope_conv"),
     }
 
 

@@ -20,7 +20,7 @@ from . import kernels
 from .ops.dispatch import check_impl
 from .ops.library import envelope_decomposed  # importing it registers the torch.ops.envconv operators
 
-__all__ = ["gaussian_envelope", "envelope_conv2d", "PADDING_MODES"]
+__all__ = ["gaussian_envelope", "envelope_conv2d", "envelope_conv", "PADDING_MODES"]
 
 #: The envelope's padding modes (:data:`envconv.kernels.PADDING_MODES`).
 PADDING_MODES = kernels.PADDING_MODES
@@ -174,7 +174,60 @@ def envelope_conv2d(
                                              _pair(stride, "stride"), padding, _pair(dilation, "dilation"), groups)
 
 
+def envelope_conv(
+    x: torch.Tensor,
+    raw_sigma: torch.Tensor,
+    size: int,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+    *,
+    env_stride: Union[int, Sequence[int]] = 1,
+    padding_mode: str = "zeros",
+    stride: Union[int, Sequence[int]] = 1,
+    padding: Union[int, Sequence[int]] = 0,
+    dilation: Union[int, Sequence[int]] = 1,
+    groups: int = 1,
+    impl: str = "auto",
+) -> torch.Tensor:
+    r""":func:`envelope_conv2d` in 1, 2 or 3 spatial dims (``conv1d`` / ``conv2d`` / ``conv3d``), one op.
+
+    The dimensionality is the weight's: :math:`(D, C / \text{groups}, k_1, \ldots, k_n)` for
+    ``x`` :math:`(N, C, *\text{spatial})` (or without ``N``) with n spatial axes. The arguments are as in
+    :func:`envelope_conv2d`, each an int or n of them; ``raw_sigma`` may have a column per axis.
+
+    Example:
+        >>> x, w = torch.randn(2, 3, 4, 8, 8), torch.randn(6, 3, 3, 3, 3)
+        >>> y = envelope_conv(x, torch.zeros(3, 3), 5, w, padding=1, stride=2)
+        >>> smoothed = gaussian_envelope(x, torch.zeros(3), 5, spatial_dims=3)
+        >>> bool(torch.allclose(y, torch.nn.functional.conv3d(smoothed, w, padding=1, stride=2), atol=1e-5))
+        True
+    """
+    if not isinstance(weight, torch.Tensor) or weight.dim() not in (3, 4, 5):
+        raise ValueError(f"weight must be a (D, C / groups, *kernel) tensor with 1-3 spatial dims, got "
+                         f"{getattr(weight, 'shape', type(weight).__name__)}")
+    dims = weight.dim() - 2
+    _check_input(x, None, dims)
+    if x.dim() == dims + 1:
+        return envelope_conv(x.unsqueeze(0), raw_sigma, size, weight, bias, env_stride=env_stride,
+                             padding_mode=padding_mode, stride=stride, padding=padding, dilation=dilation,
+                             groups=groups, impl=impl).squeeze(0)
+    kernels.check_envelope_args(x, raw_sigma, size, padding_mode)
+    check_impl(impl)
+    env_stride = _pair(env_stride, "env_stride", dims)
+    padding = [padding] * dims if isinstance(padding, int) else list(padding)
+    stride, dilation = _pair(stride, "stride", dims), _pair(dilation, "dilation", dims)
+    if torch.onnx.is_in_onnx_export():
+        smoothed = envelope_decomposed(x, raw_sigma, size, env_stride, padding_mode)
+        return _CONVS[dims](smoothed, weight, bias, stride, padding, dilation, groups)
+    return torch.ops.envconv.envelope_conv(x, raw_sigma, weight, bias, size, env_stride, padding_mode, impl, stride,
+                                           padding, dilation, groups)
+
+
+_CONVS = {1: torch.nn.functional.conv1d, 2: torch.nn.functional.conv2d, 3: torch.nn.functional.conv3d}
+
+
 # torch.fx.symbolic_trace records these as leaf calls: their checks look at real shapes when the
 # traced module runs, not at proxies (modules call them as ``functional.<name>``, which the tracer patches).
 torch.fx.wrap("gaussian_envelope")
 torch.fx.wrap("envelope_conv2d")
+torch.fx.wrap("envelope_conv")

@@ -5,11 +5,12 @@ r"""Conv-BN fusion and graph-mode (PT2E) quantization of converted models.
   comes first, :math:`\mathrm{BN}(\mathbf F * \bar X) = \mathbf F' * \bar X + b'`), and a ReLU after
   it is kept beside it. conv->env layers are refused: the envelope between the convolution and
   the BatchNorm zero-pads, so the BatchNorm's shift cannot move into the convolution's bias.
-* :func:`separate_envelopes` makes each :class:`~envconv.DisentangledConv2d` run as the envelope
-  op and an ordinary ``aten.conv2d``, so that PT2E quantizers (``prepare_pt2e`` / ``convert_pt2e``
-  with, e.g., torchao's XNNPACK quantizer) see and quantize its convolution; the envelope itself
-  stays in floating point. Without it the convolution is inside ``envconv::envelope_conv2d``,
-  which the quantizers leave alone.
+* :func:`separate_envelopes` makes each :class:`~envconv.DisentangledConv2d` (and its 1-D and
+  3-D twins) run as the envelope op and an ordinary ``aten.conv2d``, so that PT2E quantizers
+  (``prepare_pt2e`` / ``convert_pt2e`` with, e.g., torchao's XNNPACK quantizer) see and quantize
+  its convolution; the envelope itself stays in floating point. Without it the convolution is
+  inside ``envconv::envelope_conv2d`` (``envelope_conv`` in 1-D and 3-D), which the quantizers
+  leave alone.
 
 Example:
     >>> import torch
@@ -33,6 +34,10 @@ import torch
 from torch import nn
 
 from .conv import DisentangledConv2d, EnvelopeConv2d
+from .convnd import DisentangledConv1d, DisentangledConv3d
+
+#: The layers :func:`separate_envelopes` changes.
+DISENTANGLED = (DisentangledConv1d, DisentangledConv2d, DisentangledConv3d)
 
 __all__ = ["FUSER_METHODS", "fuse_conv_bn", "fuse_modules", "separate_envelopes"]
 
@@ -108,15 +113,15 @@ def fuse_modules(model: nn.Module, modules_to_fuse: Union[Sequence[str], Sequenc
 
 
 def separate_envelopes(model: nn.Module) -> List[str]:
-    """Run every :class:`~envconv.DisentangledConv2d` in ``model`` as the envelope op and a plain convolution.
+    """Run every disentangled convolution in ``model`` (1-D, 2-D, 3-D) as the envelope op and a plain convolution.
 
     Sets ``recompute_envelope = False`` on each (the output is unchanged; training memory grows
-    by one feature map per layer), so that graph-mode quantizers see ``aten.conv2d`` and
-    quantize it. Returns the names of the layers changed.
+    by one feature map per layer), so that graph-mode quantizers see ``aten.conv2d`` (``conv1d``,
+    ``conv3d``) and quantize it. Returns the names of the layers changed.
     """
     names = []
     for name, module in model.named_modules():
-        if isinstance(module, DisentangledConv2d) and module.recompute_envelope:
+        if isinstance(module, DISENTANGLED) and module.recompute_envelope:
             module.recompute_envelope = False
             names.append(name)
     return names

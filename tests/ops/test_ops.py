@@ -211,6 +211,24 @@ def test_dispatch_rules_on_cpu():
         dispatch.forward_impl(cl, 9, [1, 1], "zeros", "fast")
 
 
+def test_dispatch_rules_on_cpu_in_1d_3d_and_per_axis():
+    needs("fused")
+    cl3 = torch.randn(1, 16, 4, 8, 8).contiguous(memory_format=torch.channels_last_3d)
+    few = torch.randn(1, 3, 4, 8, 8).contiguous(memory_format=torch.channels_last_3d)
+    line = torch.randn(2, 16, 50)
+    for x in (cl3, few, line):  # stride 1: the C++ kernel, forward and backward
+        ones = [1] * (x.dim() - 2)
+        assert dispatch.forward_impl(x, 9, ones, "zeros") == dispatch.backward_impl(x, 9, ones, "zeros") == "fused"
+        assert dispatch.backward_impl(x, 9, ones, "reflect") == "separable"
+    assert dispatch.forward_impl(cl3, 9, [2, 2, 2], "zeros") == "separable"  # strided: backward only, 16+ channels
+    assert dispatch.backward_impl(cl3, 9, [2, 2, 2], "zeros") == "fused"
+    assert dispatch.backward_impl(few, 9, [1, 2, 2], "zeros") == "separable"
+    assert dispatch.backward_impl(line, 9, [2], "zeros") == "separable"
+    nchw = torch.randn(2, 16, 32, 32)  # a sigma per axis in 2-D: the same rule
+    assert dispatch.forward_impl(nchw, 9, [1, 1], "zeros", per_axis=True) == "fused"
+    assert dispatch.backward_impl(nchw, 9, [2, 2], "zeros", per_axis=True) == "separable"
+
+
 def test_reference_matrices_agree_with_scipy():
     """The matrix reference used above equals scipy.ndimage at stride 1 (two independent references)."""
     x = np.random.default_rng(0).normal(size=(2, 3, 7, 9))

@@ -262,26 +262,87 @@ inline void fold(std::vector<T>& acc, const std::vector<T>& pos, int64_t C) {
   for (size_t j = 0; j < pos.size(); ++j) acc[j % C] += pos[j];
 }
 
+// ---- short rows (M < kRowChannels): a block [L][M] at a time, tap by tap over the outputs whose tap
+// ---- reads inside the block, so no loop checks bounds; with stride 1 (ol, m) runs as one flat loop.
+template <typename T>
+struct ShortTaps {
+  std::vector<T> pat;  // channels_last: pat[i * len + p] = g[i, p % C] over a block's len = L * M values
+  const T* g;
+  int64_t len = 0, C;
+  ShortTaps(const T* g_, const AxisView& v) : g(g_), C(v.C) {
+    if (!v.cl) return;  // contiguous memory: one weight per tap and block, read from g
+    len = std::max(v.L, v.OL) * v.M;
+    pat.resize(v.k * len);
+    for (int64_t i = 0; i < v.k; ++i)
+      for (int64_t p = 0; p < len; ++p) pat[i * len + p] = g[i * C + p % C];
+  }
+};
+
+// The outputs [lo, hi) whose tap i reads inside an axis of length L.
+inline void tap_range(int64_t i, const AxisView& v, int64_t& lo, int64_t& hi) {
+  const int64_t r = v.k / 2, first = r - i, last = v.L - 1 - i + r;
+  lo = first > 0 ? (first + v.s - 1) / v.s : 0;
+  hi = last >= 0 ? std::min(v.OL, last / v.s + 1) : 0;
+}
+
+// out = the pass of one block (or, transpose, its adjoint: out of L rows from in of OL rows).
+template <typename T>
+void block_pass(const T* __restrict__ in, T* __restrict__ out, const ShortTaps<T>& taps, const AxisView& v,
+                int64_t c, bool transpose) {
+  const int64_t M = v.M, r = v.k / 2, s = v.s;
+  std::fill(out, out + (transpose ? v.L : v.OL) * M, T(0));
+  for (int64_t i = 0; i < v.k; ++i) {
+    int64_t lo, hi;
+    tap_range(i, v, lo, hi);
+    if (lo >= hi) continue;
+    const int64_t shift = (i - r) * M;  // input row ol * s + i - r
+    const T* w = v.cl ? taps.pat.data() + i * taps.len : nullptr;
+    const T gi = v.cl ? T(0) : taps.g[i * taps.C + c];
+    if (s == 1) {  // one flat run over p = ol * M + m
+      const int64_t p0 = lo * M, p1 = hi * M;
+      if (transpose) {
+        if (w) for (int64_t p = p0; p < p1; ++p) out[p + shift] += w[p] * in[p];
+        else for (int64_t p = p0; p < p1; ++p) out[p + shift] += gi * in[p];
+      } else {
+        if (w) for (int64_t p = p0; p < p1; ++p) out[p] += w[p] * in[p + shift];
+        else for (int64_t p = p0; p < p1; ++p) out[p] += gi * in[p + shift];
+      }
+      continue;
+    }
+    if (M == 1 && !w) {  // a contiguous row: one weight, a strided run
+      const int64_t first = lo * s + i - r;
+      if (transpose) for (int64_t ol = lo; ol < hi; ++ol) out[first + (ol - lo) * s] += gi * in[ol];
+      else for (int64_t ol = lo; ol < hi; ++ol) out[ol] += gi * in[first + (ol - lo) * s];
+      continue;
+    }
+    for (int64_t ol = lo; ol < hi; ++ol) {
+      const int64_t at = (ol * s + i - r) * M;
+      for (int64_t m = 0; m < M; ++m) {
+        const T weight = w ? w[m] : gi;
+        if (transpose) out[at + m] += weight * in[ol * M + m];
+        else out[ol * M + m] += weight * in[at + m];
+      }
+    }
+  }
+}
+
+template <typename T>
+inline void block_forward(const T* in, T* out, const ShortTaps<T>& taps, const AxisView& v, int64_t c) {
+  block_pass(in, out, taps, v, c, false);
+}
+
+template <typename T>
+inline void block_transpose(const T* in, T* out, const ShortTaps<T>& taps, const AxisView& v, int64_t c) {
+  block_pass(in, out, taps, v, c, true);
+}
+
 template <typename T>
 void axis_forward(const T* x, const T* g, T* y, const AxisView& v) {
   const int64_t r = v.k / 2, M = v.M;
-  if (M < kRowChannels) {  // short rows: a block at a time, element by element
+  if (M < kRowChannels) {  // short rows: a block at a time
+    const ShortTaps<T> taps(g, v);
     at::parallel_for(0, v.B, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t b = begin; b < end; ++b) {
-        const T* xb = x + b * v.L * M;
-        T* yb = y + b * v.OL * M;
-        const int64_t c0 = v.channel(b);
-        for (int64_t ol = 0; ol < v.OL; ++ol)
-          for (int64_t m = 0; m < M; ++m) {
-            const int64_t c = v.cl ? m % v.C : c0;
-            T sum = T(0);
-            for (int64_t i = 0; i < v.k; ++i) {
-              const int64_t l = ol * v.s + i - r;
-              if (l >= 0 && l < v.L) sum += g[i * v.C + c] * xb[l * M + m];
-            }
-            yb[ol * M + m] = sum;
-          }
-      }
+      for (int64_t b = begin; b < end; ++b) block_forward(x + b * v.L * M, y + b * v.OL * M, taps, v, v.channel(b));
     });
     return;
   }
@@ -306,35 +367,19 @@ void axis_backward(const T* gy, const T* x, const T* g, const T* gd, T* gx, T* g
                    const AxisView& v) {
   const int64_t r = v.k / 2, M = v.M, C = v.C;
   Partials<T> partials;
-  if (M < kRowChannels) {
+  if (M < kRowChannels) {  // short rows: a block at a time
+    const ShortTaps<T> taps(g, v), dtaps(gd, v);
     at::parallel_for(0, v.B, 1, [&](int64_t begin, int64_t end) {
-      std::vector<T> acc(C, T(0));
+      std::vector<T> acc(C, T(0)), z(v.OL * M), pos(M);
       for (int64_t b = begin; b < end; ++b) {
         const T *xb = x + b * v.L * M, *gb = gy + b * v.OL * M;
         const int64_t c0 = v.channel(b);
-        if (gx != nullptr) {
-          T* gxb = gx + b * v.L * M;
-          for (int64_t l = 0; l < v.L; ++l)
-            for (int64_t m = 0; m < M; ++m) {
-              const int64_t c = v.cl ? m % C : c0;
-              T sum = T(0);
-              for (int64_t i = 0; i < v.k; ++i) {
-                const int64_t num = l - i + r;
-                if (num >= 0 && num % v.s == 0 && num / v.s < v.OL) sum += g[i * C + c] * gb[(num / v.s) * M + m];
-              }
-              gxb[l * M + m] = sum;
-            }
-        }
+        if (gx != nullptr) block_transpose(gb, gx + b * v.L * M, taps, v, c0);
+        block_forward(xb, z.data(), dtaps, v, c0);  // the pass with g': eq. (8) is sum gy * z
+        std::fill(pos.begin(), pos.end(), T(0));
         for (int64_t ol = 0; ol < v.OL; ++ol)
-          for (int64_t m = 0; m < M; ++m) {
-            const int64_t c = v.cl ? m % C : c0;
-            T z = T(0);
-            for (int64_t i = 0; i < v.k; ++i) {
-              const int64_t l = ol * v.s + i - r;
-              if (l >= 0 && l < v.L) z += gd[i * C + c] * xb[l * M + m];
-            }
-            acc[c] += gb[ol * M + m] * z;
-          }
+          for (int64_t m = 0; m < M; ++m) pos[m] += gb[ol * M + m] * z[ol * M + m];
+        for (int64_t m = 0; m < M; ++m) acc[v.cl ? m % C : c0] += pos[m];
       }
       partials.add(begin, std::move(acc));
     });

@@ -15,7 +15,8 @@ differentiate the same ops that the compiler and the exporters see.
   :math:`\dot Y = E_\sigma * \dot X + (\partial_{\tilde\sigma} E_\sigma * X)\,\dot{\tilde\sigma}`.
 * ``envelope_backward``: differentiable in closed form from the kernel's first and second
   sigma derivatives (double backward, for gradient penalties; forward-over-reverse for Hessians).
-* ``envelope_conv2d``: backward recomputes the envelope; jvp by the product rule.
+* ``envelope_conv2d`` and ``envelope_conv`` (1-3 spatial dims): backward recomputes the envelope;
+  jvp by the product rule.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from torch.autograd.function import _SingleLevelFunction
 from .. import kernels as EF
 from . import composite
 from .layout import memory_format
-from .library import STEM_CHANNELS, _kernels, _strided
+from .library import _CONV, STEM_CHANNELS, _kernels, _strided
 
 try:  # torch >= 2.0 has it; its home is private, hence the guard
     from torch._functorch.utils import enable_single_level_autograd_function
@@ -357,15 +358,15 @@ def _conv2d_grad(ctx, grad_out):
     x, raw_sigma, weight = ctx.saved_tensors
     size, env_stride, padding_mode, impl, stride, padding, dilation, groups = ctx.config
     need_x, need_raw, need_w, need_b = ctx.needs_input_grad[:4]
-    tail = (None,) * 8
-    if need_raw and not need_x and groups == 1 and list(env_stride) == [1, 1] and padding_mode == "zeros" \
-            and x.shape[1] <= STEM_CHANNELS and size > 1 and x.numel() > 0 and raw_sigma.dim() == 1:
+    tail, dims = (None,) * 8, x.dim() - 2
+    if need_raw and not need_x and groups == 1 and all(s == 1 for s in env_stride) and padding_mode == "zeros" \
+            and x.shape[1] <= STEM_CHANNELS and size > 1 and x.numel() > 0:
         return (None, *_stem_backward(grad_out, x, raw_sigma, weight, size, need_w, ctx.bias_shape, need_b,
                                       (stride, padding, dilation)), *tail)
     smoothed = torch.ops.envconv.envelope(x, raw_sigma, size, env_stride, padding_mode, impl)
     grad_s, grad_w, grad_b = torch.ops.aten.convolution_backward(
         _in_layout_of(grad_out, smoothed), smoothed, weight, ctx.bias_shape,
-        list(stride), list(padding), list(dilation), False, [0, 0], groups, [need_x or need_raw, need_w, need_b])
+        list(stride), list(padding), list(dilation), False, [0] * dims, groups, [need_x or need_raw, need_w, need_b])
     grad_x = grad_raw = None
     if need_x or need_raw:
         grad_x, grad_raw = torch.ops.envconv.envelope_backward(grad_s, x, raw_sigma, size, env_stride, padding_mode,
@@ -380,13 +381,13 @@ def _conv2d_jvp(ctx, x_t, raw_t, weight_t, bias_t, *_):
     tangent = None
     if x_t is not None or raw_t is not None:
         smoothed_t = _envelope_tangent(x, raw_sigma, x_t, raw_t, size, env_stride, padding_mode, impl)
-        tangent = F.conv2d(smoothed_t, weight, None, stride, padding, dilation, groups)
+        tangent = _CONV[x.dim()](smoothed_t, weight, None, stride, padding, dilation, groups)
     if weight_t is not None:
         smoothed = torch.ops.envconv.envelope(x, raw_sigma, size, env_stride, padding_mode, impl)
-        part = F.conv2d(smoothed, weight_t, None, stride, padding, dilation, groups)
+        part = _CONV[x.dim()](smoothed, weight_t, None, stride, padding, dilation, groups)
         tangent = part if tangent is None else tangent + part
     if bias_t is not None:
-        part = bias_t.view(1, -1, 1, 1)
+        part = bias_t.view(1, -1, *([1] * (x.dim() - 2)))
         tangent = part.expand(ctx.out_shape).clone() if tangent is None else tangent + part
     return tangent
 
@@ -418,20 +419,42 @@ def _stem_backward(grad_out, x, raw_sigma, weight, size, need_w, bias_shape, nee
     the channels ``[smoothed, D]``; the conv's backward-data pass, which autograd would run and
     which costs about 5x its weight gradient at a ResNet stem in oneDNN, is skipped. Zero padding.
     """
-    n, c, h, w = x.shape
-    kernels, dkernels = _kernels(raw_sigma, size, x, derivative=True)  # one sigma per channel: one kernel
-    kernel, dkernel = kernels[0].to(x.dtype).repeat(n, 1), dkernels[0].to(x.dtype).repeat(n, 1)
-    flat = x.contiguous().view(1, n * c, h, w)  # batch folded into channels: fast grouped 1-D passes
-    rows, drows = composite.pass1d(flat, kernel, 2, "zeros"), composite.pass1d(flat, dkernel, 2, "zeros")
-    smoothed = composite.pass1d(rows, kernel, 3, "zeros").view(n, c, h, w)
-    deriv = (composite.pass1d(drows, kernel, 3, "zeros") + composite.pass1d(rows, dkernel, 3, "zeros")).view(n, c, h, w)
+    n, c = x.shape[:2]
+    dims = x.dim() - 2
+    kernels, dkernels = _kernels(raw_sigma, size, x, derivative=True)  # a (C, k) kernel per axis
+    kernels = [k.to(x.dtype).repeat(n, 1) for k in kernels]
+    dkernels = [d.to(x.dtype).repeat(n, 1) for d in dkernels]
+    flat = x.contiguous().view(1, n * c, *x.shape[2:])  # batch folded into channels: fast grouped 1-D passes
+    smoothed, derivs = _smoothed_and_derivatives(flat, kernels, dkernels)
+    smoothed = smoothed.view(x.shape)
+    if raw_sigma.dim() == 1:  # one sigma for every axis: its derivative is the sum over the axes
+        derivs = [sum(derivs[1:], derivs[0])]
+    deriv = torch.cat([d.view(x.shape) for d in derivs], 1)
     both = _in_layout_of(torch.cat([smoothed, deriv], 1), grad_out)
-    _, grad_both, grad_b = torch.ops.aten.convolution_backward(
-        grad_out, both, weight.repeat(1, 2, 1, 1), bias_shape, list(conv_args[0]), list(conv_args[1]),
-        list(conv_args[2]), False, [0, 0], 1, [False, True, need_b])
-    grad_raw = (weight.double() * grad_both[:, c:].double()).sum((0, 2, 3)).to(raw_sigma.dtype)
-    grad_w = _like(grad_both[:, :c], weight) if need_w else None
-    return (grad_raw.sum().view(1) if raw_sigma.numel() == 1 else grad_raw), grad_w, (grad_b if need_b else None)
+    copies = 1 + len(derivs)
+    _, grad_all, grad_b = torch.ops.aten.convolution_backward(
+        grad_out, both, weight.repeat(1, copies, *([1] * dims)), bias_shape, list(conv_args[0]), list(conv_args[1]),
+        list(conv_args[2]), False, [0] * dims, 1, [False, True, need_b])
+    reduce = (0, *range(2, weight.dim()))
+    columns = [(weight.double() * grad_all[:, c * (1 + a):c * (2 + a)].double()).sum(reduce)
+               for a in range(len(derivs))]
+    grad_raw = (columns[0] if raw_sigma.dim() == 1 else torch.stack(columns, 1)).to(raw_sigma.dtype)
+    if raw_sigma.shape[0] == 1 and c > 1:  # one sigma (per axis) shared by the channels
+        grad_raw = grad_raw.sum(0, keepdim=True)
+    grad_w = _like(grad_all[:, :c], weight) if need_w else None
+    return grad_raw, grad_w, (grad_b if need_b else None)
+
+
+def _smoothed_and_derivatives(x: Tensor, kernels, dkernels):
+    """The envelope of ``x`` and, per spatial axis, the passes with that axis's derivative kernel (zero padding)."""
+    order = composite.axes(x)
+    smoothed, derivs = x, []
+    for dim in order:  # derivs[a]: g' on axis a, g on the axes passed so far
+        a = dim - 2
+        derivs = [composite.pass1d(d, kernels[a], dim, "zeros") for d in derivs]
+        derivs.append(composite.pass1d(smoothed, dkernels[a], dim, "zeros"))
+        smoothed = composite.pass1d(smoothed, kernels[a], dim, "zeros")
+    return smoothed, derivs[::-1]  # derivs were appended last axis first
 
 
 
@@ -496,25 +519,32 @@ def _envelope_backward_vmap(info, in_dims, grad, x, raw_sigma, size, stride, pad
     return (grad_x, grad_raw), (1 if need_x else None, 0 if need_sigma else None)
 
 
-@torch.library.register_vmap("envconv::envelope_conv2d")
-def _conv2d_vmap(info, in_dims, x, raw_sigma, weight, bias, size, env_stride, padding_mode, impl, stride, padding,
-                 dilation, groups):
-    x_dim, raw_dim, weight_dim, bias_dim = in_dims[:4]
-    b = info.batch_size
-    rest = (size, env_stride, padding_mode, impl, stride, padding, dilation)
-    if raw_dim is None and weight_dim is None and bias_dim is None:
-        x = _batch_first(x, x_dim, b)
-        y = torch.ops.envconv.envelope_conv2d(x.flatten(0, 1), raw_sigma, weight, bias, *rest, groups)
-        return y.unflatten(0, (b, -1)), 0
-    # per-sample parameters: the samples become groups of one grouped convolution
-    channels = x.shape[-3]
-    weight = _batch_first(weight, weight_dim, b).flatten(0, 1)
-    bias = None if bias is None else _batch_first(bias, bias_dim, b).flatten(0, 1)
-    y = torch.ops.envconv.envelope_conv2d(_fold_channels(x, x_dim, b), _fold_sigma(raw_sigma, raw_dim, b, channels),
-                                          weight, bias, *rest, groups * b)
-    return _unfold_channels(y, b), 1
+def _conv_vmap(op):
+    def vmap_rule(info, in_dims, x, raw_sigma, weight, bias, size, env_stride, padding_mode, impl, stride, padding,
+                  dilation, groups):
+        x_dim, raw_dim, weight_dim, bias_dim = in_dims[:4]
+        b = info.batch_size
+        rest = (size, env_stride, padding_mode, impl, stride, padding, dilation)
+        if raw_dim is None and weight_dim is None and bias_dim is None:
+            x = _batch_first(x, x_dim, b)
+            y = op(x.flatten(0, 1), raw_sigma, weight, bias, *rest, groups)
+            return y.unflatten(0, (b, -1)), 0
+        # per-sample parameters: the samples become groups of one grouped convolution
+        channels = x.shape[-(len(stride) + 1)]
+        weight = _batch_first(weight, weight_dim, b).flatten(0, 1)
+        bias = None if bias is None else _batch_first(bias, bias_dim, b).flatten(0, 1)
+        y = op(_fold_channels(x, x_dim, b), _fold_sigma(raw_sigma, raw_dim, b, channels), weight, bias, *rest,
+               groups * b)
+        return _unfold_channels(y, b), 1
+
+    return vmap_rule
+
+
+torch.library.register_vmap("envconv::envelope_conv2d", _conv_vmap(torch.ops.envconv.envelope_conv2d))
+torch.library.register_vmap("envconv::envelope_conv", _conv_vmap(torch.ops.envconv.envelope_conv))
 
 
 register("envelope", _envelope_setup, _envelope_grad, _envelope_jvp)
 register("envelope_backward", _envelope_backward_setup, _envelope_backward_grad, _envelope_backward_jvp)
 register("envelope_conv2d", _conv2d_setup, _conv2d_grad, _conv2d_jvp)
+register("envelope_conv", _conv2d_setup, _conv2d_grad, _conv2d_jvp)

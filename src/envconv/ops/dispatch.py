@@ -14,10 +14,13 @@ one per channel and axis.
 
 ``"auto"`` picks by measurement:
 
-* CPU (``benchmarks/layer_speed.py``, oneDNN): forward ``"full"`` for 3 taps, ``"fused"``
-  on other channels_last input, else the composite forward (``"full"`` for maps of at most
-  28 x 28, ``"separable"`` otherwise); backward ``"fused"`` in both layouts (0.18x-0.88x the time of autograd through
-  the 1-D passes at ResNet-50's seven places).
+* CPU, 2-D maps with one sigma per channel (``benchmarks/layer_speed.py``, oneDNN): forward
+  ``"full"`` for 3 taps, ``"fused"`` on other channels_last input, else the composite forward
+  (``"full"`` for maps of at most 28 x 28, ``"separable"`` otherwise); backward ``"fused"`` in
+  both layouts (0.18x-0.88x the time of autograd through the 1-D passes at ResNet-50's seven places).
+* CPU, 1-D and 3-D maps and a sigma per axis (``benchmarks/nd_speed.py``): ``"fused"`` at
+  stride 1, and for the strided backward on channels_last maps of at least 16 channels; the
+  composite passes otherwise (2-D per-axis maps with 3 taps: ``"full"``).
 * CUDA: the composite path; the Triton kernels run only when forced (``impl="triton"``) until
   ``benchmarks/gpu.py`` has measured them on a GPU and a rule written from that measurement
   joins the CPU rules here.
@@ -91,6 +94,22 @@ def _fused_ok(x: torch.Tensor, padding_mode: str) -> bool:
     return cpu.supports(x, padding_mode) is None and cpu.available()
 
 
+def _pass_per_axis_wins(x: torch.Tensor, stride: Sequence[int], backward: bool) -> bool:
+    """Whether the C++ pass-per-axis kernel (1-D, 3-D, a sigma per axis) beats the composite one on CPU.
+
+    Measured (``benchmarks/nd_speed.py``, 2 cores): at stride 1 it takes 0.1-0.7x the composite
+    forward + backward time; strided, only its backward on channels_last maps of 16 or more
+    channels wins (0.3-0.6x), while few channels or contiguous maps run 1.2-1.9x slower.
+    """
+    if x.device.type != "cpu":
+        return False
+    return all(s == 1 for s in stride) or (backward and is_channels_last(x) and x.shape[1] >= 16)
+
+
+def _one_kernel_2d(x: torch.Tensor, per_axis: bool) -> bool:
+    return x.dim() == 4 and not per_axis
+
+
 def forward_impl(x: torch.Tensor, size: int, stride: Sequence[int], padding_mode: str, impl: str = "auto",
                  per_axis: bool = False) -> str:
     """The implementation that computes the envelope's forward for ``x`` (``per_axis``: a sigma per axis)."""
@@ -98,9 +117,11 @@ def forward_impl(x: torch.Tensor, size: int, stride: Sequence[int], padding_mode
         return _forced(x, padding_mode, impl, per_axis)
     if size <= 3 and x.dim() == 4:  # one 3x3 depth-wise conv beats two 1-D passes and the C++ kernel
         return "full"
-    if x.device.type == "cpu" and x.dim() == 4 and is_channels_last(x) and not per_axis and _fused_ok(x, padding_mode):
-        return "fused"
-    return _composite_forward(x, size)
+    if not _fused_ok(x, padding_mode) or x.device.type != "cpu":
+        return _composite_forward(x, size)
+    if _one_kernel_2d(x, per_axis):
+        return "fused" if is_channels_last(x) else _composite_forward(x, size)
+    return "fused" if _pass_per_axis_wins(x, stride, backward=False) else _composite_forward(x, size)
 
 
 def backward_impl(x: torch.Tensor, size: int, stride: Sequence[int], padding_mode: str, impl: str = "auto",
@@ -112,6 +133,8 @@ def backward_impl(x: torch.Tensor, size: int, stride: Sequence[int], padding_mod
     """
     if check_impl(impl) != "auto":
         return _forced(x, padding_mode, impl, per_axis)
-    if x.device.type == "cpu" and x.dim() == 4 and not per_axis and _fused_ok(x, padding_mode):
+    if x.device.type != "cpu" or not _fused_ok(x, padding_mode):
+        return "separable"
+    if _one_kernel_2d(x, per_axis) or _pass_per_axis_wins(x, stride, backward=True):
         return "fused"
     return "separable"

@@ -1,6 +1,6 @@
 r"""The envelope as PyTorch operators: ``torch.ops.envconv.*``.
 
-Three ops, registered with :func:`torch.library.custom_op`, each with a fake (meta) kernel for
+Four ops, registered with :func:`torch.library.custom_op`, each with a fake (meta) kernel for
 the compiler and export, and a FLOP formula for :class:`torch.utils.flop_counter.FlopCounterMode`:
 
 * ``envconv::envelope(x, raw_sigma, size, stride, padding_mode, impl) -> y`` - eq. (3) with the
@@ -12,7 +12,8 @@ the compiler and export, and a FLOP formula for :class:`torch.utils.flop_counter
   too (double backward, for gradient penalties).
 * ``envconv::envelope_conv2d(x, raw_sigma, weight, bias, ...) -> y`` - the envelope followed by
   a convolution (eq. (3)-(4)), saving only ``x`` for backward: the envelope is recomputed there
-  (one cheap forward) instead of keeping two extra feature maps per layer alive.
+  (one cheap forward) instead of keeping two extra feature maps per layer alive;
+  ``envconv::envelope_conv`` is the same for 1-D, 2-D and 3-D maps (``conv1d`` / ``conv3d``).
 
 Their autograd (backward, double backward, forward AD, ``torch.func``) is registered in
 :mod:`envconv.ops.autograd`. Which kernel computes an op is decided in :mod:`envconv.ops.dispatch`
@@ -33,7 +34,7 @@ from .. import kernels as EF
 from . import composite, cpu, dispatch
 from .layout import empty_like_layout, memory_format
 
-__all__ = ["envelope", "envelope_backward", "envelope_conv2d", "envelope_decomposed", "envelope_flops",
+__all__ = ["envelope", "envelope_backward", "envelope_conv2d", "envelope_conv", "envelope_decomposed", "envelope_flops",
            "separable_macs", "STEM_CHANNELS"]
 
 #: An envelope + conv with at most this many input channels, whose input needs no gradient (a
@@ -225,6 +226,31 @@ def _(x, raw_sigma, weight, bias, size, env_stride, padding_mode, impl, stride, 
     return F.conv2d(smoothed, weight, bias, stride, padding, dilation, groups)
 
 
+# ---- envconv::envelope_conv: the same for 1-D and 3-D (and 2-D) maps -----------------------------------------
+
+_CONV = {3: F.conv1d, 4: F.conv2d, 5: F.conv3d}
+
+
+@torch.library.custom_op("envconv::envelope_conv", mutates_args=())
+def envelope_conv(x: Tensor, raw_sigma: Tensor, weight: Tensor, bias: Optional[Tensor], size: int,
+                  env_stride: List[int], padding_mode: str, impl: str, stride: List[int], padding: List[int],
+                  dilation: List[int], groups: int) -> Tensor:
+    """:func:`envelope_conv2d` for ``x`` with 1-3 spatial dims: ``conv{n}d(envelope(x), weight, ...)``."""
+    with _no_autocast(x):
+        smoothed = _forward(x, raw_sigma, size, env_stride, padding_mode, impl)
+        return _CONV[x.dim()](smoothed, weight, bias, stride, padding, dilation, groups)
+
+
+@envelope_conv.register_fake
+def _(x, raw_sigma, weight, bias, size, env_stride, padding_mode, impl, stride, padding, dilation, groups):
+    _check_fake(x, raw_sigma, size, env_stride)
+    torch._check(weight.dim() == x.dim() and weight.shape[1] * groups == x.shape[1],
+                 lambda: f"envconv::envelope_conv: weight {tuple(weight.shape)} with groups={groups} does not take "
+                         f"{x.shape[1]} input channels of a {x.dim()}-D input")
+    smoothed = empty_like_layout(x, (x.shape[0], x.shape[1], *_out_size(x, env_stride)))
+    return _CONV[x.dim()](smoothed, weight, bias, stride, padding, dilation, groups)
+
+
 # ---- autocast: the dtype F.conv2d would return ---------------------------------------------------------
 
 #: The dispatch keys of autocast per device type.
@@ -261,6 +287,7 @@ def _register_autocast(name: str, cast: Tuple[int, ...]) -> None:
 
 _register_autocast("envelope", cast=(0,))
 _register_autocast("envelope_conv2d", cast=(0, 2, 3))
+_register_autocast("envelope_conv", cast=(0, 2, 3))
 
 
 # ---- without the ops: plain ATen, for exporters that cannot carry a custom op -----------------------------
@@ -334,8 +361,8 @@ def _(grad_shape, x_shape, raw_shape, size, stride, padding_mode, impl, need_x, 
     return flops
 
 
-@register_flop_formula(torch.ops.envconv.envelope_conv2d)
+@register_flop_formula([torch.ops.envconv.envelope_conv2d, torch.ops.envconv.envelope_conv])
 def _(x_shape, raw_shape, w_shape, b_shape, size, env_stride, padding_mode, impl, stride, padding, dilation, groups,
       *args, out_shape=None, **kwargs) -> int:
-    smoothed = (x_shape[0], x_shape[1], (x_shape[2] - 1) // env_stride[0] + 1, (x_shape[3] - 1) // env_stride[1] + 1)
+    smoothed = (x_shape[0], x_shape[1], *((n - 1) // s + 1 for n, s in zip(x_shape[2:], env_stride)))
     return envelope_flops(x_shape, size, env_stride) + conv_flop_count(smoothed, w_shape, out_shape, transposed=False)
