@@ -4,6 +4,9 @@
   ``x.clone()`` on the same tensor - the memory-traffic floor any filter pays - at the
   shapes of a 1-D audio CNN and of ``r3d_18``'s stem and strided places; one sigma per channel
   and one per axis;
+* kernels: the C++ pass-per-axis kernel against the composite passes, forward and forward +
+  backward, at strides 1 and 2 (the measurement behind the dispatch rule for 1-D, 3-D and
+  per-axis envelopes);
 * model: torchvision's ``r3d_18`` (clips ``(N, 3, T, H, W)``) and a 1-D CNN for raw audio
   (M5-style, :func:`audio_cnn`), plain vs converted by ``envconv.disentangle`` (the stem and the
   strided convolutions): inference with the envelopes shrunk to ``k_g = 3``, a training step
@@ -81,6 +84,48 @@ def layers(quick: bool = False, repeats: int = 7, log=print) -> List[dict]:
     return rows
 
 
+def _envelope_call(x, raw, stride: int, impl: str, grad=None):
+    """One envelope forward (``grad is None``) or forward + backward with ``impl`` forced (``k_g = 9``)."""
+    dims = x.dim() - 2
+
+    def run():
+        if grad is None:
+            with torch.no_grad():
+                return envconv.functional.gaussian_envelope(x, raw, 9, "zeros", stride, impl, spatial_dims=dims)
+        x.grad = raw.grad = None
+        envconv.functional.gaussian_envelope(x, raw, 9, "zeros", stride, impl, spatial_dims=dims).backward(grad)
+
+    return run
+
+
+def kernel_choice(quick: bool = False, repeats: int = 5, log=print) -> List[dict]:
+    """The C++ pass-per-axis kernel against the composite passes: forced ``fused`` / ``separable``, one run.
+
+    The measurement behind :func:`envconv.ops.dispatch._pass_per_axis_wins`; skipped (no rows)
+    where the C++ kernel cannot be built.
+    """
+    if not envconv.ops.cpu.available():
+        log(f"no C++ kernel ({envconv.ops.cpu.unavailable_reason()}): kernel choice not measured")
+        return []
+    rows = []
+    for place, shape in layer_shapes(quick).items():
+        dims = len(shape) - 2
+        for layout, fmt in LAYOUTS[len(shape)].items():
+            for per_axis, stride in ((False, 1), (True, 1), (False, 2), (True, 2)):
+                x = torch.randn(shape).contiguous(memory_format=fmt).requires_grad_()
+                raw = (torch.randn(shape[1], dims) if per_axis else torch.randn(shape[1])).requires_grad_()
+                grad = _envelope_call(x, raw, stride, "separable")().contiguous(memory_format=fmt)
+                forward = paired_ratio(_envelope_call(x, raw, stride, "fused"),
+                                       _envelope_call(x, raw, stride, "separable"), repeats=repeats)
+                both = paired_ratio(_envelope_call(x, raw, stride, "fused", grad),
+                                    _envelope_call(x, raw, stride, "separable", grad), repeats=repeats)
+                rows.append({"place": place, "shape": list(shape), "layout": layout, "per_axis": per_axis,
+                             "stride": stride, "forward": forward.as_dict(), "forward_backward": both.as_dict()})
+                log(f"{place:22s} {layout:16s} {'per axis' if per_axis else 'per channel':11s} stride {stride}: "
+                    f"fused / composite forward {forward}, forward+backward {both}")
+    return rows
+
+
 def _model(name: str):
     torch.manual_seed(0)
     if name == "r3d_18":
@@ -114,6 +159,19 @@ def models(quick: bool = False, repeats: int = 7, names=("r3d_18", "audio_cnn"),
     return rows
 
 
+def kernel_markdown(rows: List[dict]) -> str:
+    lines = ["C++ pass-per-axis kernel / composite passes (`impl=\"fused\"` / `\"separable\"`, k_g = 9):", "",
+             "| place | shape | layout | sigma | stride | forward | forward + backward |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        f, b = r["forward"], r["forward_backward"]
+        lines.append(f"| {r['place']} | {tuple(r['shape'])} | {r['layout']} | "
+                     f"{'per axis' if r['per_axis'] else 'per channel'} | {r['stride']} | "
+                     f"{f['median']:.2f}x [{f['q1']:.2f}-{f['q3']:.2f}] | "
+                     f"{b['median']:.2f}x [{b['q1']:.2f}-{b['q3']:.2f}] |")
+    return "\n".join(lines)
+
+
 def markdown(layer_rows: List[dict], model_rows: List[dict]) -> str:
     lines = ["| model | input | layout | plain step (ms) | inference, k_g = 3 | training step, k_g = 9 | "
              "training memory |", "|---|---|---|---|---|---|---|"]
@@ -142,15 +200,17 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> dict:
     layer_rows = layers(args.quick, args.repeats)
+    kernel_rows = kernel_choice(args.quick, args.repeats)
     model_rows = models(args.quick, args.repeats)
-    text = markdown(layer_rows, model_rows)
+    text = markdown(layer_rows, model_rows) + ("\n\n" + kernel_markdown(kernel_rows) if kernel_rows else "")
     print(text)
+    results = {"layers": layer_rows, "kernels": kernel_rows, "models": model_rows}
     if args.save:
         from .run_all import save
 
-        save({"layers": layer_rows, "models": model_rows}, "nd-quick" if args.quick else "nd",
+        save(results, "nd-quick" if args.quick else "nd",
              "## 1-D and 3-D envelopes\n\nModels, converted / plain (median of paired ratios [quartiles]):\n\n" + text)
-    return {"layers": layer_rows, "models": model_rows}
+    return results
 
 
 if __name__ == "__main__":

@@ -216,16 +216,18 @@ def test_dispatch_rules_on_cpu_in_1d_3d_and_per_axis():
     cl3 = torch.randn(1, 16, 4, 8, 8).contiguous(memory_format=torch.channels_last_3d)
     few = torch.randn(1, 3, 4, 8, 8).contiguous(memory_format=torch.channels_last_3d)
     line = torch.randn(2, 16, 50)
-    for x in (cl3, few, line):  # stride 1: the C++ kernel, forward and backward
+    for x in (cl3, few, line):  # stride 1: the C++ kernel's backward; its forward for few channels and 1-D
         ones = [1] * (x.dim() - 2)
-        assert dispatch.forward_impl(x, 9, ones, "zeros") == dispatch.backward_impl(x, 9, ones, "zeros") == "fused"
+        assert dispatch.backward_impl(x, 9, ones, "zeros") == "fused"
+        assert dispatch.forward_impl(x, 9, ones, "zeros") == ("separable" if x is cl3 else "fused")
         assert dispatch.backward_impl(x, 9, ones, "reflect") == "separable"
     assert dispatch.forward_impl(cl3, 9, [2, 2, 2], "zeros") == "separable"  # strided: backward only, 16+ channels
     assert dispatch.backward_impl(cl3, 9, [2, 2, 2], "zeros") == "fused"
     assert dispatch.backward_impl(few, 9, [1, 2, 2], "zeros") == "separable"
     assert dispatch.backward_impl(line, 9, [2], "zeros") == "separable"
     nchw = torch.randn(2, 16, 32, 32)  # a sigma per axis in 2-D: the same rule
-    assert dispatch.forward_impl(nchw, 9, [1, 1], "zeros", per_axis=True) == "fused"
+    assert dispatch.forward_impl(nchw[:, :3], 9, [1, 1], "zeros", per_axis=True) == "fused"
+    assert dispatch.forward_impl(nchw, 9, [1, 1], "zeros", per_axis=True) == "separable"
     assert dispatch.backward_impl(nchw, 9, [2, 2], "zeros", per_axis=True) == "separable"
 
 

@@ -18,9 +18,10 @@ one per channel and axis.
   ``"full"`` for 3 taps, ``"fused"`` on other channels_last input, else the composite forward
   (``"full"`` for maps of at most 28 x 28, ``"separable"`` otherwise); backward ``"fused"`` in
   both layouts (0.18x-0.88x the time of autograd through the 1-D passes at ResNet-50's seven places).
-* CPU, 1-D and 3-D maps and a sigma per axis (``benchmarks/nd_speed.py``): ``"fused"`` at
-  stride 1, and for the strided backward on channels_last maps of at least 16 channels; the
-  composite passes otherwise (2-D per-axis maps with 3 taps: ``"full"``).
+* CPU, 1-D and 3-D maps and a sigma per axis (:func:`_pass_per_axis_wins`): ``"fused"`` for
+  the backward at stride 1 and, strided, on channels_last maps of at least 16 channels; for the
+  forward at stride 1 on sequences and maps of fewer than 16 channels; the composite passes
+  otherwise (2-D per-axis maps with 3 taps: ``"full"``).
 * CUDA: the composite path; the Triton kernels run only when forced (``impl="triton"``) until
   ``benchmarks/gpu.py`` has measured them on a GPU and a rule written from that measurement
   joins the CPU rules here.
@@ -97,13 +98,17 @@ def _fused_ok(x: torch.Tensor, padding_mode: str) -> bool:
 def _pass_per_axis_wins(x: torch.Tensor, stride: Sequence[int], backward: bool) -> bool:
     """Whether the C++ pass-per-axis kernel (1-D, 3-D, a sigma per axis) beats the composite one on CPU.
 
-    Measured (``benchmarks/nd_speed.py``, 2 cores): at stride 1 it takes 0.1-0.7x the composite
-    forward + backward time; strided, only its backward on channels_last maps of 16 or more
-    channels wins (0.3-0.6x), while few channels or contiguous maps run 1.2-1.9x slower.
+    Measured (2 cores, k_g = 9, the places of ``benchmarks/nd_speed.py``): at stride 1 its
+    backward takes 0.3-0.85x the composite one (tiny contiguous 3-D maps of many channels aside:
+    1.1-1.2x) and its forward 0.25-0.6x on sequences and few-channel maps, but 0.85-1.4x
+    oneDNN's on 3-D maps of 64 channels; strided, only its backward on channels_last maps of 16
+    or more channels wins (0.3-0.6x), while few channels or contiguous maps run 1.2-1.9x slower.
     """
     if x.device.type != "cpu":
         return False
-    return all(s == 1 for s in stride) or (backward and is_channels_last(x) and x.shape[1] >= 16)
+    if all(s == 1 for s in stride):
+        return backward or x.dim() == 3 or x.shape[1] < 16
+    return backward and is_channels_last(x) and x.shape[1] >= 16
 
 
 def _one_kernel_2d(x: torch.Tensor, per_axis: bool) -> bool:
