@@ -5,8 +5,8 @@
   shapes of a 1-D audio CNN and of ``r3d_18``'s stem and strided places; one sigma per channel
   and one per axis;
 * kernels: the C++ pass-per-axis kernel against the composite passes, forward and forward +
-  backward, at strides 1 and 2 (the measurement behind the dispatch rule for 1-D, 3-D and
-  per-axis envelopes);
+  backward, at strides 1 and 2, at those places and (a sigma per axis) at 2-D ones - the
+  measurement behind the dispatch rule for 1-D, 3-D and per-axis envelopes;
 * model: torchvision's ``r3d_18`` (clips ``(N, 3, T, H, W)``) and a 1-D CNN for raw audio
   (M5-style, :func:`audio_cnn`), plain vs converted by ``envconv.disentangle`` (the stem and the
   strided convolutions): inference with the envelopes shrunk to ``k_g = 3``, a training step
@@ -31,8 +31,9 @@ import envconv
 from .model_speed import _inference, _training_step, training_memory
 from .timing import paired_ratio
 
-LAYOUTS = {3: {"ncl": torch.contiguous_format}, 5: {"ncdhw": torch.contiguous_format,
-                                                    "channels_last_3d": torch.channels_last_3d}}
+LAYOUTS = {3: {"ncl": torch.contiguous_format},
+           4: {"nchw": torch.contiguous_format, "channels_last": torch.channels_last},
+           5: {"ncdhw": torch.contiguous_format, "channels_last_3d": torch.channels_last_3d}}
 
 
 def audio_cnn(num_classes: int = 35) -> nn.Sequential:
@@ -52,6 +53,13 @@ def layer_shapes(quick: bool) -> Dict[str, tuple]:
     return {"audio stem (1-D)": (16, 1, 16000), "audio stage (1-D)": (16, 64, 1000),
             "r3d_18 stem (3-D)": (2, 3, 8, 112, 112), "r3d_18 layer2 (3-D)": (2, 64, 8, 56, 56),
             "r3d_18 layer4 (3-D)": (2, 256, 2, 14, 14)}
+
+
+def planar_shapes(quick: bool) -> Dict[str, tuple]:
+    """2-D places for the kernel table: with a sigma per axis they run the pass-per-axis kernel too."""
+    if quick:
+        return {"resnet layer2 (2-D)": (1, 16, 12, 12)}
+    return {"resnet stem (2-D)": (8, 3, 224, 224), "resnet layer2 (2-D)": (4, 128, 56, 56)}
 
 
 def _forward_backward(env: nn.Module, x: torch.Tensor, grad: torch.Tensor):
@@ -108,10 +116,13 @@ def kernel_choice(quick: bool = False, repeats: int = 5, log=print) -> List[dict
         log(f"no C++ kernel ({envconv.ops.cpu.unavailable_reason()}): kernel choice not measured")
         return []
     rows = []
-    for place, shape in layer_shapes(quick).items():
+    shapes = {**layer_shapes(quick), **planar_shapes(quick)}
+    for place, shape in shapes.items():
         dims = len(shape) - 2
         for layout, fmt in LAYOUTS[len(shape)].items():
             for per_axis, stride in ((False, 1), (True, 1), (False, 2), (True, 2)):
+                if dims == 2 and not per_axis:  # one sigma per channel in 2-D: the two-pass ring kernel
+                    continue
                 x = torch.randn(shape).contiguous(memory_format=fmt).requires_grad_()
                 raw = (torch.randn(shape[1], dims) if per_axis else torch.randn(shape[1])).requires_grad_()
                 grad = _envelope_call(x, raw, stride, "separable")().contiguous(memory_format=fmt)

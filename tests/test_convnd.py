@@ -205,3 +205,29 @@ def test_monai_segresnet_converts_at_its_stem_and_strided_convs_and_trains_per_a
     learned(x).square().mean().backward()
     grads = [m.raw_sigma.grad for m in learned.modules() if isinstance(m, GaussianEnvelope)]
     assert [tuple(g.shape) for g in grads] == [(1, 3), (8, 3), (16, 3)] and all(bool(g.abs().sum() > 0) for g in grads)
+
+
+@pytest.mark.parametrize("name", ["r3d_18", "mc3_18", "r2plus1d_18"])
+def test_torchvision_video_models_convert_at_the_stem_and_strided_convs(name):
+    """Every video ResNet gets an envelope at its stem and at each strided convolution, nowhere else."""
+    torch.manual_seed(0)
+    plain = getattr(torchvision.models.video, name)(num_classes=4)
+    strided = [n for n, m in plain.named_modules() if isinstance(m, nn.Conv3d) and max(m.stride) > 1]
+    model = envconv.disentangle(copy.deepcopy(plain))
+    places = [e.path for e in envconv.envelopes(model)]
+    assert places[0] == "stem" and len(places) == 1 + len(strided)
+    x = torch.randn(2, 3, 4, 32, 32)
+    assert model(x).shape == (2, 4)
+
+
+def test_r3d_18_compiles_fullgraph_and_exports_with_a_dynamic_batch():
+    torch.manual_seed(0)
+    model = envconv.disentangle(torchvision.models.video.r3d_18(num_classes=4), sigma_per_axis=True).eval()
+    x = torch.randn(2, 3, 4, 32, 32)
+    with torch.no_grad():
+        want = model(x)
+        torch.testing.assert_close(torch.compile(model, fullgraph=True, backend="eager")(x), want)
+    program = torch.export.export(model, (x,), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
+    with torch.no_grad():
+        torch.testing.assert_close(program.module()(x[:1]), want[:1], rtol=1e-5, atol=1e-5)
+    assert sum("envconv.envelope_conv" in str(n.target) for n in program.graph.nodes) == 7

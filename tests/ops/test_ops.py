@@ -213,22 +213,26 @@ def test_dispatch_rules_on_cpu():
 
 def test_dispatch_rules_on_cpu_in_1d_3d_and_per_axis():
     needs("fused")
-    cl3 = torch.randn(1, 16, 4, 8, 8).contiguous(memory_format=torch.channels_last_3d)
-    few = torch.randn(1, 3, 4, 8, 8).contiguous(memory_format=torch.channels_last_3d)
-    line = torch.randn(2, 16, 50)
-    for x in (cl3, few, line):  # stride 1: the C++ kernel's backward; its forward for few channels and 1-D
-        ones = [1] * (x.dim() - 2)
-        assert dispatch.backward_impl(x, 9, ones, "zeros") == "fused"
-        assert dispatch.forward_impl(x, 9, ones, "zeros") == ("separable" if x is cl3 else "fused")
-        assert dispatch.backward_impl(x, 9, ones, "reflect") == "separable"
-    assert dispatch.forward_impl(cl3, 9, [2, 2, 2], "zeros") == "separable"  # strided: backward only, 16+ channels
-    assert dispatch.backward_impl(cl3, 9, [2, 2, 2], "zeros") == "fused"
-    assert dispatch.backward_impl(few, 9, [1, 2, 2], "zeros") == "separable"
-    assert dispatch.backward_impl(line, 9, [2], "zeros") == "separable"
-    nchw = torch.randn(2, 16, 32, 32)  # a sigma per axis in 2-D: the same rule
-    assert dispatch.forward_impl(nchw[:, :3], 9, [1, 1], "zeros", per_axis=True) == "fused"
-    assert dispatch.forward_impl(nchw, 9, [1, 1], "zeros", per_axis=True) == "separable"
-    assert dispatch.backward_impl(nchw, 9, [2, 2], "zeros", per_axis=True) == "separable"
+
+    def picks(shape, stride, layout=torch.contiguous_format, per_axis=False):
+        x = torch.randn(shape).contiguous(memory_format=layout)
+        return (dispatch.forward_impl(x, 9, stride, "zeros", per_axis=per_axis),
+                dispatch.backward_impl(x, 9, stride, "zeros", per_axis=per_axis))
+
+    cl3 = torch.channels_last_3d
+    assert picks((1, 3, 4, 8, 8), [1, 1, 1], cl3) == ("fused", "fused")  # a stem
+    assert picks((1, 3, 4, 8, 8), [1, 2, 2], cl3) == ("separable", "separable")  # strided channels_last stem
+    assert picks((1, 3, 4, 8, 8), [1, 2, 2]) == ("fused", "fused")  # contiguous stem
+    assert picks((1, 16, 4, 8, 8), [2, 2, 2], cl3) == ("separable", "fused")
+    assert picks((1, 32, 2, 20, 20), [1, 1, 1]) == ("separable", "fused")
+    assert picks((1, 32, 2, 14, 14), [1, 1, 1]) == ("separable", "separable")  # short contiguous rows
+    assert picks((2, 16, 50), [1]) == ("fused", "separable")  # sequences: the forward only
+    assert picks((2, 16, 50), [2]) == ("separable", "separable")
+    assert picks((2, 1, 50), [2]) == ("fused", "separable")
+    assert picks((2, 3, 32, 32), [1, 1], per_axis=True) == ("fused", "fused")  # a sigma per axis in 2-D
+    assert picks((2, 32, 32, 32), [1, 1], per_axis=True) == ("separable", "separable")
+    assert picks((2, 32, 32, 32), [1, 1], torch.channels_last, per_axis=True) == ("separable", "fused")
+    assert dispatch.backward_impl(torch.randn(1, 3, 4, 8, 8), 9, [1, 1, 1], "reflect") == "separable"
 
 
 def test_reference_matrices_agree_with_scipy():

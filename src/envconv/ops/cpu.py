@@ -174,7 +174,7 @@ def forward(x: torch.Tensor, kernel, stride: Sequence[int]) -> torch.Tensor:
     """The envelope of ``x`` with 1-D kernels, output every ``stride`` positions, in ``x``'s memory format.
 
     ``kernel``: one (C, k) tensor for every spatial axis, or a sequence of them, one per axis (as
-    in :func:`envconv.ops.composite.forward`). 2-D maps with one kernel run the two-pass kernel
+    in ``envconv.ops.composite.forward``). 2-D maps with one kernel run the two-pass kernel
     that keeps the width pass in a ring of rows; other cases run a pass per axis.
     """
     if x.dim() == 4 and not _per_axis(kernel):

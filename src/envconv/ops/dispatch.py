@@ -18,10 +18,10 @@ one per channel and axis.
   ``"full"`` for 3 taps, ``"fused"`` on other channels_last input, else the composite forward
   (``"full"`` for maps of at most 28 x 28, ``"separable"`` otherwise); backward ``"fused"`` in
   both layouts (0.18x-0.88x the time of autograd through the 1-D passes at ResNet-50's seven places).
-* CPU, 1-D and 3-D maps and a sigma per axis (:func:`_pass_per_axis_wins`): ``"fused"`` for
-  the backward at stride 1 and, strided, on channels_last maps of at least 16 channels; for the
-  forward at stride 1 on sequences and maps of fewer than 16 channels; the composite passes
-  otherwise (2-D per-axis maps with 3 taps: ``"full"``).
+* CPU, 1-D and 3-D maps and a sigma per axis: ``"fused"`` where the kernel table of
+  ``benchmarks/nd_speed.py`` measured it faster (``_pass_per_axis_wins``: the forward of
+  stems and sequences, the backward of channels_last maps and of contiguous stems), the
+  composite passes otherwise (2-D per-axis maps with 3 taps: ``"full"``).
 * CUDA: the composite path; the Triton kernels run only when forced (``impl="triton"``) until
   ``benchmarks/gpu.py`` has measured them on a GPU and a rule written from that measurement
   joins the CPU rules here.
@@ -98,17 +98,27 @@ def _fused_ok(x: torch.Tensor, padding_mode: str) -> bool:
 def _pass_per_axis_wins(x: torch.Tensor, stride: Sequence[int], backward: bool) -> bool:
     """Whether the C++ pass-per-axis kernel (1-D, 3-D, a sigma per axis) beats the composite one on CPU.
 
-    Measured (2 cores, k_g = 9, the places of ``benchmarks/nd_speed.py``): at stride 1 its
-    backward takes 0.3-0.85x the composite one (tiny contiguous 3-D maps of many channels aside:
-    1.1-1.2x) and its forward 0.25-0.6x on sequences and few-channel maps, but 0.85-1.4x
-    oneDNN's on 3-D maps of 64 channels; strided, only its backward on channels_last maps of 16
-    or more channels wins (0.3-0.6x), while few channels or contiguous maps run 1.2-1.9x slower.
+    The rule follows the kernel table of ``benchmarks/nd_speed.py`` (fused / composite time, 2
+    cores, k_g = 9; ``benchmarks/results/2026-12-04-amd-epyc-2t-nd.md``):
+
+    * few-channel maps (< 16, the stems): forward 0.26-0.61x and forward + backward 0.27-0.68x,
+      except strided channels_last ones (1.4-2.1x);
+    * other maps, forward + backward: channels_last 0.32-0.63x at stride 1 and 0.41-0.81x
+      strided; contiguous 0.31-0.43x at stride 1 in 3-D with rows of 16 or more, 1.06-1.7x
+      otherwise; their forward 0.52-1.3x, no clear gain;
+    * sequences: forward 0.51-0.76x at stride 1 and for few channels; the backward of a
+      64-channel sequence 1.05-1.36x (1.4-1.6x in other runs).
     """
     if x.device.type != "cpu":
         return False
-    if all(s == 1 for s in stride):
-        return backward or x.dim() == 3 or x.shape[1] < 16
-    return backward and is_channels_last(x) and x.shape[1] >= 16
+    few, unit = x.shape[1] < 16, all(s == 1 for s in stride)
+    if x.dim() == 3:
+        return not backward and (unit or few)
+    if not backward:
+        return few and (unit or not is_channels_last(x))
+    if is_channels_last(x):
+        return unit or not few
+    return few or (unit and x.dim() == 5 and x.shape[-1] >= 16)
 
 
 def _one_kernel_2d(x: torch.Tensor, per_axis: bool) -> bool:
