@@ -123,3 +123,25 @@ def test_cpu_kernel_sigma_gradient_per_axis_sums_to_the_shared_one():
     for r in (per_axis, shared):
         (functional.gaussian_envelope(x, r, 5, "zeros", 2, "fused", spatial_dims=3) * gy).sum().backward()
     np.testing.assert_allclose(per_axis.grad.sum(1).numpy(), shared.grad.numpy(), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("dims, sigma", [(1, "axis"), (3, "channel"), (2, "axis")])
+def test_triton_kernel_in_half_precision_within_a_rounding_per_pass(dtype, dims, sigma):
+    """Each pass rounds its result to the dtype (its sum is float32): about one rounding per axis."""
+    needs("triton")
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(SHAPES[dims], generator=gen).to(dtype)
+    raw = _raw(3, dims, sigma, torch.float32, gen)
+    eps = {torch.bfloat16: 2 ** -8, torch.float16: 2 ** -11}[dtype]
+    xr, rr = x.detach().requires_grad_(), raw.clone().requires_grad_()
+    y = functional.gaussian_envelope(xr, rr, 5, "zeros", 2, "triton", spatial_dims=dims)
+    assert y.dtype == dtype
+    want = reference.envelope_nd(x.double(), raw.double(), 5, "zeros", [2] * dims)
+    torch.testing.assert_close(y.double(), torch.from_numpy(want), rtol=dims * eps, atol=dims * eps * 4)
+    gy = torch.randn(y.shape, generator=gen).to(dtype)
+    gx, graw = torch.autograd.grad(y, (xr, rr), gy)
+    want_gx, want_graw = reference.envelope_nd_vjp(x.double(), raw.double(), 5, gy.double(), "zeros", [2] * dims)
+    torch.testing.assert_close(gx.double(), torch.from_numpy(want_gx), rtol=dims * eps, atol=dims * eps * 4)
+    assert graw.dtype == torch.float32  # the sigma gradient keeps raw_sigma's dtype
+    torch.testing.assert_close(graw.double(), torch.from_numpy(want_graw), rtol=20 * eps, atol=20 * eps)
