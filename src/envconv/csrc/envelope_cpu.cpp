@@ -336,9 +336,75 @@ inline void block_transpose(const T* in, T* out, const ShortTaps<T>& taps, const
   block_pass(in, out, taps, v, c, true);
 }
 
+// ---- contiguous rows at stride 1 (M == 1): the blocks of one channel lie end to end, so a run of them is
+// ---- filtered as one long row (long vector loops), then the r outputs at each block's two ends, whose
+// ---- taps crossed into the neighbouring block, are recomputed exactly.
+inline bool is_row_run(const AxisView& v) { return !v.cl && v.M == 1 && v.s == 1; }
+
+// out[p] = sum_i w[i] * in[p + i - r] within each of n blocks of length L (zero outside a block).
+template <typename T>
+void run_correlate(const T* __restrict__ in, T* __restrict__ out, const T* w, int64_t n, int64_t L, int64_t k) {
+  const int64_t r = k / 2, len = n * L;
+  std::fill(out, out + len, T(0));
+  for (int64_t i = 0; i < k; ++i) {
+    const int64_t shift = i - r, lo = std::max<int64_t>(0, -shift), hi = std::min(len, len - shift);
+    const T wi = w[i];
+    for (int64_t p = lo; p < hi; ++p) out[p] += wi * in[p + shift];
+  }
+  const int64_t edge = std::min(r, L);
+  for (int64_t j = 0; j < n; ++j) {
+    const T* bin = in + j * L;
+    T* bout = out + j * L;
+    auto exact = [&](int64_t q) {
+      T sum = T(0);
+      for (int64_t i = 0; i < k; ++i) {
+        const int64_t l = q + i - r;
+        if (l >= 0 && l < L) sum += w[i] * bin[l];
+      }
+      bout[q] = sum;
+    };
+    for (int64_t q = 0; q < edge; ++q) exact(q);
+    for (int64_t q = std::max(edge, L - r); q < L; ++q) exact(q);
+  }
+}
+
+// sum_p a[p] * b[p] with independent partial sums (so the loop vectorises).
+template <typename T>
+T run_dot(const T* __restrict__ a, const T* __restrict__ b, int64_t len) {
+  constexpr int64_t kLanes = 16;
+  T part[kLanes] = {};
+  int64_t p = 0;
+  for (; p + kLanes <= len; p += kLanes)
+    for (int64_t j = 0; j < kLanes; ++j) part[j] += a[p + j] * b[p + j];
+  T sum = T(0);
+  for (; p < len; ++p) sum += a[p] * b[p];
+  for (int64_t j = 0; j < kLanes; ++j) sum += part[j];
+  return sum;
+}
+
+// Calls fn(first block, number of blocks, channel) for the runs of one channel within blocks [begin, end).
+template <typename Fn>
+void for_runs(const AxisView& v, int64_t begin, int64_t end, Fn fn) {
+  for (int64_t b = begin; b < end;) {
+    const int64_t stop = std::min(end, (b / v.before + 1) * v.before);
+    fn(b, stop - b, v.channel(b));
+    b = stop;
+  }
+}
+
 template <typename T>
 void axis_forward(const T* x, const T* g, T* y, const AxisView& v) {
   const int64_t r = v.k / 2, M = v.M;
+  if (is_row_run(v)) {
+    at::parallel_for(0, v.B, 1, [&](int64_t begin, int64_t end) {
+      std::vector<T> w(v.k);
+      for_runs(v, begin, end, [&](int64_t b, int64_t n, int64_t c) {
+        for (int64_t i = 0; i < v.k; ++i) w[i] = g[i * v.C + c];
+        run_correlate(x + b * v.L, y + b * v.L, w.data(), n, v.L, v.k);
+      });
+    });
+    return;
+  }
   if (M < kRowChannels) {  // short rows: a block at a time
     const ShortTaps<T> taps(g, v);
     at::parallel_for(0, v.B, 1, [&](int64_t begin, int64_t end) {
@@ -367,6 +433,21 @@ void axis_backward(const T* gy, const T* x, const T* g, const T* gd, T* gx, T* g
                    const AxisView& v) {
   const int64_t r = v.k / 2, M = v.M, C = v.C;
   Partials<T> partials;
+  if (is_row_run(v)) {  // the transpose of a stride-1 correlation is the correlation with the taps reversed
+    at::parallel_for(0, v.B, 1, [&](int64_t begin, int64_t end) {
+      std::vector<T> acc(C, T(0)), w(v.k), wd(v.k), z;
+      for_runs(v, begin, end, [&](int64_t b, int64_t n, int64_t c) {
+        for (int64_t i = 0; i < v.k; ++i) w[i] = g[(v.k - 1 - i) * C + c], wd[i] = gd[i * C + c];
+        if (gx != nullptr) run_correlate(gy + b * v.L, gx + b * v.L, w.data(), n, v.L, v.k);
+        z.resize(n * v.L);
+        run_correlate(x + b * v.L, z.data(), wd.data(), n, v.L, v.k);
+        acc[c] += run_dot(gy + b * v.L, z.data(), n * v.L);
+      });
+      partials.add(begin, std::move(acc));
+    });
+    partials.sum_into(graw, gstride);
+    return;
+  }
   if (M < kRowChannels) {  // short rows: a block at a time
     const ShortTaps<T> taps(g, v), dtaps(gd, v);
     at::parallel_for(0, v.B, 1, [&](int64_t begin, int64_t end) {

@@ -19,9 +19,10 @@ one per channel and axis.
   (``"full"`` for maps of at most 28 x 28, ``"separable"`` otherwise); backward ``"fused"`` in
   both layouts (0.18x-0.88x the time of autograd through the 1-D passes at ResNet-50's seven places).
 * CPU, 1-D and 3-D maps and a sigma per axis: ``"fused"`` where the kernel table of
-  ``benchmarks/nd_speed.py`` measured it faster (``_pass_per_axis_wins``: the forward of
-  stems and sequences, the backward of channels_last maps and of contiguous stems), the
-  composite passes otherwise (2-D per-axis maps with 3 taps: ``"full"``).
+  ``benchmarks/nd_speed.py`` measured it faster (``_pass_per_axis_wins``: the backward at
+  stride 1 and, strided, on channels_last maps of 16 or more channels and on contiguous stems;
+  the forward of stems and sequences), the composite passes otherwise (2-D per-axis maps with
+  3 taps: ``"full"``).
 * CUDA: the composite path; the Triton kernels run only when forced (``impl="triton"``) until
   ``benchmarks/gpu.py`` has measured them on a GPU and a rule written from that measurement
   joins the CPU rules here.
@@ -101,24 +102,22 @@ def _pass_per_axis_wins(x: torch.Tensor, stride: Sequence[int], backward: bool) 
     The rule follows the kernel table of ``benchmarks/nd_speed.py`` (fused / composite time, 2
     cores, k_g = 9; ``benchmarks/results/2026-12-04-amd-epyc-2t-nd.md``):
 
-    * few-channel maps (< 16, the stems): forward 0.26-0.61x and forward + backward 0.27-0.68x,
-      except strided channels_last ones (1.4-2.1x);
-    * other maps, forward + backward: channels_last 0.32-0.63x at stride 1 and 0.41-0.81x
-      strided; contiguous 0.31-0.43x at stride 1 in 3-D with rows of 16 or more, 1.06-1.7x
-      otherwise; their forward 0.52-1.3x, no clear gain;
-    * sequences: forward 0.51-0.76x at stride 1 and for few channels; the backward of a
-      64-channel sequence 1.05-1.36x (1.4-1.6x in other runs).
+    * forward + backward at stride 1: 0.15-0.94x at every place, layout and dimensionality;
+    * strided: 0.38-0.84x on channels_last maps of 16 or more channels and 0.48-1.01x on
+      contiguous stems (fewer than 16 channels); 1.2-2.0x on the others;
+    * forward alone: 0.25-0.67x on stems (not strided channels_last ones: 1.8-2.1x), 0.60-0.84x
+      on sequences at stride 1 or with few channels; elsewhere 0.67-1.4x, no clear gain.
     """
     if x.device.type != "cpu":
         return False
     few, unit = x.shape[1] < 16, all(s == 1 for s in stride)
-    if x.dim() == 3:
-        return not backward and (unit or few)
     if not backward:
+        if x.dim() == 3:  # sequences
+            return unit or few
         return few and (unit or not is_channels_last(x))
-    if is_channels_last(x):
-        return unit or not few
-    return few or (unit and x.dim() == 5 and x.shape[-1] >= 16)
+    if unit:
+        return True
+    return not few if is_channels_last(x) else few
 
 
 def _one_kernel_2d(x: torch.Tensor, per_axis: bool) -> bool:
