@@ -196,6 +196,16 @@ def _position(p, D, H, W):
 
 
 @triton.jit
+def _pass_positions(C, OD, OH, OW, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+    """This program's sample, channels and output positions (d, h, w) over an (OD, OH, OW) grid, with masks."""
+    n = tl.program_id(0).to(tl.int64)
+    cs = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    ps = (tl.program_id(2) * BLOCK_P + tl.arange(0, BLOCK_P)).to(tl.int64)
+    d, h, w = _position(ps, OD, OH, OW)
+    return n, cs, cs < C, d, h, w, ps < OD * OH * OW
+
+
+@triton.jit
 def _pass_tile(x_ptr, w_ptr, n, cs, cmask, d, h, w, pmask, C, D, H, W, sxn, sxc, sxd, sxh, sxw,
                AXIS: tl.constexpr, S: tl.constexpr, K: tl.constexpr, BLOCK_C: tl.constexpr,
                BLOCK_P: tl.constexpr, TRANSPOSE: tl.constexpr):
@@ -235,12 +245,7 @@ def _pass_kernel(x_ptr, w_ptr, y_ptr, C, D, H, W, OD, OH, OW, sxn, sxc, sxd, sxh
                  AXIS: tl.constexpr, S: tl.constexpr, K: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
                  TRANSPOSE: tl.constexpr):
     """The pass of x (D, H, W) along AXIS, or its transpose, into y (OD, OH, OW)."""
-    n = tl.program_id(0).to(tl.int64)
-    cs = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    ps = (tl.program_id(2) * BLOCK_P + tl.arange(0, BLOCK_P)).to(tl.int64)
-    cmask = cs < C
-    pmask = ps < OD * OH * OW
-    d, h, w = _position(ps, OD, OH, OW)
+    n, cs, cmask, d, h, w, pmask = _pass_positions(C, OD, OH, OW, BLOCK_C, BLOCK_P)
     acc = _pass_tile(x_ptr, w_ptr, n, cs, cmask, d, h, w, pmask, C, D, H, W, sxn, sxc, sxd, sxh, sxw,
                      AXIS, S, K, BLOCK_C, BLOCK_P, TRANSPOSE)
     out = y_ptr + n * syn + cs[:, None] * syc + (d * syd + h * syh + w * syw)[None, :]
@@ -252,12 +257,7 @@ def _pass_sigma_kernel(gy_ptr, x_ptr, d_ptr, part_ptr, C, D, H, W, OD, OH, OW, s
                        sxn, sxc, sxd, sxh, sxw, AXIS: tl.constexpr, S: tl.constexpr, K: tl.constexpr,
                        BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
     """Per program and channel: sum gy * (the pass of x with the derivative kernel), eq. (8) for one axis."""
-    n = tl.program_id(0).to(tl.int64)
-    cs = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    ps = (tl.program_id(2) * BLOCK_P + tl.arange(0, BLOCK_P)).to(tl.int64)
-    cmask = cs < C
-    pmask = ps < OD * OH * OW
-    d, h, w = _position(ps, OD, OH, OW)
+    n, cs, cmask, d, h, w, pmask = _pass_positions(C, OD, OH, OW, BLOCK_C, BLOCK_P)
     deriv = _pass_tile(x_ptr, d_ptr, n, cs, cmask, d, h, w, pmask, C, D, H, W, sxn, sxc, sxd, sxh, sxw,
                        AXIS, S, K, BLOCK_C, BLOCK_P, False)
     mask = cmask[:, None] & pmask[None, :]
