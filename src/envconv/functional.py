@@ -18,7 +18,7 @@ import torch.fx
 
 from . import kernels
 from .ops.dispatch import check_impl
-from .ops.library import envelope_decomposed  # importing it registers the torch.ops.envconv operators
+from .ops.library import _CONV, envelope_decomposed  # importing it registers the torch.ops.envconv operators
 
 __all__ = ["gaussian_envelope", "envelope_conv2d", "envelope_conv", "PADDING_MODES"]
 
@@ -158,20 +158,8 @@ def envelope_conv2d(
         >>> bool(torch.allclose(y, want, atol=1e-5))
         True
     """
-    _check_input(x)
-    if x.dim() == 3:
-        return envelope_conv2d(x.unsqueeze(0), raw_sigma, size, weight, bias, env_stride=env_stride,
-                               padding_mode=padding_mode, stride=stride, padding=padding, dilation=dilation,
-                               groups=groups, impl=impl).squeeze(0)
-    kernels.check_envelope_args(x, raw_sigma, size, padding_mode)
-    check_impl(impl)
-    env_stride = _pair(env_stride, "env_stride")
-    padding = [padding, padding] if isinstance(padding, int) else list(padding)
-    if torch.onnx.is_in_onnx_export():
-        smoothed = envelope_decomposed(x, raw_sigma, size, env_stride, padding_mode)
-        return torch.nn.functional.conv2d(smoothed, weight, bias, stride, padding, dilation, groups)
-    return torch.ops.envconv.envelope_conv2d(x, raw_sigma, weight, bias, size, env_stride, padding_mode, impl,
-                                             _pair(stride, "stride"), padding, _pair(dilation, "dilation"), groups)
+    return _envelope_conv(torch.ops.envconv.envelope_conv2d, 2, x, raw_sigma, size, weight, bias, env_stride,
+                          padding_mode, stride, padding, dilation, groups, impl)
 
 
 def envelope_conv(
@@ -205,12 +193,17 @@ def envelope_conv(
     if not isinstance(weight, torch.Tensor) or weight.dim() not in (3, 4, 5):
         raise ValueError(f"weight must be a (D, C / groups, *kernel) tensor with 1-3 spatial dims, got "
                          f"{getattr(weight, 'shape', type(weight).__name__)}")
-    dims = weight.dim() - 2
+    return _envelope_conv(torch.ops.envconv.envelope_conv, weight.dim() - 2, x, raw_sigma, size, weight, bias,
+                          env_stride, padding_mode, stride, padding, dilation, groups, impl)
+
+
+def _envelope_conv(op, dims: int, x, raw_sigma, size, weight, bias, env_stride, padding_mode, stride, padding,
+                   dilation, groups, impl) -> torch.Tensor:
+    """The argument checks and the call of an envelope + conv ``op`` for ``x`` with ``dims`` spatial axes."""
     _check_input(x, None, dims)
     if x.dim() == dims + 1:
-        return envelope_conv(x.unsqueeze(0), raw_sigma, size, weight, bias, env_stride=env_stride,
-                             padding_mode=padding_mode, stride=stride, padding=padding, dilation=dilation,
-                             groups=groups, impl=impl).squeeze(0)
+        return _envelope_conv(op, dims, x.unsqueeze(0), raw_sigma, size, weight, bias, env_stride, padding_mode,
+                              stride, padding, dilation, groups, impl).squeeze(0)
     kernels.check_envelope_args(x, raw_sigma, size, padding_mode)
     check_impl(impl)
     env_stride = _pair(env_stride, "env_stride", dims)
@@ -218,12 +211,8 @@ def envelope_conv(
     stride, dilation = _pair(stride, "stride", dims), _pair(dilation, "dilation", dims)
     if torch.onnx.is_in_onnx_export():
         smoothed = envelope_decomposed(x, raw_sigma, size, env_stride, padding_mode)
-        return _CONVS[dims](smoothed, weight, bias, stride, padding, dilation, groups)
-    return torch.ops.envconv.envelope_conv(x, raw_sigma, weight, bias, size, env_stride, padding_mode, impl, stride,
-                                           padding, dilation, groups)
-
-
-_CONVS = {1: torch.nn.functional.conv1d, 2: torch.nn.functional.conv2d, 3: torch.nn.functional.conv3d}
+        return _CONV[x.dim()](smoothed, weight, bias, stride, padding, dilation, groups)
+    return op(x, raw_sigma, weight, bias, size, env_stride, padding_mode, impl, stride, padding, dilation, groups)
 
 
 # torch.fx.symbolic_trace records these as leaf calls: their checks look at real shapes when the

@@ -424,10 +424,11 @@ def _stem_backward(grad_out, x, raw_sigma, weight, size, need_w, bias_shape, nee
     kernels = [k.to(x.dtype).repeat(n, 1) for k in kernels]
     dkernels = [d.to(x.dtype).repeat(n, 1) for d in dkernels]
     flat = x.contiguous().view(1, n * c, *x.shape[2:])  # batch folded into channels: fast grouped 1-D passes
-    smoothed, derivs = _smoothed_and_derivatives(flat, kernels, dkernels)
-    smoothed = smoothed.view(x.shape)
-    if raw_sigma.dim() == 1:  # one sigma for every axis: its derivative is the sum over the axes
-        derivs = [sum(derivs[1:], derivs[0])]
+    ones = [1] * dims
+    inputs = composite.pass_inputs(flat, kernels, ones, "zeros")
+    smoothed = composite.pass1d(inputs[-1], kernels[0], 2, "zeros").view(x.shape)
+    # one sigma for every axis: one derivative, the sum over the axes
+    derivs = composite.derivative_passes(flat, inputs, kernels, dkernels, ones, "zeros", raw_sigma.dim() == 2)
     deriv = torch.cat([d.view(x.shape) for d in derivs], 1)
     both = _in_layout_of(torch.cat([smoothed, deriv], 1), grad_out)
     copies = 1 + len(derivs)
@@ -442,19 +443,6 @@ def _stem_backward(grad_out, x, raw_sigma, weight, size, need_w, bias_shape, nee
         grad_raw = grad_raw.sum(0, keepdim=True)
     grad_w = _like(grad_all[:, :c], weight) if need_w else None
     return grad_raw, grad_w, (grad_b if need_b else None)
-
-
-def _smoothed_and_derivatives(x: Tensor, kernels, dkernels):
-    """The envelope of ``x`` and, per spatial axis, the passes with that axis's derivative kernel (zero padding)."""
-    order = composite.axes(x)
-    smoothed, derivs = x, []
-    for dim in order:  # derivs[a]: g' on axis a, g on the axes passed so far
-        a = dim - 2
-        derivs = [composite.pass1d(d, kernels[a], dim, "zeros") for d in derivs]
-        derivs.append(composite.pass1d(smoothed, dkernels[a], dim, "zeros"))
-        smoothed = composite.pass1d(smoothed, kernels[a], dim, "zeros")
-    return smoothed, derivs[::-1]  # derivs were appended last axis first
-
 
 
 # ---- vmap: the vmapped dimension folded into the batch, or into the channels ------------------------------

@@ -19,7 +19,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-__all__ = ["forward", "backward", "pass1d", "pass1d_adjoint", "axes", "per_axis"]
+__all__ = ["forward", "backward", "pass1d", "pass1d_adjoint", "axes", "per_axis", "pass_inputs", "derivative_passes"]
 
 #: NCHW inputs with fewer channels than this are filtered with the batch folded into the channels.
 FOLD_CHANNELS = 8
@@ -190,9 +190,7 @@ def backward(grad: torch.Tensor, x: torch.Tensor, kernel, dkernel, stride: Seque
     grad = grad.to(x.dtype)
     dkernels = [d.to(x.dtype) for d in dkernels]
     order = axes(x)
-    inputs = [x]  # the forward's intermediates: the input of each pass
-    for dim in order[:-1]:
-        inputs.append(pass1d(inputs[-1], kernels[dim - 2], dim, padding_mode, stride[dim - 2]))
+    inputs = pass_inputs(x, kernels, stride, padding_mode)
     grad_x = grad_sigma = None
     if need_x:
         grad_x = grad
@@ -203,8 +201,13 @@ def backward(grad: torch.Tensor, x: torch.Tensor, kernel, dkernel, stride: Seque
     return grad_x, grad_sigma
 
 
-def _sigma_gradient(grad, x, inputs, kernels, dkernels, stride, padding_mode, sigma_per_axis):
-    """Eq. (8): the output gradient dotted with the envelope's sigma derivatives, per channel (and axis)."""
+def derivative_passes(x: torch.Tensor, inputs: List[torch.Tensor], kernels, dkernels, stride: Sequence[int],
+                      padding_mode: str, sigma_per_axis: bool) -> List[torch.Tensor]:
+    """The envelope's sigma derivatives of ``x``: all passes, with :math:`g'` in the pass along one axis.
+
+    One tensor per spatial axis (first axis first) with ``sigma_per_axis``, else one, their sum.
+    ``inputs``: the input of each pass (``inputs[0]`` is ``x``), as :func:`backward` keeps them.
+    """
     channels, order = x.shape[1], axes(x)
     # derivs: the passes so far with g' in exactly one of them (one tensor per axis done, or their sum
     # for one sigma per channel); inputs[i + 1]: the passes so far with g in all
@@ -216,8 +219,22 @@ def _sigma_gradient(grad, x, inputs, kernels, dkernels, stride, padding_mode, si
         derivs = list(both.split(channels, 1))
         if not sigma_per_axis:
             derivs = [sum(derivs[1:], derivs[0])]
+    return derivs[::-1]  # they ran from the last axis to the first
+
+
+def pass_inputs(x: torch.Tensor, kernels, stride: Sequence[int], padding_mode: str) -> List[torch.Tensor]:
+    """The input of each separable pass (the forward's intermediates): ``[x, P_n(x), P_{n-1}(P_n(x)), ...]``."""
+    inputs = [x]
+    for dim in axes(x)[:-1]:
+        inputs.append(pass1d(inputs[-1], kernels[dim - 2], dim, padding_mode, stride[dim - 2]))
+    return inputs
+
+
+def _sigma_gradient(grad, x, inputs, kernels, dkernels, stride, padding_mode, sigma_per_axis):
+    """Eq. (8): the output gradient dotted with the envelope's sigma derivatives, per channel (and axis)."""
+    derivs = derivative_passes(x, inputs, kernels, dkernels, stride, padding_mode, sigma_per_axis)
     reduce, acc = [0, *range(2, x.dim())], torch.float64 if x.dtype == torch.float64 else torch.float32
     sums = [(grad.to(d.dtype) * d).sum(reduce, dtype=acc) for d in derivs]
     if not sigma_per_axis:
         return sums[0]
-    return torch.stack(sums[::-1], 1)  # derivs run from the last axis to the first
+    return torch.stack(sums, 1)

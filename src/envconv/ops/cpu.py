@@ -36,6 +36,7 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 
+from .composite import per_axis
 from .layout import is_channels_last, memory_format
 
 __all__ = ["available", "load", "build_tag", "main", "unavailable_reason", "supports", "forward", "backward"]
@@ -155,11 +156,6 @@ def _like_input(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return y.contiguous(memory_format=memory_format(x))
 
 
-def _per_axis(kernel) -> bool:
-    """Whether ``kernel`` is a sequence of kernels, one per spatial axis (else one (C, k) tensor for all)."""
-    return not isinstance(kernel, torch.Tensor)
-
-
 def _taps(kernels, x: torch.Tensor) -> torch.Tensor:
     """The N-D kernel's tap tensor (dims, k, C) from one (C, k) kernel per spatial axis."""
     return torch.stack([k.to(x.dtype).t() for k in kernels]).contiguous()
@@ -177,11 +173,10 @@ def forward(x: torch.Tensor, kernel, stride: Sequence[int]) -> torch.Tensor:
     in ``envconv.ops.composite.forward``). 2-D maps with one kernel run the two-pass kernel
     that keeps the width pass in a ring of rows; other cases run a pass per axis.
     """
-    if x.dim() == 4 and not _per_axis(kernel):
+    if x.dim() == 4 and isinstance(kernel, torch.Tensor):
         y = torch.ops.envconv._cpu_envelope_forward(_channels_last(x), kernel.to(x.dtype).t().contiguous(), *stride)
         return _like_input(y, x)
-    kernels = kernel if _per_axis(kernel) else [kernel] * (x.dim() - 2)
-    y = torch.ops.envconv._cpu_envelope_nd_forward(_nd_input(x), _taps(kernels, x), list(stride))
+    y = torch.ops.envconv._cpu_envelope_nd_forward(_nd_input(x), _taps(per_axis(kernel, x.dim() - 2), x), list(stride))
     return _like_input(y, x)
 
 
@@ -192,19 +187,16 @@ def backward(grad: torch.Tensor, x: torch.Tensor, kernel, dkernel, stride: Seque
     ``kernel`` / ``dkernel``: as in :func:`forward`. The sigma gradient is per channel (C,) for
     one kernel, per channel and axis (C, n) for one kernel per axis.
     """
-    if x.dim() == 4 and not _per_axis(kernel):
+    if x.dim() == 4 and isinstance(kernel, torch.Tensor):
         grad_x, grad_sigma = torch.ops.envconv._cpu_envelope_backward(
             grad.to(x.dtype), _channels_last(x), kernel.to(x.dtype).t().contiguous(),
             dkernel.to(x.dtype).t().contiguous(), *stride, need_x)
         return (_like_input(grad_x, x) if need_x else None), grad_sigma
-    dims = x.dim() - 2
-    kernels = kernel if _per_axis(kernel) else [kernel] * dims
-    dkernels = dkernel if _per_axis(dkernel) else [dkernel] * dims
-    source = _nd_input(x)
+    dims, source = x.dim() - 2, _nd_input(x)
     grad_x, grad_sigma = torch.ops.envconv._cpu_envelope_nd_backward(
-        grad.to(x.dtype).contiguous(memory_format=memory_format(source)), source, _taps(kernels, x),
-        _taps(dkernels, x), list(stride), need_x)
-    grad_sigma = grad_sigma if _per_axis(kernel) else grad_sigma.sum(1)
+        grad.to(x.dtype).contiguous(memory_format=memory_format(source)), source, _taps(per_axis(kernel, dims), x),
+        _taps(per_axis(dkernel, dims), x), list(stride), need_x)
+    grad_sigma = grad_sigma.sum(1) if isinstance(kernel, torch.Tensor) else grad_sigma
     return (_like_input(grad_x, x) if need_x else None), grad_sigma
 
 

@@ -32,6 +32,7 @@ from torch.utils.flop_counter import conv_flop_count, register_flop_formula
 
 from .. import kernels as EF
 from . import composite, cpu, dispatch
+from .composite import _CONV  # the depth-wise passes' convolution per input rank: conv1d / conv2d / conv3d
 from .layout import empty_like_layout, memory_format
 
 __all__ = ["envelope", "envelope_backward", "envelope_conv2d", "envelope_conv", "envelope_decomposed", "envelope_flops",
@@ -94,9 +95,7 @@ def _run_kernel(x: Tensor, raw_sigma: Tensor, kernels: List[Tensor], stride: Lis
     if which == "triton":
         from . import triton_kernels
 
-        if x.dim() == 4 and raw_sigma.dim() == 1:  # both passes in one kernel
-            return triton_kernels.forward(x, kernels[0], stride)
-        return triton_kernels.forward_nd(x, _for_kernel(kernels, raw_sigma), stride)
+        return triton_kernels.forward(x, _for_kernel(kernels, raw_sigma), stride)
     out = composite.forward(x, [k.to(x.dtype) for k in kernels], stride, padding_mode, which)
     return out.contiguous(memory_format=memory_format(x))
 
@@ -176,14 +175,8 @@ def _backward(grad, x, raw_sigma, size, stride, padding_mode, impl, need_x, need
         elif which == "triton":
             from . import triton_kernels
 
-            if x.dim() == 4 and not per_axis:
-                grad_x, grad_c = triton_kernels.backward(grad, x, kernels[0], dkernels[0], stride, need_x,
-                                                         need_sigma)
-            else:
-                grad_x, grad_c = triton_kernels.backward_nd(grad, x, _for_kernel(kernels, raw_sigma),
-                                                            _for_kernel(dkernels, raw_sigma), stride, need_x,
-                                                            need_sigma)
-                grad_c = grad_c if per_axis or grad_c is None else grad_c.sum(1)
+            grad_x, grad_c = triton_kernels.backward(grad, x, _for_kernel(kernels, raw_sigma),
+                                                     _for_kernel(dkernels, raw_sigma), stride, need_x, need_sigma)
         else:
             grad_x, grad_c = composite.backward(grad, x, [k.to(x.dtype) for k in kernels], dkernels, stride,
                                                 padding_mode, need_x, need_sigma, sigma_per_axis=per_axis)
@@ -227,9 +220,6 @@ def _(x, raw_sigma, weight, bias, size, env_stride, padding_mode, impl, stride, 
 
 
 # ---- envconv::envelope_conv: the same for 1-D and 3-D (and 2-D) maps -----------------------------------------
-
-_CONV = {3: F.conv1d, 4: F.conv2d, 5: F.conv3d}
-
 
 @torch.library.custom_op("envconv::envelope_conv", mutates_args=())
 def envelope_conv(x: Tensor, raw_sigma: Tensor, weight: Tensor, bias: Optional[Tensor], size: int,

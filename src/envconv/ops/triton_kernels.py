@@ -27,9 +27,10 @@ import torch
 import triton
 import triton.language as tl
 
+from .composite import per_axis
 from .layout import empty_like_layout, is_channels_last
 
-__all__ = ["forward", "backward", "forward_nd", "backward_nd"]
+__all__ = ["forward", "backward"]
 
 
 @triton.jit
@@ -143,8 +144,14 @@ def _blocks(channels: int, width: int, channels_last: bool) -> Tuple[int, int]:
     return min(8, triton.next_power_of_2(channels)), min(128, triton.next_power_of_2(width))
 
 
-def forward(x: torch.Tensor, kernel: torch.Tensor, stride: Sequence[int]) -> torch.Tensor:
-    """The envelope (zero padding) of ``x`` with 1-D kernels ``kernel`` (C, k), in ``x``'s memory format."""
+def forward(x: torch.Tensor, kernel, stride: Sequence[int]) -> torch.Tensor:
+    """The envelope (zero padding) of ``x`` in ``x``'s memory format.
+
+    ``kernel``: one (C, k) tensor for every spatial axis, or a sequence of them, one per axis;
+    2-D maps with one kernel run both passes in one program, the rest a pass per axis.
+    """
+    if x.dim() != 4 or not isinstance(kernel, torch.Tensor):
+        return _passes(x, per_axis(kernel, x.dim() - 2), stride, x.dim() - 2)[-1]
     n, c, h, w = x.shape
     sh, sw = stride
     oh, ow = (h - 1) // sh + 1, (w - 1) // sw + 1
@@ -157,10 +164,18 @@ def forward(x: torch.Tensor, kernel: torch.Tensor, stride: Sequence[int]) -> tor
     return y
 
 
-def backward(grad: torch.Tensor, x: torch.Tensor, kernel: torch.Tensor, dkernel: torch.Tensor,
-             stride: Sequence[int], need_x: bool,
+def backward(grad: torch.Tensor, x: torch.Tensor, kernel, dkernel, stride: Sequence[int], need_x: bool,
              need_sigma: bool) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
-    """``(grad_x, per-channel sigma gradient (C,))`` of the envelope, each ``None`` when not needed."""
+    """``(grad_x, sigma gradient)`` of :func:`forward`, each ``None`` when not needed.
+
+    The sigma gradient is per channel (C,) for one kernel, per channel and axis (C, n) for one per axis.
+    """
+    if x.dim() != 4 or not isinstance(kernel, torch.Tensor):
+        grad_x, grad_sigma = _backward_per_axis(grad, x, per_axis(kernel, x.dim() - 2),
+                                                per_axis(dkernel, x.dim() - 2), stride, need_x, need_sigma)
+        if grad_sigma is not None and isinstance(kernel, torch.Tensor):
+            grad_sigma = grad_sigma.sum(1)
+        return grad_x, grad_sigma
     n, c, h, w = x.shape
     sh, sw = stride
     oh, ow = grad.shape[-2:]
@@ -302,10 +317,6 @@ def _taps(kernel: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return kernel.to(_accumulation_dtype(x)).t().contiguous()
 
 
-def _axis_list(kernel, dims: int):
-    return list(kernel) if not isinstance(kernel, torch.Tensor) else [kernel] * dims
-
-
 def _passes(x: torch.Tensor, kernels, stride: Sequence[int], count: int):
     """The inputs of the first ``count`` passes (last axis first) and the last result: [x, t1, ..., t_count]."""
     ts = [x]
@@ -317,20 +328,10 @@ def _passes(x: torch.Tensor, kernels, stride: Sequence[int], count: int):
     return ts
 
 
-def forward_nd(x: torch.Tensor, kernel, stride: Sequence[int]) -> torch.Tensor:
-    """The envelope (zero padding) of ``x`` (N, C, *spatial) in 1-3 spatial dims, a pass per axis.
-
-    ``kernel``: one (C, k) tensor for every axis, or a sequence of them, one per spatial axis.
-    """
+def _backward_per_axis(grad: torch.Tensor, x: torch.Tensor, kernels, dkernels, stride: Sequence[int], need_x: bool,
+                       need_sigma: bool) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """``(grad_x, sigma gradient (C, n), a column per spatial axis)`` of the passes, ``None`` if not needed."""
     dims = x.dim() - 2
-    return _passes(x, _axis_list(kernel, dims), stride, dims)[-1]
-
-
-def backward_nd(grad: torch.Tensor, x: torch.Tensor, kernel, dkernel, stride: Sequence[int], need_x: bool,
-                need_sigma: bool) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
-    """``(grad_x, sigma gradient (C, n), a column per spatial axis)`` of :func:`forward_nd`, ``None`` if not needed."""
-    dims = x.dim() - 2
-    kernels, dkernels = _axis_list(kernel, dims), _axis_list(dkernel, dims)
     ts = _passes(x, kernels, stride, dims - 1)
     acc = _accumulation_dtype(x)
     columns = [None] * dims
