@@ -99,20 +99,26 @@ def envelope_nd(x, raw, size, mode="zeros", stride=None):
     """The separable envelope of x (N, C, *spatial) by scipy: along each spatial axis its own 1-D kernel.
 
     ``raw``: (C,) or (1,) - one sigma per channel for every axis - or (C, n) / (1, n), a column
-    per spatial axis. Then every ``stride``-th sample of each axis.
+    per spatial axis; ``size``: one for every axis or one per axis. Then every ``stride``-th
+    sample of each axis.
     """
     x = np.asarray(x, dtype=np.float64)
     raw = np.asarray(raw, dtype=np.float64)
     dims = x.ndim - 2
     columns = [raw] * dims if raw.ndim == 1 else [raw[:, a] for a in range(dims)]
+    sizes = _sizes(size, dims)
     out = x.copy()
     for axis, column in enumerate(columns):
-        k = kernel1d(column, size)
+        k = kernel1d(column, sizes[axis])
         k = np.repeat(k, x.shape[1], axis=0) if k.shape[0] == 1 else k
         for c in range(x.shape[1]):  # axes of out[:, c]: 0 is the batch
             out[:, c] = ndimage.correlate1d(out[:, c], k[c], axis=axis + 1, mode=SCIPY_MODES[mode], cval=0.0)
     stride = stride or [1] * dims
     return out[(..., *(slice(None, None, s) for s in stride))]
+
+
+def _sizes(size, dims):
+    return [size] * dims if isinstance(size, int) else list(size)
 
 
 def envelope_nd_vjp(x, raw, size, gy, mode="zeros", stride=None, eps=1e-6):
@@ -126,11 +132,12 @@ def envelope_nd_vjp(x, raw, size, gy, mode="zeros", stride=None, eps=1e-6):
     dims = x.ndim - 2
     stride = stride or [1] * dims
     columns = [raw] * dims if raw.ndim == 1 else [raw[:, a] for a in range(dims)]
+    sizes = _sizes(size, dims)
     gx = np.empty_like(x)
     for c in range(x.shape[1]):
         g = gy[:, c]
         for a, column in enumerate(columns):  # out = A_1 (... A_n x): the adjoint applies each A^T
-            k = kernel1d(column, size)
+            k = kernel1d(column, sizes[a])
             k = k[0] if k.shape[0] == 1 else k[c]
             m = pass_matrix(k, x.shape[2 + a], mode, stride[a])
             g = np.moveaxis(np.tensordot(m, g, axes=([0], [1 + a])), 0, 1 + a)

@@ -175,7 +175,8 @@ def test_r3d_18_with_a_sigma_per_axis_trains_rebuilds_lists_and_shrinks_per_axis
     model.eval()
     rebuilt.eval()
     assert torch.equal(rebuilt(x), model(x))
-    # automatic shrinking: the channel keeping the least mass (the product over its axes) decides
+    # automatic shrinking per axis: along each, the channel keeping the least mass decides, with a
+    # share (1 - eps)^(1/3) of the mass per axis so that the product keeps 1 - eps
     env = GaussianEnvelope.fixed(2, [[0.4, 0.4, 1.0], [0.4, 0.4, 0.4]], 9, spatial_dims=3, per_axis=True)
     size = shrink(env, "auto", eps=1e-2).size
 
@@ -183,9 +184,13 @@ def test_r3d_18_with_a_sigma_per_axis_trains_rebuilds_lists_and_shrinks_per_axis
         k = reference.kernel1d(np.log(np.expm1(sigma ** 2)), 9)[0]
         return k[4 - taps // 2: 5 + taps // 2].sum()
 
-    assert size == min(t for t in (1, 3, 5, 7, 9) if mass(1.0, t) * mass(0.4, t) ** 2 >= 0.99)
-    # smaller than an isotropic envelope of the largest sigma needs (its mass is m^3)
-    assert size < min(t for t in (1, 3, 5, 7, 9) if mass(1.0, t) ** 3 >= 0.99)
+    def smallest(sigma):
+        return min(t for t in (1, 3, 5, 7, 9) if mass(sigma, t) >= 0.99 ** (1 / 3))
+
+    assert size == (smallest(0.4), smallest(0.4), smallest(1.0)) and smallest(0.4) < smallest(1.0)
+    assert np.prod([mass(s, t) for s, t in zip((0.4, 0.4, 1.0), size)]) >= 0.99
+    # the time and height axes need fewer taps than an isotropic envelope of the largest sigma
+    assert size[0] < min(t for t in (1, 3, 5, 7, 9) if mass(1.0, t) ** 3 >= 0.99)
 
 
 def test_monai_segresnet_converts_at_its_stem_and_strided_convs_and_trains_per_axis():
@@ -225,9 +230,11 @@ def test_torchvision_video_models_convert_at_the_stem_and_strided_convs(name):
     assert model(x).shape == (2, 4)
 
 
-def test_r3d_18_compiles_fullgraph_and_exports_with_a_dynamic_batch():
+@pytest.mark.parametrize("envelope_size", [9, (3, 9, 9)])
+def test_r3d_18_compiles_fullgraph_and_exports_with_a_dynamic_batch(envelope_size):
     torch.manual_seed(0)
-    model = envconv.disentangle(torchvision.models.video.r3d_18(num_classes=4), sigma_per_axis=True).eval()
+    model = envconv.disentangle(torchvision.models.video.r3d_18(num_classes=4), sigma_per_axis=True,
+                                envelope_size=envelope_size).eval()
     x = torch.randn(2, 3, 4, 32, 32)
     with torch.no_grad():
         want = model(x)
@@ -236,3 +243,28 @@ def test_r3d_18_compiles_fullgraph_and_exports_with_a_dynamic_batch():
     with torch.no_grad():
         torch.testing.assert_close(program.module()(x[:1]), want[:1], rtol=1e-5, atol=1e-5)
     assert sum("envconv.envelope_conv" in str(n.target) for n in program.graph.nodes) == 7
+
+
+def test_r3d_18_with_fewer_taps_in_time_trains_rebuilds_and_lists_the_sizes():
+    """A size per axis, (3, 9, 9): 3 taps along the clip's time, 9 along its image axes."""
+    from envconv import envelopes, load_disentangled
+
+    torch.manual_seed(0)
+    model = envconv.disentangle(torchvision.models.video.r3d_18(num_classes=3), envelope_size=(3, 9, 9))
+    rows = envelopes(model)
+    assert len(rows) == 7 and {r.size for r in rows} == {(3, 9, 9)}
+    assert [r.size for r in envelopes(model.state_dict())] == [r.size for r in rows]
+    x = torch.randn(2, 3, 4, 32, 32)
+    nn.functional.cross_entropy(model(x), torch.tensor([0, 2])).backward()
+    stem = model.stem[0].envelope
+    assert bool((stem.raw_sigma.grad != 0).all())
+    # the stem's envelope is the scipy reference with 3 taps in time, 9 in height and width
+    want = reference.envelope_nd(x, stem.raw_sigma.detach(), (3, 9, 9))
+    np.testing.assert_allclose(stem(x).detach().numpy(), want, rtol=1e-5, atol=1e-5)
+    rebuilt = load_disentangled(torchvision.models.video.r3d_18(num_classes=3), model.state_dict())
+    assert {m.size for m in rebuilt.modules() if isinstance(m, GaussianEnvelope)} == {(3, 9, 9)}
+    model.eval()
+    rebuilt.eval()
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), model(x))
+

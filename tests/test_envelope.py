@@ -169,3 +169,53 @@ def test_a_sigma_per_axis_module_fixed_constructor_kernels_and_errors():
     # a per-axis state dict does not load into a per-channel envelope (torch names the shapes)
     with pytest.raises(RuntimeError, match="size mismatch for raw_sigma"):
         GaussianEnvelope(3, size=5, spatial_dims=3).load_state_dict(env.state_dict())
+
+
+def test_a_size_per_axis_module_kernels_record_and_errors():
+    env = GaussianEnvelope(2, size=(3, 9, 5), spatial_dims=3, per_axis=True, init=0.4)
+    assert env.size == (3, 9, 5) and env.sizes == (3, 9, 5) and "size=(3, 9, 5)" in repr(env)
+    assert GaussianEnvelope(2, size=(5, 5)).size == 5  # equal sizes read back as one int
+    assert [env.kernel1d(a).shape[1] for a in range(3)] == [3, 9, 5]
+    np.testing.assert_allclose(env.kernel1d(0)[0].detach().numpy(), ref.kernel1d(0.4, 3)[0], rtol=1e-6)
+    x = torch.randn(2, 2, 6, 11, 7)
+    np.testing.assert_allclose(env(x).detach().numpy(), ref.envelope_nd(x, env.raw_sigma.detach(), (3, 9, 5)),
+                               rtol=2e-6, atol=2e-6)
+    flat = GaussianEnvelope.fixed(2, 0.8, (1, 7))
+    assert flat.kernel2d().shape == (2, 1, 7)
+    # the record: format 2 with each axis's size; it loads into the same sizes, refuses others
+    assert env.get_extra_state().tolist() == [2, 9, 1, 0, 2, 3, 3, 9, 5]
+    other = GaussianEnvelope(2, size=(3, 9, 5), spatial_dims=3, per_axis=True)
+    other.load_state_dict(env.state_dict())
+    assert torch.equal(other(x), env(x))
+    with pytest.raises(RuntimeError, match=r"size k_g=\(3, 9, 5\), this one has k_g=9"):
+        GaussianEnvelope(2, size=9, spatial_dims=3, per_axis=True).load_state_dict(env.state_dict())
+    assert GaussianEnvelope(2, size=9).get_extra_state()[0] == 1  # one size: the format envconv always wrote
+    with pytest.raises(ValueError, match="one per spatial axis"):
+        GaussianEnvelope(2, size=(3, 5), spatial_dims=3)
+    with pytest.raises(ValueError, match="odd positive int"):
+        env.size = (3, 4, 5)
+    assert env.size == (3, 9, 5)  # a refused size changes nothing
+    from envconv.envelope import read_envelope_record
+    for corrupt in ([2, 9, 1, 0, 2, 3, 3, 9, 4], [2, 7, 1, 0, 2, 3, 3, 9, 5], [2, 9, 1, 0, 2, 2, 3, 9, 5]):
+        with pytest.raises(ValueError, match="corrupt"):
+            read_envelope_record(torch.tensor(corrupt))
+
+
+def test_shrink_to_a_size_per_axis_and_automatically_per_axis():
+    from envconv import DisentangledConv2d, DisentangledConv3d, shrink
+    model = torch.nn.Sequential(DisentangledConv3d(2, 4, 3, envelope_size=9), DisentangledConv3d(4, 4, 1))
+    assert [m.envelope_size for m in shrink(model, (1, 3, 3))] == [(1, 3, 3), (1, 3, 3)]
+    mixed = torch.nn.Sequential(DisentangledConv3d(2, 4, 3), DisentangledConv2d(4, 4, 3))
+    with pytest.raises(ValueError, match="for a 2-D envelope"):
+        shrink(mixed, (1, 3, 3))
+    assert [m.envelope_size for m in mixed] == [9, 9]  # checked before any envelope changed
+    # one sigma per channel, a size per axis: each axis's smallest size keeping (1 - eps)^(1/2) of its mass
+    env = GaussianEnvelope.fixed(1, 1.0, (9, 5))
+    eps = 0.05
+
+    def smallest(size):
+        kernel = ref.kernel1d(np.log(np.expm1(1.0)), size)[0]
+        return min(t for t in range(1, size + 1, 2)
+                   if kernel[size // 2 - t // 2: size // 2 + t // 2 + 1].sum() >= (1 - eps) ** 0.5)
+
+    assert shrink(env, "auto", eps=eps).sizes == (smallest(9), smallest(5))

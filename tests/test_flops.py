@@ -90,10 +90,11 @@ def _nd_nets():
 
 
 @pytest.mark.parametrize("tool", TOOLS)
-def test_the_counters_add_the_envelopes_of_1d_and_3d_layers(tool):
+@pytest.mark.parametrize("sizes", [{3: 9, 5: 9}, {3: (5,), 5: (1, 9, 5)}], ids=["one-size", "size-per-axis"])
+def test_the_counters_add_the_envelopes_of_1d_and_3d_layers(tool, sizes):
     pytest.importorskip(TOOLS[tool][0])
     for plain, x in _nd_nets():
-        model = envconv.disentangle(copy.deepcopy(plain)).eval()
+        model = envconv.disentangle(copy.deepcopy(plain), envelope_size=sizes[x.dim()]).eval()
         with torch.no_grad():
             reference = flop_counters.flop_counter_mode(model, x) - flop_counters.flop_counter_mode(plain.eval(), x)
         assert reference > 0

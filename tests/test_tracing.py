@@ -109,6 +109,8 @@ def test_onnx_dynamo_exporter_with_a_dynamic_batch(tmp_path):
     dict(padding=1, envelope_padding_mode="reflect"),
     dict(kernel_size=1, stride=2),
     dict(padding=2, dilation=2, groups=2, shared_sigma=True),
+    dict(padding=1, envelope_size=(3, 7)),
+    dict(kernel_size=1, stride=2, envelope_size=(1, 5), sigma_per_axis=True),
 ], ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()))
 @pytest.mark.parametrize("recompute", [True, False], ids=["op", "apart"])
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
@@ -120,3 +122,22 @@ def test_torch_jit_script_equals_eager_for_every_layer_option(options, recompute
         layer.envelope.raw_sigma.normal_()
     x = torch.randn(2, 4, 9, 11)
     torch.testing.assert_close(torch.jit.script(layer)(x), layer(x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+def test_onnx_exporters_keep_a_size_per_axis(tmp_path, dynamo):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript" if dynamo else "onnx")
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(envconv.DisentangledConv2d(3, 4, 3, padding=1, envelope_size=(3, 7)),
+                                envconv.DisentangledConv2d(4, 4, 1, stride=2, envelope_size=(5, 1),
+                                                           sigma_per_axis=True)).eval()
+    with torch.no_grad():
+        for m in model:
+            m.envelope.raw_sigma.normal_()
+    path = tmp_path / "model.onnx"
+    torch.onnx.export(model, (torch.randn(2, 3, 12, 16),), str(path), dynamo=dynamo, input_names=["x"],
+                      output_names=["y"])
+    x = torch.randn(2, 3, 12, 16)
+    (y,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x.numpy()})
+    np.testing.assert_allclose(y, model(x).detach().numpy(), atol=1e-5, rtol=1e-5)

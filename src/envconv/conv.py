@@ -11,7 +11,7 @@ and ``Conv2dDynamicSamePadding``) convert too: the replacement keeps their asymm
 (:func:`tf_same_padding`), applied to the convolution's input after the envelope.
 """
 
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -307,7 +307,7 @@ class DisentangledConv2d(EnvelopeConv2d):
     Args:
         in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode: as in
             :class:`torch.nn.Conv2d`.
-        envelope_size: :math:`k_g = 2r + 1` of the envelope (paper: 9).
+        envelope_size: :math:`k_g = 2r + 1` of the envelope (paper: 9), or a pair (height, width).
         order: ``"env-conv"`` or ``"conv-env"``.
         shared_sigma: one sigma for all channels (Table 1d) instead of one per channel.
         sigma_per_axis: a sigma per channel and axis (height, width), ``raw_sigma`` of shape (C, 2).
@@ -340,7 +340,7 @@ class DisentangledConv2d(EnvelopeConv2d):
         bias: bool = True,
         padding_mode: str = "zeros",
         *,
-        envelope_size: int = 9,
+        envelope_size: Union[int, Tuple[int, int]] = 9,
         order: str = "env-conv",
         shared_sigma: bool = False,
         sigma_per_axis: bool = False,
@@ -392,7 +392,7 @@ class DisentangledConv2d(EnvelopeConv2d):
         conv_stride = [1, 1] if sampled else [self.stride[0], self.stride[1]]
         return torch.ops.envconv.envelope_conv2d(x, env.raw_sigma, self.weight, self.bias, env._size, env_stride,
                                                  env.padding_mode, env.impl, conv_stride, op_padding,
-                                                 [self.dilation[0], self.dilation[1]], self.groups)
+                                                 [self.dilation[0], self.dilation[1]], self.groups, env._axis_sizes)
 
     def __prepare_scriptable__(self):
         """Called by ``torch.jit.script``: fix the op's arguments as plain attributes the script reads."""
@@ -439,12 +439,12 @@ class DisentangledConv2d(EnvelopeConv2d):
                                           dilation=self.dilation, groups=self.groups, impl=env.impl)
 
     @property
-    def envelope_size(self) -> int:
-        """The envelope's :math:`k_g` (settable, e.g. to shrink after training)."""
+    def envelope_size(self) -> Union[int, Tuple[int, ...]]:
+        """The envelope's :math:`k_g`, an int or one per axis (settable, e.g. to shrink after training)."""
         return self.envelope.size
 
     @envelope_size.setter
-    def envelope_size(self, value: int) -> None:
+    def envelope_size(self, value: Union[int, Tuple[int, ...]]) -> None:
         self.envelope.size = value
 
     def extra_repr(self) -> str:

@@ -77,6 +77,15 @@ class _DisentangledConvNd:
                                         dilation=self.dilation, groups=self.groups, impl=env.impl)
 
     @property
+    def envelope_size(self):
+        """The envelope's :math:`k_g`, an int or one per axis (settable, e.g. to shrink after training)."""
+        return self.envelope.size
+
+    @envelope_size.setter
+    def envelope_size(self, value) -> None:
+        self.envelope.size = value
+
+    @property
     def _op_padding(self):
         """The conv padding for the envelope + conv op, or ``None`` when envelope and conv run apart."""
         if not self.recompute_envelope or self.padding_mode != "zeros":
@@ -88,7 +97,7 @@ class _DisentangledConvNd:
         return [int(p) for p in self.padding]
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
-                 groups: int = 1, bias: bool = True, padding_mode: str = "zeros", *, envelope_size: int = 9,
+                 groups: int = 1, bias: bool = True, padding_mode: str = "zeros", *, envelope_size=9,
                  order: str = "env-conv", shared_sigma: bool = False, sigma_per_axis: bool = False,
                  sigma_init: float = 0.0, envelope_padding_mode: str = "zeros", device=None, dtype=None) -> None:
         self._check_arguments(order)
@@ -144,7 +153,7 @@ class DisentangledConv1d(_DisentangledConvNd, EnvelopeConv1d):
     Args:
         in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode: as in
             :class:`torch.nn.Conv1d`.
-        envelope_size: :math:`k_g = 2r + 1` (paper: 9).
+        envelope_size: :math:`k_g = 2r + 1` (paper: 9), or one per spatial axis.
         order: ``"env-conv"`` (eqs. (3)-(4)) or ``"conv-env"`` (eqs. (5)-(6)).
         shared_sigma: one sigma for all channels instead of one per channel.
         sigma_per_axis: a sigma per channel and spatial axis, ``raw_sigma`` of shape (C, n); in 3-D
@@ -163,7 +172,8 @@ class DisentangledConv1d(_DisentangledConvNd, EnvelopeConv1d):
 class DisentangledConv3d(_DisentangledConvNd, EnvelopeConv3d):
     r"""Disentangled convolution for clips and volumes :math:`(N, C, D, H, W)`: a learned envelope, then ``nn.Conv3d``.
 
-    Args as :class:`DisentangledConv1d`, for :class:`torch.nn.Conv3d`; ``envelope_size`` applies along every axis.
+    Args as :class:`DisentangledConv1d`, for :class:`torch.nn.Conv3d`; ``envelope_size`` applies along every
+    axis, or is a triple (depth or time, height, width).
 
     Example:
         >>> conv = DisentangledConv3d(3, 64, (3, 7, 7), stride=(1, 2, 2), padding=(1, 3, 3), bias=False,

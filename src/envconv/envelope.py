@@ -1,7 +1,7 @@
 r"""``GaussianEnvelope``: the channel-wise Gaussian envelope as a module (paper eq. (3), (9))."""
 
 import math
-from typing import List, NamedTuple, Sequence, Union
+from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -42,7 +42,9 @@ class GaussianEnvelope(ArchitectureRecord, nn.Module):
 
     ``size`` (:math:`k_g`) is a plain attribute, not a parameter: it can be changed
     after training (see :func:`envconv.shrink`, the paper's Table 1e) without touching
-    the learned scales. The filtering is the ``envconv::envelope`` operator
+    the learned scales. It is one int for every axis or a tuple with one per axis (a clip's
+    time axis may need fewer taps than its image axes); ``size`` reads back an int when all are
+    equal, :attr:`sizes` always has one per axis. The filtering is the ``envconv::envelope`` operator
     (:func:`envconv.functional.gaussian_envelope`); ``impl`` (``"auto"``) can force one of its
     implementations (:data:`~envconv.ops.dispatch.IMPLS`); every choice gives the same result.
     ``forward(x, stride=s)`` returns the envelope only every ``s`` pixels, as a strided
@@ -50,12 +52,14 @@ class GaussianEnvelope(ArchitectureRecord, nn.Module):
 
     The state dict holds ``raw_sigma`` and a record of the architecture, ``_extra_state``
     (int64: format 1, :math:`k_g`, learnable, index in :data:`~envconv.kernels.PADDING_MODES`,
-    channels, spatial dims); loading weights of another size, padding, channel count or
+    channels, spatial dims; format 2, for a size per axis, then appends each axis's size and
+    holds the largest as :math:`k_g`); loading weights of another size, padding, channel count or
     dimensionality raises instead of changing the output.
 
     Args:
         channels: number of channels :math:`C`.
-        size: envelope size :math:`k_g = 2r + 1` (odd, positive; the paper uses 9).
+        size: envelope size :math:`k_g = 2r + 1` (odd, positive; the paper uses 9), or a tuple
+            with one per spatial axis.
         shared: one sigma for all channels instead of one per channel.
         init: initial raw value :math:`\tilde\sigma` (finite).
         learnable: if ``False``, ``raw_sigma`` is a buffer, not a parameter (fixed
@@ -77,6 +81,8 @@ class GaussianEnvelope(ArchitectureRecord, nn.Module):
         >>> clip = GaussianEnvelope(4, size=5, spatial_dims=3, per_axis=True)  # time, height, width
         >>> clip.raw_sigma.shape, clip.sigma.shape
         (torch.Size([4, 3]), torch.Size([4, 3]))
+        >>> GaussianEnvelope(4, size=(3, 9, 9), spatial_dims=3, per_axis=True).kernel1d(0).shape  # 3 taps in time
+        torch.Size([4, 3])
         >>> env = GaussianEnvelope(8, size=9)
         >>> env(torch.randn(2, 8, 32, 32)).shape
         torch.Size([2, 8, 32, 32])
@@ -89,13 +95,14 @@ class GaussianEnvelope(ArchitectureRecord, nn.Module):
     """
 
     raw_sigma: torch.Tensor
+    _axis_sizes: Optional[List[int]]  # None: _size on every axis (TorchScript reads the annotation)
     # TorchScript compiles forward's scripted branch only; these stay Python
-    __jit_unused_properties__ = ["size", "learnable", "sigma2", "sigma", "per_axis"]
+    __jit_unused_properties__ = ["size", "sizes", "learnable", "sigma2", "sigma", "per_axis"]
 
     def __init__(
         self,
         channels: int,
-        size: int = 9,
+        size: Union[int, Sequence[int]] = 9,
         *,
         shared: bool = False,
         init: float = 0.0,
@@ -129,7 +136,7 @@ class GaussianEnvelope(ArchitectureRecord, nn.Module):
         cls,
         channels: int,
         sigma: Union[float, Sequence[float], torch.Tensor],
-        size: int = 9,
+        size: Union[int, Sequence[int]] = 9,
         *,
         padding_mode: str = "zeros",
         spatial_dims: int = 2,
@@ -147,7 +154,7 @@ class GaussianEnvelope(ArchitectureRecord, nn.Module):
                 ``sigma = 0`` is a delta kernel: the identity for finite inputs. Like any
                 convolution it multiplies every pixel in the ``k_g x k_g`` window by its tap,
                 so an infinite or NaN pixel makes its neighbours NaN (``0 * inf``).
-            size: envelope size :math:`k_g`.
+            size: envelope size :math:`k_g` (or one per spatial axis).
             padding_mode: as in the constructor.
             spatial_dims: as in the constructor.
             per_axis: as in the constructor.
@@ -189,13 +196,20 @@ class GaussianEnvelope(ArchitectureRecord, nn.Module):
         return env
 
     @property
-    def size(self) -> int:
-        """Envelope size :math:`k_g` (odd, positive)."""
-        return self._size
+    def size(self) -> Union[int, Tuple[int, ...]]:
+        """Envelope size :math:`k_g` (odd, positive): an int, or a tuple with one per spatial axis where they differ."""
+        return EF.compact_size(self.sizes)
 
     @size.setter
-    def size(self, value: int) -> None:
-        self._size = EF.check_envelope_size(value, "size")
+    def size(self, value: Union[int, Sequence[int]]) -> None:
+        sizes = EF.axis_sizes(value, self.spatial_dims, "size")
+        self._size = max(sizes)
+        self._axis_sizes = None if len(set(sizes)) == 1 else list(sizes)
+
+    @property
+    def sizes(self) -> Tuple[int, ...]:
+        """The size :math:`k_g` along each spatial axis."""
+        return tuple(self._axis_sizes) if self._axis_sizes is not None else (self._size,) * self.spatial_dims
 
     @property
     def learnable(self) -> bool:
@@ -218,12 +232,12 @@ class GaussianEnvelope(ArchitectureRecord, nn.Module):
         return self.sigma2.sqrt()
 
     def kernel1d(self, axis: int = 0) -> torch.Tensor:
-        """The 1-D kernels of eq. (9) along spatial ``axis`` at the current size, shape :math:`(C, k_g)`."""
-        raw = EF.axis_raw_sigmas(self.raw_sigma, self.spatial_dims)[axis]
-        return EF.gaussian_kernel1d(raw, self.size).expand(self.channels, self.size)
+        """The 1-D kernels of eq. (9) along spatial ``axis`` at its current size, shape :math:`(C, k_g)`."""
+        raw, size = EF.axis_raw_sigmas(self.raw_sigma, self.spatial_dims)[axis], self.sizes[axis]
+        return EF.gaussian_kernel1d(raw, size).expand(self.channels, size)
 
     def kernel2d(self) -> torch.Tensor:
-        """The 2-D envelopes (outer products of the two axes' kernels, for analysis only), :math:`(C, k_g, k_g)`."""
+        """The 2-D envelopes (outer products of the two axes' kernels, for analysis only), :math:`(C, k_h, k_w)`."""
         if self.spatial_dims != 2:
             raise ValueError(f"kernel2d is the envelope of a 2-D input; this one is {self.spatial_dims}-D "
                              f"(kernel1d(axis) gives each axis's kernel)")
@@ -233,7 +247,8 @@ class GaussianEnvelope(ArchitectureRecord, nn.Module):
         """Smooth ``x``; with ``stride > 1`` only at the positions a strided 1x1 conv reads."""
         if torch.jit.is_scripting():  # torch.jit.script: the op itself, on a batched input
             strides = [stride] * self.spatial_dims if isinstance(stride, int) else stride
-            return torch.ops.envconv.envelope(x, self.raw_sigma, self._size, strides, self.padding_mode, self.impl)
+            return torch.ops.envconv.envelope(x, self.raw_sigma, self._size, strides, self.padding_mode, self.impl,
+                                              self._axis_sizes)
         return self._forward(x, stride)
 
     @torch.jit.unused
@@ -244,12 +259,19 @@ class GaussianEnvelope(ArchitectureRecord, nn.Module):
     def resolve_impl(self, x: torch.Tensor, stride: Union[int, Sequence[int]] = 1) -> str:
         """The implementation that computes this envelope's forward for ``x`` (see :mod:`envconv.ops.dispatch`)."""
         stride = [stride] * self.spatial_dims if isinstance(stride, int) else list(stride)
-        return ops.forward_impl(x, self.size, stride, self.padding_mode, self.impl, per_axis=self.per_axis)
+        return ops.forward_impl(x, self._size, stride, self.padding_mode, self.impl,
+                                per_axis=self.per_axis or self._axis_sizes is not None)
 
     def get_extra_state(self) -> torch.Tensor:
-        """The record stored with the weights: ``[1, size, learnable, padding mode index, channels, spatial dims]``."""
-        return torch.tensor([1, self._size, int(self.learnable), EF.PADDING_MODES.index(self.padding_mode),
-                             self.channels, self.spatial_dims])
+        """The record stored with the weights: ``[1, size, learnable, padding mode index, channels, spatial dims]``.
+
+        A size per axis: ``[2, largest size, ..., spatial dims, size of each axis]``.
+        """
+        record = [1, self._size, int(self.learnable), EF.PADDING_MODES.index(self.padding_mode), self.channels,
+                  self.spatial_dims]
+        if self._axis_sizes is not None:
+            record = [2, *record[1:], *self._axis_sizes]
+        return torch.tensor(record)
 
     def set_extra_state(self, state: torch.Tensor) -> None:
         """Check a stored record against this envelope (a size, padding or channel mismatch raises ``ValueError``)."""
@@ -258,8 +280,8 @@ class GaussianEnvelope(ArchitectureRecord, nn.Module):
             raise ValueError(f"the weights are of a {spatial_dims}-D envelope, this one is {self.spatial_dims}-D")
         if channels != self.channels:
             raise ValueError(f"the weights are of an envelope over {channels} channels, this one has {self.channels}")
-        if size != self._size:
-            raise ValueError(f"the weights are of an envelope of size k_g={size}, this one has k_g={self._size} "
+        if size != self.size:
+            raise ValueError(f"the weights are of an envelope of size k_g={size}, this one has k_g={self.size} "
                              f"(envconv.shrink(model, {size}) first, or rebuild with envconv.load_disentangled)")
         if padding != self.padding_mode:
             raise ValueError(f"the weights are of an envelope with padding_mode={padding!r}, this one pads "
@@ -278,9 +300,9 @@ class GaussianEnvelope(ArchitectureRecord, nn.Module):
 
 
 class EnvelopeRecord(NamedTuple):
-    """What a :class:`GaussianEnvelope`'s state dict records of its architecture."""
+    """What a :class:`GaussianEnvelope`'s state dict records of its architecture (``size``: as the envelope's)."""
 
-    size: int
+    size: Union[int, Tuple[int, ...]]
     learnable: bool
     padding_mode: str
     channels: int
@@ -288,10 +310,14 @@ class EnvelopeRecord(NamedTuple):
 
 
 def read_envelope_record(state: torch.Tensor) -> EnvelopeRecord:
-    """The :class:`EnvelopeRecord` of a :class:`GaussianEnvelope`'s stored record."""
-    size, learnable, padding, channels, dims = check_record(state, 6, "envelope record")
+    """The :class:`EnvelopeRecord` of a :class:`GaussianEnvelope`'s stored record (format 1, or 2: a size per axis)."""
+    per_axis = isinstance(state, torch.Tensor) and state.dim() == 1 and state.numel() > 6 and int(state[0]) == 2
+    values = check_record(state, state.numel() if per_axis else 6, "envelope record", version=2 if per_axis else 1)
+    size, learnable, padding, channels, dims = values[:5]
+    sizes = values[5:] if per_axis else [size] * max(dims, 1)
     if size < 1 or size % 2 == 0 or learnable not in (0, 1) or not 0 <= padding < len(EF.PADDING_MODES) \
-            or channels < 1 or dims not in (1, 2, 3):
+            or channels < 1 or dims not in (1, 2, 3) or len(sizes) != dims or max(sizes) != size \
+            or any(k < 1 or k % 2 == 0 for k in sizes):
         raise ValueError(f"envelope record {state.tolist()} is corrupt (size {size}, learnable {learnable}, "
-                         f"padding index {padding}, channels {channels}, spatial dims {dims})")
-    return EnvelopeRecord(size, bool(learnable), EF.PADDING_MODES[padding], channels, dims)
+                         f"padding index {padding}, channels {channels}, spatial dims {dims}, sizes {sizes})")
+    return EnvelopeRecord(EF.compact_size(sizes), bool(learnable), EF.PADDING_MODES[padding], channels, dims)

@@ -48,7 +48,7 @@ def _pair(value) -> List[int]:
 LAYERS = (DisentangledConv2d, DisentangledConv1d, DisentangledConv3d)
 
 
-def _passes_macs(x_shape: Sequence[int], y_shape: Sequence[int], size: int) -> int:
+def _passes_macs(x_shape: Sequence[int], y_shape: Sequence[int], size) -> int:
     """Multiply-adds of the 1-D passes from an envelope's input (N, C, ...) to its output."""
     return separable_macs([int(n) for n in x_shape], [int(n) for n in y_shape[2:]], size)
 
@@ -101,16 +101,26 @@ def _jit_ints(value) -> List[int]:
     return [int(v.toIValue()) for v in value.node().inputs()]
 
 
+def _jit_sizes(inputs: List[Any], at: int, axis_at: int):
+    """A traced op's envelope size: its ``size`` argument, or its per-axis ``axis_sizes`` where given."""
+    if len(inputs) > axis_at:
+        value = inputs[axis_at]  # a None constant, a constant list or a prim::ListConstruct
+        if value.node().kind() == "prim::ListConstruct" or value.toIValue() is not None:
+            return _jit_ints(value)
+    return int(inputs[at].toIValue())
+
+
 def _fvcore_envelope(inputs: List[Any], outputs: List[Any]) -> Counter:
-    # envconv::envelope(x, raw_sigma, size, stride, padding_mode, impl)
-    size = int(inputs[2].toIValue())
+    # envconv::envelope(x, raw_sigma, size, stride, padding_mode, impl, axis_sizes)
+    size = _jit_sizes(inputs, 2, 6)
     return Counter({"envelope": _passes_macs(_jit_shape(inputs[0]), _jit_shape(outputs[0]), size)})
 
 
 def _fvcore_envelope_conv(inputs: List[Any], outputs: List[Any]) -> Counter:
-    # envconv::envelope_conv2d / envelope_conv(x, raw_sigma, weight, bias, size, env_stride, padding_mode, ...)
+    # envconv::envelope_conv2d / envelope_conv(x, raw_sigma, weight, bias, size, env_stride, padding_mode, impl,
+    # stride, padding, dilation, groups, axis_sizes)
     x_shape, w_shape, y_shape = _jit_shape(inputs[0]), _jit_shape(inputs[2]), _jit_shape(outputs[0])
-    size, env_stride = int(inputs[4].toIValue()), _jit_ints(inputs[5])
+    size, env_stride = _jit_sizes(inputs, 4, 12), _jit_ints(inputs[5])
     conv = x_shape[0] * math.prod(w_shape) * math.prod(y_shape[2:])  # fvcore's rule: multiplies, no bias
     return Counter({"envelope": envelope_flops(tuple(x_shape), size, env_stride) // 2, "conv": conv})
 
@@ -138,10 +148,17 @@ def _ptflops_module_hook(module: nn.Module, inputs, output) -> None:
     module.__flops__ += int(macs)
 
 
+def _op_sizes(args, at: int, axis_at: int):
+    """An op call's envelope size: ``args[at]``, or the per-axis ``args[axis_at]`` where given."""
+    if len(args) > axis_at and args[axis_at] is not None:
+        return [int(k) for k in args[axis_at]]
+    return int(args[at])
+
+
 def _ptflops_op(args, outputs, kind: str) -> int:
-    if kind == "envelope":  # (x, raw_sigma, size, stride, padding_mode, impl)
-        return _passes_macs(tuple(args[0].shape), tuple(outputs[0].shape), int(args[2]))
-    x, weight, bias, size, env_stride = args[0], args[2], args[3], int(args[4]), _pair(args[5])
+    if kind == "envelope":  # (x, raw_sigma, size, stride, padding_mode, impl, axis_sizes)
+        return _passes_macs(tuple(args[0].shape), tuple(outputs[0].shape), _op_sizes(args, 2, 6))
+    x, weight, bias, size, env_stride = args[0], args[2], args[3], _op_sizes(args, 4, 12), _pair(args[5])
     y_shape = tuple(outputs[0].shape)
     conv = x.shape[0] * math.prod(weight.shape) * math.prod(y_shape[2:])
     if bias is not None:  # ptflops' aten rule counts the bias

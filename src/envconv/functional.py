@@ -18,7 +18,7 @@ import torch.fx
 
 from . import kernels
 from .ops.dispatch import check_impl
-from .ops.library import _CONV, envelope_decomposed  # importing it registers the torch.ops.envconv operators
+from .ops.library import _CONV, envelope_decomposed, size_args  # importing it registers the torch.ops.envconv operators
 
 __all__ = ["gaussian_envelope", "envelope_conv2d", "envelope_conv", "PADDING_MODES"]
 
@@ -53,7 +53,7 @@ def _check_input(x: torch.Tensor, channels: Optional[int] = None, spatial_dims: 
 def gaussian_envelope(
     x: torch.Tensor,
     raw_sigma: torch.Tensor,
-    size: int,
+    size: Union[int, Sequence[int]],
     padding_mode: str = "zeros",
     stride: Union[int, Sequence[int]] = 1,
     impl: str = "auto",
@@ -75,12 +75,13 @@ def gaussian_envelope(
         raw_sigma: raw scale :math:`\tilde\sigma`, shape :math:`(C,)`, or :math:`(1,)`
             for one sigma shared by all channels; :math:`(C, n)` or :math:`(1, n)` for a sigma
             per spatial axis (``n`` axes, in the input's order: in 3-D depth, height, width).
-        size: envelope size :math:`k_g = 2r + 1` (odd, positive).
+        size: envelope size :math:`k_g = 2r + 1` (odd, positive), or one per spatial axis (in
+            the input's order, e.g. ``(3, 9, 9)`` for a clip's time, height and width).
         padding_mode: one of :data:`envconv.kernels.PADDING_MODES`. ``"reflect"`` needs
-            :math:`r < \min(H, W)`, ``"circular"`` :math:`r \le \min(H, W)`.
+            :math:`r < \min(H, W)`, ``"circular"`` :math:`r \le \min(H, W)` (each axis's own r).
         stride: output every ``stride`` pixels (an int, or one per spatial axis: (sh, sw) in 2-D).
         impl: ``"auto"`` (:mod:`envconv.ops.dispatch` decides) or one of
-            :data:`~envconv.ops.dispatch.IMPLS` to force one (1-D and 3-D: ``"separable"`` only).
+            :data:`~envconv.ops.dispatch.IMPLS` to force one (``"full"`` is for 2-D maps only).
         channels: the number of channels ``x`` must have (what a shared sigma cannot tell).
         spatial_dims: 1, 2 (default) or 3: the number of spatial axes of ``x``.
 
@@ -103,6 +104,9 @@ def gaussian_envelope(
         >>> per_axis = torch.zeros(3, 2)  # a sigma per channel and axis (height, width); here both equal
         >>> bool(torch.allclose(gaussian_envelope(x, per_axis, 9), gaussian_envelope(x, torch.zeros(3), 9), atol=1e-6))
         True
+        >>> rows = gaussian_envelope(x, torch.zeros(3), (1, 9))  # a size per axis: 1 tap (none) along the height
+        >>> bool(torch.allclose(rows, gaussian_envelope(x.transpose(2, 3), torch.zeros(3), (9, 1)).transpose(2, 3)))
+        True
     """
     _check_input(x, channels, spatial_dims)
     if x.dim() == spatial_dims + 1:
@@ -113,13 +117,14 @@ def gaussian_envelope(
     check_impl(impl)
     if torch.onnx.is_in_onnx_export():
         return envelope_decomposed(x, raw_sigma, size, stride, padding_mode)
-    return torch.ops.envconv.envelope(x, raw_sigma, size, stride, padding_mode, impl)
+    k, *axis_sizes = _size_args(size, spatial_dims)
+    return torch.ops.envconv.envelope(x, raw_sigma, k, stride, padding_mode, impl, *axis_sizes)
 
 
 def envelope_conv2d(
     x: torch.Tensor,
     raw_sigma: torch.Tensor,
-    size: int,
+    size: Union[int, Sequence[int]],
     weight: torch.Tensor,
     bias: Optional[torch.Tensor] = None,
     *,
@@ -139,7 +144,7 @@ def envelope_conv2d(
     Args:
         x: input :math:`(N, C, H, W)` or :math:`(C, H, W)`.
         raw_sigma: the envelope's raw scale, as in :func:`gaussian_envelope`.
-        size: the envelope's :math:`k_g`.
+        size: the envelope's :math:`k_g` (or one per spatial axis).
         weight: the convolution's weight :math:`(D, C / \text{groups}, k_h, k_w)`.
         bias: the convolution's bias :math:`(D,)` or ``None``.
         env_stride: the envelope's output stride (for a strided 1x1 convolution that reads
@@ -165,7 +170,7 @@ def envelope_conv2d(
 def envelope_conv(
     x: torch.Tensor,
     raw_sigma: torch.Tensor,
-    size: int,
+    size: Union[int, Sequence[int]],
     weight: torch.Tensor,
     bias: Optional[torch.Tensor] = None,
     *,
@@ -212,7 +217,15 @@ def _envelope_conv(op, dims: int, x, raw_sigma, size, weight, bias, env_stride, 
     if torch.onnx.is_in_onnx_export():
         smoothed = envelope_decomposed(x, raw_sigma, size, env_stride, padding_mode)
         return _CONV[x.dim()](smoothed, weight, bias, stride, padding, dilation, groups)
-    return op(x, raw_sigma, weight, bias, size, env_stride, padding_mode, impl, stride, padding, dilation, groups)
+    k, *axis_sizes = _size_args(size, dims)
+    return op(x, raw_sigma, weight, bias, k, env_stride, padding_mode, impl, stride, padding, dilation, groups,
+              *axis_sizes)
+
+
+def _size_args(size, dims: int) -> tuple:
+    """The ops' size arguments: ``(size,)``, or ``(largest size, sizes per axis)`` when the axes' sizes differ."""
+    k, axis_sizes = size_args(size, dims)
+    return (k,) if axis_sizes is None else (k, axis_sizes)
 
 
 # torch.fx.symbolic_trace records these as leaf calls: their checks look at real shapes when the

@@ -20,7 +20,7 @@ independent reference it is tested against is ``tests/reference.py`` (scipy).
 
 from __future__ import annotations
 
-from typing import List, Sequence, Union
+from typing import List, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +31,8 @@ __all__ = [
     "PADDING_MODES",
     "MIN_SIGMA2",
     "check_envelope_size",
+    "axis_sizes",
+    "compact_size",
     "check_padding_mode",
     "check_padding_size",
     "check_envelope_args",
@@ -70,6 +72,36 @@ def check_envelope_size(size: int, name: str = "size") -> int:
     if size < 1 or size % 2 == 0:
         raise ValueError(f"{name} must be an odd positive int (k_g = 2r + 1), got {size}")
     return size
+
+
+def axis_sizes(size: Union[int, Sequence[int]], spatial_dims: int, name: str = "size") -> Tuple[int, ...]:
+    """The envelope size :math:`k_g` along each spatial axis: an int for every axis, or one per axis.
+
+    Example:
+        >>> axis_sizes(9, 3), axis_sizes((3, 9, 9), 3)
+        ((9, 9, 9), (3, 9, 9))
+        >>> axis_sizes((3, 9), 3)
+        Traceback (most recent call last):
+            ...
+        ValueError: size must be an odd positive int or 3 of them (one per spatial axis), got (3, 9)
+    """
+    if isinstance(size, (list, tuple)):
+        if len(size) != spatial_dims:
+            raise ValueError(f"{name} must be an odd positive int or {spatial_dims} of them (one per spatial axis), "
+                             f"got {tuple(size)}")
+        return tuple(check_envelope_size(s, name) for s in size)
+    return (check_envelope_size(size, name),) * spatial_dims
+
+
+def compact_size(sizes: Sequence[int]) -> Union[int, Tuple[int, ...]]:
+    """Per-axis sizes as the envelope reports them: one int when every axis has it, else the tuple.
+
+    Example:
+        >>> compact_size((9, 9)), compact_size((3, 9, 9))
+        (9, (3, 9, 9))
+    """
+    sizes = tuple(int(s) for s in sizes)
+    return sizes[0] if len(set(sizes)) == 1 else sizes
 
 
 def check_padding_mode(padding_mode: str, name: str = "padding_mode") -> str:
@@ -173,19 +205,20 @@ def axis_raw_sigmas(raw_sigma: torch.Tensor, spatial_dims: int) -> List[torch.Te
     return [raw_sigma[:, a] for a in range(spatial_dims)]
 
 
-def central_mass(raw_sigma: torch.Tensor, size: int, taps: int, spatial_dims: int = 2) -> torch.Tensor:
+def central_mass(raw_sigma: torch.Tensor, size: Union[int, Sequence[int]], taps: Union[int, Sequence[int]],
+                 spatial_dims: int = 2) -> torch.Tensor:
     r"""Per channel, the share of the ``size`` x ``size`` envelope's mass inside its central ``taps`` x ``taps``.
 
     The separable 2-D envelope's central part holds :math:`m^2`, :math:`m` the sum of the
     central ``taps`` entries of :func:`gaussian_kernel1d` (in 1-D :math:`m`, in 3-D :math:`m^3`;
-    with a sigma per axis the product of each axis's :math:`m`).
+    with a sigma or a size per axis the product of each axis's :math:`m`).
     ``1 - central_mass`` is what shrinking the envelope to ``taps`` at inference (Table 1e) leaves out.
 
     Args:
         raw_sigma: raw parameters :math:`\tilde\sigma`, shape :math:`(C,)` (or :math:`(C, n)`,
             one per axis).
-        size: the envelope's size :math:`k_g`.
-        taps: the central size kept (odd; capped at ``size``).
+        size: the envelope's size :math:`k_g` (or one per spatial axis).
+        taps: the central size kept (odd; capped at ``size``), or one per spatial axis.
         spatial_dims: the envelope's number of spatial axes.
 
     Returns:
@@ -195,14 +228,12 @@ def central_mass(raw_sigma: torch.Tensor, size: int, taps: int, spatial_dims: in
         >>> round(float(central_mass(torch.zeros(1, dtype=torch.float64), 9, 3)), 3)  # sigma 0.83: 3 taps keep 89%
         0.893
     """
-    check_envelope_size(taps, "taps")
-    r, t = size // 2, min(taps, size) // 2
-    if raw_sigma.dim() == 2:  # a sigma per axis: the product of the axes' central masses
-        masses = [gaussian_kernel1d(raw, size)[:, r - t : r + t + 1].sum(dim=1)
-                  for raw in axis_raw_sigmas(raw_sigma, spatial_dims)]
-        return torch.stack(masses).prod(0)
-    kernel = gaussian_kernel1d(raw_sigma, size)
-    return kernel[:, r - t : r + t + 1].sum(dim=1).pow(spatial_dims)
+    sizes, kept = axis_sizes(size, spatial_dims), axis_sizes(taps, spatial_dims, "taps")
+    masses = []
+    for raw, k, t in zip(axis_raw_sigmas(raw_sigma, spatial_dims), sizes, kept):
+        r, h = k // 2, min(t, k) // 2
+        masses.append(gaussian_kernel1d(raw, k)[:, r - h : r + h + 1].sum(dim=1))
+    return torch.stack(masses).prod(0)
 
 
 def gaussian_kernel1d_derivative(raw_sigma: torch.Tensor, size: int) -> torch.Tensor:
@@ -280,7 +311,8 @@ def check_floating_point(x: torch.Tensor) -> None:
                         f"convert it first, e.g. x.float())")
 
 
-def check_envelope_args(x: torch.Tensor, raw_sigma: torch.Tensor, size: int, padding_mode: str) -> None:
+def check_envelope_args(x: torch.Tensor, raw_sigma: torch.Tensor, size: Union[int, Sequence[int]],
+                        padding_mode: str) -> None:
     """Check an envelope's arguments: ``x`` (N, C, ...) with 1-3 spatial axes, ``raw_sigma`` (C,) or (1,).
 
     A sigma per axis: ``raw_sigma`` (C, n) or (1, n), n the number of spatial axes.
@@ -296,12 +328,12 @@ def check_envelope_args(x: torch.Tensor, raw_sigma: torch.Tensor, size: int, pad
     check_floating_point(x)
     if not raw_sigma.is_floating_point():
         raise TypeError(f"raw_sigma must be a floating-point tensor, got {raw_sigma.dtype}")
-    check_envelope_size(size)
     check_padding_mode(padding_mode)
     if x.dim() not in (3, 4, 5):
         raise ValueError(f"x must have shape (N, C, H, W), or (N, C, L) / (N, C, D, H, W) for 1-D / 3-D envelopes, "
                          f"got {x.dim()} dims {tuple(x.shape)}")
     channels, dims = x.shape[1], x.dim() - 2
+    axis_sizes(size, dims)
     if raw_sigma.dim() == 2:
         if raw_sigma.shape[0] not in (1, channels) or raw_sigma.shape[1] != dims:
             raise ValueError(f"a per-axis raw_sigma must have shape ({channels}, {dims}) or (1, {dims}) for x with "
@@ -317,8 +349,8 @@ def check_envelope_args(x: torch.Tensor, raw_sigma: torch.Tensor, size: int, pad
     check_padding_size(x, size, padding_mode)
 
 
-def check_padding_size(x: torch.Tensor, size: int, padding_mode: str) -> None:
-    """F.pad's limits: reflect needs r < H, W; circular needs r <= H, W.
+def check_padding_size(x: torch.Tensor, size: Union[int, Sequence[int]], padding_mode: str) -> None:
+    """F.pad's limits: reflect needs r < H, W; circular needs r <= H, W (``size`` an int or one per axis).
 
     Example:
         >>> check_padding_size(torch.zeros(1, 1, 3, 3), 9, "reflect")
@@ -326,12 +358,14 @@ def check_padding_size(x: torch.Tensor, size: int, padding_mode: str) -> None:
             ...
         ValueError: padding_mode='reflect' needs height and width > r = 4 (size 9), got (3, 3)
     """
-    r = size // 2
-    too_small = {"reflect": min(x.shape[2:]) <= r, "circular": min(x.shape[2:]) < r}
-    if too_small.get(padding_mode, False):
-        relation = ">" if padding_mode == "reflect" else ">="
-        sizes = "height and width" if x.dim() == 4 else "every spatial size"
-        raise ValueError(
-            f"padding_mode={padding_mode!r} needs {sizes} {relation} r = {r} (size {size}), "
-            f"got {tuple(x.shape[2:])}"
-        )
+    sizes = axis_sizes(size, x.dim() - 2)
+    too_small = {"reflect": lambda n, r: n <= r, "circular": lambda n, r: n < r}.get(padding_mode)
+    if too_small is None or not any(too_small(n, k // 2) for n, k in zip(x.shape[2:], sizes)):
+        return
+    relation = ">" if padding_mode == "reflect" else ">="
+    if len(set(sizes)) == 1:
+        axes = "height and width" if x.dim() == 4 else "every spatial size"
+        raise ValueError(f"padding_mode={padding_mode!r} needs {axes} {relation} r = {sizes[0] // 2} "
+                         f"(size {sizes[0]}), got {tuple(x.shape[2:])}")
+    raise ValueError(f"padding_mode={padding_mode!r} needs each spatial size {relation} its r = "
+                     f"{tuple(k // 2 for k in sizes)} (sizes {sizes}), got {tuple(x.shape[2:])}")

@@ -50,7 +50,8 @@ class EnvelopeInfo:
             :class:`~envconv.EnvelopePool2d`) or ``"residual"`` (any other).
         channels: the channels the envelope filters (from a state dict without the envelope's
             record, written before envconv kept one: the number of sigmas stored, 1 for a shared sigma).
-        size: the number of taps :math:`k_g`; ``None`` from a state dict without the record.
+        size: the number of taps :math:`k_g` (a tuple, one per axis, where the axes' sizes differ);
+            ``None`` from a state dict without the record.
         shared: one sigma for all channels (Table 1d); ``None`` from a state dict without the record.
         learnable: sigma is a parameter, not a buffer; ``None`` from a state dict without the record.
         sigmas: one value per channel, a single one for a shared sigma;
@@ -70,7 +71,7 @@ class EnvelopeInfo:
     name: str
     path: str
     channels: int
-    size: Optional[int]
+    size: Optional[Union[int, Tuple[int, ...]]]
     shared: Optional[bool]
     learnable: Optional[bool]
     sigmas: Tuple[float, ...]

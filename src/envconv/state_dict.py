@@ -123,8 +123,8 @@ class ArchitectureRecord:
             missing_keys.remove(key)
 
 
-def check_record(state: Any, length: int, what: str) -> list:
-    """The entries of a stored record (version 1, then ``length - 1`` codes), or ``ValueError``.
+def check_record(state: Any, length: int, what: str, version: int = 1) -> list:
+    """The entries of a stored record (``version``, then ``length - 1`` codes), or ``ValueError``.
 
     A record cast to a floating dtype with the rest of a state dict (``{k: v.half() ...}``) is
     still read while its entries are whole numbers.
@@ -137,8 +137,9 @@ def check_record(state: Any, length: int, what: str) -> list:
     if any(v != int(v) for v in raw):
         raise ValueError(f"{what}: record {raw} is corrupt (its entries are not whole numbers)")
     values = [int(v) for v in raw]
-    if values[0] != 1:
-        raise ValueError(f"{what}: record version {values[0]} is newer than this envconv reads (1); upgrade envconv")
+    if values[0] != version:
+        raise ValueError(f"{what}: record version {values[0]} is newer than this envconv reads ({version}); "
+                         f"upgrade envconv")
     return values[1:]
 
 

@@ -31,7 +31,7 @@ from torch.autograd.function import _SingleLevelFunction
 from .. import kernels as EF
 from . import composite
 from .layout import memory_format
-from .library import _CONV, STEM_CHANNELS, _kernels, _strided
+from .library import _CONV, STEM_CHANNELS, _kernels, _strided, size_args
 
 try:  # torch >= 2.0 has it; its home is private, hence the guard
     from torch._functorch.utils import enable_single_level_autograd_function
@@ -94,45 +94,72 @@ def register(name: str, setup_context, backward, jvp) -> None:
     _lib.impl(name, kernel, "Autograd", with_keyset=True)
 
 
+# Inside this module an envelope's size is ``sizes``: the op's int, or its per-axis list where it has one;
+# the ops get it back as their (size, axis_sizes) arguments.
+
+def _sizes(size: int, rest) -> object:
+    """The size of an op call whose trailing arguments are ``rest`` (``axis_sizes`` last, when given)."""
+    axis_sizes = rest[-1] if rest else None
+    return size if axis_sizes is None else list(axis_sizes)
+
+
+def _largest(sizes) -> int:
+    return sizes if isinstance(sizes, int) else max(sizes)
+
+
+def _envelope(x, raw_sigma, sizes, stride, padding_mode, impl):
+    size, axis_sizes = size_args(sizes, x.dim() - 2)
+    return torch.ops.envconv.envelope(x, raw_sigma, size, stride, padding_mode, impl, axis_sizes)
+
+
+def _envelope_backward(grad, x, raw_sigma, sizes, stride, padding_mode, impl, need_x, need_sigma):
+    size, axis_sizes = size_args(sizes, x.dim() - 2)
+    return torch.ops.envconv.envelope_backward(grad, x, raw_sigma, size, stride, padding_mode, impl, need_x,
+                                               need_sigma, axis_sizes)
+
+
 # ---- envconv::envelope ------------------------------------------------------------------------------------
 
 def _envelope_setup(ctx, inputs, output):
-    x, raw_sigma, size, stride, padding_mode, impl = inputs
+    x, raw_sigma, size, stride, padding_mode, impl, *rest = inputs
     ctx.save_for_backward(x, raw_sigma)
     ctx.save_for_forward(x, raw_sigma)
-    ctx.config = (size, list(stride), padding_mode, impl)
+    ctx.config = (_sizes(size, rest), list(stride), padding_mode, impl)
+    ctx.extra = len(rest)
 
 
 def _envelope_grad(ctx, grad):
     x, raw_sigma = ctx.saved_tensors
     need_x, need_sigma = ctx.needs_input_grad[:2]
+    tail = (None,) * (4 + ctx.extra)
     if not (need_x or need_sigma):
-        return None, None, None, None, None, None
-    grad_x, grad_raw = torch.ops.envconv.envelope_backward(grad, x, raw_sigma, *ctx.config, need_x, need_sigma)
-    return (grad_x if need_x else None), (grad_raw if need_sigma else None), None, None, None, None
+        return (None, None, *tail)
+    grad_x, grad_raw = _envelope_backward(grad, x, raw_sigma, *ctx.config, need_x, need_sigma)
+    return ((grad_x if need_x else None), (grad_raw if need_sigma else None), *tail)
 
 
 _KERNELS = (EF.gaussian_kernel1d, EF.gaussian_kernel1d_derivative, EF.gaussian_kernel1d_second_derivative)
 
 
-def _pass_kernels(raw_sigma: Tensor, size: int, x: Tensor, terms) -> dict:
-    """The per-channel 1-D kernels, by (sigma column, order), that ``terms`` use (only those: each costs a softmax)."""
-    columns = EF.axis_raw_sigmas(raw_sigma, x.dim() - 2)
-    keys = {key for _, per_axis in terms for key in per_axis}
-    return {(col, order): _KERNELS[order](columns[col], size).expand(x.shape[1], size).to(x.dtype)
-            for col, order in keys}
+def _pass_kernels(raw_sigma: Tensor, sizes, x: Tensor, terms) -> dict:
+    """The per-channel 1-D kernels, by (sigma column, order, size), that ``terms`` use (each costs a softmax)."""
+    columns, sizes = EF.axis_raw_sigmas(raw_sigma, x.dim() - 2), EF.axis_sizes(sizes, x.dim() - 2)
+    keys = {(*key, sizes[axis]) for _, per_axis in terms for axis, key in enumerate(per_axis)}
+    return {(col, order, k): _KERNELS[order](columns[col], k).expand(x.shape[1], k).to(x.dtype)
+            for col, order, k in keys}
 
 
-def _passes(x: Tensor, raw_sigma: Tensor, size: int, stride: List[int], padding_mode: str, terms) -> Tensor:
+def _passes(x: Tensor, raw_sigma: Tensor, sizes, stride: List[int], padding_mode: str, terms) -> Tensor:
     r"""Sum over ``terms`` of (weight, kernel per spatial axis) separable passes of ``x``.
 
     A kernel is named (sigma column, order): the column of ``raw_sigma`` it is computed from (0
     for one sigma per channel, the axis for a sigma per axis) and its order in
     :math:`\tilde\sigma`: 0 the Gaussian of eq. (9), 1 and 2 its first and second derivatives, all
     per channel; ``terms[i][1][a]`` is the kernel along spatial axis ``a``. The passes run from
-    the last axis to the first, sharing common prefixes.
+    the last axis to the first, sharing common prefixes. ``sizes``: an int or one per axis.
     """
-    kernels = _pass_kernels(raw_sigma, size, x, terms)
+    kernels = _pass_kernels(raw_sigma, sizes, x, terms)
+    sizes = EF.axis_sizes(sizes, x.dim() - 2)
     done = {(): x}
     out = 0
     for weight, keys in terms:
@@ -140,16 +167,18 @@ def _passes(x: Tensor, raw_sigma: Tensor, size: int, stride: List[int], padding_
         for axis in range(len(keys) - 1, -1, -1):  # the last spatial axis (the width) first
             step = key + (keys[axis],)
             if step not in done:
-                done[step] = composite.pass1d(done[key], kernels[keys[axis]], axis + 2, padding_mode, stride[axis])
+                done[step] = composite.pass1d(done[key], kernels[(*keys[axis], sizes[axis])], axis + 2,
+                                              padding_mode, stride[axis])
             key = step
         out = out + weight * done[key]
     return out
 
 
-def _passes_adjoint(grad: Tensor, x: Tensor, raw_sigma: Tensor, size: int, stride: List[int], padding_mode: str,
+def _passes_adjoint(grad: Tensor, x: Tensor, raw_sigma: Tensor, sizes, stride: List[int], padding_mode: str,
                     pairs) -> Tensor:
     """The adjoint of :func:`_passes` applied to ``grad``: a gradient shaped like ``x``."""
-    kernels = _pass_kernels(raw_sigma, size, x, pairs)
+    kernels = _pass_kernels(raw_sigma, sizes, x, pairs)
+    sizes = EF.axis_sizes(sizes, x.dim() - 2)
     ndim = len(stride)
     # the input of the pass along each spatial axis (only their shapes are read): axes after it strided
     sources = [x[(..., *(slice(None, None, stride[a]) if a > axis else slice(None) for a in range(ndim)))]
@@ -158,7 +187,8 @@ def _passes_adjoint(grad: Tensor, x: Tensor, raw_sigma: Tensor, size: int, strid
     for weight, keys in pairs:
         g = grad
         for axis in range(ndim):  # adjoints in reverse order of the passes: the first axis first
-            g = composite.pass1d_adjoint(g, sources[axis], kernels[keys[axis]], axis + 2, padding_mode, stride[axis])
+            g = composite.pass1d_adjoint(g, sources[axis], kernels[(*keys[axis], sizes[axis])], axis + 2,
+                                         padding_mode, stride[axis])
         out = out + weight * g
     return out
 
@@ -198,7 +228,7 @@ def _sigma_derivatives(x: Tensor, raw_sigma: Tensor, size: int, stride: List[int
     :math:`[(g'_h \otimes g_w) * X_c, (g_h \otimes g'_w) * X_c]`; at the strided positions.
     """
     groups = _sigma_axes(raw_sigma, len(stride))
-    if size == 1 or x.numel() == 0:
+    if _largest(size) == 1 or x.numel() == 0:
         return [torch.zeros_like(_strided(x, stride)) for _ in groups]
     return [_passes(x, raw_sigma, size, stride, padding_mode, _first_terms(raw_sigma, len(stride), axes))
             for axes in groups]
@@ -207,7 +237,7 @@ def _sigma_derivatives(x: Tensor, raw_sigma: Tensor, size: int, stride: List[int
 def _sigma_second_derivatives(x: Tensor, raw_sigma: Tensor, size: int, stride: List[int], padding_mode: str):
     """The envelope's second derivatives in each pair of sigmas applied to ``x``: a symmetric list of lists."""
     groups = _sigma_axes(raw_sigma, len(stride))
-    if size == 1 or x.numel() == 0:
+    if _largest(size) == 1 or x.numel() == 0:
         zero = torch.zeros_like(_strided(x, stride))
         return [[zero] * len(groups) for _ in groups]
     out = [[None] * len(groups) for _ in groups]
@@ -222,7 +252,7 @@ def _sigma_derivatives_adjoint(grad: Tensor, x: Tensor, raw_sigma: Tensor, size:
                                padding_mode: str):
     """The adjoints of :func:`_sigma_derivatives` applied to ``grad`` (each shaped like ``x``)."""
     groups = _sigma_axes(raw_sigma, len(stride))
-    if size == 1 or x.numel() == 0:
+    if _largest(size) == 1 or x.numel() == 0:
         return [torch.zeros_like(x) for _ in groups]
     return [_passes_adjoint(grad, x, raw_sigma, size, stride, padding_mode, _first_terms(raw_sigma, len(stride), axes))
             for axes in groups]
@@ -251,7 +281,7 @@ def _envelope_tangent(x, raw_sigma, x_t, raw_t, size, stride, padding_mode, impl
     r"""The envelope's tangent :math:`A\dot X + \sum_s (A'_s X)\dot\sigma_s` (also double backward's gradient of G)."""
     tangent = None
     if x_t is not None:
-        tangent = torch.ops.envconv.envelope(x_t, raw_sigma, size, stride, padding_mode, impl)
+        tangent = _envelope(x_t, raw_sigma, size, stride, padding_mode, impl)
     if raw_t is not None:
         tangent = _add(tangent, _scaled_sum(_sigma_derivatives(x, raw_sigma, size, stride, padding_mode), raw_t))
     return tangent
@@ -272,10 +302,11 @@ def _envelope_jvp(ctx, x_t, raw_t, *_):
 # ---- envconv::envelope_backward ---------------------------------------------------------------------------
 
 def _envelope_backward_setup(ctx, inputs, output):
-    grad, x, raw_sigma, size, stride, padding_mode, impl, need_x, need_sigma = inputs
+    grad, x, raw_sigma, size, stride, padding_mode, impl, need_x, need_sigma, *rest = inputs
     ctx.save_for_backward(grad, x, raw_sigma)
     ctx.save_for_forward(grad, x, raw_sigma)
-    ctx.config = (size, list(stride), padding_mode, impl, need_x, need_sigma)
+    ctx.config = (_sizes(size, rest), list(stride), padding_mode, impl, need_x, need_sigma)
+    ctx.extra = len(rest)
 
 
 def _add(total, part):
@@ -307,13 +338,12 @@ def _envelope_backward_grad(ctx, up_x, up_raw):
         grad_x = _scaled_sum(_sigma_derivatives_adjoint(grad, x, raw_sigma, size, stride, padding_mode), up_raw)
     if want_raw:
         if up_x is not None:
-            grad_raw = torch.ops.envconv.envelope_backward(grad, up_x, raw_sigma, size, stride, padding_mode, impl,
-                                                           False, True)[1]
+            grad_raw = _envelope_backward(grad, up_x, raw_sigma, size, stride, padding_mode, impl, False, True)[1]
         if up_raw is not None:
             grad_raw = _add(grad_raw, _second_order_grad(grad, x, raw_sigma, up_raw, size, stride, padding_mode))
     grads = [None if not want else (torch.zeros_like(t) if g is None else g)
              for g, t, want in zip((grad_g, grad_x, grad_raw), (grad, x, raw_sigma), (want_grad, want_x, want_raw))]
-    return (*grads, None, None, None, None, None, None)
+    return (*grads, *(None,) * (6 + ctx.extra))
 
 
 def _envelope_backward_jvp(ctx, grad_t, x_t, raw_t, *_):
@@ -326,14 +356,14 @@ def _envelope_backward_jvp(ctx, grad_t, x_t, raw_t, *_):
     size, stride, padding_mode, impl, need_x, need_sigma = ctx.config
     tangent_x = tangent_raw = None
     if grad_t is not None:
-        tangent_x, tangent_raw = torch.ops.envconv.envelope_backward(grad_t, x, raw_sigma, size, stride, padding_mode,
-                                                                     impl, need_x, need_sigma)
+        tangent_x, tangent_raw = _envelope_backward(grad_t, x, raw_sigma, size, stride, padding_mode, impl, need_x,
+                                                    need_sigma)
     if need_x and raw_t is not None:
         tangent_x = _add(tangent_x, _scaled_sum(_sigma_derivatives_adjoint(grad, x, raw_sigma, size, stride,
                                                                            padding_mode), raw_t))
     if need_sigma and x_t is not None:
-        tangent_raw = _add(tangent_raw, torch.ops.envconv.envelope_backward(grad, x_t, raw_sigma, size, stride,
-                                                                            padding_mode, impl, False, True)[1])
+        tangent_raw = _add(tangent_raw, _envelope_backward(grad, x_t, raw_sigma, size, stride, padding_mode, impl,
+                                                           False, True)[1])
     if need_sigma and raw_t is not None:
         tangent_raw = _add(tangent_raw, _second_order_grad(grad, x, raw_sigma, raw_t, size, stride, padding_mode))
     tangent_x = (torch.zeros_like(x) if tangent_x is None else tangent_x) if need_x else x.new_empty(0)
@@ -348,7 +378,9 @@ def _conv2d_setup(ctx, inputs, output):
     x, raw_sigma, weight, bias = inputs[:4]
     ctx.save_for_backward(x, raw_sigma, weight)
     ctx.save_for_forward(x, raw_sigma, weight)
-    ctx.config = inputs[4:]
+    size, *config = inputs[4:12]
+    ctx.config = (_sizes(size, inputs[12:]), *config)
+    ctx.extra = len(inputs) - 12
     ctx.bias_shape = None if bias is None else list(bias.shape)
     ctx.out_shape = output.shape
 
@@ -357,19 +389,19 @@ def _conv2d_grad(ctx, grad_out):
     x, raw_sigma, weight = ctx.saved_tensors
     size, env_stride, padding_mode, impl, stride, padding, dilation, groups = ctx.config
     need_x, need_raw, need_w, need_b = ctx.needs_input_grad[:4]
-    tail, dims = (None,) * 8, x.dim() - 2
+    tail, dims = (None,) * (8 + ctx.extra), x.dim() - 2
     if need_raw and not need_x and groups == 1 and all(s == 1 for s in env_stride) and padding_mode == "zeros" \
-            and x.shape[1] <= STEM_CHANNELS and size > 1 and x.numel() > 0:
+            and x.shape[1] <= STEM_CHANNELS and _largest(size) > 1 and x.numel() > 0:
         return (None, *_stem_backward(grad_out, x, raw_sigma, weight, size, need_w, ctx.bias_shape, need_b,
                                       (stride, padding, dilation)), *tail)
-    smoothed = torch.ops.envconv.envelope(x, raw_sigma, size, env_stride, padding_mode, impl)
+    smoothed = _envelope(x, raw_sigma, size, env_stride, padding_mode, impl)
     grad_s, grad_w, grad_b = torch.ops.aten.convolution_backward(
         _in_layout_of(grad_out, smoothed), smoothed, weight, ctx.bias_shape,
         list(stride), list(padding), list(dilation), False, [0] * dims, groups, [need_x or need_raw, need_w, need_b])
     grad_x = grad_raw = None
     if need_x or need_raw:
-        grad_x, grad_raw = torch.ops.envconv.envelope_backward(grad_s, x, raw_sigma, size, env_stride, padding_mode,
-                                                               impl, need_x, need_raw)
+        grad_x, grad_raw = _envelope_backward(grad_s, x, raw_sigma, size, env_stride, padding_mode, impl, need_x,
+                                              need_raw)
     return ((grad_x if need_x else None), (grad_raw if need_raw else None),
             (_like(grad_w, weight) if need_w else None), (grad_b if need_b else None), *tail)
 
@@ -382,7 +414,7 @@ def _conv2d_jvp(ctx, x_t, raw_t, weight_t, bias_t, *_):
         smoothed_t = _envelope_tangent(x, raw_sigma, x_t, raw_t, size, env_stride, padding_mode, impl)
         tangent = _CONV[x.dim()](smoothed_t, weight, None, stride, padding, dilation, groups)
     if weight_t is not None:
-        smoothed = torch.ops.envconv.envelope(x, raw_sigma, size, env_stride, padding_mode, impl)
+        smoothed = _envelope(x, raw_sigma, size, env_stride, padding_mode, impl)
         part = _CONV[x.dim()](smoothed, weight_t, None, stride, padding, dilation, groups)
         tangent = part if tangent is None else tangent + part
     if bias_t is not None:
@@ -470,33 +502,34 @@ def _fold_sigma(raw_sigma: Tensor, raw_dim, size: int, channels: int) -> Tensor:
 
 
 @torch.library.register_vmap("envconv::envelope")
-def _envelope_vmap(info, in_dims, x, raw_sigma, size, stride, padding_mode, impl):
+def _envelope_vmap(info, in_dims, x, raw_sigma, size, stride, padding_mode, impl, axis_sizes=None):
     x_dim, raw_dim = in_dims[:2]
     b = info.batch_size
     if raw_dim is None:  # one sigma for all samples: the samples are more batch
         x = _batch_first(x, x_dim, b)
-        y = torch.ops.envconv.envelope(x.flatten(0, 1), raw_sigma, size, stride, padding_mode, impl)
+        y = torch.ops.envconv.envelope(x.flatten(0, 1), raw_sigma, size, stride, padding_mode, impl, axis_sizes)
         return y.unflatten(0, (b, -1)), 0
     channels = x.shape[-len(stride) - 1]
     y = torch.ops.envconv.envelope(_fold_channels(x, x_dim, b), _fold_sigma(raw_sigma, raw_dim, b, channels), size,
-                                   stride, padding_mode, impl)
+                                   stride, padding_mode, impl, axis_sizes)
     return _unfold_channels(y, b), 1
 
 
 @torch.library.register_vmap("envconv::envelope_backward")
-def _envelope_backward_vmap(info, in_dims, grad, x, raw_sigma, size, stride, padding_mode, impl, need_x, need_sigma):
+def _envelope_backward_vmap(info, in_dims, grad, x, raw_sigma, size, stride, padding_mode, impl, need_x, need_sigma,
+                            axis_sizes=None):
     grad_dim, x_dim, raw_dim = in_dims[:3]
     b = info.batch_size
     if raw_dim is None and not need_sigma:
         grad, x = _batch_first(grad, grad_dim, b), _batch_first(x, x_dim, b)
         grad_x, grad_raw = torch.ops.envconv.envelope_backward(grad.flatten(0, 1), x.flatten(0, 1), raw_sigma, size,
-                                                               stride, padding_mode, impl, need_x, False)
+                                                               stride, padding_mode, impl, need_x, False, axis_sizes)
         return (grad_x.unflatten(0, (b, -1)), grad_raw), (0, None)
     # a sigma gradient per sample: each sample's channels get their own sigma
     channels = x.shape[-len(stride) - 1]
     grad_x, grad_raw = torch.ops.envconv.envelope_backward(
         _fold_channels(grad, grad_dim, b), _fold_channels(x, x_dim, b), _fold_sigma(raw_sigma, raw_dim, b, channels),
-        size, stride, padding_mode, impl, need_x, need_sigma)
+        size, stride, padding_mode, impl, need_x, need_sigma, axis_sizes)
     if need_x:
         grad_x = _unfold_channels(grad_x, b)
     if need_sigma:
@@ -508,20 +541,20 @@ def _envelope_backward_vmap(info, in_dims, grad, x, raw_sigma, size, stride, pad
 
 def _conv_vmap(op):
     def vmap_rule(info, in_dims, x, raw_sigma, weight, bias, size, env_stride, padding_mode, impl, stride, padding,
-                  dilation, groups):
+                  dilation, groups, axis_sizes=None):
         x_dim, raw_dim, weight_dim, bias_dim = in_dims[:4]
         b = info.batch_size
         rest = (size, env_stride, padding_mode, impl, stride, padding, dilation)
         if raw_dim is None and weight_dim is None and bias_dim is None:
             x = _batch_first(x, x_dim, b)
-            y = op(x.flatten(0, 1), raw_sigma, weight, bias, *rest, groups)
+            y = op(x.flatten(0, 1), raw_sigma, weight, bias, *rest, groups, axis_sizes)
             return y.unflatten(0, (b, -1)), 0
         # per-sample parameters: the samples become groups of one grouped convolution
         channels = x.shape[-(len(stride) + 1)]
         weight = _batch_first(weight, weight_dim, b).flatten(0, 1)
         bias = None if bias is None else _batch_first(bias, bias_dim, b).flatten(0, 1)
         y = op(_fold_channels(x, x_dim, b), _fold_sigma(raw_sigma, raw_dim, b, channels), weight, bias, *rest,
-               groups * b)
+               groups * b, axis_sizes)
         return _unfold_channels(y, b), 1
 
     return vmap_rule

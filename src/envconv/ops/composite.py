@@ -142,7 +142,7 @@ def forward(x: torch.Tensor, kernel, stride: Sequence[int], padding_mode: str,
     """The envelope of ``x`` (N, C, *spatial) with 1-D kernels (C, k) in ``x``'s dtype and memory format.
 
     ``kernel``: one (C, k) tensor for every axis, or a sequence of them, one per spatial axis
-    (a sigma per axis). ``stride`` has one entry per spatial axis. ``variant``:
+    (a sigma or a size per axis). ``stride`` has one entry per spatial axis. ``variant``:
     ``"separable"`` (a 1-D pass per axis) or, for 2-D input, ``"full"`` (one ``k x k`` depth-wise conv).
     """
     kernels = per_axis(kernel, x.dim() - 2)
@@ -151,12 +151,12 @@ def forward(x: torch.Tensor, kernel, stride: Sequence[int], padding_mode: str,
         out = forward(*folded, stride, padding_mode, variant)
         return out.view(x.shape[0], x.shape[1], *out.shape[2:])
     if variant == "full":
-        channels, size = kernels[0].shape
-        r = size // 2
+        channels = kernels[0].shape[0]
+        rh, rw = kernels[0].shape[1] // 2, kernels[1].shape[1] // 2
         weight = (kernels[0][:, :, None] * kernels[1][:, None, :]).unsqueeze(1)
         if padding_mode == "zeros":
-            return F.conv2d(x, weight, stride=tuple(stride), padding=r, groups=channels)
-        return F.conv2d(F.pad(x, (r, r, r, r), mode=padding_mode), weight, stride=tuple(stride), groups=channels)
+            return F.conv2d(x, weight, stride=tuple(stride), padding=(rh, rw), groups=channels)
+        return F.conv2d(F.pad(x, (rw, rw, rh, rh), mode=padding_mode), weight, stride=tuple(stride), groups=channels)
     for dim in axes(x):
         x = pass1d(x, kernels[dim - 2], dim, padding_mode, stride[dim - 2])
     return x

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Optional, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 
 from .composite import per_axis
 from .layout import is_channels_last, memory_format
@@ -157,8 +158,14 @@ def _like_input(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 def _taps(kernels, x: torch.Tensor) -> torch.Tensor:
-    """The N-D kernel's tap tensor (dims, k, C) from one (C, k) kernel per spatial axis."""
-    return torch.stack([k.to(x.dtype).t() for k in kernels]).contiguous()
+    """The N-D kernel's tap tensor (dims, k, C) from one (C, k) kernel per spatial axis.
+
+    Kernels of different sizes (a size per axis) are zero-padded to the largest: the same
+    result with zero padding, since the extra taps multiply by zero.
+    """
+    k = max(kernel.shape[1] for kernel in kernels)
+    return torch.stack([F.pad(kernel.to(x.dtype), ((k - kernel.shape[1]) // 2,) * 2).t()
+                        for kernel in kernels]).contiguous()
 
 
 def _nd_input(x: torch.Tensor) -> torch.Tensor:

@@ -25,8 +25,8 @@ def envelope_kernel1d(sigma: float, size: int) -> np.ndarray:
     return EF.gaussian_kernel1d(EF.raw_from_sigma([sigma]), size)[0].numpy()
 
 
-def envelope_kernel2d(sigma: float, size: int) -> np.ndarray:
-    """The separable 2-D envelope g(x) g(y) (``size`` x ``size``, summing to 1).
+def envelope_kernel2d(sigma: float, size: Union[int, Sequence[int]]) -> np.ndarray:
+    """The separable 2-D envelope g(x) g(y) (``size`` x ``size``, or a (height, width) pair; summing to 1).
 
     Example:
         >>> envelope_kernel2d(0.0, 3).tolist()
@@ -34,8 +34,8 @@ def envelope_kernel2d(sigma: float, size: int) -> np.ndarray:
         >>> round(float(envelope_kernel2d(1.0, 9).sum()), 12)
         1.0
     """
-    g = envelope_kernel1d(sigma, size)
-    return np.outer(g, g)
+    height, width = EF.axis_sizes(size, 2)
+    return np.outer(envelope_kernel1d(sigma, height), envelope_kernel1d(sigma, width))
 
 
 def mass_kept(sigmas: Union[np.ndarray, Sequence[float]], size: int, taps: int = 3) -> np.ndarray:
