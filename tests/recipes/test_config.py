@@ -36,6 +36,10 @@ def test_unknown_keys_and_bad_choices_are_named():
         validate_config({"train": {"epochs": 0}})
     with pytest.raises(ValueError, match="train.lr must be a number >= 0"):
         validate_config({"train": {"lr": "fast"}})
+    assert validate_config({"model": {"envelope_size": [3, 9, 9]}})["model"]["envelope_size"] == [3, 9, 9]
+    for bad in (4, [3, 4], [], [3, 3, 3, 3], True):
+        with pytest.raises(ValueError, match="model.envelope_size must be an odd positive integer, a list"):
+            validate_config({"model": {"envelope_size": bad}})
 
 
 def test_validate_fills_every_default_and_keeps_order():

@@ -16,6 +16,7 @@ def test_file_names_of_a_run_and_of_its_evaluations(tmp_path):
                                             "best.pt"]
     assert RunDir.eval_file(run.last).name == "eval-last.json"
     assert RunDir.eval_file(run.best, "auto").name == "eval-best-kauto.json"
+    assert RunDir.eval_file(run.best, (3, 9, 9)).name == "eval-best-k3x9x9.json"
     assert RunDir.probe_file(run.last, "fashion_mnist").name == "probe-last.json"
     assert RunDir.of_config({"name": "x", "output": {"dir": str(tmp_path / "runs/{name}")}}).path == tmp_path / "runs/x"
 

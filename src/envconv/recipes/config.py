@@ -303,8 +303,13 @@ def _optional_text(key: str, value: Any) -> None:
 
 
 def _envelope_size(key: str, value: Any) -> None:
-    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1 or value % 2 == 0):
-        raise ValueError(f"{key} must be an odd positive integer or null, got {value!r}")
+    def odd(v):
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 1 and v % 2 == 1
+
+    if value is not None and not odd(value) and not (isinstance(value, list) and 1 <= len(value) <= 3
+                                                     and all(odd(v) for v in value)):
+        raise ValueError(f"{key} must be an odd positive integer, a list of 1-3 of them (one per spatial axis) "
+                         f"or null, got {value!r}")
 
 
 def _pair_of_counts(key: str, value: Any) -> None:

@@ -28,7 +28,7 @@ import shutil
 import tempfile
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, ContextManager, Dict, Iterator, List, Mapping, Optional, Tuple, Union
+from typing import Any, ContextManager, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -121,8 +121,13 @@ class RunDir:
     tensorboard_dir = property(lambda self: self.path / self.TENSORBOARD)
 
     @staticmethod
-    def eval_file(checkpoint: Path, envelope_size: Union[int, str, None] = None) -> Path:
-        """Where ``envconv eval`` of ``checkpoint`` writes: ``eval-<checkpoint>[-k<size>].json`` beside it."""
+    def eval_file(checkpoint: Path, envelope_size: Union[int, str, Sequence[int], None] = None) -> Path:
+        """Where ``envconv eval`` of ``checkpoint`` writes: ``eval-<checkpoint>[-k<size>].json`` beside it.
+
+        A size per axis is written ``-k3x9x9``.
+        """
+        if isinstance(envelope_size, (tuple, list)):
+            envelope_size = "x".join(str(k) for k in envelope_size)
         suffix = "" if envelope_size is None else f"-k{envelope_size}"
         return Path(checkpoint).parent / f"eval-{Path(checkpoint).stem}{suffix}.json"
 

@@ -74,6 +74,11 @@ def test_eval_command_prints_and_writes_json(checkpoint, capsys):
     written = json.loads((checkpoint.parent / "eval-last-k3.json").read_text())
     assert f"top-1 error     {written['top1_err']:.2f}%" in out and "envelope sizes  3" in out
     assert written["top1_err"] == pytest.approx(_direct(checkpoint, 3)[1])
+    # a size per axis: 3 taps along the height, 5 along the width
+    assert main(["eval", "--checkpoint", str(checkpoint), "--envelope-size", "3x5", "--workers", "0"]) == 0
+    written = json.loads((checkpoint.parent / "eval-last-k3x5.json").read_text())
+    assert "envelope sizes  (3, 5)" in capsys.readouterr().out
+    assert set(map(tuple, written["envelope_sizes"].values())) == {(3, 5)}
 
 
 def test_eval_errors(tmp_path, checkpoint, capsys):
@@ -90,6 +95,11 @@ def test_eval_errors(tmp_path, checkpoint, capsys):
         evaluate_checkpoint(checkpoint, data=str(tmp_path))
     with pytest.raises(ValueError, match="odd"):
         evaluate_checkpoint(checkpoint, envelope_size=4)
+    with pytest.raises(ValueError, match="for a 2-D envelope"):
+        evaluate_checkpoint(checkpoint, envelope_size=(3, 3, 3))
+    with pytest.raises(SystemExit) as usage:  # argparse's usage error
+        main(["eval", "--checkpoint", str(checkpoint), "--envelope-size", "3xfive"])
+    assert usage.value.code == 2 and "one per axis (3x9x9)" in capsys.readouterr().err
 
 
 def _image_folder(root, colours, per_class=6):

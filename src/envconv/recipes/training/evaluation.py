@@ -12,7 +12,7 @@ import copy
 import json
 import sys
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 from ...convert import shrink
 from ...listing import envelopes
@@ -44,7 +44,7 @@ def evaluate_checkpoint(
     checkpoint: Union[str, Path],
     *,
     data: Optional[str] = None,
-    envelope_size: Union[int, str, None] = None,
+    envelope_size: Union[int, str, Tuple[int, ...], None] = None,
     eps: float = 1e-2,
     batch_size: Optional[int] = None,
     device: str = "auto",
@@ -55,7 +55,8 @@ def evaluate_checkpoint(
     Args:
         checkpoint: a ``last.pt`` / ``best.pt`` written by ``envconv train``.
         data: validation folder (imagefolder) or Fashion-MNIST root instead of the config's.
-        envelope_size: shrink every envelope to this odd size, or ``"auto"``; None keeps them.
+        envelope_size: shrink every envelope to this odd size (or a tuple, one per spatial axis), or
+            ``"auto"``; None keeps them.
         eps: mass left out by ``"auto"``.
         batch_size: default: the training batch size.
         device: ``auto``, ``cpu``, ``cuda`` ...
@@ -92,8 +93,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         f"{RunDir.BEST})")
     parser.add_argument("--data", help="evaluate on this folder instead of the config's validation data "
                         "(imagefolder: the class folders; fashion_mnist: the folder of IDX files)")
-    parser.add_argument("--envelope-size", type=_size, help="shrink every envelope to this odd size (3: Table 1e) "
-                        "or 'auto' (smallest size keeping 1 - eps of the mass)")
+    parser.add_argument("--envelope-size", type=_size, help="shrink every envelope to this odd size (3: Table 1e), "
+                        "to one per spatial axis (3x9x9) or 'auto' (smallest size keeping 1 - eps of the mass)")
     parser.add_argument("--eps", type=float, default=1e-2, help="mass left out by --envelope-size auto (default 0.01)")
     parser.add_argument("--batch-size", type=int, help="default: the training batch size")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
@@ -103,13 +104,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
-def _size(text: str) -> Union[int, str]:
+def _size(text: str) -> Union[int, str, Tuple[int, ...]]:
     if text == "auto":
         return text
     try:
-        return int(text)
+        sizes = tuple(int(part) for part in text.split("x"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"envelope size must be an odd integer or 'auto', got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"envelope size must be an odd integer, one per axis (3x9x9) or 'auto', "
+                                         f"got {text!r}") from None
+    return sizes[0] if len(sizes) == 1 else sizes
 
 
 def main(args: argparse.Namespace) -> int:
@@ -118,7 +121,7 @@ def main(args: argparse.Namespace) -> int:
     check_writable(output.parent)  # before the evaluation, not after it
     result = evaluate_checkpoint(args.checkpoint, data=args.data, envelope_size=args.envelope_size, eps=args.eps,
                                  batch_size=args.batch_size, device=args.device, workers=args.workers)
-    sizes = sorted(set(result["envelope_sizes"].values()))
+    sizes = sorted(set(result["envelope_sizes"].values()), key=lambda k: (k,) if isinstance(k, int) else tuple(k))
     rows = [("checkpoint", f"{result['checkpoint']} (epoch {result['epoch']})"),
             ("model", f"{result['model']} ({result['method']})"),
             ("envelope sizes", ", ".join(map(str, sizes)) if sizes else "no envelopes"),
