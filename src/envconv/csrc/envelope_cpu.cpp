@@ -518,7 +518,8 @@ torch::Tensor empty_with_axis(const torch::Tensor& t, int64_t a, int64_t n, bool
   return torch::empty(sizes, t.options().memory_format(format));
 }
 
-bool check_nd(const torch::Tensor& x, const torch::Tensor& g, at::IntArrayRef stride, const char* name) {
+bool check_nd(const torch::Tensor& x, const torch::Tensor& g, at::IntArrayRef stride, at::IntArrayRef sizes,
+              const char* name) {
   TORCH_CHECK(x.device().is_cpu(), name, ": x must be on the CPU");
   TORCH_CHECK(x.dim() >= 3 && x.dim() <= 5, name, ": x must have 1-3 spatial dims");
   const int64_t dims = x.dim() - 2;
@@ -526,24 +527,33 @@ bool check_nd(const torch::Tensor& x, const torch::Tensor& g, at::IntArrayRef st
                   g.scalar_type() == x.scalar_type(),
               name, ": g must be a contiguous (dims, k, C) tensor of x's dtype");
   TORCH_CHECK(static_cast<int64_t>(stride.size()) == dims, name, ": one stride per spatial axis");
+  TORCH_CHECK(static_cast<int64_t>(sizes.size()) == dims, name, ": one size per spatial axis");
+  for (const auto k : sizes)
+    TORCH_CHECK(k >= 1 && k % 2 == 1 && k <= g.size(1), name, ": sizes must be odd, at most g's ", g.size(1));
   const bool cl = x.dim() > 3 && !x.is_contiguous() &&
                   x.is_contiguous(x.dim() == 5 ? at::MemoryFormat::ChannelsLast3d : at::MemoryFormat::ChannelsLast);
   TORCH_CHECK(cl || x.is_contiguous(), name, ": x must be contiguous or channels_last");
   return cl;
 }
 
+// Axis a's taps: the central sizes[a] rows of g[a] (k, C) - a shorter axis runs only its own taps.
+template <typename T>
+const T* axis_taps(const torch::Tensor& g, int64_t a, int64_t size) {
+  return g[a].data_ptr<T>() + (g.size(1) - size) / 2 * g.size(2);
+}
+
 // The passes, last spatial axis first: ts[j] is the input of pass j (ts[0] = x), the result last.
-std::vector<torch::Tensor> nd_passes(const torch::Tensor& x, const torch::Tensor& g, at::IntArrayRef stride, bool cl,
-                                     int64_t count) {
-  const int64_t dims = x.dim() - 2, k = g.size(1);
+std::vector<torch::Tensor> nd_passes(const torch::Tensor& x, const torch::Tensor& g, at::IntArrayRef stride,
+                                     at::IntArrayRef sizes, bool cl, int64_t count) {
+  const int64_t dims = x.dim() - 2;
   std::vector<torch::Tensor> ts{x};
   for (int64_t j = 0; j < count; ++j) {
     const int64_t a = dims - 1 - j;
     const auto& t = ts.back();
-    const auto v = axis_view(t, a, k, stride[a], cl);
+    const auto v = axis_view(t, a, sizes[a], stride[a], cl);
     auto y = empty_with_axis(t, a, v.OL, cl);
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "envelope_nd_forward", [&] {
-      axis_forward<scalar_t>(t.data_ptr<scalar_t>(), g[a].data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), v);
+      axis_forward<scalar_t>(t.data_ptr<scalar_t>(), axis_taps<scalar_t>(g, a, sizes[a]), y.data_ptr<scalar_t>(), v);
     });
     ts.push_back(y);
   }
@@ -552,21 +562,23 @@ std::vector<torch::Tensor> nd_passes(const torch::Tensor& x, const torch::Tensor
 
 }  // namespace
 
-// The envelope of x (N, C, *spatial) with the 1-D kernels g[a] (k, C) of each spatial axis.
-torch::Tensor envelope_nd_forward(const torch::Tensor& x, const torch::Tensor& g, at::IntArrayRef stride) {
-  const bool cl = check_nd(x, g, stride, "_cpu_envelope_nd_forward");
-  return nd_passes(x, g, stride, cl, x.dim() - 2).back();
+// The envelope of x (N, C, *spatial) with the 1-D kernels g[a] (k, C) of each spatial axis (of sizes[a] taps).
+torch::Tensor envelope_nd_forward(const torch::Tensor& x, const torch::Tensor& g, at::IntArrayRef stride,
+                                  at::IntArrayRef sizes) {
+  const bool cl = check_nd(x, g, stride, sizes, "_cpu_envelope_nd_forward");
+  return nd_passes(x, g, stride, sizes, cl, x.dim() - 2).back();
 }
 
 // (grad_x or an empty tensor, grad of the raw sigma per channel and axis (C, dims)).
 std::tuple<torch::Tensor, torch::Tensor> envelope_nd_backward(const torch::Tensor& gy_in, const torch::Tensor& x,
                                                               const torch::Tensor& g, const torch::Tensor& gd,
-                                                              at::IntArrayRef stride, bool need_x) {
-  const bool cl = check_nd(x, g, stride, "_cpu_envelope_nd_backward");
+                                                              at::IntArrayRef stride, at::IntArrayRef sizes,
+                                                              bool need_x) {
+  const bool cl = check_nd(x, g, stride, sizes, "_cpu_envelope_nd_backward");
   TORCH_CHECK(gd.sizes() == g.sizes() && gd.is_contiguous() && gd.scalar_type() == x.scalar_type(),
               "_cpu_envelope_nd_backward: gd must be like g");
-  const int64_t dims = x.dim() - 2, k = g.size(1), C = x.size(1);
-  auto ts = nd_passes(x, g, stride, cl, dims - 1);  // the inputs of every pass
+  const int64_t dims = x.dim() - 2, C = x.size(1);
+  auto ts = nd_passes(x, g, stride, sizes, cl, dims - 1);  // the inputs of every pass
   auto out_sizes = ts.back().sizes().vec();
   out_sizes[2] = (x.size(2) - 1) / stride[0] + 1;
   TORCH_CHECK(gy_in.sizes() == at::IntArrayRef(out_sizes), "_cpu_envelope_nd_backward: grad_output has the wrong size");
@@ -576,12 +588,12 @@ std::tuple<torch::Tensor, torch::Tensor> envelope_nd_backward(const torch::Tenso
   for (int64_t j = dims - 1; j >= 0; --j) {  // the last pass first
     const int64_t a = dims - 1 - j;
     const auto& t = ts[j];
-    const auto v = axis_view(t, a, k, stride[a], cl);
+    const auto v = axis_view(t, a, sizes[a], stride[a], cl);
     const bool want_input = j > 0 || need_x;
     auto gx = want_input ? empty_with_axis(t, a, v.L, cl) : torch::Tensor();
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "envelope_nd_backward", [&] {
-      axis_backward<scalar_t>(grad.data_ptr<scalar_t>(), t.data_ptr<scalar_t>(), g[a].data_ptr<scalar_t>(),
-                              gd[a].data_ptr<scalar_t>(), want_input ? gx.data_ptr<scalar_t>() : nullptr,
+      axis_backward<scalar_t>(grad.data_ptr<scalar_t>(), t.data_ptr<scalar_t>(), axis_taps<scalar_t>(g, a, sizes[a]),
+                              axis_taps<scalar_t>(gd, a, sizes[a]), want_input ? gx.data_ptr<scalar_t>() : nullptr,
                               graw.data_ptr<scalar_t>() + a, dims, v);
     });
     grad = gx;
@@ -719,8 +731,8 @@ std::tuple<torch::Tensor, torch::Tensor> envelope_backward(const torch::Tensor& 
 TORCH_LIBRARY_FRAGMENT(envconv, m) {
   m.def("_cpu_envelope_forward(Tensor x, Tensor g, int sh, int sw) -> Tensor");
   m.def("_cpu_envelope_backward(Tensor gy, Tensor x, Tensor g, Tensor gd, int sh, int sw, bool need_x) -> (Tensor, Tensor)");
-  m.def("_cpu_envelope_nd_forward(Tensor x, Tensor g, int[] stride) -> Tensor");
-  m.def("_cpu_envelope_nd_backward(Tensor gy, Tensor x, Tensor g, Tensor gd, int[] stride, bool need_x) -> (Tensor, Tensor)");
+  m.def("_cpu_envelope_nd_forward(Tensor x, Tensor g, int[] stride, int[] sizes) -> Tensor");
+  m.def("_cpu_envelope_nd_backward(Tensor gy, Tensor x, Tensor g, Tensor gd, int[] stride, int[] sizes, bool need_x) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(envconv, CPU, m) {

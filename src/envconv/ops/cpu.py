@@ -160,12 +160,16 @@ def _like_input(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 def _taps(kernels, x: torch.Tensor) -> torch.Tensor:
     """The N-D kernel's tap tensor (dims, k, C) from one (C, k) kernel per spatial axis.
 
-    Kernels of different sizes (a size per axis) are zero-padded to the largest: the same
-    result with zero padding, since the extra taps multiply by zero.
+    Kernels of different sizes (a size per axis) are centred in the largest with zeros around
+    them; the kernel runs each axis with its own size (:func:`_sizes`), never the zeros.
     """
     k = max(kernel.shape[1] for kernel in kernels)
     return torch.stack([F.pad(kernel.to(x.dtype), ((k - kernel.shape[1]) // 2,) * 2).t()
                         for kernel in kernels]).contiguous()
+
+
+def _sizes(kernels) -> list:
+    return [int(kernel.shape[1]) for kernel in kernels]
 
 
 def _nd_input(x: torch.Tensor) -> torch.Tensor:
@@ -183,7 +187,8 @@ def forward(x: torch.Tensor, kernel, stride: Sequence[int]) -> torch.Tensor:
     if x.dim() == 4 and isinstance(kernel, torch.Tensor):
         y = torch.ops.envconv._cpu_envelope_forward(_channels_last(x), kernel.to(x.dtype).t().contiguous(), *stride)
         return _like_input(y, x)
-    y = torch.ops.envconv._cpu_envelope_nd_forward(_nd_input(x), _taps(per_axis(kernel, x.dim() - 2), x), list(stride))
+    kernels = per_axis(kernel, x.dim() - 2)
+    y = torch.ops.envconv._cpu_envelope_nd_forward(_nd_input(x), _taps(kernels, x), list(stride), _sizes(kernels))
     return _like_input(y, x)
 
 
@@ -200,9 +205,10 @@ def backward(grad: torch.Tensor, x: torch.Tensor, kernel, dkernel, stride: Seque
             dkernel.to(x.dtype).t().contiguous(), *stride, need_x)
         return (_like_input(grad_x, x) if need_x else None), grad_sigma
     dims, source = x.dim() - 2, _nd_input(x)
+    kernels = per_axis(kernel, dims)
     grad_x, grad_sigma = torch.ops.envconv._cpu_envelope_nd_backward(
-        grad.to(x.dtype).contiguous(memory_format=memory_format(source)), source, _taps(per_axis(kernel, dims), x),
-        _taps(per_axis(dkernel, dims), x), list(stride), need_x)
+        grad.to(x.dtype).contiguous(memory_format=memory_format(source)), source, _taps(kernels, x),
+        _taps(per_axis(dkernel, dims), x), list(stride), _sizes(kernels), need_x)
     grad_sigma = grad_sigma.sum(1) if isinstance(kernel, torch.Tensor) else grad_sigma
     return (_like_input(grad_x, x) if need_x else None), grad_sigma
 

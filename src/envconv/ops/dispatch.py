@@ -18,7 +18,7 @@ one per channel and axis.
   ``"full"`` for 3 taps, ``"fused"`` on other channels_last input, else the composite forward
   (``"full"`` for maps of at most 28 x 28, ``"separable"`` otherwise); backward ``"fused"`` in
   both layouts (0.18x-0.88x the time of autograd through the 1-D passes at ResNet-50's seven places).
-* CPU, 1-D and 3-D maps and a sigma per axis: ``"fused"`` where the kernel table of
+* CPU, 1-D and 3-D maps and a sigma or a size per axis: ``"fused"`` where the kernel table of
   ``benchmarks/nd_speed.py`` measured it faster (``_pass_per_axis_wins``: the backward at
   stride 1 and, strided, on channels_last maps of 16 or more channels and on contiguous stems;
   the forward of stems and sequences), the composite passes otherwise (2-D per-axis maps with
@@ -126,7 +126,10 @@ def _one_kernel_2d(x: torch.Tensor, per_axis: bool) -> bool:
 
 def forward_impl(x: torch.Tensor, size: int, stride: Sequence[int], padding_mode: str, impl: str = "auto",
                  per_axis: bool = False) -> str:
-    """The implementation that computes the envelope's forward for ``x`` (``per_axis``: a sigma per axis)."""
+    """The implementation that computes the envelope's forward for ``x``.
+
+    ``per_axis``: a kernel per axis (a sigma or a size per axis), not one for every axis.
+    """
     if check_impl(impl) != "auto":
         return _forced(x, padding_mode, impl, per_axis)
     if size <= 3 and x.dim() == 4:  # one 3x3 depth-wise conv beats two 1-D passes and the C++ kernel

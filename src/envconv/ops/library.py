@@ -38,7 +38,7 @@ from .composite import _CONV  # the depth-wise passes' convolution per input ran
 from .layout import empty_like_layout, memory_format
 
 __all__ = ["envelope", "envelope_backward", "envelope_conv2d", "envelope_conv", "envelope_decomposed", "envelope_flops",
-           "separable_macs", "size_args", "sizes_of", "STEM_CHANNELS"]
+           "separable_macs", "size_args", "STEM_CHANNELS"]
 
 #: An envelope + conv with at most this many input channels, whose input needs no gradient (a
 #: stem on the image), gets its sigma gradient from forward convolutions (:func:`_stem_backward`).
@@ -54,7 +54,7 @@ def _strided(x: Tensor, stride: List[int]) -> Tensor:
     return x[(..., *(slice(None, None, s) for s in stride))]
 
 
-def sizes_of(size: int, axis_sizes: Optional[List[int]], dims: int) -> List[int]:
+def _sizes_of(size: int, axis_sizes: Optional[List[int]], dims: int) -> List[int]:
     """The envelope size of each of ``dims`` spatial axes from an op's ``size`` and ``axis_sizes``."""
     return [size] * dims if axis_sizes is None else list(axis_sizes)
 
@@ -128,7 +128,7 @@ def _forward(x: Tensor, raw_sigma: Tensor, size: int, stride: List[int], padding
         return empty_like_layout(x, (x.shape[0], x.shape[1], *_out_size(x, stride)))
     if size == 1:  # the 1-tap envelope is the identity, whatever sigma (a copy: op outputs never alias inputs)
         return _strided(x, stride).contiguous(memory_format=memory_format(x)).clone()
-    sizes = sizes_of(size, axis_sizes, x.dim() - 2)
+    sizes = _sizes_of(size, axis_sizes, x.dim() - 2)
     one = _one_kernel(raw_sigma, sizes)
     which = dispatch.forward_impl(x, size, stride, padding_mode, impl, per_axis=not one)
     kernels, _ = _kernels(raw_sigma, sizes, x)
@@ -199,7 +199,7 @@ def _backward(grad, x, raw_sigma, size, stride, padding_mode, impl, need_x, need
             _strided(grad_x, stride).copy_(grad)
         grad_raw = torch.zeros_like(raw_sigma) if need_sigma else None
     else:
-        sizes = sizes_of(size, axis_sizes, x.dim() - 2)
+        sizes = _sizes_of(size, axis_sizes, x.dim() - 2)
         one = _one_kernel(raw_sigma, sizes)
         which = dispatch.backward_impl(x, size, stride, padding_mode, impl, per_axis=not one)
         kernels, dkernels = _kernels(raw_sigma, sizes, x, derivative=True)
