@@ -7,13 +7,15 @@
 * kernels: the C++ pass-per-axis kernel against the composite passes, forward and forward +
   backward, at strides 1 and 2, at those places and (a sigma per axis) at 2-D ones - the
   measurement behind the dispatch rule for 1-D, 3-D and per-axis envelopes;
+* sizes: a size per axis, ``(3, 9, 9)`` and ``(1, 9, 9)`` (fewer taps in time) against ``(9, 9, 9)``,
+  the envelope's forward + backward with ``impl="auto"`` and a sigma per axis at ``r3d_18``'s places;
 * model: torchvision's ``r3d_18`` (clips ``(N, 3, T, H, W)``) and a 1-D CNN for raw audio
   (M5-style, :func:`audio_cnn`), plain vs converted by ``envconv.disentangle`` (the stem and the
   strided convolutions): inference with the envelopes shrunk to ``k_g = 3``, a training step
   with ``k_g = 9``, and the training step's memory (:func:`benchmarks.model_speed.training_memory`),
   in both layouts of each model; the headline is the plain model's fastest layout.
 
-    python -m benchmarks.nd_speed [--quick] [--repeats 7] [--save]
+    python -m benchmarks.nd_speed [--quick] [--repeats 7] [--save] [--sizes-only]
 """
 
 from __future__ import annotations
@@ -137,6 +139,40 @@ def kernel_choice(quick: bool = False, repeats: int = 5, log=print) -> List[dict
     return rows
 
 
+#: The per-axis sizes :func:`axis_sizes` compares with nine taps on every axis.
+SIZES = ((3, 9, 9), (1, 9, 9))
+
+
+def axis_sizes(quick: bool = False, repeats: int = 5, log=print) -> List[dict]:
+    """Forward + backward with a size per axis / with 9 taps on every axis, at the 3-D places, in one run."""
+    rows = []
+    for place, shape in layer_shapes(quick).items():
+        if len(shape) != 5:
+            continue
+        for layout, fmt in LAYOUTS[5].items():
+            x = torch.randn(shape).contiguous(memory_format=fmt).requires_grad_()
+            grad = torch.randn(shape).contiguous(memory_format=fmt)
+            full = envconv.GaussianEnvelope(shape[1], 9, spatial_dims=3, per_axis=True)
+            for sizes in SIZES:
+                env = envconv.GaussianEnvelope(shape[1], sizes, spatial_dims=3, per_axis=True)
+                ratio = paired_ratio(_forward_backward(env, x, grad), _forward_backward(full, x, grad),
+                                     repeats=repeats)
+                rows.append({"place": place, "shape": list(shape), "layout": layout, "sizes": list(sizes),
+                             "ratio": ratio.as_dict()})
+                log(f"{place:22s} {layout:16s} sizes {sizes} / (9, 9, 9) forward+backward {ratio}")
+    return rows
+
+
+def sizes_markdown(rows: List[dict]) -> str:
+    lines = ["A size per axis / 9 taps on every axis (forward + backward, a sigma per axis, `impl=\"auto\"`):", "",
+             "| place | shape | layout | sizes | ratio |", "|---|---|---|---|---|"]
+    for r in rows:
+        q = r["ratio"]
+        lines.append(f"| {r['place']} | {tuple(r['shape'])} | {r['layout']} | {tuple(r['sizes'])} | "
+                     f"{q['median']:.2f}x [{q['q1']:.2f}-{q['q3']:.2f}] |")
+    return "\n".join(lines)
+
+
 def _model(name: str):
     torch.manual_seed(0)
     if name == "r3d_18":
@@ -206,16 +242,30 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="tiny shapes: a smoke run")
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--save", action="store_true", help="also write results/<date>-<machine>-nd.json and .md")
+    p.add_argument("--sizes-only", action="store_true",
+                   help="only the size-per-axis table (saved as results/<date>-<machine>-nd-sizes.*)")
     return p
 
 
 def main(args: argparse.Namespace) -> dict:
+    if args.sizes_only:
+        rows = axis_sizes(args.quick, args.repeats)
+        text = sizes_markdown(rows)
+        print(text)
+        if args.save:
+            from .run_all import save
+
+            save({"sizes": rows}, "nd-sizes-quick" if args.quick else "nd-sizes",
+                 "## A size per axis (3-D envelopes)\n\n" + text)
+        return {"sizes": rows}
     layer_rows = layers(args.quick, args.repeats)
     kernel_rows = kernel_choice(args.quick, args.repeats)
+    size_rows = axis_sizes(args.quick, args.repeats)
     model_rows = models(args.quick, args.repeats)
     text = markdown(layer_rows, model_rows) + ("\n\n" + kernel_markdown(kernel_rows) if kernel_rows else "")
+    text += "\n\n" + sizes_markdown(size_rows)
     print(text)
-    results = {"layers": layer_rows, "kernels": kernel_rows, "models": model_rows}
+    results = {"layers": layer_rows, "kernels": kernel_rows, "sizes": size_rows, "models": model_rows}
     if args.save:
         from .run_all import save
 

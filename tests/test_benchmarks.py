@@ -111,3 +111,7 @@ def test_nd_benchmark_smoke():
         assert {(r["per_axis"], r["stride"]) for r in kernel_rows if r["layout"] == "ncl"} == {
             (per_axis, stride) for per_axis in (False, True) for stride in (1, 2)}
         assert "| audio stem (1-D) | (2, 1, 1600) | ncl | per axis | 2 |" in nd_speed.kernel_markdown(kernel_rows)
+    size_rows = nd_speed.axis_sizes(quick=True, repeats=1, log=lambda *a: None)
+    assert {(r["layout"], tuple(r["sizes"])) for r in size_rows} == {
+        (layout, sizes) for layout in ("ncdhw", "channels_last_3d") for sizes in nd_speed.SIZES}
+    assert "| r3d_18 layer2 (3-D) | (1, 8, 4, 8, 8) | ncdhw | (3, 9, 9) |" in nd_speed.sizes_markdown(size_rows)

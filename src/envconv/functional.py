@@ -105,7 +105,8 @@ def gaussian_envelope(
         >>> bool(torch.allclose(gaussian_envelope(x, per_axis, 9), gaussian_envelope(x, torch.zeros(3), 9), atol=1e-6))
         True
         >>> rows = gaussian_envelope(x, torch.zeros(3), (1, 9))  # a size per axis: 1 tap (none) along the height
-        >>> bool(torch.allclose(rows, gaussian_envelope(x.transpose(2, 3), torch.zeros(3), (9, 1)).transpose(2, 3)))
+        >>> columns = gaussian_envelope(x.transpose(2, 3), torch.zeros(3), (9, 1)).transpose(2, 3)
+        >>> bool(torch.allclose(rows, columns, atol=1e-6))
         True
     """
     _check_input(x, channels, spatial_dims)
