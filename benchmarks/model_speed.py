@@ -6,7 +6,10 @@
   weight decay 1e-4) with ``k_g = 9``;
 * memory of the training step;
 * with ``--breakdown``: where the training step's extra time goes, from ``torch.profiler``
-  (self time per operator and per step, plain vs converted; an attribution, not a ratio);
+  (self time per operator and per step, plain vs converted; an attribution, not a ratio).
+  Under the profiler the C++ envelope kernels ran several times slower than the same calls
+  timed by the wall clock inside unprofiled steps (ResNet-50, batch 8, 2026-12-04: the
+  backward kernel 95-210 ms per step profiled, 20-23 ms unprofiled): read their rows as upper bounds;
 * with ``--compile``: the training step of both models under ``torch.compile`` (inductor),
   in the plain model's fastest layout; the envelopes stay ``envconv`` ops in the graph.
 
