@@ -1,8 +1,8 @@
 """A size k_g per spatial axis: every kernel and op against the scipy reference, gradients, graphs, FLOPs.
 
 The ops take ``axis_sizes`` (one size per spatial axis, ``size`` the largest); the C++ kernel
-zero-pads the shorter axes' taps to the largest (exact with zero padding), the Triton and
-composite passes take each axis's own size.
+gets the taps centred in a tensor of the largest size and runs each axis with its own, the
+Triton and composite passes take each axis's own kernel.
 """
 
 import pytest
