@@ -2,7 +2,8 @@
 
 Each example draws a shape (batch 0-2, 1x1 maps included), a dtype, a layout, a stride, a size,
 a padding mode, one sigma per channel or a shared one, and a kernel (``impl``), and checks the
-forward pass and both gradients against ``tests/reference.py``. The suite runs the ``ci``
+forward pass and both gradients against ``tests/reference.py``; the N-D test draws 1-3 spatial
+axes with a size, a stride and (optionally) a sigma per axis. The suite runs the ``ci``
 profile (a bounded number of examples, so ``make test`` stays fast); ``HYPOTHESIS_PROFILE=thorough
 python -m pytest tests/ops/test_properties.py`` runs many more by hand (3,000 CPU examples passed on
 2026-12-02). A failing example that hypothesis shrinks is to be kept as an ``@example``, a regression
@@ -100,3 +101,57 @@ def test_every_cpu_kernel_equals_the_reference(cfg):
 @given(configurations(["triton"]))
 def test_the_triton_kernels_equal_the_reference(cfg):
     check(cfg)
+
+
+@st.composite
+def nd_configurations(draw, triton=False):
+    """1-3 spatial dims, a size and a stride per axis, a sigma per channel / axis / shared, every valid padding."""
+    dims = draw(st.integers(1, 3))
+    impl = "triton" if triton else draw(st.sampled_from(["auto", "separable"] + (["full"] if dims == 2 else [])
+                                                        + (["fused"] if cpu.available() else [])))
+    spatial = tuple(draw(st.integers(1, 6)) for _ in range(dims))
+    sizes = tuple(draw(st.sampled_from([1, 3, 5, 7])) for _ in range(dims))
+    radii = [k // 2 for k in sizes]
+    modes = ["zeros"] if impl in ("fused", "triton") else ["zeros", "replicate"] + \
+        (["reflect"] if all(r < n for r, n in zip(radii, spatial)) else []) + \
+        (["circular"] if all(r <= n for r, n in zip(radii, spatial)) else [])
+    return {"impl": impl, "shape": (draw(st.integers(1, 2)), draw(st.integers(1, 3)), *spatial), "sizes": sizes,
+            "stride": tuple(draw(st.integers(1, 3)) for _ in range(dims)), "padding_mode": draw(st.sampled_from(modes)),
+            "sigma": draw(st.sampled_from(["channel", "shared", "axis", "shared-axis"])),
+            "dtype": draw(st.sampled_from([torch.float64, torch.float32])),
+            "channels_last": dims > 1 and draw(st.booleans()), "seed": draw(st.integers(0, 2 ** 16))}
+
+
+@given(nd_configurations())
+@example({"impl": "fused", "shape": (1, 2, 1, 5, 3), "sizes": (1, 7, 3), "stride": (1, 3, 2), "padding_mode": "zeros",
+          "sigma": "axis", "dtype": torch.float64, "channels_last": True, "seed": 0})
+def test_every_cpu_kernel_in_nd_with_a_size_and_sigma_per_axis_equals_the_reference(cfg):
+    check_nd(cfg)
+
+
+@pytest.mark.skipif(not TRITON, reason="triton is not importable here")
+@settings(max_examples=12)  # the interpreter is slow
+@given(nd_configurations(triton=True))
+def test_the_triton_kernels_in_nd_with_a_size_and_sigma_per_axis_equal_the_reference(cfg):
+    check_nd(cfg)
+
+
+def check_nd(cfg):
+    dtype, shape, dims = cfg["dtype"], cfg["shape"], len(cfg["sizes"])
+    gen = torch.Generator().manual_seed(cfg["seed"])
+    x = torch.randn(shape, dtype=dtype, generator=gen)
+    if cfg["channels_last"]:
+        x = x.contiguous(memory_format=torch.channels_last if dims == 2 else torch.channels_last_3d)
+    rows = 1 if cfg["sigma"].startswith("shared") else shape[1]
+    raw = torch.randn((rows, dims) if cfg["sigma"].endswith("axis") else (rows,), dtype=dtype, generator=gen)
+    x, raw = x.requires_grad_(), raw.requires_grad_()
+    y = functional.gaussian_envelope(x, raw, cfg["sizes"], cfg["padding_mode"], cfg["stride"], cfg["impl"],
+                                     spatial_dims=dims)
+    want = reference.envelope_nd(x.detach(), raw.detach(), cfg["sizes"], cfg["padding_mode"], list(cfg["stride"]))
+    torch.testing.assert_close(y.double(), torch.from_numpy(want), **TOL[dtype])
+    gy = torch.randn(y.shape, dtype=dtype, generator=gen)
+    gx, graw = torch.autograd.grad(y, (x, raw), gy)
+    want_gx, want_graw = reference.envelope_nd_vjp(x.detach(), raw.detach(), cfg["sizes"], gy, cfg["padding_mode"],
+                                                   list(cfg["stride"]))
+    torch.testing.assert_close(gx.double(), torch.from_numpy(want_gx), **TOL[dtype])
+    torch.testing.assert_close(graw.double(), torch.from_numpy(want_graw), **SIGMA_TOL[dtype])
