@@ -311,7 +311,7 @@ class EnvelopeRecord(NamedTuple):
 
 def read_envelope_record(state: torch.Tensor) -> EnvelopeRecord:
     """The :class:`EnvelopeRecord` of a :class:`GaussianEnvelope`'s stored record (format 1, or 2: a size per axis)."""
-    per_axis = isinstance(state, torch.Tensor) and state.dim() == 1 and state.numel() > 6 and int(state[0]) == 2
+    per_axis = isinstance(state, torch.Tensor) and state.dim() == 1 and state.numel() > 6 and bool(state[0] == 2)
     values = check_record(state, state.numel() if per_axis else 6, "envelope record", version=2 if per_axis else 1)
     size, learnable, padding, channels, dims = values[:5]
     sizes = values[5:] if per_axis else [size] * max(dims, 1)
