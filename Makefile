@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv kernel data test docs demo sigma-demo bench bench-gpu clean
+.PHONY: venv kernel data test test-fast docs demo sigma-demo bench bench-gpu clean
 
 venv: $(STAMP)
 
@@ -19,8 +19,14 @@ $(STAMP): pyproject.toml requirements-dev.txt
 kernel: $(STAMP)
 	$(PY) -m envconv.ops
 
+# What CI runs: ruff, then every test (the slow ones too). `make test-fast` leaves out the tests marked slow.
 test: $(STAMP)
+	$(PY) -m ruff check src tests benchmarks
 	$(PY) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests were collected"; exit 0; fi; exit $$rc
+
+test-fast: $(STAMP)
+	$(PY) -m ruff check src tests benchmarks
+	$(PY) -m pytest -q -m "not slow"; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests were collected"; exit 0; fi; exit $$rc
 
 # The documentation site (Sphinx + MyST) into build/docs; a warning or a broken reference fails the build.
 docs: $(STAMP)

@@ -4,7 +4,7 @@
 
 Prints the table of ``docs/ecosystem.md`` (a test checks that the page holds what this prints):
 each tool's count of the plain model, of the converted models with envconv's hooks
-(:mod:`envconv.flops`), the increase, and each total's ratio to ``FlopCounterMode``'s. Counts
+(:mod:`envconv.integrations.flops`), the increase, and each total's ratio to ``FlopCounterMode``'s. Counts
 are of operations, not times, so they are the same on every machine.
 """
 
@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import envconv
-from envconv import flops
+from envconv.integrations import flops
 
 
 def flop_counter_mode(model: nn.Module, x: torch.Tensor, hooks: bool = True) -> float:

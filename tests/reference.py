@@ -86,13 +86,25 @@ def envelope_vjp(x, raw, size, gy, mode="zeros", stride=(1, 1), eps=1e-6):
         a_h, a_w = pass_matrix(k[ch], h, mode, stride[0]), pass_matrix(k[ch], w, mode, stride[1])
         gx[:, ch] = np.einsum("ab,nac,cd->nbd", a_h, gy[:, ch], a_w)
     graw = np.empty_like(raw)
-    for i in range(raw.shape[0]):  # a shared raw moves every channel; a per-channel one only its own
-        up, down = raw.copy(), raw.copy()
-        up[i] += eps
-        down[i] -= eps
-        diff = envelope_strided(x, up, size, mode, stride) - envelope_strided(x, down, size, mode, stride)
-        graw[i] = (gy * diff).sum() / (2 * eps)
+    for i in range(raw.shape[0]):
+        xs, gys, raws, at = _moved_by(x, gy, raw, (i,))
+        up, down = raws.copy(), raws.copy()
+        up[at] += eps
+        down[at] -= eps
+        diff = envelope_strided(xs, up, size, mode, stride) - envelope_strided(xs, down, size, mode, stride)
+        graw[i] = (gys * diff).sum() / (2 * eps)
     return gx, graw
+
+
+def _moved_by(x, gy, raw, index):
+    """What raw[index] moves: every channel for a shared sigma, else only its own channel (O(C) differences).
+
+    Returns (x, gy, raw) cut to those channels and the index of the entry inside the cut raw.
+    """
+    if raw.shape[0] == 1:
+        return x, gy, raw, index
+    c = index[0]
+    return x[:, c:c + 1], gy[:, c:c + 1], raw[c:c + 1], (0, *index[1:])
 
 
 def envelope_nd(x, raw, size, mode="zeros", stride=None):
@@ -144,9 +156,10 @@ def envelope_nd_vjp(x, raw, size, gy, mode="zeros", stride=None, eps=1e-6):
         gx[:, c] = g
     graw = np.empty_like(raw)
     for index in np.ndindex(raw.shape):
-        up, down = raw.copy(), raw.copy()
-        up[index] += eps
-        down[index] -= eps
-        diff = envelope_nd(x, up, size, mode, stride) - envelope_nd(x, down, size, mode, stride)
-        graw[index] = (gy * diff).sum() / (2 * eps)
+        xs, gys, raws, at = _moved_by(x, gy, raw, index)
+        up, down = raws.copy(), raws.copy()
+        up[at] += eps
+        down[at] -= eps
+        diff = envelope_nd(xs, up, size, mode, stride) - envelope_nd(xs, down, size, mode, stride)
+        graw[index] = (gys * diff).sum() / (2 * eps)
     return gx, graw

@@ -21,10 +21,10 @@ LAYERS = {
     0: {"version", "kernels", "state_dict"},
     1: {"ops"},
     2: {"functional"},
-    3: {"envelope", "conv", "convnd", "pool", "reparam"},
+    3: {"envelope", "conv", "pool", "reparam"},
     4: {"methods"},
     5: {"convert"},
-    6: {"listing", "models", "flops", "rebuild", "quantization"},
+    6: {"listing", "models", "rebuild", "integrations"},
     7: {"__init__"},
 }
 LAYER_OF = {unit: layer for layer, units in LAYERS.items() for unit in units}
@@ -156,12 +156,15 @@ def test_the_cycle_finder_sees_a_cycle(tmp_path):
     assert _cycles(import_graph(pkg)) == [["envconv.a", "envconv.sub.b"]]
 
 
-def test_import_envconv_loads_neither_yaml_nor_tqdm():
+def test_import_envconv_loads_neither_yaml_nor_tqdm_nor_the_tool_adapters():
     # torch itself imports tqdm (torch.hub) when it is installed: count what envconv adds to torch's modules
+    unwanted = "{'yaml', 'tqdm', 'envconv.integrations.flops', 'envconv.integrations.quantization'}"
     code = ("import sys, torch; before = set(sys.modules); import envconv; "
-            "print(sorted({'yaml', 'tqdm'} & (set(sys.modules) - before)))")
+            f"print(sorted({unwanted} & (set(sys.modules) - before)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+    code = "import envconv.integrations.flops, envconv.integrations.quantization; print('ok')"  # on demand
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "ok\n"
 
 
 def _code_strings(path: Path):

@@ -67,7 +67,7 @@ def test_training_step_breakdown_attributes_the_envelope_to_our_ops():
     assert abs(total["plain"] - sum(r["plain"] for r in rows[:-1])) < 1e-9
     assert abs(total["extra"] - (total["converted"] - total["plain"])) < 1e-9
     # the plain model never runs our op; the converted one does, forward and backward
-    for op in ("envconv::envelope_conv2d", "envconv::envelope_backward"):
+    for op in ("envconv::envelope_conv", "envconv::envelope_backward"):
         assert by_op[op]["plain"] == 0 and by_op[op]["converted"] > 0
     assert [r["extra"] for r in rows[:-1]] == sorted((r["extra"] for r in rows[:-1]), reverse=True)
     table = model_speed.breakdown_markdown(rows, top=len(rows))

@@ -352,16 +352,18 @@ def test_tf_same_under_fixed_sigma_and_the_other_methods():
         build_replacement("proj", conv)
 
 
-def test_tf_same_padding_of_static_and_dynamic_classes_and_torchscript():
+def test_tf_same_padding_of_static_and_dynamic_classes():
     convs = _tf_same_convs()
     assert [tf_same_padding(c) for c in convs][:1] == [[]]
     if len(convs) == 3:
         assert tf_same_padding(convs[1]) == [0, 1, 0, 1] and tf_same_padding(convs[2]) == []
     assert tf_same_padding(nn.Conv2d(3, 3, 3)) is None and tf_same_padding(_DynamicPadConv(3, 4, 3)) is None
-    for conv in convs:
+    for conv in convs:  # at sigma -> 0 the envelope is the identity: the layer pads as the convolution did
         layer = DisentangledConv2d.from_conv(conv)
+        with torch.no_grad():
+            layer.envelope.raw_sigma.fill_(-1e4)
         x = torch.randn(1, 4, 11, 16)
-        torch.testing.assert_close(torch.jit.script(layer)(x), layer(x), rtol=0, atol=0)
+        torch.testing.assert_close(layer(x), conv(x), rtol=1e-5, atol=1e-5)
 
 
 def test_disentangled_conv2d_with_a_sigma_per_axis_equals_its_envelope_then_the_conv():

@@ -91,7 +91,7 @@ def test_r3d_18_converts_at_the_papers_places_equals_the_plain_net_at_sigma_zero
     with torch.no_grad():
         assert torch.equal(rebuilt.eval()(x.float()), model.eval()(x.float()))
     assert {r.size for r in envconv.envelopes(envconv.shrink(model, 3))} == {3}
-    with pytest.raises(TypeError, match="method 'dw' converts nn.Conv2d only; a Conv3d takes 'gaussian' or 'fixed'"):
+    with pytest.raises(TypeError, match="method 'dw' converts 2-D convolutions; a Conv3d takes 'fixed', 'gaussian'"):
         envconv.disentangle(torchvision.models.video.r3d_18(), method="dw")
 
 

@@ -80,14 +80,14 @@ def test_untouched_layers_keep_their_state_and_converted_ones_their_weights():
 
 @pytest.mark.parametrize("name", ["resnet50", "mobilenet_v2"])
 def test_sigma_zero_gives_the_original_logits(name):
-    plain = tv(name).eval()
-    x = torch.randn(2, 3, 224, 224)
+    plain = tv(name).double().eval()  # float64: the sampled strided 1x1 convs round differently in float32
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)  # the same arithmetic as at 224 x 224, a twelfth of the work
     with torch.no_grad():
         want = plain(x)
         model = disentangle(plain, method="fixed", sigma=0.0)
         got = model(x)
     assert len(envelopes(model)) >= 5
-    assert float((got - want).abs().max()) <= 1e-5
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
 
 
 # envelope input (C, H, W) at each of ResNet-50's converted layers at 224 x 224: stem, residual, identity
@@ -100,15 +100,6 @@ def paper_macs(k):
     return sum(2 * k * c * h * w for c, h, w in STEM_AND_RESIDUAL + IDENTITY)
 
 
-def sampled_macs(k):
-    """What envconv runs with 1-D passes: the identity envelope only where the 1x1 stride-2 conv reads.
-
-    Width pass at every 2nd column (k C H W / 2), height pass at every 2nd row of that (k C H W / 4).
-    """
-    return sum(2 * k * c * h * w for c, h, w in STEM_AND_RESIDUAL) + sum(
-        k * c * h * w * 3 // 4 for c, h, w in IDENTITY)
-
-
 def count_flops(fn, *args):
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         fn(*args)
@@ -117,18 +108,17 @@ def count_flops(fn, *args):
 
 @pytest.mark.parametrize("k, paper_gmacs", [(9, 0.041), (3, 0.0135)])
 def test_flops_of_the_envelopes_on_resnet50(k, paper_gmacs):
-    x = torch.randn(1, 3, 224, 224)
-    plain = count_flops(tv("resnet50").eval(), x)
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
     model = disentangle(tv("resnet50"), envelope_size=k).eval()
     inputs = {}
     for row in envelopes(model):
-        layer = model.get_submodule(row.name)
-        layer.envelope.impl = "separable"  # the paper's algorithm; "auto" may pick a k x k conv
-        layer.register_forward_pre_hook(lambda m, i, name=row.name: inputs.update({name: i[0]}))
-    converted = count_flops(model, x)
-    assert (converted - plain) / 2 == pytest.approx(sampled_macs(k), rel=0.03)
-    # each envelope at full resolution, as the paper counts it (Table 1f: 3.84 -> 3.89 / 3.86 GFLOPs)
-    full = sum(count_flops(model.get_submodule(n).envelope, t) for n, t in inputs.items()) / 2
+        model.get_submodule(row.name).register_forward_pre_hook(
+            lambda m, i, name=row.name: inputs.update({name: tuple(i[0].shape)}))
+    with FakeTensorMode(allow_non_fake_inputs=True):  # counted from the fake kernels and formulas, no arithmetic
+        model(torch.empty(1, 3, 224, 224))
+        # each envelope at full resolution, as the paper counts it (Table 1f: 3.84 -> 3.89 / 3.86 GFLOPs)
+        full = sum(count_flops(model.get_submodule(n).envelope, torch.empty(shape)) for n, shape in inputs.items()) / 2
     assert full == pytest.approx(paper_macs(k), rel=0.03)
     assert full / 1e9 == pytest.approx(paper_gmacs, rel=0.03)
 
@@ -270,9 +260,10 @@ def test_scripted_modules_are_refused_by_disentangle_and_shrink():
     model = torch.jit.script(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 3, stride=2)))
     with pytest.raises(TypeError, match="disentangle\\(\\) cannot change a TorchScript module"):
         disentangle(model)
-    converted = torch.jit.script(disentangle(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 3, stride=2))))
+    converted = disentangle(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 3, stride=2)))
+    traced = torch.jit.trace(converted, torch.randn(1, 3, 8, 8))
     with pytest.raises(TypeError, match="shrink\\(\\) cannot change a TorchScript module"):
-        shrink(converted, 3)
+        shrink(traced, 3)
 
 
 def _tf_same_models():

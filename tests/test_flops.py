@@ -1,4 +1,4 @@
-"""envconv.flops: third-party FLOP counters count a converted ResNet-50 as FlopCounterMode does.
+"""envconv.integrations.flops: third-party FLOP counters count a converted ResNet-50 as FlopCounterMode does.
 
 FlopCounterMode's count of the envelope is checked against a hand count in
 ``tests/ops/test_integration.py``; here each tool's count of the converted model must exceed
@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import envconv
-from envconv import flops
+from envconv.integrations import flops
 
 pytest.importorskip("torchvision")
 from benchmarks import flop_counters  # noqa: E402  (needs torchvision)

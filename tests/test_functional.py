@@ -184,7 +184,7 @@ def test_under_autocast_the_functional_the_op_and_the_layer_return_what_f_conv2d
     with torch.autocast("cpu", dtype=torch.bfloat16):
         want = torch.nn.functional.conv2d(x, layer.weight, layer.bias, padding=1).dtype
         outs = {"functional": envconv.functional.envelope_conv2d(x, raw, 9, layer.weight, layer.bias, padding=1),
-                "op": torch.ops.envconv.envelope_conv2d(x, raw, layer.weight, layer.bias, 9, [1, 1], "zeros", "auto",
+                "op": torch.ops.envconv.envelope_conv(x, raw, layer.weight, layer.bias, 9, [1, 1], "zeros", "auto",
                                                         [1, 1], [1, 1], [1, 1], 1),
                 "layer": layer(x)}
     assert want == torch.bfloat16

@@ -7,7 +7,7 @@ from torch import nn
 
 import envconv
 from envconv import DisentangledConv2d
-from envconv.quantization import fuse_modules, separate_envelopes
+from envconv.integrations.quantization import FUSER_METHODS, fuse_modules, separate_envelopes
 
 
 def _resnet18_with_statistics():
@@ -54,7 +54,7 @@ def test_fusion_refuses_what_would_change_the_output():
     with pytest.raises(NotImplementedError, match="quantization-aware"):
         torch.ao.quantization.fuse_modules_qat(
             training, [["0", "1"]],
-            fuse_custom_config_dict={"additional_fuser_method_mapping": envconv.quantization.FUSER_METHODS})
+            fuse_custom_config_dict={"additional_fuser_method_mapping": FUSER_METHODS})
 
 
 def _pt2e(model, x, calibration):
@@ -85,7 +85,7 @@ def test_pt2e_post_training_quantization_of_a_converted_resnet():
     with torch.no_grad():
         want = model(x)
         _, hidden_convs, _ = _pt2e(model, x, calibration)
-        assert hidden_convs == 13  # the 7 converted convolutions are inside envconv::envelope_conv2d
+        assert hidden_convs == 13  # the 7 converted convolutions are inside envconv::envelope_conv
         assert len(separate_envelopes(model)) == 7 and torch.equal(model(x), want)
         got, convs, envelope_ops = _pt2e(model, x, calibration)
     assert convs == 20 and envelope_ops == 7  # every convolution int8; the envelopes stay in float

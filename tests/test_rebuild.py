@@ -8,7 +8,7 @@ import torchvision
 from torch import nn
 
 import envconv
-from envconv import DisentangledConv2d, EnvelopeConv2d, EnvelopePool2d, GaussianEnvelope
+from envconv import DisentangledConv2d, EnvelopePool2d, GaussianEnvelope
 from envconv.state_dict import load_weights
 
 
@@ -62,7 +62,7 @@ def _mixed_trained() -> nn.Sequential:
     net[0] = DisentangledConv2d.from_conv(net[0], envelope_size=5, envelope_padding_mode="reflect")
     net[2] = DisentangledConv2d.from_conv(net[2], order="conv-env")
     net[3] = EnvelopePool2d.from_pool(net[3], 8, envelope_size=7, order="pool-env", shared_sigma=True)
-    net[4] = EnvelopeConv2d.from_conv(net[4], envelope=GaussianEnvelope.fixed(8, sigma=0.6, size=3))
+    net[4] = DisentangledConv2d.from_conv(net[4], envelope_size=3, sigma_init=-0.27, learnable=False)  # fixed
     net[5] = EnvelopePool2d.from_pool(net[5], 8)
     with torch.no_grad():
         for layer in (net[0], net[2], net[3], net[5]):

@@ -135,3 +135,19 @@ def test_a_fuse_that_returns_a_container_keeps_the_envelope_in_front():
     fused = block.fuse()
     assert isinstance(fused, nn.Sequential) and fused[0] is block.envelope
     torch.testing.assert_close(fused(x), block(x), rtol=0, atol=0)
+
+
+def test_a_converted_reparameterizable_model_pickles_and_reloads_equal(tmp_path):
+    """The ``Envelope<Block>`` classes are made at run time: torch.save(model) and spawn workers must rebuild them."""
+    import pickle
+
+    torch.manual_seed(0)
+    model = _randomise(envconv.disentangle(timm.create_model("repvgg_a0", num_classes=10), input_size=(64, 64)))
+    model.eval()
+    x = torch.randn(2, 3, 64, 64)
+    torch.save(model, tmp_path / "model.pt")
+    for loaded in (torch.load(tmp_path / "model.pt", weights_only=False), pickle.loads(pickle.dumps(model))):
+        assert [type(m).__name__ for m in loaded.modules()] == [type(m).__name__ for m in model.modules()]
+        assert is_envelope_block(loaded.stem) and envconv.envelopes(loaded) == envconv.envelopes(model)
+        with torch.no_grad():
+            assert torch.equal(loaded(x), model(x))

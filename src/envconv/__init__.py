@@ -1,9 +1,16 @@
 """envconv: Disentangled Convolution for Optimizing Receptive Field (Kobayashi, PRL 2023) in PyTorch."""
 
-from . import flops, functional, kernels, methods, ops, quantization, reparam, state_dict
-from .conv import ConvVariant, DisentangledConv2d, EnvelopeConv2d
+from . import functional, integrations, kernels, methods, ops, reparam, state_dict
+from .conv import (
+    ConvVariant,
+    DisentangledConv1d,
+    DisentangledConv2d,
+    DisentangledConv3d,
+    EnvelopeConv1d,
+    EnvelopeConv2d,
+    EnvelopeConv3d,
+)
 from .convert import disentangle, select_layers, shrink
-from .convnd import DisentangledConv1d, DisentangledConv3d, EnvelopeConv1d, EnvelopeConv3d
 from .envelope import GaussianEnvelope
 from .functional import envelope_conv, envelope_conv2d, gaussian_envelope
 from .listing import EnvelopeInfo, envelopes
@@ -31,15 +38,14 @@ __all__ = [
     "envelope_conv",
     "envelope_conv2d",
     "envelopes",
-    "flops",
     "functional",
+    "integrations",
     "gaussian_envelope",
     "kernels",
     "list_models",
     "load_disentangled",
     "methods",
     "ops",
-    "quantization",
     "reparam",
     "register_timm_models",
     "select_layers",

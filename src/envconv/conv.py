@@ -1,17 +1,22 @@
-r"""Convolutions with extra machinery, built from a plain ``nn.Conv2d`` by name.
+r"""Convolutions with an envelope in 1-D, 2-D and 3-D, built from a plain ``nn.ConvNd`` by name.
 
-* :class:`ConvVariant` - base of every replacement convolution: an ``nn.Conv2d``
-  subclass (so ``weight``/``bias`` keep their state-dict keys) with ``from_conv``.
-* :class:`EnvelopeConv2d` - a channel-wise envelope module before (or after) the conv.
-* :class:`DisentangledConv2d` - the paper's method: the envelope is a learned Gaussian.
+* :class:`EnvelopeConv1d` / :class:`EnvelopeConv2d` / :class:`EnvelopeConv3d` - a channel-wise
+  envelope module before (or after) the convolution.
+* :class:`DisentangledConv1d` / :class:`DisentangledConv2d` / :class:`DisentangledConv3d` - the
+  paper's method: the envelope is a Gaussian, learned (or fixed: ``learnable=False``).
+* :class:`ConvVariant` - base of the 2-D replacement convolutions of the comparison methods:
+  an ``nn.Conv2d`` subclass (so ``weight``/``bias`` keep their state-dict keys) with ``from_conv``.
 
-TensorFlow-"same" convolutions of other libraries (timm's ``Conv2dSame`` in its ``tf_*``
-models, efficientnet-pytorch's and segmentation_models_pytorch's ``Conv2dStaticSamePadding``
-and ``Conv2dDynamicSamePadding``) convert too: the replacement keeps their asymmetric padding
-(:func:`tf_same_padding`), applied to the convolution's input after the envelope.
+All six layers share one base (:class:`EnvelopeConvNd`); each is a subclass of its ``nn.ConvNd``,
+keeps ``weight`` and ``bias`` where that keeps them, and a strided ``1 x 1`` convolution reads
+the envelope only where it samples. TensorFlow-"same" convolutions of other libraries (timm's
+``Conv2dSame`` in its ``tf_*`` models, efficientnet-pytorch's and segmentation_models_pytorch's
+``Conv2dStaticSamePadding`` and ``Conv2dDynamicSamePadding``) convert too: the replacement keeps
+their asymmetric padding (:func:`tf_same_padding`), applied to the convolution's input after the
+envelope.
 """
 
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -19,10 +24,14 @@ from torch import nn
 
 from . import functional
 from .envelope import GaussianEnvelope
+from .ops.composite import CONV
+from .ops.dispatch import check_impl
 from .state_dict import OrderRecord
 
-__all__ = ["CONVS", "ORDERS", "TF_SAME_CONVS", "ConvVariant", "EnvelopeConv2d", "DisentangledConv2d", "adopt_weights",
-           "check_conv_input", "conv_arguments", "tf_same_padding", "same_pad"]
+__all__ = ["CONVS", "ORDERS", "TF_SAME_CONVS", "ConvVariant", "EnvelopeConvNd", "DisentangledConvNd", "EnvelopeConv1d",
+           "EnvelopeConv2d", "EnvelopeConv3d", "DisentangledConv1d", "DisentangledConv2d", "DisentangledConv3d",
+           "ENVELOPE_CONVS", "DISENTANGLED_CONVS", "adopt_weights", "check_conv_input", "conv_arguments",
+           "tf_same_padding", "same_pad"]
 
 #: The convolution classes envconv converts (the envelope methods; the others take nn.Conv2d only).
 CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -138,13 +147,8 @@ class ConvVariant(nn.Conv2d):
     """
 
     #: The TF-"same" padding this layer applies to its convolution's input (see :func:`~envconv.conv.tf_same_padding`):
-    #: ``None`` (none), ``[]`` (dynamic) or ``[left, right, top, bottom]``.
-    tf_same: Optional[List[int]]
-    _takes_tf_same = False  # only replacements whose forward applies tf_same accept such convolutions
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.tf_same = None  # an instance attribute, which TorchScript can see; from_conv sets it
+    #: ``None`` (none), ``[]`` (dynamic) or ``[left, right, top, bottom]``; only envelope convolutions take it.
+    tf_same: Optional[List[int]] = None
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, **kwargs):
@@ -155,10 +159,7 @@ class ConvVariant(nn.Conv2d):
         dtype, ``requires_grad`` flags and train/eval mode; ``kwargs`` are
         the variant's own constructor options. A frozen convolution (weight without
         gradient, as a detection backbone's frozen stem) gives a frozen variant: its new
-        parameters (the envelope's sigma) do not train either.
-
-        A TF-"same" convolution (timm's ``Conv2dSame``, efficientnet-pytorch's) gives a variant
-        that pads the same way (``tf_same``), where the variant supports it.
+        parameters do not train either.
 
         Raises:
             TypeError, ValueError: see :func:`~envconv.conv.conv_arguments`.
@@ -167,22 +168,10 @@ class ConvVariant(nn.Conv2d):
             raise TypeError(f"{cls.__name__} replaces an nn.Conv2d, got {type(conv).__name__} (1-D and 3-D "
                             f"convolutions: envconv.DisentangledConv1d / DisentangledConv3d, methods 'gaussian' and "
                             f"'fixed')")
-        new = cls(**conv_arguments(conv, allow_tf_same=cls._takes_tf_same), **kwargs)
-        new.tf_same = tf_same_padding(conv)
-        return adopt_weights(new, conv)
+        return adopt_weights(cls(**conv_arguments(conv), **kwargs), conv)
 
     def _check_input(self, x: torch.Tensor) -> None:
         check_conv_input(type(self).__name__, self.in_channels, x)
-
-    def _tf_pad(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` padded as the TF-"same" convolution this layer replaced padded it (unchanged for any other)."""
-        pad = self.tf_same
-        if pad is None:
-            return x
-        if len(pad) == 0:
-            pad = same_pad(x, [self.kernel_size[0], self.kernel_size[1]], [self.stride[0], self.stride[1]],
-                           [self.dilation[0], self.dilation[1]])
-        return F.pad(x, pad)
 
 
 def adopt_weights(new: nn.Module, conv: nn.Module) -> nn.Module:
@@ -228,14 +217,26 @@ def check_conv_input(layer: str, in_channels: int, x: torch.Tensor, spatial_dims
         )
 
 
-class EnvelopeConvLayer(OrderRecord):
-    """The constructor of every envelope convolution, 1-D to 3-D (a mixin in front of the ``nn.ConvNd``).
+def _refuse_script(layer: nn.Module):
+    raise RuntimeError(
+        f"torch.jit.script does not support envconv's {type(layer).__name__} (TorchScript scripting is deprecated "
+        f"in PyTorch): use torch.export.export or torch.onnx.export for a graph, torch.jit.trace for a TorchScript "
+        f"module, or torch.compile for speed")
 
-    The convolution's own arguments, then ``envelope`` (a module) and ``order`` (one of
-    :data:`ORDERS`, recorded with the weights by :class:`~envconv.state_dict.OrderRecord`).
+
+class EnvelopeConvNd(OrderRecord):
+    r"""The envelope convolutions' base, 1-D to 3-D: a mixin in front of the ``nn.ConvNd`` it extends.
+
+    ``order="env-conv"``: :math:`Y = \mathbf F * E(X)`, the envelope :math:`E` acting on the
+    :math:`C` input channels; ``order="conv-env"``: :math:`Y = E(\mathbf F * X)` on the :math:`D`
+    output channels. :math:`E` must keep the shape of its input. The order is recorded with the
+    weights (:class:`~envconv.state_dict.OrderRecord`).
     """
 
     _orders = ORDERS  # the order record (state_dict.OrderRecord)
+    _base: type  # nn.Conv1d / nn.Conv2d / nn.Conv3d
+    _dims: int
+    tf_same: Optional[List[int]] = None
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
                  groups: int = 1, bias: bool = True, padding_mode: str = "zeros", *, envelope: nn.Module,
@@ -246,16 +247,180 @@ class EnvelopeConvLayer(OrderRecord):
         self.order = order
         self.envelope = envelope
 
+    @classmethod
+    def from_conv(cls, conv: nn.Module, **kwargs):
+        """Build this layer from an ``nn.ConvNd`` of its kind: its arguments and the same weight Parameters.
 
-class EnvelopeConv2d(EnvelopeConvLayer, ConvVariant):
-    r"""A convolution with a channel-wise envelope module before or after it.
+        ``kwargs`` are the layer's own options. A frozen convolution gives a frozen layer, and a
+        TF-"same" convolution a layer that pads the same way (see :func:`adopt_weights`,
+        :func:`tf_same_padding`).
 
-    ``order="env-conv"``: :math:`Y = \mathbf F * E(X)`, where ``envelope`` :math:`E` acts
-    on the :math:`C` input channels; ``order="conv-env"``: :math:`Y = E(\mathbf F * X)` on
-    the :math:`D` output channels. :math:`E` must keep the shape of its input. The
-    comparison methods of :mod:`envconv.methods` (depth-wise filters, attention maps,
-    ensembles, curriculum smoothing) are envelopes of this kind;
-    :class:`DisentangledConv2d` is the case of a learned Gaussian.
+        Raises:
+            TypeError, ValueError: see :func:`~envconv.conv.conv_arguments`.
+        """
+        if not isinstance(conv, cls._base):
+            raise TypeError(f"{cls.__name__} replaces an nn.{cls._base.__name__}, got {type(conv).__name__}")
+        new = cls(**conv_arguments(conv, allow_tf_same=True), **kwargs)
+        new.tf_same = tf_same_padding(conv)
+        return adopt_weights(new, conv)
+
+    @property
+    def _sampled(self) -> bool:
+        """A strided 1x1 conv without padding: it reads the envelope only every stride-th position."""
+        unpadded = self.padding == "valid" or (not isinstance(self.padding, str) and not any(self.padding))
+        unpadded = unpadded and not any(self.tf_same or [])  # TF-"same" pads no 1x1 conv
+        return all(k == 1 for k in self.kernel_size) and unpadded and any(s > 1 for s in self.stride)
+
+    def _tf_pad(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` padded as the TF-"same" convolution this layer replaced padded it (unchanged for any other)."""
+        pad = self.tf_same
+        if pad is None:
+            return x
+        if len(pad) == 0:
+            pad = same_pad(x, list(self.kernel_size), list(self.stride), list(self.dilation))
+        return F.pad(x, pad)
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        check_conv_input(type(self).__name__, self.in_channels, x, self._dims)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x)
+        if self.order == "conv-env":
+            return self.envelope(self._conv_forward(self._tf_pad(x), self.weight, self.bias))
+        if self._sampled and isinstance(self.envelope, GaussianEnvelope):
+            # exact, and 2-4x cheaper on a ResNet's identity path: smooth only where the conv reads
+            smoothed = self.envelope(x, stride=list(self.stride))
+            return CONV[self._dims + 2](smoothed, self.weight, self.bias, 1, 0, self.dilation, self.groups)
+        return self._conv_forward(self._tf_pad(self.envelope(x)), self.weight, self.bias)
+
+    def __prepare_scriptable__(self):
+        _refuse_script(self)
+
+    def extra_repr(self) -> str:
+        same = "" if self.tf_same is None else f", tf_same={self.tf_same or 'dynamic'}"
+        return f"{self._base.extra_repr(self)}, order={self.order}{same}"
+
+
+class DisentangledConvNd(EnvelopeConvNd):
+    r"""Disentangled convolution, 1-D to 3-D: a Gaussian envelope :math:`\mathbf g`, then the filter :math:`\mathbf F`.
+
+    The filter is :math:`w = \mathbf g(\cdot;\sigma) * \mathbf F` (eq. (1)), applied as two
+    successive operations. With ``order="env-conv"`` (eqs. (3)-(4), the paper's default) the
+    :math:`C` input channels are smoothed, each with its own :math:`\sigma_c`, then convolved:
+
+    .. math::
+
+        \bar X(\cdot,c) = \mathbf g(\cdot;\sigma_c) * X(\cdot,c), \qquad
+        Y(\cdot,d) = \sum_{c=1}^{C} \mathbf F(\cdot,c,d) * \bar X(\cdot,c).
+
+    With ``order="conv-env"`` (eqs. (5)-(6)) the convolution comes first and the :math:`D` output
+    channels are smoothed with :math:`\sigma_d`. The envelope is the child module ``.envelope`` (a
+    :class:`~envconv.GaussianEnvelope`); its sigma appears in the state dict as ``envelope.raw_sigma``.
+
+    Args:
+        in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode: as in
+            :class:`torch.nn.Conv2d` (``Conv1d`` / ``Conv3d``).
+        envelope_size: :math:`k_g = 2r + 1` of the envelope (paper: 9), an int or one per spatial axis.
+        order: ``"env-conv"`` or ``"conv-env"``.
+        shared_sigma: one sigma for all channels (Table 1d) instead of one per channel.
+        sigma_per_axis: a sigma per channel and spatial axis, ``raw_sigma`` of shape (C, n).
+        sigma_init: initial raw value :math:`\tilde\sigma` (paper: 0, i.e. :math:`\sigma = 0.833`).
+        learnable: ``False`` keeps sigma at its initial value (a buffer, not a parameter; Table 1h's
+            fixed sigma, and the control that says whether learning sigma matters).
+        envelope_padding_mode: padding of the envelope (``"zeros"``, ``"reflect"``,
+            ``"replicate"``, ``"circular"``); it always keeps the spatial size.
+        impl: the envelope's implementation: ``"auto"`` (:mod:`envconv.ops.dispatch` decides) or one
+            of :data:`~envconv.ops.dispatch.IMPLS` (settable later as ``layer.envelope.impl``).
+        recompute_envelope: run as the ``envconv::envelope_conv`` op, which keeps only the input for
+            the backward pass and recomputes the envelope there (two fewer feature maps per layer;
+            one envelope forward more). ``False``: the envelope op and a plain conv, autograd between.
+
+    Shape:
+        - Input: :math:`(N, C, *\text{spatial})` or :math:`(C, *\text{spatial})`.
+        - Output: as the ``nn.ConvNd`` with the same arguments returns.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
+                 groups: int = 1, bias: bool = True, padding_mode: str = "zeros", *,
+                 envelope_size: Union[int, Sequence[int]] = 9, order: str = "env-conv", shared_sigma: bool = False,
+                 sigma_per_axis: bool = False, sigma_init: float = 0.0, learnable: bool = True,
+                 envelope_padding_mode: str = "zeros", impl: str = "auto", recompute_envelope: bool = True,
+                 device=None, dtype=None) -> None:
+        self._check_arguments(order)
+        envelope = GaussianEnvelope(in_channels if order == "env-conv" else out_channels, envelope_size,
+                                    shared=shared_sigma, per_axis=sigma_per_axis, init=sigma_init, learnable=learnable,
+                                    padding_mode=envelope_padding_mode, spatial_dims=self._dims, device=device,
+                                    dtype=dtype)
+        envelope.impl = check_impl(impl)
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+                         padding_mode, envelope=envelope, order=order, device=device, dtype=dtype)
+        self.recompute_envelope = bool(recompute_envelope)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        padding = self._op_padding
+        if self.order != "env-conv" or padding is None:
+            return super().forward(x)
+        self._check_input(x)
+        env, sampled = self.envelope, self._sampled
+        return functional.envelope_conv(x, env.raw_sigma, env.size, self.weight, self.bias,
+                                        env_stride=self.stride if sampled else 1, padding_mode=env.padding_mode,
+                                        stride=1 if sampled else self.stride, padding=padding,
+                                        dilation=self.dilation, groups=self.groups, impl=env.impl)
+
+    @property
+    def _op_padding(self) -> Optional[List[int]]:
+        """The conv padding for the envelope + conv op, or ``None`` when the layer runs envelope and conv apart."""
+        if not self.recompute_envelope or self.padding_mode != "zeros":
+            return None
+        if self._sampled or (self.padding == "valid" and self.tf_same is None):
+            return [0] * self._dims
+        if isinstance(self.padding, str) or self.tf_same is not None:  # "same" / TF-"same": asymmetric, padded apart
+            return None
+        return [int(p) for p in self.padding]
+
+    @property
+    def envelope_size(self) -> Union[int, Tuple[int, ...]]:
+        """The envelope's :math:`k_g`, an int or one per axis (settable, e.g. to shrink after training)."""
+        return self.envelope.size
+
+    @envelope_size.setter
+    def envelope_size(self, value: Union[int, Sequence[int]]) -> None:
+        self.envelope.size = value
+
+    def extra_repr(self) -> str:
+        env = self.envelope
+        sigma = ("shared" if env.shared else "per-channel") + (" per-axis" if env.per_axis else "")
+        sigma += "" if env.learnable else ", learnable=False"
+        same = "" if self.tf_same is None else f", tf_same={self.tf_same or 'dynamic'}"
+        return f"{self._base.extra_repr(self)}, envelope_size={env.size}, order={self.order}, sigma={sigma}{same}"
+
+
+class EnvelopeConv1d(EnvelopeConvNd, nn.Conv1d):
+    r"""An ``nn.Conv1d`` with a channel-wise envelope module before (``order="env-conv"``) or after it.
+
+    Args:
+        in_channels, ..., padding_mode: as in :class:`torch.nn.Conv1d`.
+        envelope: the envelope module over the input (or output) channels, e.g.
+            ``GaussianEnvelope(C, spatial_dims=1)``.
+        order: ``"env-conv"`` or ``"conv-env"``.
+
+    Example:
+        >>> env = GaussianEnvelope.fixed(4, sigma=0.0, spatial_dims=1)
+        >>> conv = nn.Conv1d(4, 8, 3, stride=2)
+        >>> x = torch.randn(2, 4, 16)
+        >>> bool(torch.equal(EnvelopeConv1d.from_conv(conv, envelope=env)(x), conv(x)))  # sigma 0: the conv itself
+        True
+    """
+
+    _base, _dims = nn.Conv1d, 1
+
+
+class EnvelopeConv2d(EnvelopeConvNd, ConvVariant):
+    r"""An ``nn.Conv2d`` with a channel-wise envelope module before (``order="env-conv"``) or after it.
+
+    The comparison methods of :mod:`envconv.methods` (depth-wise filters, attention maps, ensembles,
+    curriculum smoothing) are envelopes of this kind; :class:`DisentangledConv2d` is the case of a
+    Gaussian.
 
     Args:
         in_channels, ..., padding_mode: as in :class:`torch.nn.Conv2d`.
@@ -269,56 +434,42 @@ class EnvelopeConv2d(EnvelopeConvLayer, ConvVariant):
         torch.Size([1, 8, 6, 6])
     """
 
-    _takes_tf_same = True
-    tf_same: Optional[List[int]]  # TorchScript reads a class's own annotations only
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._check_input(x)
-        if self.order == "env-conv":
-            return self._conv_forward(self._tf_pad(self.envelope(x)), self.weight, self.bias)
-        return self.envelope(self._conv_forward(self._tf_pad(x), self.weight, self.bias))
-
-    def extra_repr(self) -> str:
-        same = "" if self.tf_same is None else f", tf_same={self.tf_same or 'dynamic'}"
-        return f"{super().extra_repr()}, order={self.order}{same}"
+    _base, _dims = nn.Conv2d, 2
 
 
-class DisentangledConv2d(EnvelopeConv2d):
-    r"""Disentangled convolution: Gaussian envelope :math:`\mathbf g` and discrete filter :math:`\mathbf F`.
+class EnvelopeConv3d(EnvelopeConvNd, nn.Conv3d):
+    r"""An ``nn.Conv3d`` with a channel-wise envelope module before (``order="env-conv"``) or after it.
 
-    The filter is :math:`w = \mathbf g(\cdot;\sigma) * \mathbf F` (eq. (1)), applied as
-    two successive operations. With ``order="env-conv"`` (eq. (3)-(4), the paper's
-    default) the :math:`C` input channels are smoothed, each with its own
-    :math:`\sigma_c`, then convolved:
+    Args and shapes as :class:`EnvelopeConv1d`, for :class:`torch.nn.Conv3d` and inputs :math:`(N, C, D, H, W)`.
 
-    .. math::
+    Example:
+        >>> env = GaussianEnvelope.fixed(3, sigma=0.0, spatial_dims=3)
+        >>> conv = nn.Conv3d(3, 8, (3, 7, 7), stride=(1, 2, 2), padding=(1, 3, 3))
+        >>> x = torch.randn(1, 3, 4, 16, 16)
+        >>> bool(torch.equal(EnvelopeConv3d.from_conv(conv, envelope=env)(x), conv(x)))
+        True
+    """
 
-        \bar X(\cdot,\cdot,c) = \mathbf g(\cdot,\cdot;\sigma_c) * X(\cdot,\cdot,c), \qquad
-        Y(\cdot,\cdot,d) = \sum_{c=1}^{C} \mathbf F(\cdot,\cdot,c,d) * \bar X(\cdot,\cdot,c).
+    _base, _dims = nn.Conv3d, 3
 
-    With ``order="conv-env"`` (eq. (5)-(6)) the convolution comes first and the
-    :math:`D` output channels are smoothed with :math:`\sigma_d`.
 
-    This is a subclass of :class:`torch.nn.Conv2d`: ``weight``, ``bias`` and every
-    Conv2d argument behave exactly as there. The envelope is the child module
-    ``.envelope`` (a :class:`~envconv.GaussianEnvelope`); its parameter appears in the
-    state dict as ``envelope.raw_sigma``.
+class DisentangledConv1d(DisentangledConvNd, EnvelopeConv1d):
+    r"""Disentangled convolution for sequences :math:`(N, C, L)`: a Gaussian envelope, then ``nn.Conv1d``.
 
-    Args:
-        in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode: as in
-            :class:`torch.nn.Conv2d`.
-        envelope_size: :math:`k_g = 2r + 1` of the envelope (paper: 9), or a pair (height, width).
-        order: ``"env-conv"`` or ``"conv-env"``.
-        shared_sigma: one sigma for all channels (Table 1d) instead of one per channel.
-        sigma_per_axis: a sigma per channel and axis (height, width), ``raw_sigma`` of shape (C, 2).
-        sigma_init: initial raw value :math:`\tilde\sigma` (paper: 0).
-        envelope_padding_mode: padding of the envelope (``"zeros"``, ``"reflect"``,
-            ``"replicate"``, ``"circular"``); it always keeps the spatial size.
+    Args as :class:`~envconv.conv.DisentangledConvNd`, for :class:`torch.nn.Conv1d`.
 
-    Shape:
-        - Input: :math:`(N, C, H, W)` or :math:`(C, H, W)`.
-        - Output: :math:`(N, D, H_{out}, W_{out})` or :math:`(D, H_{out}, W_{out})`, as
-          for :class:`torch.nn.Conv2d` with the same arguments.
+    Example:
+        >>> conv = DisentangledConv1d(16, 32, 5, stride=2, padding=2)
+        >>> conv(torch.randn(4, 16, 100)).shape, conv.envelope.spatial_dims
+        (torch.Size([4, 32, 50]), 1)
+    """
+
+
+class DisentangledConv2d(DisentangledConvNd, EnvelopeConv2d):
+    r"""Disentangled convolution for images :math:`(N, C, H, W)`: a Gaussian envelope, then ``nn.Conv2d``.
+
+    Args as :class:`~envconv.conv.DisentangledConvNd`, for :class:`torch.nn.Conv2d`; ``envelope_size`` may be a pair
+    (height, width), and a ``sigma_per_axis`` envelope has ``raw_sigma`` of shape (C, 2).
 
     Example:
         >>> conv = DisentangledConv2d(16, 32, 3, stride=2, padding=1, bias=False)
@@ -326,132 +477,30 @@ class DisentangledConv2d(EnvelopeConv2d):
         torch.Size([2, 32, 16, 16])
         >>> sorted(conv.state_dict())  # the records keep k_g and the order with the weights
         ['_extra_state', 'envelope._extra_state', 'envelope.raw_sigma', 'weight']
+        >>> fixed = DisentangledConv2d(16, 32, 3, learnable=False)  # sigma stays 0.833: a buffer
+        >>> [name for name, _ in fixed.named_parameters()]
+        ['weight', 'bias']
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size,
-        stride=1,
-        padding=0,
-        dilation=1,
-        groups: int = 1,
-        bias: bool = True,
-        padding_mode: str = "zeros",
-        *,
-        envelope_size: Union[int, Tuple[int, int]] = 9,
-        order: str = "env-conv",
-        shared_sigma: bool = False,
-        sigma_per_axis: bool = False,
-        sigma_init: float = 0.0,
-        envelope_padding_mode: str = "zeros",
-        device=None,
-        dtype=None,
-    ) -> None:
-        self._check_arguments(order)
-        envelope = GaussianEnvelope(
-            in_channels if order == "env-conv" else out_channels,
-            envelope_size,
-            shared=shared_sigma,
-            per_axis=sigma_per_axis,
-            init=sigma_init,
-            padding_mode=envelope_padding_mode,
-            device=device,
-            dtype=dtype,
-        )
-        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding, dilation=dilation,
-                         groups=groups, bias=bias, padding_mode=padding_mode, envelope=envelope, order=order,
-                         device=device, dtype=dtype)
-        #: Run as the ``envconv::envelope_conv2d`` op, which keeps only the input for the backward
-        #: pass and recomputes the envelope there (two fewer feature maps per layer; one envelope
-        #: forward more). ``False``: the envelope op and a plain conv, autograd between them.
-        self.recompute_envelope = True
 
-    __jit_unused_properties__ = ["envelope_size", "_sampled", "_op_padding"]
-    # Set by __prepare_scriptable__; typed here because TorchScript cannot infer an empty list's type.
-    _script_padding: List[int]
-    _script_sampled: bool
-    tf_same: Optional[List[int]]  # TorchScript reads a class's own annotations only
+class DisentangledConv3d(DisentangledConvNd, EnvelopeConv3d):
+    r"""Disentangled convolution for clips and volumes :math:`(N, C, D, H, W)`: a Gaussian envelope, then ``nn.Conv3d``.
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.jit.is_scripting():
-            return self._scripted_forward(x)
-        return self._forward(x)
+    Args as :class:`~envconv.conv.DisentangledConvNd`, for :class:`torch.nn.Conv3d`; ``envelope_size``
+    applies along every axis, or is a triple (depth or time, height, width).
 
-    def _scripted_forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The forward under ``torch.jit.script``: the envelope + conv op on a 4-D input, as eager runs it."""
-        env = self.envelope
-        if self.order != "env-conv":
-            return env(self._conv_forward(self._tf_pad(x), self.weight, self.bias))
-        op_padding = self._script_padding
-        if len(op_padding) == 0:
-            return self._conv_forward(self._tf_pad(env(x)), self.weight, self.bias)
-        sampled = self._script_sampled
-        env_stride = [self.stride[0], self.stride[1]] if sampled else [1, 1]
-        conv_stride = [1, 1] if sampled else [self.stride[0], self.stride[1]]
-        return torch.ops.envconv.envelope_conv2d(x, env.raw_sigma, self.weight, self.bias, env._size, env_stride,
-                                                 env.padding_mode, env.impl, conv_stride, op_padding,
-                                                 [self.dilation[0], self.dilation[1]], self.groups, env._axis_sizes)
+    Example:
+        >>> conv = DisentangledConv3d(3, 64, (3, 7, 7), stride=(1, 2, 2), padding=(1, 3, 3), bias=False,
+        ...                           sigma_per_axis=True)
+        >>> conv(torch.randn(1, 3, 8, 32, 32)).shape, conv.envelope.raw_sigma.shape  # (time, height, width)
+        (torch.Size([1, 64, 8, 16, 16]), torch.Size([3, 3]))
+    """
 
-    def __prepare_scriptable__(self):
-        """Called by ``torch.jit.script``: fix the op's arguments as plain attributes the script reads."""
-        self._script_sampled = self._sampled
-        padding = self._op_padding
-        self._script_padding = padding if padding is not None else []
-        return self
 
-    @property
-    def _sampled(self) -> bool:
-        """A strided 1x1 conv without padding: it reads the envelope only every stride-th pixel."""
-        unpadded = self.padding in ((0, 0), "valid") and not any(self.tf_same or [])  # TF-"same" pads no 1x1 conv
-        return self.kernel_size == (1, 1) and unpadded and self.stride != (1, 1)
-
-    @property
-    def _op_padding(self) -> Optional[List[int]]:
-        """The conv padding for the envelope + conv op, or ``None`` when the layer runs envelope and conv apart."""
-        if not self.recompute_envelope or self.padding_mode != "zeros":
-            return None
-        if self._sampled or (self.padding == "valid" and self.tf_same is None):
-            return [0, 0]
-        if isinstance(self.padding, str) or self.tf_same is not None:  # TF-"same": padded apart, asymmetric
-            return None
-        return [int(self.padding[0]), int(self.padding[1])]
-
-    @torch.jit.unused
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.order != "env-conv":
-            return super().forward(x)
-        self._check_input(x)
-        env, weight, bias = self.envelope, self.weight, self.bias
-        # A strided 1x1 conv reads one pixel in stride^2: smooth only at those (exact, and
-        # 2-4x cheaper on the identity path of a ResNet).
-        sampled = self._sampled
-        padding = self._op_padding
-        if padding is None:
-            smoothed = env(x, stride=self.stride) if sampled else env(x)
-            if sampled:
-                return F.conv2d(smoothed, weight, bias, 1, 0, self.dilation, self.groups)
-            return self._conv_forward(self._tf_pad(smoothed), weight, bias)
-        return functional.envelope_conv2d(x, env.raw_sigma, env.size, weight, bias,
-                                          env_stride=self.stride if sampled else 1, padding_mode=env.padding_mode,
-                                          stride=1 if sampled else self.stride, padding=padding,
-                                          dilation=self.dilation, groups=self.groups, impl=env.impl)
-
-    @property
-    def envelope_size(self) -> Union[int, Tuple[int, ...]]:
-        """The envelope's :math:`k_g`, an int or one per axis (settable, e.g. to shrink after training)."""
-        return self.envelope.size
-
-    @envelope_size.setter
-    def envelope_size(self, value: Union[int, Tuple[int, ...]]) -> None:
-        self.envelope.size = value
-
-    def extra_repr(self) -> str:
-        sigma = ("shared" if self.envelope.shared else "per-channel") + (" per-axis" if self.envelope.per_axis else "")
-        if self.tf_same is not None:
-            sigma += f", tf_same={self.tf_same or 'dynamic'}"
-        return f"{nn.Conv2d.extra_repr(self)}, envelope_size={self.envelope.size}, order={self.order}, sigma={sigma}"
+#: The envelope convolution (any envelope module) for each convolution class it replaces.
+ENVELOPE_CONVS = {nn.Conv1d: EnvelopeConv1d, nn.Conv2d: EnvelopeConv2d, nn.Conv3d: EnvelopeConv3d}
+#: The disentangled convolution (Gaussian envelope) for each convolution class it replaces.
+DISENTANGLED_CONVS = {nn.Conv1d: DisentangledConv1d, nn.Conv2d: DisentangledConv2d, nn.Conv3d: DisentangledConv3d}
 
 
 torch.fx.wrap("check_conv_input")

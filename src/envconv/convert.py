@@ -260,9 +260,12 @@ def disentangle(
     where: Where = "downsample",
     stem: str = "paper",
     method: str = "gaussian",
-    envelope_size: Optional[int] = None,
+    envelope_size: Union[None, int, Sequence[int]] = None,
     order: Optional[str] = None,
     shared_sigma: bool = False,
+    sigma_per_axis: bool = False,
+    sigma_init: Optional[float] = None,
+    envelope_padding_mode: Optional[str] = None,
     input_size: Sequence[int] = (64, 64),
     **method_options,
 ) -> nn.Module:
@@ -284,15 +287,19 @@ def disentangle(
         stem: ``"paper"``, ``"none"`` or ``"modified"``.
         method: a name of :data:`envconv.methods.METHODS` (``"gaussian"``: ours; ``"none"``:
             the baseline, which still validates ``where`` and applies ``stem="modified"``).
-        envelope_size: :math:`k_g`; ``None`` uses the method's default (9; 3 for ``cbs``).
+        envelope_size: :math:`k_g` (or one per spatial axis); ``None`` uses the method's default (9; 3 for
+            ``cbs``).
         order: ``"env-conv"`` or ``"conv-env"`` for envelope methods; ``None``: default.
         shared_sigma: one sigma per layer instead of one per channel (``gaussian`` only).
+        sigma_per_axis: a sigma per channel and spatial axis (``gaussian`` and ``fixed``): a clip's
+            time axis apart from its height and width.
+        sigma_init: the initial raw sigma (``gaussian``; ``None``: 0, i.e. sigma 0.833).
+        envelope_padding_mode: the envelope's padding (``gaussian`` and ``fixed``; ``None``: zeros).
         input_size: ``(H, W)`` of the dummy image that finds the pools' channel counts
             (:func:`~envconv.convert.pool_channels`), used only when envelopes go at pools.
         **method_options: the method's own options, e.g. ``sigma=0.6`` for ``fixed``,
-            ``initial_sigma=1.0, decay=0.9, every=5`` for ``cbs``; ``sigma_per_axis=True`` for
-            ``gaussian`` and ``fixed``: a sigma per channel and spatial axis (a clip's time axis
-            apart from its height and width).
+            ``learnable=False`` for ``gaussian`` (sigma kept at its initial value),
+            ``initial_sigma=1.0, decay=0.9, every=5`` for ``cbs``.
 
     At a pool (``where="pools"``), ``gaussian`` and ``fixed`` put an
     :class:`~envconv.pool.EnvelopePool2d`; their ``order`` ``"env-conv"`` (default) becomes
@@ -322,7 +329,9 @@ def disentangle(
     _refuse_scripted(model, "disentangle")
     get_method(method)
     options = dict(method_options)
-    for name, value in (("envelope_size", envelope_size), ("order", order), ("shared_sigma", shared_sigma or None)):
+    for name, value in (("envelope_size", envelope_size), ("order", order), ("shared_sigma", shared_sigma or None),
+                        ("sigma_per_axis", sigma_per_axis or None), ("sigma_init", sigma_init),
+                        ("envelope_padding_mode", envelope_padding_mode)):
         if value is not None:
             options[name] = value
     check_options(method, options)

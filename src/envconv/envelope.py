@@ -95,9 +95,7 @@ class GaussianEnvelope(ArchitectureRecord, nn.Module):
     """
 
     raw_sigma: torch.Tensor
-    _axis_sizes: Optional[List[int]]  # None: _size on every axis (TorchScript reads the annotation)
-    # TorchScript compiles forward's scripted branch only; these stay Python
-    __jit_unused_properties__ = ["size", "sizes", "learnable", "sigma2", "sigma", "per_axis"]
+    _axis_sizes: Optional[List[int]]  # None: _size on every axis
 
     def __init__(
         self,
@@ -243,18 +241,15 @@ class GaussianEnvelope(ArchitectureRecord, nn.Module):
                              f"(kernel1d(axis) gives each axis's kernel)")
         return self.kernel1d(0)[:, :, None] * self.kernel1d(1)[:, None, :]
 
-    def forward(self, x: torch.Tensor, stride: Union[int, List[int]] = 1) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, stride: Union[int, Sequence[int]] = 1) -> torch.Tensor:
         """Smooth ``x``; with ``stride > 1`` only at the positions a strided 1x1 conv reads."""
-        if torch.jit.is_scripting():  # torch.jit.script: the op itself, on a batched input
-            strides = [stride] * self.spatial_dims if isinstance(stride, int) else stride
-            return torch.ops.envconv.envelope(x, self.raw_sigma, self._size, strides, self.padding_mode, self.impl,
-                                              self._axis_sizes)
-        return self._forward(x, stride)
-
-    @torch.jit.unused
-    def _forward(self, x: torch.Tensor, stride: Union[int, Sequence[int]] = 1) -> torch.Tensor:
         return functional.gaussian_envelope(x, self.raw_sigma, self.size, self.padding_mode, stride, self.impl,
                                             channels=self.channels, spatial_dims=self.spatial_dims)
+
+    def __prepare_scriptable__(self):
+        raise RuntimeError("torch.jit.script does not support envconv's GaussianEnvelope (TorchScript scripting is "
+                           "deprecated in PyTorch): use torch.export.export or torch.onnx.export for a graph, "
+                           "torch.jit.trace for a TorchScript module, or torch.compile for speed")
 
     def resolve_impl(self, x: torch.Tensor, stride: Union[int, Sequence[int]] = 1) -> str:
         """The implementation that computes this envelope's forward for ``x`` (see :mod:`envconv.ops.dispatch`)."""

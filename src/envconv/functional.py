@@ -17,8 +17,10 @@ import torch
 import torch.fx
 
 from . import kernels
+from .ops.composite import CONV
 from .ops.dispatch import check_impl
-from .ops.library import _CONV, envelope_decomposed, size_args  # importing it registers the torch.ops.envconv operators
+from .ops.export import envelope_decomposed  # importing envconv.ops registers the torch.ops.envconv operators
+from .ops.library import size_args
 
 __all__ = ["gaussian_envelope", "envelope_conv2d", "envelope_conv", "PADDING_MODES"]
 
@@ -32,6 +34,16 @@ def _pair(value: Union[int, Sequence[int]], name: str, n: int = 2) -> List[int]:
         what = "a pair" if n == 2 else f"{n}" if n > 1 else "one"
         raise ValueError(f"{name} must be a positive int or {what} of them, got {value!r}")
     return pair
+
+
+def _padding(value: Union[int, Sequence[int]], dims: int) -> List[int]:
+    """The convolution's zero padding as ``dims`` non-negative ints ("same" / "valid" belong to the layers)."""
+    pads = [value] * dims if isinstance(value, int) else list(value) if not isinstance(value, str) else None
+    if pads is None or len(pads) != dims or not all(isinstance(p, int) and not isinstance(p, bool) and p >= 0
+                                                    for p in pads):
+        raise ValueError(f"padding must be a non-negative int or {dims} of them, got {value!r} (for 'same' or "
+                         f"'valid' use the layer, e.g. DisentangledConv2d(..., padding='same'))")
+    return pads
 
 
 #: The input shapes an envelope takes, by number of spatial dimensions.
@@ -139,6 +151,8 @@ def envelope_conv2d(
 ) -> torch.Tensor:
     r"""``conv2d(gaussian_envelope(x, raw_sigma, size, padding_mode, env_stride), weight, bias, ...)`` in one op.
 
+    The 2-D spelling of :func:`envelope_conv` (the ``envconv::envelope_conv`` op).
+
     Only ``x`` is kept for backward, where the envelope is recomputed: two fewer feature
     maps alive per layer in training. The convolution pads with zeros.
 
@@ -164,8 +178,8 @@ def envelope_conv2d(
         >>> bool(torch.allclose(y, want, atol=1e-5))
         True
     """
-    return _envelope_conv(torch.ops.envconv.envelope_conv2d, 2, x, raw_sigma, size, weight, bias, env_stride,
-                          padding_mode, stride, padding, dilation, groups, impl)
+    return _envelope_conv(2, x, raw_sigma, size, weight, bias, env_stride, padding_mode, stride, padding, dilation,
+                          groups, impl)
 
 
 def envelope_conv(
@@ -199,28 +213,28 @@ def envelope_conv(
     if not isinstance(weight, torch.Tensor) or weight.dim() not in (3, 4, 5):
         raise ValueError(f"weight must be a (D, C / groups, *kernel) tensor with 1-3 spatial dims, got "
                          f"{getattr(weight, 'shape', type(weight).__name__)}")
-    return _envelope_conv(torch.ops.envconv.envelope_conv, weight.dim() - 2, x, raw_sigma, size, weight, bias,
-                          env_stride, padding_mode, stride, padding, dilation, groups, impl)
+    return _envelope_conv(weight.dim() - 2, x, raw_sigma, size, weight, bias, env_stride, padding_mode, stride,
+                          padding, dilation, groups, impl)
 
 
-def _envelope_conv(op, dims: int, x, raw_sigma, size, weight, bias, env_stride, padding_mode, stride, padding,
+def _envelope_conv(dims: int, x, raw_sigma, size, weight, bias, env_stride, padding_mode, stride, padding,
                    dilation, groups, impl) -> torch.Tensor:
-    """The argument checks and the call of an envelope + conv ``op`` for ``x`` with ``dims`` spatial axes."""
+    """The argument checks and the call of the envelope + conv op for ``x`` with ``dims`` spatial axes."""
     _check_input(x, None, dims)
     if x.dim() == dims + 1:
-        return _envelope_conv(op, dims, x.unsqueeze(0), raw_sigma, size, weight, bias, env_stride, padding_mode,
+        return _envelope_conv(dims, x.unsqueeze(0), raw_sigma, size, weight, bias, env_stride, padding_mode,
                               stride, padding, dilation, groups, impl).squeeze(0)
     kernels.check_envelope_args(x, raw_sigma, size, padding_mode)
     check_impl(impl)
     env_stride = _pair(env_stride, "env_stride", dims)
-    padding = [padding] * dims if isinstance(padding, int) else list(padding)
+    padding = _padding(padding, dims)
     stride, dilation = _pair(stride, "stride", dims), _pair(dilation, "dilation", dims)
     if torch.onnx.is_in_onnx_export():
         smoothed = envelope_decomposed(x, raw_sigma, size, env_stride, padding_mode)
-        return _CONV[x.dim()](smoothed, weight, bias, stride, padding, dilation, groups)
+        return CONV[x.dim()](smoothed, weight, bias, stride, padding, dilation, groups)
     k, *axis_sizes = _size_args(size, dims)
-    return op(x, raw_sigma, weight, bias, k, env_stride, padding_mode, impl, stride, padding, dilation, groups,
-              *axis_sizes)
+    return torch.ops.envconv.envelope_conv(x, raw_sigma, weight, bias, k, env_stride, padding_mode, impl, stride,
+                                           padding, dilation, groups, *axis_sizes)
 
 
 def _size_args(size, dims: int) -> tuple:

@@ -15,6 +15,7 @@ At :math:`\sigma \to 0` (the delta envelope) both equal the original pool exactl
 from __future__ import annotations
 
 import copy
+from typing import Sequence, Union
 
 import torch
 from torch import nn
@@ -93,9 +94,10 @@ class EnvelopePool2d(OrderRecord, nn.Module):
         self.stride = [int(s) for s in stride]
 
     @classmethod
-    def from_pool(cls, pool: nn.Module, channels: int, *, envelope_size: int = 9, order: str = "env-pool",
-                  shared_sigma: bool = False, sigma_per_axis: bool = False, sigma_init: float = 0.0,
-                  envelope_padding_mode: str = "zeros", device=None, dtype=None) -> "EnvelopePool2d":
+    def from_pool(cls, pool: nn.Module, channels: int, *, envelope_size: Union[int, Sequence[int]] = 9,
+                  order: str = "env-pool", shared_sigma: bool = False, sigma_per_axis: bool = False,
+                  sigma_init: float = 0.0, envelope_padding_mode: str = "zeros", device=None,
+                  dtype=None) -> "EnvelopePool2d":
         """A learned envelope (per channel, or ``shared_sigma``; ``sigma_per_axis``) at ``pool``, over ``channels``."""
         envelope = GaussianEnvelope(channels, envelope_size, shared=shared_sigma, per_axis=sigma_per_axis,
                                     init=sigma_init,

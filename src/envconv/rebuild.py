@@ -26,9 +26,8 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from .conv import CONVS, ORDERS, EnvelopeConv2d
+from .conv import CONVS, ENVELOPE_CONVS, ORDERS, EnvelopeConv2d
 from .convert import _refuse_scripted, pool_channels, replace_modules
-from .convnd import ENVELOPE_CONVS
 from .envelope import GaussianEnvelope, read_envelope_record
 from .methods import build_replacement
 from .pool import POOL_ORDERS, POOLS, EnvelopePool2d
@@ -127,11 +126,11 @@ def _replacement(layer: str, module: nn.Module, spec: dict, on: dict, pool_chans
 
 
 def disentangle_like(model: nn.Module, state: Mapping[str, torch.Tensor],
-                     input_size: Sequence[int] = (64, 64)) -> nn.Module:
+                     *, input_size: Sequence[int] = (64, 64)) -> nn.Module:
     """Convert ``model`` in place exactly where ``state`` has envelopes, as the state dict records them.
 
-    A plain ``nn.Conv2d`` gets a :class:`~envconv.DisentangledConv2d` (a learned sigma) or an
-    :class:`~envconv.EnvelopeConv2d` with a fixed envelope; a max / average pool an
+    A plain ``nn.Conv2d`` gets a :class:`~envconv.DisentangledConv2d` (a learned sigma, or a fixed
+    one: ``learnable=False``); a max / average pool an
     :class:`~envconv.EnvelopePool2d`; a re-parameterizable block its envelope in front
     (:mod:`envconv.reparam`); with the recorded size, order, padding and a shared or per-channel
     sigma. Layers that already have an envelope are left as they are (loading then checks them).
@@ -221,6 +220,6 @@ def load_disentangled(model: nn.Module, source: Source, *, strict: bool = True,
         ('conv-env', True)
     """
     state = load_weights(source)
-    disentangle_like(model, state, input_size)
+    disentangle_like(model, state, input_size=input_size)
     model.load_state_dict(state, strict=strict)
     return model

@@ -59,9 +59,21 @@ def _fuse(self):
     return envelope_block(fused, self.envelope)
 
 
+def _reduce_ex(self, protocol):
+    # the class is made at run time, so pickle (torch.save(model), spawn workers) rebuilds it from its base
+    return _unpickle, (self._envconv_base,), self.__dict__
+
+
+def _unpickle(base: type) -> nn.Module:
+    block = base.__new__(base)
+    block.__class__ = _class_for(base)
+    return block
+
+
 def _class_for(base: type) -> type:
     if base not in _CLASSES:
-        namespace = {"forward": _forward, "_envconv_base": base, "__module__": base.__module__,
+        namespace = {"forward": _forward, "_envconv_base": base, "__reduce_ex__": _reduce_ex,
+                     "__module__": base.__module__,
                      "__doc__": f"{base.__name__} with a Gaussian envelope in front (envconv.reparam)."}
         if callable(getattr(base, "fuse", None)):
             namespace["fuse"] = _fuse

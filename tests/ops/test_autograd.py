@@ -2,7 +2,7 @@
 
 Two independent references: finite differences (``gradcheck`` / ``gradgradcheck``, which also
 check forward mode and forward-over-reverse), and the same function built from plain ATen ops
-(:func:`envconv.ops.library.envelope_decomposed`), which PyTorch's own derivative formulas
+(:func:`envconv.ops.export.envelope_decomposed`), which PyTorch's own derivative formulas
 differentiate. Per-sample gradients are checked against a loop of ordinary backward passes.
 """
 
@@ -16,7 +16,7 @@ from torch.autograd import gradcheck, gradgradcheck
 from envconv import DisentangledConv2d
 from envconv import functional as Fn
 from envconv.ops import cpu
-from envconv.ops.library import envelope_decomposed
+from envconv.ops.export import envelope_decomposed
 
 DOUBLE = dict(dtype=torch.float64)
 CPU_IMPLS = ["separable", "full"] + (["fused"] if cpu.available() else [])

@@ -102,7 +102,7 @@ def test_envelope_conv_ops_with_a_size_per_axis_match_envelope_then_conv():
     x2 = torch.randn(2, 2, 6, 7, dtype=torch.float64, generator=gen)
     raw2, w2 = torch.randn(2, dtype=torch.float64, generator=gen), torch.randn(3, 2, 3, 3, dtype=torch.float64)
     args = (x2, raw2, w2, None, 5, [1, 1], "zeros", "auto", [1, 1], [1, 1], [1, 1], 1, [5, 3])
-    torch.library.opcheck(torch.ops.envconv.envelope_conv2d.default, args)
+    torch.library.opcheck(torch.ops.envconv.envelope_conv.default, args)
     # the few-channel stem backward (no input gradient) with a size per axis
     raw2.requires_grad_()
     stem = torch.autograd.grad(functional.envelope_conv2d(x2, raw2, (5, 3), w2, padding=1).square().sum(), raw2)[0]

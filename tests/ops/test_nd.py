@@ -12,7 +12,7 @@ from scipy import ndimage
 
 import reference
 from envconv import GaussianEnvelope, functional
-from envconv.ops.library import envelope_flops
+from envconv.ops.flop_formulas import envelope_flops
 
 SCIPY_MODES = {"zeros": "constant", "reflect": "mirror", "replicate": "nearest", "circular": "wrap"}
 SHAPES = {1: (2, 3, 11), 3: (2, 3, 5, 6, 7)}

@@ -1,22 +1,19 @@
 """Every implementation of the envconv ops against the numpy/scipy reference, forward and backward.
 
-The Triton kernels run through Triton's interpreter on CPU tensors (``TRITON_INTERPRET=1``,
-set here before triton compiles anything), with small shapes: the interpreter is slow.
+The Triton kernels run through Triton's interpreter on CPU tensors (``TRITON_INTERPRET=1``, set by
+``tests/conftest.py`` before triton compiles anything), with small shapes: the interpreter is slow.
 """
 
 import itertools
-import os
 import re
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
+import numpy as np
+import pytest
+import torch
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-import reference  # noqa: E402
-from envconv import functional  # noqa: E402
-from envconv.ops import cpu, dispatch  # noqa: E402
+import reference
+from envconv import functional
+from envconv.ops import cpu, dispatch
 
 TOL = {torch.float64: dict(rtol=1e-10, atol=1e-10), torch.float32: dict(rtol=2e-5, atol=2e-5)}
 # the raw-sigma reference is a central difference (error about 1e-9 relative)
@@ -61,9 +58,10 @@ def check_against_reference(impl, dtype, channels_last, stride, size, padding_mo
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("impl, channels_last, stride, size", list(itertools.product(
-    ["separable", "full", "fused", "auto"], [False, True], STRIDES, [1, 3, 9])))
-@pytest.mark.parametrize("padding_mode", ["zeros", "reflect", "replicate", "circular"])
+@pytest.mark.parametrize("impl, channels_last, stride, size, padding_mode", [
+    case for case in itertools.product(["separable", "full", "fused", "auto"], [False, True], STRIDES, [1, 3, 9],
+                                       ["zeros", "reflect", "replicate", "circular"])
+    if case[0] != "fused" or case[4] == "zeros"])  # the C++ kernel pads with zeros (forcing it otherwise raises)
 def test_cpu_impls_match_reference(dtype, impl, channels_last, stride, size, padding_mode):
     needs(impl, padding_mode)
     for channels in (3, 17):  # the C++ kernel has a few-channel and a many-channel path
@@ -89,8 +87,9 @@ def test_triton_bfloat16_accumulates_in_float32():
     y16 = functional.gaussian_envelope(x.detach().bfloat16(), raw.detach(), 5, impl="triton")
     assert y16.dtype == torch.bfloat16
     want = reference.envelope_strided(x.detach().bfloat16().double().numpy(), raw.detach().numpy(), 5)
-    # only the final rounding to bfloat16 (8 bits) is lost, not the sum
-    torch.testing.assert_close(y16.double(), torch.from_numpy(want), rtol=2 ** -8, atol=1e-2)
+    # each of the two passes sums in float32 and rounds its result to bfloat16 (8 bits): two roundings
+    eps = 2 ** -8
+    torch.testing.assert_close(y16.double(), torch.from_numpy(want), rtol=2 * eps, atol=2 * eps * 4)
 
 
 @pytest.mark.parametrize("impl", ["separable", "fused", "triton"])
@@ -115,7 +114,7 @@ def test_opcheck_envelope_conv2d(channels_last, channels):
         x, raw = inputs(channels, dtype, channels_last, shape=(2, 6, 7))
         w = torch.randn(4, channels, 3, 3, dtype=dtype, requires_grad=True)
         b = torch.randn(4, dtype=dtype, requires_grad=True)
-        torch.library.opcheck(torch.ops.envconv.envelope_conv2d.default,
+        torch.library.opcheck(torch.ops.envconv.envelope_conv.default,
                               (x, raw, w, b, 5, env_stride, "zeros", "auto", [2, 1], [1, 1], [1, 1], 1))
 
 

@@ -167,7 +167,7 @@ def test_wrong_per_axis_shapes_are_named():
 
 @pytest.mark.parametrize("raw_shape", [(3, 3), (1, 3), (3,)])
 def test_the_aten_only_form_for_exporters_equals_the_op(raw_shape):
-    from envconv.ops.library import envelope_decomposed
+    from envconv.ops.export import envelope_decomposed
 
     x = torch.randn(2, 3, 7, 8, 9, dtype=torch.float64)
     raw = torch.randn(raw_shape, dtype=torch.float64)

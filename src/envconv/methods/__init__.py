@@ -28,12 +28,11 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from torch import nn
 
-from ..conv import DisentangledConv2d, EnvelopeConv2d, conv_arguments
-from ..convnd import DISENTANGLED_CONVS, ENVELOPE_CONVS
+from ..conv import DISENTANGLED_CONVS, EnvelopeConv2d, conv_arguments
 from ..envelope import GaussianEnvelope
 from .cbs import CBS_DEFAULTS, CurriculumSmoothing, cbs_sigma, set_curriculum_epoch
 from .channel_filters import AdaptiveAttentionEnvelope, DepthwiseEnvelope, EnsembleEnvelope, ParametricAttentionEnvelope
@@ -61,6 +60,10 @@ __all__ = [
 ]
 
 
+#: An envelope size: one k_g, or one per spatial axis.
+Size = Union[int, Sequence[int]]
+
+
 @dataclass(frozen=True)
 class Method:
     """A registered method: ``build(conv, **options)`` returns the replacement (``None``: no change)."""
@@ -69,6 +72,7 @@ class Method:
     build: Optional[Callable[..., nn.Module]]
     reference: str
     summary: str
+    dims: Tuple[int, ...] = (2,)  #: the spatial dims of the convolutions it converts
 
 
 #: Every comparison method by name (filled by :func:`register_method`), in the paper's order.
@@ -76,11 +80,14 @@ METHODS: Dict[str, Method] = {}
 
 
 def register_method(name: str, build: Optional[Callable[..., nn.Module]], reference: str = "",
-                    summary: str = "") -> Method:
-    """Register a method under ``name`` (usable as ``disentangle(model, method=name)``)."""
+                    summary: str = "", dims: Tuple[int, ...] = (2,)) -> Method:
+    """Register a method under ``name`` (usable as ``disentangle(model, method=name)``).
+
+    ``dims``: the spatial dims of the convolutions ``build`` converts (``nn.Conv2d`` only by default).
+    """
     if name in METHODS:
         raise ValueError(f"method {name!r} is already registered")
-    METHODS[name] = Method(name, build, reference, summary)
+    METHODS[name] = Method(name, build, reference, summary, tuple(dims))
     return METHODS[name]
 
 
@@ -93,27 +100,31 @@ def _on(conv: nn.Conv2d) -> dict:
     return {"device": args["device"], "dtype": args["dtype"]}
 
 
-def _nd_base(conv: nn.Module):
-    """``nn.Conv1d`` / ``nn.Conv3d`` for a 1-D / 3-D convolution (the envelope methods take them), else ``None``."""
-    return next((base for base in DISENTANGLED_CONVS if isinstance(conv, base)), None)
+def _disentangled(conv: nn.Module):
+    """The disentangled convolution of ``conv``'s dimensionality (``nn.Conv1d`` / ``Conv2d`` / ``Conv3d``)."""
+    base = next((base for base in DISENTANGLED_CONVS if isinstance(conv, base)), None)
+    if base is None:
+        raise TypeError(f"expected an nn.Conv2d (or nn.Conv1d / nn.Conv3d), got {type(conv).__name__}")
+    return DISENTANGLED_CONVS[base]
 
 
-def _gaussian(conv, *, envelope_size: int = 9, order: str = "env-conv", shared_sigma: bool = False,
-              sigma_per_axis: bool = False, sigma_init: float = 0.0, envelope_padding_mode: str = "zeros"):
-    base = _nd_base(conv)
-    layer = DisentangledConv2d if base is None else DISENTANGLED_CONVS[base]
-    return layer.from_conv(conv, envelope_size=envelope_size, order=order, shared_sigma=shared_sigma,
-                           sigma_per_axis=sigma_per_axis, sigma_init=sigma_init,
-                           envelope_padding_mode=envelope_padding_mode)
+def _gaussian(conv, *, envelope_size: Size = 9, order: str = "env-conv", shared_sigma: bool = False,
+              sigma_per_axis: bool = False, sigma_init: float = 0.0, learnable: bool = True,
+              envelope_padding_mode: str = "zeros"):
+    return _disentangled(conv).from_conv(conv, envelope_size=envelope_size, order=order, shared_sigma=shared_sigma,
+                                         sigma_per_axis=sigma_per_axis, sigma_init=sigma_init, learnable=learnable,
+                                         envelope_padding_mode=envelope_padding_mode)
 
 
-def _fixed(conv, *, sigma, envelope_size: int = 9, order: str = "env-conv", envelope_padding_mode: str = "zeros",
+def _fixed(conv, *, sigma, envelope_size: Size = 9, order: str = "env-conv", envelope_padding_mode: str = "zeros",
            sigma_per_axis: bool = False):
-    base = _nd_base(conv)
-    env = GaussianEnvelope.fixed(_envelope_channels(conv, order), sigma, envelope_size,
-                                 padding_mode=envelope_padding_mode, spatial_dims=len(conv.kernel_size),
-                                 per_axis=sigma_per_axis, **_on(conv))
-    return (EnvelopeConv2d if base is None else ENVELOPE_CONVS[base]).from_conv(conv, envelope=env, order=order)
+    layer = _disentangled(conv).from_conv(conv, envelope_size=envelope_size, order=order, learnable=False,
+                                          sigma_per_axis=sigma_per_axis, envelope_padding_mode=envelope_padding_mode)
+    # the same layer with its envelope's sigma set (GaussianEnvelope.fixed takes sigma, not the raw value)
+    layer.envelope = GaussianEnvelope.fixed(_envelope_channels(conv, order), sigma, envelope_size,
+                                            padding_mode=envelope_padding_mode, spatial_dims=len(conv.kernel_size),
+                                            per_axis=sigma_per_axis, **_on(conv))
+    return layer
 
 
 def _envelope_builder(cls):
@@ -153,9 +164,10 @@ def _cbs(conv, *, envelope_size: int = CBS_DEFAULTS["size"], initial_sigma: floa
     return EnvelopeConv2d.from_conv(conv, envelope=env, order="conv-env")
 
 
-register_method("gaussian", _gaussian, "eq. (9)", "learned Gaussian envelope (the paper's method)")
-register_method("fixed", _fixed, "Table 1h", "Gaussian envelope with a fixed sigma (sigma=0: identity)")
-register_method("none", None, "Table 1a", "baseline: no change")
+register_method("gaussian", _gaussian, "eq. (9)", "learned Gaussian envelope (the paper's method)", dims=(1, 2, 3))
+register_method("fixed", _fixed, "Table 1h", "Gaussian envelope with a fixed sigma (sigma=0: identity)",
+                dims=(1, 2, 3))
+register_method("none", None, "Table 1a", "baseline: no change", dims=(1, 2, 3))
 register_method("dw", _envelope_builder(DepthwiseEnvelope), "Sec. 2.4", "free depth-wise 1xk and kx1 filters")
 register_method("proj", _pooled_builder(ProjectionConv2d), "eq. (15)", "projection of the pooled channel mean")
 register_method("se", _pooled_builder(LocalSEConv2d), "eq. (16)", "local squeeze-excitation per input channel")
@@ -207,7 +219,9 @@ def build_replacement(method: str, conv: nn.Conv2d, **options) -> nn.Module:
     check_options(method, options)
     if spec.build is None:
         return conv
-    if _nd_base(conv) is not None and method not in ("gaussian", "fixed"):
-        raise TypeError(f"method {method!r} converts nn.Conv2d only; a {type(conv).__name__} takes 'gaussian' or "
-                        f"'fixed'")
+    dims = len(getattr(conv, "kernel_size", ()))
+    if dims not in spec.dims:
+        takes = sorted(name for name, m in METHODS.items() if dims in m.dims and m.build is not None)
+        raise TypeError(f"method {method!r} converts {'/'.join(f'{d}-D' for d in spec.dims)} convolutions; a "
+                        f"{type(conv).__name__} takes {', '.join(repr(t) for t in takes)}")
     return spec.build(conv, **options)

@@ -112,15 +112,6 @@ class SmallResNet(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         r"""The last stage's feature map, shape :math:`(N, \text{num\_features}, H/2^{S-1}, W/2^{S-1})`."""
         x = self.relu(self.bn1(self.conv1(x)))
-        if torch.jit.is_scripting():  # TorchScript has no getattr by a computed name
-            x = self.layer1(x)
-            if hasattr(self, "layer2"):
-                x = self.layer2(x)
-            if hasattr(self, "layer3"):
-                x = self.layer3(x)
-            if hasattr(self, "layer4"):
-                x = self.layer4(x)
-            return x
         for i in range(self.num_stages):
             x = getattr(self, f"layer{i + 1}")(x)
         return x
@@ -140,7 +131,6 @@ class SmallResNet(nn.Module):
             raise ValueError(f"feature indices {bad} are out of range: 0 (the stem) to {count - 1} (the last stage)")
         return take
 
-    @torch.jit.unused
     def forward_intermediates(self, x: torch.Tensor, indices: Union[None, int, Sequence[int]] = None,
                               norm: bool = False, stop_early: bool = False, output_fmt: str = "NCHW",
                               intermediates_only: bool = False):
@@ -171,7 +161,6 @@ class SmallResNet(nn.Module):
                 intermediates.append(x)
         return intermediates if intermediates_only else (x, intermediates)
 
-    @torch.jit.unused
     def prune_intermediate_layers(self, indices: Union[None, int, Sequence[int]] = 1, prune_norm: bool = False,
                                   prune_head: bool = True) -> List[int]:
         """Drop the stages after the last of ``indices`` (and the head): timm's ``feature_cls="getter"`` calls this.
@@ -185,11 +174,6 @@ class SmallResNet(nn.Module):
         if prune_head:
             self.reset_classifier(0, "")
         return take
-
-    def __prepare_scriptable__(self):
-        if self.num_stages > 4:
-            raise TypeError(f"torch.jit.script supports SmallResNets of up to 4 stages, this one has {self.num_stages}")
-        return self
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Global average pooling and the classifier (or the pooled features if ``pre_logits``)."""

@@ -1,13 +1,10 @@
 r"""Autograd for the ops - reverse mode, double backward, forward mode and :mod:`torch.func` - once per op.
 
-``register_autograd`` of :func:`torch.library.custom_op` builds an ``autograd.Function`` that
-:mod:`torch.func`'s transforms refuse (it has no ``setup_context``: pytorch#168393, #170834)
-and that forward-mode AD passes by: a dual tensor does not require grad, so the op ran
-without its tangent and ``jvp`` came out zero. Each op here gets its Autograd-key kernel
-instead (:func:`register`): a single-level ``autograd.Function`` - what functorch builds at
-every transform level for its own ops, and what PyTorch's fix of ``register_autograd`` does
-(pytorch#184974) - with ``setup_context``, ``backward`` and ``jvp``; its vmap rules are
-registered with ``register_vmap``. So ``torch.func.grad``, ``vmap`` (per-sample gradients),
+Each op's ``setup_context`` / ``backward`` / ``jvp`` below take the op's own arguments, as
+:meth:`torch.library.custom_op.register_autograd`'s do; they are installed by
+:func:`~envconv.ops._torch_internals.register_autograd_kernel` (which says why not by
+``register_autograd`` itself: torch.func and forward AD), and the vmap rules by
+:func:`torch.library.register_vmap`. So ``torch.func.grad``, ``vmap`` (per-sample gradients),
 ``jacrev``, ``jvp``, ``jacfwd``, ``hessian`` and :mod:`torch.autograd.forward_ad` all
 differentiate the same ops that the compiler and the exporters see.
 
@@ -15,8 +12,7 @@ differentiate the same ops that the compiler and the exporters see.
   :math:`\dot Y = E_\sigma * \dot X + (\partial_{\tilde\sigma} E_\sigma * X)\,\dot{\tilde\sigma}`.
 * ``envelope_backward``: differentiable in closed form from the kernel's first and second
   sigma derivatives (double backward, for gradient penalties; forward-over-reverse for Hessians).
-* ``envelope_conv2d`` and ``envelope_conv`` (1-3 spatial dims): backward recomputes the envelope;
-  jvp by the product rule.
+* ``envelope_conv`` (1-3 spatial dims): backward recomputes the envelope; jvp by the product rule.
 """
 
 from __future__ import annotations
@@ -25,82 +21,23 @@ from typing import List
 
 import torch
 from torch import Tensor
-from torch.autograd import forward_ad
-from torch.autograd.function import _SingleLevelFunction
 
 from .. import kernels as EF
 from . import composite
+from ._torch_internals import register_autograd_kernel, transforms_active
+from .composite import CONV
 from .layout import memory_format
-from .library import _CONV, STEM_CHANNELS, _kernels, _strided, size_args
+from .library import STEM_CHANNELS, envelope_kernels, op_size, size_args, strided
 
-try:  # torch >= 2.0 has it; its home is private, hence the guard
-    from torch._functorch.utils import enable_single_level_autograd_function
-except ImportError:  # pragma: no cover
-    from contextlib import nullcontext as enable_single_level_autograd_function
-
-__all__ = ["register"]
-
-_lib = torch.library.Library("envconv", "FRAGMENT")  # kept alive: it holds the registrations
-
-
-def _differentiating(args) -> bool:
-    """Whether a call must build the Function: autograd, forward AD or a torch.func transform may need it."""
-    if torch._C._are_functorch_transforms_active() or forward_ad._current_level >= 0:
-        return True
-    return torch.is_grad_enabled() and any(isinstance(a, Tensor) and a.requires_grad for a in args)
-
-
-def register(name: str, setup_context, backward, jvp) -> None:
-    """Make ``setup_context`` / ``backward`` / ``jvp`` the autograd of ``torch.ops.envconv.<name>``.
-
-    The three take the op's own arguments, as :meth:`torch.library.custom_op.register_autograd`'s
-    do; the Function's forward is the op below autograd, with the dispatch key set and the
-    caller's gradient modes first.
-    """
-    op = getattr(torch.ops.envconv, name).default
-
-    def below_autograd(keyset, *args):
-        with torch._C._AutoDispatchBelowAutograd():
-            return op.redispatch(keyset & torch._C._after_autograd_keyset, *args)
-
-    def function_forward(keyset, modes, *args):
-        # The Function turns gradients off for its forward; the levels of a torch.func transform
-        # below this one must still record theirs (nested grad, jacfwd(jacrev)): the caller's modes.
-        with torch.set_grad_enabled(modes[0]), forward_ad._set_fwd_grad_enabled(modes[1]):
-            return below_autograd(keyset, *args)
-
-    def function_backward(ctx, *grads):
-        needs = ctx.needs_input_grad
-        ctx.needs_input_grad = needs[2:]  # without the key set's and the modes'
-        try:
-            return (None, None, *backward(ctx, *grads))
-        finally:
-            ctx.needs_input_grad = needs
-
-    function = type(f"{name}_function", (_SingleLevelFunction,), {
-        "forward": staticmethod(function_forward),
-        "setup_context": staticmethod(lambda ctx, inputs, output: setup_context(ctx, inputs[2:], output)),
-        "backward": staticmethod(function_backward),
-        "jvp": staticmethod(lambda ctx, _keyset, _modes, *tangents: jvp(ctx, *tangents)),
-    })
-
-    def kernel(keyset, *args):
-        if not _differentiating(args):
-            return below_autograd(keyset, *args)
-        modes = (torch.is_grad_enabled(), torch._C._is_fwd_grad_enabled())
-        with enable_single_level_autograd_function():
-            return function.apply(keyset, modes, *args)
-
-    _lib.impl(name, kernel, "Autograd", with_keyset=True)
+__all__: List[str] = []
 
 
 # Inside this module an envelope's size is ``sizes``: the op's int, or its per-axis list where it has one;
 # the ops get it back as their (size, axis_sizes) arguments.
 
-def _sizes(size: int, rest) -> object:
+def _sizes(size: int, rest):
     """The size of an op call whose trailing arguments are ``rest`` (``axis_sizes`` last, when given)."""
-    axis_sizes = rest[-1] if rest else None
-    return size if axis_sizes is None else list(axis_sizes)
+    return op_size(size, rest[-1] if rest else None)
 
 
 def _largest(sizes) -> int:
@@ -229,7 +166,7 @@ def _sigma_derivatives(x: Tensor, raw_sigma: Tensor, size: int, stride: List[int
     """
     groups = _sigma_axes(raw_sigma, len(stride))
     if _largest(size) == 1 or x.numel() == 0:
-        return [torch.zeros_like(_strided(x, stride)) for _ in groups]
+        return [torch.zeros_like(strided(x, stride)) for _ in groups]
     return [_passes(x, raw_sigma, size, stride, padding_mode, _first_terms(raw_sigma, len(stride), axes))
             for axes in groups]
 
@@ -238,7 +175,7 @@ def _sigma_second_derivatives(x: Tensor, raw_sigma: Tensor, size: int, stride: L
     """The envelope's second derivatives in each pair of sigmas applied to ``x``: a symmetric list of lists."""
     groups = _sigma_axes(raw_sigma, len(stride))
     if _largest(size) == 1 or x.numel() == 0:
-        zero = torch.zeros_like(_strided(x, stride))
+        zero = torch.zeros_like(strided(x, stride))
         return [[zero] * len(groups) for _ in groups]
     out = [[None] * len(groups) for _ in groups]
     for s, axes_s in enumerate(groups):
@@ -372,9 +309,9 @@ def _envelope_backward_jvp(ctx, grad_t, x_t, raw_t, *_):
     return tangent_x, tangent_raw
 
 
-# ---- envconv::envelope_conv2d -----------------------------------------------------------------------------
+# ---- envconv::envelope_conv -------------------------------------------------------------------------------
 
-def _conv2d_setup(ctx, inputs, output):
+def _conv_setup(ctx, inputs, output):
     x, raw_sigma, weight, bias = inputs[:4]
     ctx.save_for_backward(x, raw_sigma, weight)
     ctx.save_for_forward(x, raw_sigma, weight)
@@ -385,7 +322,7 @@ def _conv2d_setup(ctx, inputs, output):
     ctx.out_shape = output.shape
 
 
-def _conv2d_grad(ctx, grad_out):
+def _conv_grad(ctx, grad_out):
     x, raw_sigma, weight = ctx.saved_tensors
     size, env_stride, padding_mode, impl, stride, padding, dilation, groups = ctx.config
     need_x, need_raw, need_w, need_b = ctx.needs_input_grad[:4]
@@ -406,16 +343,16 @@ def _conv2d_grad(ctx, grad_out):
             (_like(grad_w, weight) if need_w else None), (grad_b if need_b else None), *tail)
 
 
-def _conv2d_jvp(ctx, x_t, raw_t, weight_t, bias_t, *_):
+def _conv_jvp(ctx, x_t, raw_t, weight_t, bias_t, *_):
     x, raw_sigma, weight = ctx.saved_tensors
     size, env_stride, padding_mode, impl, stride, padding, dilation, groups = ctx.config
     tangent = None
     if x_t is not None or raw_t is not None:
         smoothed_t = _envelope_tangent(x, raw_sigma, x_t, raw_t, size, env_stride, padding_mode, impl)
-        tangent = _CONV[x.dim()](smoothed_t, weight, None, stride, padding, dilation, groups)
+        tangent = CONV[x.dim()](smoothed_t, weight, None, stride, padding, dilation, groups)
     if weight_t is not None:
         smoothed = _envelope(x, raw_sigma, size, env_stride, padding_mode, impl)
-        part = _CONV[x.dim()](smoothed, weight_t, None, stride, padding, dilation, groups)
+        part = CONV[x.dim()](smoothed, weight_t, None, stride, padding, dilation, groups)
         tangent = part if tangent is None else tangent + part
     if bias_t is not None:
         part = bias_t.view(1, -1, *([1] * (x.dim() - 2)))
@@ -425,7 +362,7 @@ def _conv2d_jvp(ctx, x_t, raw_t, weight_t, bias_t, *_):
 
 def _in_layout_of(t: Tensor, like: Tensor) -> Tensor:
     """``t`` in ``like``'s memory format, for the fast convolution kernels (vmap has no layouts: as is)."""
-    if torch._C._are_functorch_transforms_active():
+    if transforms_active():
         return t
     return t.contiguous(memory_format=memory_format(like))
 
@@ -434,7 +371,7 @@ def _like(grad: Tensor, param: Tensor) -> Tensor:
     """``grad`` in ``param``'s strides (DDP's gradient buckets expect the parameter's layout)."""
     if grad.stride() == param.stride():
         return grad
-    if torch._C._are_functorch_transforms_active():  # a per-sample gradient, larger than param
+    if transforms_active():  # a per-sample gradient, larger than param
         return grad
     return torch.empty_like(param).copy_(grad)
 
@@ -452,7 +389,7 @@ def _stem_backward(grad_out, x, raw_sigma, weight, size, need_w, bias_shape, nee
     """
     n, c = x.shape[:2]
     dims = x.dim() - 2
-    kernels, dkernels = _kernels(raw_sigma, size, x, derivative=True)  # a (C, k) kernel per axis
+    kernels, dkernels = envelope_kernels(raw_sigma, size, x, derivative=True)  # a (C, k) kernel per axis
     kernels = [k.to(x.dtype).repeat(n, 1) for k in kernels]
     dkernels = [d.to(x.dtype).repeat(n, 1) for d in dkernels]
     flat = x.contiguous().view(1, n * c, *x.shape[2:])  # batch folded into channels: fast grouped 1-D passes
@@ -539,32 +476,27 @@ def _envelope_backward_vmap(info, in_dims, grad, x, raw_sigma, size, stride, pad
     return (grad_x, grad_raw), (1 if need_x else None, 0 if need_sigma else None)
 
 
-def _conv_vmap(op):
-    def vmap_rule(info, in_dims, x, raw_sigma, weight, bias, size, env_stride, padding_mode, impl, stride, padding,
-                  dilation, groups, axis_sizes=None):
-        x_dim, raw_dim, weight_dim, bias_dim = in_dims[:4]
-        b = info.batch_size
-        rest = (size, env_stride, padding_mode, impl, stride, padding, dilation)
-        if raw_dim is None and weight_dim is None and bias_dim is None:
-            x = _batch_first(x, x_dim, b)
-            y = op(x.flatten(0, 1), raw_sigma, weight, bias, *rest, groups, axis_sizes)
-            return y.unflatten(0, (b, -1)), 0
-        # per-sample parameters: the samples become groups of one grouped convolution
-        channels = x.shape[-(len(stride) + 1)]
-        weight = _batch_first(weight, weight_dim, b).flatten(0, 1)
-        bias = None if bias is None else _batch_first(bias, bias_dim, b).flatten(0, 1)
-        y = op(_fold_channels(x, x_dim, b), _fold_sigma(raw_sigma, raw_dim, b, channels), weight, bias, *rest,
-               groups * b, axis_sizes)
-        return _unfold_channels(y, b), 1
-
-    return vmap_rule
-
-
-torch.library.register_vmap("envconv::envelope_conv2d", _conv_vmap(torch.ops.envconv.envelope_conv2d))
-torch.library.register_vmap("envconv::envelope_conv", _conv_vmap(torch.ops.envconv.envelope_conv))
+@torch.library.register_vmap("envconv::envelope_conv")
+def _conv_vmap(info, in_dims, x, raw_sigma, weight, bias, size, env_stride, padding_mode, impl, stride, padding,
+               dilation, groups, axis_sizes=None):
+    op = torch.ops.envconv.envelope_conv
+    x_dim, raw_dim, weight_dim, bias_dim = in_dims[:4]
+    b = info.batch_size
+    rest = (size, env_stride, padding_mode, impl, stride, padding, dilation)
+    if raw_dim is None and weight_dim is None and bias_dim is None:
+        x = _batch_first(x, x_dim, b)
+        y = op(x.flatten(0, 1), raw_sigma, weight, bias, *rest, groups, axis_sizes)
+        return y.unflatten(0, (b, -1)), 0
+    # per-sample parameters: the samples become groups of one grouped convolution
+    channels = x.shape[-(len(stride) + 1)]
+    weight = _batch_first(weight, weight_dim, b).flatten(0, 1)
+    bias = None if bias is None else _batch_first(bias, bias_dim, b).flatten(0, 1)
+    y = op(_fold_channels(x, x_dim, b), _fold_sigma(raw_sigma, raw_dim, b, channels), weight, bias, *rest,
+           groups * b, axis_sizes)
+    return _unfold_channels(y, b), 1
 
 
-register("envelope", _envelope_setup, _envelope_grad, _envelope_jvp)
-register("envelope_backward", _envelope_backward_setup, _envelope_backward_grad, _envelope_backward_jvp)
-register("envelope_conv2d", _conv2d_setup, _conv2d_grad, _conv2d_jvp)
-register("envelope_conv", _conv2d_setup, _conv2d_grad, _conv2d_jvp)
+register_autograd_kernel("envelope", _envelope_setup, _envelope_grad, _envelope_jvp)
+register_autograd_kernel("envelope_backward", _envelope_backward_setup, _envelope_backward_grad,
+                         _envelope_backward_jvp)
+register_autograd_kernel("envelope_conv", _conv_setup, _conv_grad, _conv_jvp)

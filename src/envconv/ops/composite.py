@@ -25,7 +25,7 @@ __all__ = ["forward", "backward", "pass1d", "pass1d_adjoint", "axes", "per_axis"
 FOLD_CHANNELS = 8
 
 
-_CONV = {3: F.conv1d, 4: F.conv2d, 5: F.conv3d}
+CONV = {3: F.conv1d, 4: F.conv2d, 5: F.conv3d}
 _CONV_T = {3: F.conv_transpose1d, 4: F.conv_transpose2d, 5: F.conv_transpose3d}
 _PAD_BACKWARD = {("reflect", 3): "reflection_pad1d_backward", ("reflect", 4): "reflection_pad2d_backward",
                  ("reflect", 5): "reflection_pad3d_backward", ("replicate", 3): "replication_pad1d_backward",
@@ -80,7 +80,7 @@ def pass1d(x: torch.Tensor, kernel: torch.Tensor, dim: int, padding_mode: str, s
     ndim = x.dim()
     channels, size = kernel.shape
     r = size // 2
-    conv, weight, conv_stride = _CONV[ndim], _weight(kernel, dim, ndim), _along(dim, ndim, stride, 1)
+    conv, weight, conv_stride = CONV[ndim], _weight(kernel, dim, ndim), _along(dim, ndim, stride, 1)
     if padding_mode == "zeros":
         return conv(x, weight, stride=conv_stride, padding=_along(dim, ndim, r, 0), groups=channels)
     return conv(F.pad(x, _pad(r, dim, ndim), mode=padding_mode), weight, stride=conv_stride, groups=channels)

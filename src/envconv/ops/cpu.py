@@ -37,6 +37,7 @@ from typing import Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
+from ._torch_internals import build_directory
 from .composite import per_axis
 from .layout import is_channels_last, memory_format
 
@@ -77,12 +78,7 @@ def build_tag() -> str:
 
 def _is_built(name: str) -> bool:
     """Whether torch's extension cache already holds the built library ``name`` (no compile ahead)."""
-    try:
-        from torch.utils.cpp_extension import _get_build_directory
-
-        return any(Path(_get_build_directory(name, verbose=False)).glob(f"{name}*.so"))
-    except Exception:  # a private helper: if it moves, only the message is lost
-        return True
+    return any(Path(build_directory(name)).glob(f"{name}*.so"))
 
 
 def load() -> bool:
@@ -218,8 +214,5 @@ def main() -> int:
     if not load():
         print(f"envconv: no C++ CPU kernel: {unavailable_reason()}", file=sys.stderr)
         return 1
-    from torch.utils.cpp_extension import _get_build_directory
-
-    print(f"envconv: C++ CPU envelope kernel ready in "
-          f"{_get_build_directory(f'envconv_envelope_cpu_{build_tag()}', verbose=False)}")
+    print(f"envconv: C++ CPU envelope kernel ready in {build_directory(f'envconv_envelope_cpu_{build_tag()}')}")
     return 0

@@ -69,7 +69,7 @@ def triton_unsupported(x: torch.Tensor, padding_mode: str) -> Optional[str]:
     return None
 
 
-def _forced(x: torch.Tensor, padding_mode: str, impl: str, per_axis: bool = False) -> str:
+def _forced(x: torch.Tensor, padding_mode: str, impl: str) -> str:
     if impl == "fused":
         reason = cpu.supports(x, padding_mode)
         if reason is not None:
@@ -131,7 +131,7 @@ def forward_impl(x: torch.Tensor, size: int, stride: Sequence[int], padding_mode
     ``per_axis``: a kernel per axis (a sigma or a size per axis), not one for every axis.
     """
     if check_impl(impl) != "auto":
-        return _forced(x, padding_mode, impl, per_axis)
+        return _forced(x, padding_mode, impl)
     if size <= 3 and x.dim() == 4:  # one 3x3 depth-wise conv beats two 1-D passes and the C++ kernel
         return "full"
     if not _fused_ok(x, padding_mode) or x.device.type != "cpu":
@@ -149,7 +149,7 @@ def backward_impl(x: torch.Tensor, size: int, stride: Sequence[int], padding_mod
     name the same composite backward.
     """
     if check_impl(impl) != "auto":
-        return _forced(x, padding_mode, impl, per_axis)
+        return _forced(x, padding_mode, impl)
     if x.device.type != "cpu" or not _fused_ok(x, padding_mode):
         return "separable"
     if _one_kernel_2d(x, per_axis) or _pass_per_axis_wins(x, stride, backward=True):

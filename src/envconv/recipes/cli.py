@@ -23,7 +23,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"envconv {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    from . import clips, demo, sigma_recovery, tables
+    from . import clips, demo, mnist1d, sigma_recovery, tables
     from .analysis import cli as analysis_cli
     from .study import cli as study_cli
     from .training import evaluation, probe, trainer
@@ -40,6 +40,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         ("demo", demo, None, "train a small ResNet with and without envelopes on Fashion-MNIST"),
         ("sigma-demo", sigma_recovery, None, "learn a known envelope back from a teacher layer (seconds)"),
         ("clips", clips, None, "moving Fashion-MNIST clips: a 3-D CNN with a sigma per channel or per axis"),
+        ("mnist1d", mnist1d, None, "MNIST-1D: the published CNN with 1-D envelopes and the peers, seeded, resumable"),
         ("envelopes", tables, (tables.add_arguments, tables.main),
          "the envelope table of a run, checkpoint, state dict or model name"),
         ("methods", tables, (tables.add_methods_arguments, tables.methods_main),

@@ -25,6 +25,7 @@ import yaml
 from torch import nn
 
 from ..models import create_model
+from . import peers  # noqa: F401  (registers the peer libraries as comparison methods)
 
 __all__ = ["DEFAULTS", "CONFIG_DIR", "PATH_KEYS", "yaml_load", "bundled_configs", "find_config", "load_config",
            "apply_overrides",

@@ -23,8 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..conv import DisentangledConv2d
-from ..convnd import DISENTANGLED_CONVS
+from ..conv import DISENTANGLED_CONVS, DisentangledConv2d
 from ..envelope import GaussianEnvelope
 from .tables import format_table
 

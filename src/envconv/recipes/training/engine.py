@@ -96,7 +96,8 @@ def train_one_epoch(
 ) -> EpochStats:
     """Train ``model`` for one pass over ``loader``; returns this epoch's statistics over all processes.
 
-    ``scheduler``, when given, is stepped after every optimizer step (a per-step schedule).
+    ``scheduler``, when given, is stepped after every optimizer step (a per-step schedule); a
+    module with a ``clamp_parameters()`` method (DCLS's layers) has it called after every step.
 
     Raises:
         NonFiniteLossError: the loss became NaN or infinite (checked every ``log_every``
@@ -115,6 +116,8 @@ def train_one_epoch(
         (64, True)
     """
     model.train()
+    # layers that keep their parameters in range after each step (DCLS's tap positions), as their own recipes do
+    clamped = [m for m in model.modules() if callable(getattr(m, "clamp_parameters", None))]
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss * n, top-1 hits, top-5 hits, n
     start = time.perf_counter()
     for step, (images, targets) in enumerate(loader, 1):
@@ -130,6 +133,8 @@ def train_one_epoch(
         else:
             loss.backward()
             optimizer.step()
+        for module in clamped:
+            module.clamp_parameters()
         if scheduler is not None:
             scheduler.step()
         with torch.no_grad():

@@ -9,7 +9,7 @@ r"""Conv-BN fusion and graph-mode (PT2E) quantization of converted models.
   3-D twins) run as the envelope op and an ordinary ``aten.conv2d``, so that PT2E quantizers
   (``prepare_pt2e`` / ``convert_pt2e`` with, e.g., torchao's XNNPACK quantizer) see and quantize
   its convolution; the envelope itself stays in floating point. Without it the convolution is
-  inside ``envconv::envelope_conv2d`` (``envelope_conv`` in 1-D and 3-D), which the quantizers
+  inside the ``envconv::envelope_conv`` op, which the quantizers
   leave alone.
 
 Example:
@@ -33,8 +33,7 @@ from typing import List, Sequence, Union
 import torch
 from torch import nn
 
-from .conv import DisentangledConv2d, EnvelopeConv2d
-from .convnd import DisentangledConv1d, DisentangledConv3d
+from ..conv import DisentangledConv1d, DisentangledConv2d, DisentangledConv3d, EnvelopeConv2d
 
 #: The layers :func:`separate_envelopes` changes.
 DISENTANGLED = (DisentangledConv1d, DisentangledConv2d, DisentangledConv3d)
@@ -87,7 +86,8 @@ def _conv_relu(is_qat: bool, conv, relu):
 def _no_qat(is_qat: bool) -> None:
     if is_qat:
         raise NotImplementedError("quantization-aware fusion of envelope layers is not supported: eager-mode QAT "
-                                  "has no quantized envelope; use PT2E (envconv.quantization.separate_envelopes)")
+                                  "has no quantized envelope; use PT2E "
+                                  "(envconv.integrations.quantization.separate_envelopes)")
 
 
 #: ``torch.ao.quantization`` fuser methods for envconv's layers (``additional_fuser_method_mapping``).

@@ -17,7 +17,7 @@ torchinfo ``summary``           ``torchinfo_summary(model, input_size=...)`` (wr
 Each counts a converted layer as its own rule counts the convolution (with or without the
 bias, as that tool does for a plain ``nn.Conv2d``) plus the envelope's multiply-adds,
 :math:`N C k_g \lceil W/s_w\rceil (H + \lceil H/s_h\rceil)` for the two separable passes
-(``envconv.ops.library.envelope_flops`` halved), so a tool's count of a converted model exceeds
+(``envconv.ops.flop_formulas.envelope_flops`` halved), so a tool's count of a converted model exceeds
 its count of the plain model by exactly what ``FlopCounterMode`` adds. All four counters
 report multiply-accumulates (MACs); ``FlopCounterMode`` reports two FLOPs per MAC.
 
@@ -32,10 +32,9 @@ from typing import Any, Callable, Dict, List, Sequence
 
 from torch import nn
 
-from .conv import DisentangledConv2d
-from .convnd import DisentangledConv1d, DisentangledConv3d
-from .envelope import GaussianEnvelope
-from .ops.library import envelope_flops, separable_macs
+from ..conv import DisentangledConv1d, DisentangledConv2d, DisentangledConv3d
+from ..envelope import GaussianEnvelope
+from ..ops.flop_formulas import envelope_flops, separable_macs
 
 __all__ = ["envelope_macs", "conv_macs", "fvcore_handles", "ptflops_hooks", "thop_ops", "torchinfo_summary"]
 
@@ -117,7 +116,7 @@ def _fvcore_envelope(inputs: List[Any], outputs: List[Any]) -> Counter:
 
 
 def _fvcore_envelope_conv(inputs: List[Any], outputs: List[Any]) -> Counter:
-    # envconv::envelope_conv2d / envelope_conv(x, raw_sigma, weight, bias, size, env_stride, padding_mode, impl,
+    # envconv::envelope_conv(x, raw_sigma, weight, bias, size, env_stride, padding_mode, impl,
     # stride, padding, dilation, groups, axis_sizes)
     x_shape, w_shape, y_shape = _jit_shape(inputs[0]), _jit_shape(inputs[2]), _jit_shape(outputs[0])
     size, env_stride = _jit_sizes(inputs, 4, 12), _jit_ints(inputs[5])
@@ -131,11 +130,10 @@ def fvcore_handles() -> Dict[str, Callable]:
     Example::
 
         from fvcore.nn import FlopCountAnalysis
-        flops = FlopCountAnalysis(model, x).set_op_handle(**envconv.flops.fvcore_handles())
+        flops = FlopCountAnalysis(model, x).set_op_handle(**envconv.integrations.flops.fvcore_handles())
         flops.total(), flops.by_operator()  # by operator: "conv", "envelope", ...
     """
-    return {"envconv::envelope": _fvcore_envelope, "envconv::envelope_conv2d": _fvcore_envelope_conv,
-            "envconv::envelope_conv": _fvcore_envelope_conv}
+    return {"envconv::envelope": _fvcore_envelope, "envconv::envelope_conv": _fvcore_envelope_conv}
 
 
 # ---- ptflops: module hooks (pytorch backend) and op hooks (aten backend) -----------------------------------
@@ -176,7 +174,7 @@ def ptflops_hooks() -> Dict[Any, Callable]:
 
         from ptflops import get_model_complexity_info
         macs, params = get_model_complexity_info(model, (3, 224, 224), as_strings=False,
-                                                 custom_modules_hooks=envconv.flops.ptflops_hooks())
+                                                 custom_modules_hooks=envconv.integrations.flops.ptflops_hooks())
     """
     import torch
 
@@ -185,7 +183,6 @@ def ptflops_hooks() -> Dict[Any, Callable]:
         **{layer: _ptflops_module_hook for layer in LAYERS},
         GaussianEnvelope: _ptflops_module_hook,
         ops.envelope: lambda args, out: _ptflops_op(args, out, "envelope"),
-        ops.envelope_conv2d: lambda args, out: _ptflops_op(args, out, "envelope_conv2d"),
         ops.envelope_conv: lambda args, out: _ptflops_op(args, out, "envelope_conv"),
     }
 
@@ -208,7 +205,7 @@ def thop_ops() -> Dict[type, Callable]:
     Example::
 
         import thop
-        macs, params = thop.profile(model, inputs=(x,), custom_ops=envconv.flops.thop_ops())
+        macs, params = thop.profile(model, inputs=(x,), custom_ops=envconv.integrations.flops.thop_ops())
     """
     return {**{layer: _thop_hook for layer in LAYERS}, GaussianEnvelope: _thop_hook}
 
