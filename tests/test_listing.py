@@ -67,9 +67,10 @@ def test_paths_of_a_converted_resnet_and_the_same_rows_from_its_state_dict():
     assert [(r.name, r.path, r.channels, r.sigmas) for r in from_state] == [
         (r.name, r.path, r.channels, r.sigmas) for r in rows]
     assert [(r.size, r.shared, r.learnable) for r in from_state] == [(r.size, r.shared, r.learnable) for r in rows]
-    # a state dict written before the records: what the tensors alone say
-    old = {k: v for k, v in model.state_dict().items() if not k.endswith("_extra_state")}
-    assert {(r.size, r.shared, r.learnable) for r in envelopes(old)} == {(None, None, None)}
+    # a state dict without the records cannot say the sizes: refused, naming the record
+    stripped = {k: v for k, v in model.state_dict().items() if not k.endswith("_extra_state")}
+    with pytest.raises(ValueError, match="has conv1.envelope.raw_sigma but not its record conv1.envelope._extra_state"):
+        envelopes(stripped)
 
 
 def test_envelopes_refuses_other_objects():

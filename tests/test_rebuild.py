@@ -144,13 +144,14 @@ def test_a_state_dict_cast_to_half_precision_keeps_its_records():
         envconv.disentangle(torchvision.models.resnet18()).load_state_dict(half)
 
 
-def test_state_dicts_without_records_still_load_and_rebuild_with_a_warning():
-    trained = _randomise_sigmas(envconv.disentangle(torchvision.models.resnet18()))
-    old = {k: v for k, v in trained.state_dict().items() if not k.endswith("_extra_state")}
-    envconv.disentangle(torchvision.models.resnet18()).load_state_dict(old)  # strict: records are optional
-    with pytest.warns(UserWarning, match="assuming k_g = 9"):
-        rebuilt = envconv.load_disentangled(torchvision.models.resnet18(), old)
-    _assert_same_model(rebuilt, trained, torch.randn(1, 3, 64, 64))
+def test_state_dicts_without_their_records_are_refused_naming_the_record():
+    trained = envconv.disentangle(torchvision.models.resnet18())
+    stripped = {k: v for k, v in trained.state_dict().items() if not k.endswith("_extra_state")}
+    with pytest.raises(RuntimeError, match=r"Missing key\(s\).*conv1\._extra_state"):  # a missing key, as any tensor
+        envconv.disentangle(torchvision.models.resnet18()).load_state_dict(stripped)
+    envconv.disentangle(torchvision.models.resnet18()).load_state_dict(stripped, strict=False)
+    with pytest.raises(ValueError, match="have conv1.envelope.raw_sigma but not its record conv1.envelope._extra_state"):
+        envconv.load_disentangled(torchvision.models.resnet18(), stripped)
 
 
 def test_layers_the_model_lacks_or_cannot_hold_an_envelope():

@@ -36,6 +36,7 @@ __all__ = [
     "auto_envelope_size",
     "layer_path",
     "replace_modules",
+    "refuse_scripted",
 ]
 
 log = logging.getLogger("envconv")
@@ -326,7 +327,7 @@ def disentangle(
         >>> [type(m).__name__ for m in net]
         ['DisentangledConv2d', 'ReLU', 'DisentangledConv2d']
     """
-    _refuse_scripted(model, "disentangle")
+    refuse_scripted(model, "disentangle")
     get_method(method)
     options = dict(method_options)
     for name, value in (("envelope_size", envelope_size), ("order", order), ("shared_sigma", shared_sigma or None),
@@ -485,10 +486,11 @@ def _pool_replacement(method: str, pool: nn.Module, channels: int, options: dict
     return EnvelopePool2d(pool, _envelope(method, channels, options, on), order).train(pool.training)
 
 
-def _refuse_scripted(module: nn.Module, what: str) -> None:
+def refuse_scripted(module: nn.Module, what: str) -> None:
+    """Raise ``TypeError`` for a TorchScript module, which ``what`` (a function name) cannot change."""
     if isinstance(module, torch.jit.ScriptModule):
-        raise TypeError(f"{what}() cannot change a TorchScript module (torch.jit.script / trace): its code is "
-                        f"compiled; {what} the eager model first, then script it")
+        raise TypeError(f"{what}() cannot change a TorchScript module (torch.jit.trace): its code is compiled; "
+                        f"{what} the eager model first, then trace it")
 
 
 def auto_envelope_size(envelope: GaussianEnvelope, eps: float = 1e-2) -> Union[int, Tuple[int, ...]]:
@@ -545,7 +547,7 @@ def shrink(module: nn.Module, size: Union[int, Tuple[int, ...], str] = 3, *, eps
         >>> [c.envelope.size for c in shrink(m, "auto")]  # 5 taps keep 99.7% of the mass, 3 taps 89%
         [5]
     """
-    _refuse_scripted(module, "shrink")
+    refuse_scripted(module, "shrink")
     envelopes = [m for m in module.modules() if isinstance(m, GaussianEnvelope)]
     if size != "auto":
         if not isinstance(size, (tuple, list)):

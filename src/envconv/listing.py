@@ -48,16 +48,14 @@ class EnvelopeInfo:
         path: ``"stem"`` (the first convolution), ``"identity"`` (a shortcut's convolution, a name
             component among :data:`envconv.convert.SHORTCUT_NAMES`), ``"pool"`` (an
             :class:`~envconv.EnvelopePool2d`) or ``"residual"`` (any other).
-        channels: the channels the envelope filters (from a state dict without the envelope's
-            record, written before envconv kept one: the number of sigmas stored, 1 for a shared sigma).
-        size: the number of taps :math:`k_g` (a tuple, one per axis, where the axes' sizes differ);
-            ``None`` from a state dict without the record.
-        shared: one sigma for all channels (Table 1d); ``None`` from a state dict without the record.
-        learnable: sigma is a parameter, not a buffer; ``None`` from a state dict without the record.
+        channels: the channels the envelope filters.
+        size: the number of taps :math:`k_g` (a tuple, one per axis, where the axes' sizes differ).
+        shared: one sigma for all channels (Table 1d).
+        learnable: sigma is a parameter, not a buffer.
         sigmas: one value per channel, a single one for a shared sigma;
             :math:`\sigma_c = \sqrt{\mathrm{softplus}(\tilde\sigma_c)}` per channel (a sigma per
             axis: every channel's, channel after channel).
-        spatial_dims: the envelope's spatial axes (1, 2 or 3; 2 from a state dict without the record).
+        spatial_dims: the envelope's spatial axes (1, 2 or 3).
         axis_sigmas: for a sigma per axis, the sigmas along each spatial axis (a tuple per axis,
             one value per channel); ``None`` for one sigma per channel.
 
@@ -71,9 +69,9 @@ class EnvelopeInfo:
     name: str
     path: str
     channels: int
-    size: Optional[Union[int, Tuple[int, ...]]]
-    shared: Optional[bool]
-    learnable: Optional[bool]
+    size: Union[int, Tuple[int, ...]]
+    shared: bool
+    learnable: bool
     sigmas: Tuple[float, ...]
     spatial_dims: int = 2
     axis_sigmas: Optional[Tuple[Tuple[float, ...], ...]] = None
@@ -160,13 +158,11 @@ def _from_state_dict(state: Mapping[str, torch.Tensor]) -> List[EnvelopeInfo]:
             owner = layer_name(prefix.rstrip("."))
             sigmas, axis_sigmas = _sigmas(value), _axis_sigmas(value)
             values = value.shape[0] if value.dim() == 2 else len(sigmas)
-            channels, size, shared, learnable, dims = values, None, None, None, 2
-            if value.dim() == 2:
-                dims = value.shape[1]
-            record = state.get(prefix + RECORD_KEY)
-            if record is not None:  # written by envconv >= 0.2: the envelope's architecture
-                size, learnable, _, channels, dims = read_envelope_record(record)
-                shared = values == 1 and channels > 1
+            if prefix + RECORD_KEY not in state:
+                raise ValueError(f"the state dict has {key} but not its record {prefix + RECORD_KEY} (envconv stores "
+                                 f"one with every envelope): it was not saved from an envconv model's state_dict()")
+            size, learnable, _, channels, dims = read_envelope_record(state[prefix + RECORD_KEY])
+            shared = values == 1 and channels > 1
             path = "pool" if _is_pool(state, prefix) else layer_path(owner, stem)
             rows.append(EnvelopeInfo(owner, path, channels, size, shared, learnable, sigmas, dims, axis_sigmas))
     return rows

@@ -20,14 +20,13 @@ Example:
 from __future__ import annotations
 
 import os
-import warnings
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 from torch import nn
 
 from .conv import CONVS, ENVELOPE_CONVS, ORDERS, EnvelopeConv2d
-from .convert import _refuse_scripted, pool_channels, replace_modules
+from .convert import refuse_scripted, replace_modules
 from .envelope import GaussianEnvelope, read_envelope_record
 from .methods import build_replacement
 from .pool import POOL_ORDERS, POOLS, EnvelopePool2d
@@ -54,24 +53,25 @@ def envelope_specs(state: Mapping[str, torch.Tensor]) -> Dict[str, dict]:
     """Every layer of ``state`` with an envelope, mapped to what its records say.
 
     Each value has ``values`` (the number of stored sigmas, per axis for ``per_axis``), ``per_axis``
-    (a sigma per spatial axis), ``size``, ``learnable``,
-    ``padding_mode``, ``channels`` (``None`` where the state dict has no envelope record) and
-    ``order`` (``None`` without an order record).
+    (a sigma per spatial axis), ``size``, ``learnable``, ``padding_mode``, ``channels`` and ``order``
+    (the order record, ``None`` for an envelope in front of a block, which has none).
 
     Raises:
-        ValueError: a corrupt record.
+        ValueError: a corrupt or missing envelope record.
     """
     specs = {}
     for key, raw in state.items():
         layer = _layer_of(key)
         if layer is None:
             continue
-        spec = {"values": raw.shape[0] if raw.dim() == 2 else raw.numel(), "per_axis": raw.dim() == 2, "size": None,
-                "learnable": None, "padding_mode": None, "channels": None, "order": None}
-        record = state.get(_key(layer, "envelope." + RECORD_KEY))
-        if record is not None:
-            rec = read_envelope_record(record)
-            spec.update(size=rec.size, learnable=rec.learnable, padding_mode=rec.padding_mode, channels=rec.channels)
+        record_key = _key(layer, "envelope." + RECORD_KEY)
+        if record_key not in state:
+            raise ValueError(f"the weights have {key} but not its record {record_key} (envconv stores one with every "
+                             f"envelope): they were not saved from an envconv model's state_dict()")
+        rec = read_envelope_record(state[record_key])
+        spec = {"values": raw.shape[0] if raw.dim() == 2 else raw.numel(), "per_axis": raw.dim() == 2,
+                "size": rec.size, "learnable": rec.learnable, "padding_mode": rec.padding_mode,
+                "channels": rec.channels, "order": None}
         order = state.get(_key(layer, RECORD_KEY))
         if order is not None:
             spec["order"] = order  # decoded against the layer's kind, conv or pool
@@ -81,7 +81,7 @@ def envelope_specs(state: Mapping[str, torch.Tensor]) -> Dict[str, dict]:
 
 def _envelope(spec: dict, channels: int, on: dict) -> GaussianEnvelope:
     """A free-standing envelope as ``spec`` records it (for a pool or a block; convolutions go through the methods)."""
-    size, padding = spec["size"] or 9, spec["padding_mode"] or "zeros"
+    size, padding = spec["size"], spec["padding_mode"]
     shared, per_axis = spec["values"] == 1 and channels > 1, spec["per_axis"]
     if spec["learnable"] is False:
         return GaussianEnvelope.fixed(channels, _zero_sigmas(shared, channels, per_axis, 2), size,
@@ -95,28 +95,24 @@ def _zero_sigmas(shared: bool, channels: int, per_axis: bool, dims: int):
     return [[0.0] * dims for _ in values] if per_axis else (0.0 if shared else values)
 
 
-def _conv_order(layer: str, conv: nn.Conv2d, spec: dict) -> str:
-    if spec["order"] is not None:
-        return read_order_record(spec["order"], ORDERS)
-    channels = spec["channels"] or spec["values"]
-    if channels == conv.out_channels and channels != conv.in_channels:
-        return "conv-env"
-    return "env-conv"
+def _order(layer: str, spec: dict, orders) -> str:
+    if spec["order"] is None:
+        raise ValueError(f"the weights have an envelope at {layer or '(root)'!r} but not the layer's order record "
+                         f"({_key(layer, RECORD_KEY)})")
+    return read_order_record(spec["order"], orders)
 
 
-def _replacement(layer: str, module: nn.Module, spec: dict, on: dict, pool_chans: Dict[str, int]) -> nn.Module:
+def _replacement(layer: str, module: nn.Module, spec: dict, on: dict) -> nn.Module:
     if type(module) in POOLS:
-        order = read_order_record(spec["order"], POOL_ORDERS) if spec["order"] is not None else "env-pool"
-        channels = spec["channels"] or pool_chans.get(layer) or spec["values"]
-        return EnvelopePool2d(module, _envelope(spec, channels, on), order).train(module.training)
+        order = _order(layer, spec, POOL_ORDERS)
+        return EnvelopePool2d(module, _envelope(spec, spec["channels"], on), order).train(module.training)
     if not isinstance(module, CONVS):
         raise ValueError(f"the weights have an envelope at {layer or '(root)'!r}, but that module is a "
                          f"{type(module).__name__}, neither a convolution nor a max / average pool")
-    order = _conv_order(layer, module, spec)
+    order = _order(layer, spec, ORDERS)
     channels = module.in_channels if order == "env-conv" else module.out_channels
     shared = spec["values"] == 1 and channels > 1
-    options = {"envelope_size": spec["size"] or 9, "order": order,
-               "envelope_padding_mode": spec["padding_mode"] or "zeros"}
+    options = {"envelope_size": spec["size"], "order": order, "envelope_padding_mode": spec["padding_mode"]}
     if spec["per_axis"]:
         options["sigma_per_axis"] = True
     if spec["learnable"] is False:  # the sigma values come with the weights
@@ -125,8 +121,7 @@ def _replacement(layer: str, module: nn.Module, spec: dict, on: dict, pool_chans
     return build_replacement("gaussian", module, shared_sigma=shared, **options)
 
 
-def disentangle_like(model: nn.Module, state: Mapping[str, torch.Tensor],
-                     *, input_size: Sequence[int] = (64, 64)) -> nn.Module:
+def disentangle_like(model: nn.Module, state: Mapping[str, torch.Tensor]) -> nn.Module:
     """Convert ``model`` in place exactly where ``state`` has envelopes, as the state dict records them.
 
     A plain ``nn.Conv2d`` gets a :class:`~envconv.DisentangledConv2d` (a learned sigma, or a fixed
@@ -136,14 +131,10 @@ def disentangle_like(model: nn.Module, state: Mapping[str, torch.Tensor],
     sigma. Layers that already have an envelope are left as they are (loading then checks them).
     Nothing is loaded: see :func:`load_disentangled`.
 
-    A state dict written before envconv kept records has no sizes: 9 taps are assumed (the
-    paper's) and a warning says so; the order is then read off the channel count.
 
     Args:
         model: the rebuilt model (plain, or already partly converted).
         state: a state dict, e.g. from :func:`envconv.state_dict.load_weights`.
-        input_size: ``(H, W)`` of the dummy image that finds a pool's channel count, needed
-            only for a shared sigma at a pool without a record.
 
     Raises:
         TypeError: a TorchScript model, or a convolution that cannot be converted (see
@@ -159,11 +150,8 @@ def disentangle_like(model: nn.Module, state: Mapping[str, torch.Tensor],
         >>> type(model[0]).__name__, model[0].envelope_size
         ('DisentangledConv2d', 5)
     """
-    _refuse_scripted(model, "disentangle_like")
+    refuse_scripted(model, "disentangle_like")
     specs = envelope_specs(state)
-    if any(spec["size"] is None for spec in specs.values()):
-        warnings.warn("the state dict has envelopes without records (written before envconv kept them): "
-                      "assuming k_g = 9 where none is recorded", UserWarning, stacklevel=3)
     todo: List[Tuple[str, nn.Module]] = []
     for layer in specs:
         try:
@@ -174,25 +162,21 @@ def disentangle_like(model: nn.Module, state: Mapping[str, torch.Tensor],
         if not isinstance(module, (EnvelopeConv2d, EnvelopePool2d, *ENVELOPE_CONVS.values())) \
                 and not is_envelope_block(module):
             todo.append((layer, module))
-    unknown = [layer for layer, m in todo if not isinstance(m, CONVS) and specs[layer]["channels"] is None]
-    pool_chans = pool_channels(model, unknown, input_size) if unknown else {}
     first = next((p for p in model.parameters() if p.is_floating_point()), None)
     on = {"device": first.device, "dtype": first.dtype} if first is not None else {}
     replacements, blocks = {}, []
     for layer, module in todo:
         if reparameterizable(module) and not isinstance(module, CONVS):  # envconv.reparam: in front of it
-            channels = specs[layer]["channels"] or pool_chans.get(layer) or specs[layer]["values"]
-            blocks.append((module, _envelope(specs[layer], channels, on)))
+            blocks.append((module, _envelope(specs[layer], specs[layer]["channels"], on)))
         elif id(module) not in replacements:
-            replacements[id(module)] = _replacement(layer, module, specs[layer], on, pool_chans)
+            replacements[id(module)] = _replacement(layer, module, specs[layer], on)
     replace_modules(model, replacements)
     for module, envelope in blocks:
         envelope_block(module, envelope)
     return model
 
 
-def load_disentangled(model: nn.Module, source: Source, *, strict: bool = True,
-                      input_size: Sequence[int] = (64, 64)) -> nn.Module:
+def load_disentangled(model: nn.Module, source: Source, *, strict: bool = True) -> nn.Module:
     """Give a rebuilt model its envelopes back and load the weights: :func:`disentangle_like`, then ``load_state_dict``.
 
     Args:
@@ -202,7 +186,6 @@ def load_disentangled(model: nn.Module, source: Source, *, strict: bool = True,
             ``save_pretrained`` directory (:func:`envconv.state_dict.load_weights`).
         strict: as for ``load_state_dict``. A mismatch of an envelope's size, padding or order
             with a layer that already had one raises whatever ``strict`` says.
-        input_size: see :func:`disentangle_like`.
 
     Returns:
         ``model``, converted in place and loaded.
@@ -220,6 +203,6 @@ def load_disentangled(model: nn.Module, source: Source, *, strict: bool = True,
         ('conv-env', True)
     """
     state = load_weights(source)
-    disentangle_like(model, state, input_size=input_size)
+    disentangle_like(model, state)
     model.load_state_dict(state, strict=strict)
     return model

@@ -107,8 +107,7 @@ class ArchitectureRecord:
     Face loaders carry it) under ``<prefix>._extra_state``; ``set_extra_state`` raises
     ``ValueError`` when the stored architecture differs from the module's. Loading through
     ``load_state_dict`` collects that error with the key, as PyTorch reports a shape mismatch
-    (also with ``strict=False``). A state dict without the record (written before envconv kept
-    it) loads as before: there is nothing to check.
+    (also with ``strict=False``). A missing record is a missing key, as for any tensor.
     """
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
@@ -119,8 +118,6 @@ class ArchitectureRecord:
                                           error_msgs)
         except ValueError as err:
             error_msgs.append(f"architecture mismatch for {key}: {err}")
-        if key not in state_dict and key in missing_keys:
-            missing_keys.remove(key)
 
 
 def check_record(state: Any, length: int, what: str, version: int = 1) -> list:

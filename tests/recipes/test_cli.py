@@ -45,12 +45,10 @@ def test_envelopes_summary(tmp_path, capsys):
     assert out[0].split() == ["layer", "path", "channels", "k_g", "sigma", "mean", "min", "max"]
     sig = [math.sqrt(math.log1p(math.exp(v))) for v in (0.0, 1.0, 2.0)]
     assert out[1].split() == ["0", "stem", "3", "5", f"{sum(sig) / 3:.4f}", f"{sig[0]:.4f}", f"{sig[2]:.4f}"]
-    # a state dict written before envconv kept its records: k_g unknown
+    # a state dict stripped of its records: refused, naming the missing one
     torch.save({k: v for k, v in state.items() if not k.endswith("_extra_state")}, path)
-    assert main(["envelopes", str(path)]) == 0
-    title, *out = capsys.readouterr().out.splitlines()
-    assert title == f"{path}: a state dict (written before envconv stored k_g with it)"
-    assert out[1].split()[3] == "-"
+    assert main(["envelopes", str(path)]) == 2
+    assert "but not its record 0.envelope._extra_state" in capsys.readouterr().err
 
 
 def test_envelopes_errors_are_clear(tmp_path, capsys):

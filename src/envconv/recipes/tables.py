@@ -2,8 +2,7 @@
 
 ``envconv envelopes`` lists the envelopes of a training checkpoint or run directory (its model
 rebuilt), of a bare state dict file, or of a freshly built model (``--model NAME``). The ``k_g``
-column is always the envelope's size; it shows ``-`` for a state dict written before envconv
-stored the size with the weights.
+column is the envelope's size, as its record stores it.
 """
 
 from __future__ import annotations
@@ -47,7 +46,7 @@ def envelope_table(rows: Sequence[EnvelopeInfo]) -> str:
     With a sigma per axis somewhere, a column gives each axis's mean sigma (first axis first).
     """
     header = ["layer", "path", "channels", "k_g", "sigma mean", "min", "max"]
-    cells = [[r.name, r.path, str(r.channels), "-" if r.size is None else str(r.size), f"{r.sigma_mean:.4f}",
+    cells = [[r.name, r.path, str(r.channels), str(r.size), f"{r.sigma_mean:.4f}",
               f"{r.sigma_min:.4f}", f"{r.sigma_max:.4f}"] for r in rows]
     if any(r.axis_sigmas is not None for r in rows):
         header.append("mean per axis")
@@ -74,9 +73,7 @@ def _rows_and_title(args: argparse.Namespace) -> Tuple[List[EnvelopeInfo], str]:
         model_cfg = ckpt["config"]["model"]
         title = f"{path}: {model_cfg['name']} ({model_cfg['method']}), epoch {ckpt['epoch']}"
         return envelopes(model), f"{title}; {sum(p.numel() for p in model.parameters()):,} parameters"
-    rows = envelopes(load_weights(path))
-    old = any(row.size is None for row in rows)
-    return rows, f"{path}: a state dict" + (" (written before envconv stored k_g with it)" if old else "")
+    return envelopes(load_weights(path)), f"{path}: a state dict"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
