@@ -109,7 +109,7 @@ def _envelope_call(x, raw, stride: int, impl: str, grad=None):
 
 
 def kernel_choice(quick: bool = False, repeats: int = 5, log=print) -> List[dict]:
-    """The C++ pass-per-axis kernel against the composite passes: forced ``fused`` / ``separable``, one run.
+    """The C++ pass-per-axis kernel against the composite passes: forced ``cpp`` / ``separable``, one run.
 
     The measurement behind :func:`envconv.ops.dispatch._pass_per_axis_wins`; skipped (no rows)
     where the C++ kernel cannot be built.
@@ -128,14 +128,14 @@ def kernel_choice(quick: bool = False, repeats: int = 5, log=print) -> List[dict
                 x = torch.randn(shape).contiguous(memory_format=fmt).requires_grad_()
                 raw = (torch.randn(shape[1], dims) if per_axis else torch.randn(shape[1])).requires_grad_()
                 grad = _envelope_call(x, raw, stride, "separable")().contiguous(memory_format=fmt)
-                forward = paired_ratio(_envelope_call(x, raw, stride, "fused"),
+                forward = paired_ratio(_envelope_call(x, raw, stride, "cpp"),
                                        _envelope_call(x, raw, stride, "separable"), repeats=repeats)
-                both = paired_ratio(_envelope_call(x, raw, stride, "fused", grad),
+                both = paired_ratio(_envelope_call(x, raw, stride, "cpp", grad),
                                     _envelope_call(x, raw, stride, "separable", grad), repeats=repeats)
                 rows.append({"place": place, "shape": list(shape), "layout": layout, "per_axis": per_axis,
                              "stride": stride, "forward": forward.as_dict(), "forward_backward": both.as_dict()})
                 log(f"{place:22s} {layout:16s} {'per axis' if per_axis else 'per channel':11s} stride {stride}: "
-                    f"fused / composite forward {forward}, forward+backward {both}")
+                    f"cpp / composite forward {forward}, forward+backward {both}")
     return rows
 
 
@@ -207,7 +207,7 @@ def models(quick: bool = False, repeats: int = 7, names=("r3d_18", "audio_cnn"),
 
 
 def kernel_markdown(rows: List[dict]) -> str:
-    lines = ["C++ pass-per-axis kernel / composite passes (`impl=\"fused\"` / `\"separable\"`, k_g = 9):", "",
+    lines = ["C++ pass-per-axis kernel / composite passes (`impl=\"cpp\"` / `\"separable\"`, k_g = 9):", "",
              "| place | shape | layout | sigma | stride | forward | forward + backward |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:

@@ -41,7 +41,7 @@ def test_strided_identity_conv_samples_the_envelope(channels_last):
     # dispatch: a 15 x 12 map goes to one k x k conv in NCHW, to the C++ kernel in channels_last
     from envconv.ops import cpu
 
-    assert conv.envelope.resolve_impl(x, stride=2) == ("fused" if channels_last and cpu.available() else "full")
+    assert conv.envelope.resolve_impl(x, stride=2) == ("cpp" if channels_last and cpu.available() else "full")
 
 
 CONV_CASES = [dict(kernel_size=3, stride=2, padding=1, bias=True), dict(kernel_size=1, stride=2, padding=0, bias=False),
@@ -101,16 +101,16 @@ def test_recomputing_backward_gradcheck_and_saves_only_the_input():
 
 def test_recomputing_backward_with_the_fused_kernel():
     if not fused_available():
-        pytest.skip("no C++ compiler: the fused kernel could not be built")
+        pytest.skip("no C++ compiler: the C++ kernel could not be built")
     torch.manual_seed(0)
     conv = DisentangledConv2d(16, 8, 1, stride=2, bias=False, envelope_size=7, dtype=torch.float64)
     with torch.no_grad():
         conv.envelope.raw_sigma.normal_()
     x = torch.randn(2, 16, 9, 10, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
     x.requires_grad_()
-    assert conv.envelope.resolve_impl(x) == "fused"
+    assert conv.envelope.resolve_impl(x) == "cpp"
     results = []
-    for impl in ("fused", "separable"):
+    for impl in ("cpp", "separable"):
         conv.envelope.impl = impl
         y = conv(x)
         results.append((y, torch.autograd.grad(y, (x, conv.weight, conv.envelope.raw_sigma), torch.cos(y))))
@@ -120,7 +120,7 @@ def test_recomputing_backward_with_the_fused_kernel():
 
 
 def test_whole_model_same_gradients_in_both_layouts_and_all_paths():
-    """A converted ResNet in channels_last (fused kernel, recomputing backward) matches NCHW autograd."""
+    """A converted ResNet in channels_last (C++ kernel, recomputing backward) matches NCHW autograd."""
     import copy
 
     from envconv import create_model

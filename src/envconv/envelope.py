@@ -121,7 +121,7 @@ class GaussianEnvelope(ArchitectureRecord, nn.Module):
         self.padding_mode = EF.check_padding_mode(padding_mode)
         if isinstance(init, bool) or not isinstance(init, (int, float)) or not math.isfinite(init):
             raise ValueError(f"init (raw sigma) must be a finite number, got {init!r}")
-        self.impl = "auto"  # envconv.ops.dispatch decides; "separable" / "full" / "fused" / "triton" force one
+        self.impl = "auto"  # envconv.ops.dispatch decides; "separable" / "full" / "cpp" / "triton" force one
         shape = (1 if shared else channels,) + ((self.spatial_dims,) if per_axis else ())
         raw = torch.full(shape, float(init), device=device, dtype=dtype)
         if learnable:

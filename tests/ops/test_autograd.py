@@ -19,7 +19,7 @@ from envconv.ops import cpu
 from envconv.ops.export import envelope_decomposed
 
 DOUBLE = dict(dtype=torch.float64)
-CPU_IMPLS = ["separable", "full"] + (["fused"] if cpu.available() else [])
+CPU_IMPLS = ["separable", "full"] + (["cpp"] if cpu.available() else [])
 
 
 def make(shape=(2, 3, 7, 6), shared=False, seed=0):

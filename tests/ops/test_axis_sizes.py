@@ -17,7 +17,7 @@ from envconv import functional
 SHAPES = {2: (2, 3, 9, 11), 3: (2, 3, 5, 7, 8)}
 SIZES = {2: [(3, 7), (1, 5), (9, 3)], 3: [(3, 5, 7), (1, 9, 9), (5, 5, 3)]}
 CASES = [(impl, dims, sizes, stride, sigma, layout)
-         for impl, layouts in (("fused", ("contiguous", "channels_last")), ("separable", ("contiguous",)),
+         for impl, layouts in (("cpp", ("contiguous", "channels_last")), ("separable", ("contiguous",)),
                                ("triton", ("contiguous", "channels_last")))
          for dims in (2, 3) for sizes in SIZES[dims] for layout in layouts
          for stride, sigma in ((1, "channel"), (2, "axis"))]
@@ -53,7 +53,7 @@ def test_composite_pads_each_axis_by_its_own_radius(mode):
 def test_full_variant_and_fp32_with_a_size_per_axis():
     check("full", 2, (3, 1), 1, "channel", "contiguous")
     check("full", 2, (5, 3), 2, "axis", "channels_last")
-    check("fused", 3, (3, 5, 7), 2, "axis", "channels_last", dtype=torch.float32)
+    check("cpp", 3, (3, 5, 7), 2, "axis", "channels_last", dtype=torch.float32)
 
 
 def test_reflect_refuses_a_map_smaller_than_one_axis_radius():
@@ -63,7 +63,7 @@ def test_reflect_refuses_a_map_smaller_than_one_axis_radius():
         functional.gaussian_envelope(x, torch.zeros(2), (9, 3), "reflect")
 
 
-@pytest.mark.parametrize("impl", ["fused", "separable", "triton"])
+@pytest.mark.parametrize("impl", ["cpp", "separable", "triton"])
 @pytest.mark.parametrize("dims, sizes", [(2, (3, 5)), (3, (1, 3, 5))])
 @pytest.mark.parametrize("sigma", ["channel", "axis"])
 def test_gradcheck_gradgradcheck_and_opcheck(impl, dims, sizes, sigma):

@@ -1,6 +1,6 @@
 """Every kernel in 1-D, 2-D and 3-D, with one sigma per channel or one per channel and axis.
 
-The C++ (``"fused"``) and Triton kernels (through Triton's interpreter on CPU tensors) against the
+The C++ (``"cpp"``) and Triton kernels (through Triton's interpreter on CPU tensors) against the
 scipy reference of tests/reference.py: the forward by ``ndimage.correlate1d`` along each axis, the
 input gradient by the transposed pass matrices, the sigma gradient by central differences of the
 reference; and gradcheck / opcheck with the kernel forced.
@@ -67,7 +67,7 @@ CASES = [(dims, layout, stride, size, sigma)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("dims, layout, stride, size, sigma", CASES)
 def test_cpu_kernel_against_scipy(dims, layout, stride, size, sigma, dtype):
-    check_kernel("fused", dims, dtype, layout, stride, size, sigma)
+    check_kernel("cpp", dims, dtype, layout, stride, size, sigma)
 
 
 @pytest.mark.parametrize("channels, dims, layout", [(20, 2, "channels_last"), (20, 3, "channels_last"),
@@ -75,7 +75,7 @@ def test_cpu_kernel_against_scipy(dims, layout, stride, size, sigma, dtype):
 def test_cpu_kernel_with_many_and_one_channel(channels, dims, layout):
     """Rows of at least 16 values take the row loops, shorter ones the element loops: both are checked."""
     for sigma, stride in (("axis", 2), ("channel", 1)):
-        check_kernel("fused", dims, torch.float64, layout, stride, 5, sigma, channels=channels)
+        check_kernel("cpp", dims, torch.float64, layout, stride, 5, sigma, channels=channels)
 
 
 TRITON_CASES = [(dims, layout, stride, size, sigma)
@@ -90,7 +90,7 @@ def test_triton_kernel_against_scipy(dims, layout, stride, size, sigma):
     check_kernel("triton", dims, torch.float64, layout, stride, size, sigma)
 
 
-@pytest.mark.parametrize("impl", ["fused", "triton"])
+@pytest.mark.parametrize("impl", ["cpp", "triton"])
 @pytest.mark.parametrize("dims", [1, 2, 3])
 @pytest.mark.parametrize("sigma", ["channel", "axis"])
 def test_gradcheck_and_opcheck_with_the_kernel_forced(impl, dims, sigma):
@@ -113,7 +113,7 @@ def test_gradcheck_and_opcheck_with_the_kernel_forced(impl, dims, sigma):
 
 def test_cpu_kernel_sigma_gradient_per_axis_sums_to_the_shared_one():
     """Equal columns: the per-axis sigma gradient's row sums are the one-sigma-per-channel gradient."""
-    needs("fused")
+    needs("cpp")
     gen = torch.Generator().manual_seed(3)
     x = torch.randn(2, 4, 5, 6, 7, dtype=torch.float64, generator=gen)
     raw = torch.randn(4, dtype=torch.float64, generator=gen)
@@ -121,7 +121,7 @@ def test_cpu_kernel_sigma_gradient_per_axis_sums_to_the_shared_one():
     shared = raw.clone().requires_grad_()
     gy = torch.randn(2, 4, 3, 3, 4, dtype=torch.float64, generator=gen)
     for r in (per_axis, shared):
-        (functional.gaussian_envelope(x, r, 5, "zeros", 2, "fused", spatial_dims=3) * gy).sum().backward()
+        (functional.gaussian_envelope(x, r, 5, "zeros", 2, "cpp", spatial_dims=3) * gy).sum().backward()
     np.testing.assert_allclose(per_axis.grad.sum(1).numpy(), shared.grad.numpy(), rtol=1e-12, atol=1e-12)
 
 

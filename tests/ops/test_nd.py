@@ -85,7 +85,7 @@ def test_the_full_kernel_for_2d_maps_refuses_other_dims_by_name():
         functional.gaussian_envelope(torch.randn(1, 2, 9), torch.zeros(2), 5, impl="full", spatial_dims=1)
 
 
-@pytest.mark.parametrize("impl", ["fused", "triton"])
+@pytest.mark.parametrize("impl", ["cpp", "triton"])
 def test_kernels_refuse_padding_they_lack_by_name(impl):
     with pytest.raises(ValueError, match="pads? with zeros, got padding_mode='reflect'"):
         functional.gaussian_envelope(torch.randn(1, 2, 4, 5, 9), torch.zeros(2, 3), 5, "reflect", impl=impl,

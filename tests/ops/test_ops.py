@@ -26,11 +26,11 @@ def triton_ok():
 
 
 def needs(impl, padding_mode="zeros"):
-    if impl == "fused" and not cpu.available():
+    if impl == "cpp" and not cpu.available():
         pytest.skip(f"the C++ kernel is not available: {cpu.unavailable_reason()}")
     if impl == "triton" and not triton_ok():
         pytest.skip("triton is not importable here")
-    if impl in ("fused", "triton") and padding_mode != "zeros":
+    if impl in ("cpp", "triton") and padding_mode != "zeros":
         pytest.skip("the kernel pads with zeros (forcing it otherwise raises: test_forced_impl_refuses_...)")
 
 
@@ -59,9 +59,9 @@ def check_against_reference(impl, dtype, channels_last, stride, size, padding_mo
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("impl, channels_last, stride, size, padding_mode", [
-    case for case in itertools.product(["separable", "full", "fused", "auto"], [False, True], STRIDES, [1, 3, 9],
+    case for case in itertools.product(["separable", "full", "cpp", "auto"], [False, True], STRIDES, [1, 3, 9],
                                        ["zeros", "reflect", "replicate", "circular"])
-    if case[0] != "fused" or case[4] == "zeros"])  # the C++ kernel pads with zeros (forcing it otherwise raises)
+    if case[0] != "cpp" or case[4] == "zeros"])  # the C++ kernel pads with zeros (forcing it otherwise raises)
 def test_cpu_impls_match_reference(dtype, impl, channels_last, stride, size, padding_mode):
     needs(impl, padding_mode)
     for channels in (3, 17):  # the C++ kernel has a few-channel and a many-channel path
@@ -75,7 +75,7 @@ def test_triton_matches_reference(dtype, channels_last, stride, size):
     check_against_reference("triton", dtype, channels_last, stride, size, "zeros", channels=5)
 
 
-@pytest.mark.parametrize("impl", ["separable", "fused", "triton"])
+@pytest.mark.parametrize("impl", ["separable", "cpp", "triton"])
 def test_shared_sigma_matches_reference(impl):
     needs(impl)
     check_against_reference(impl, torch.float64, True, (2, 2), 5, "zeros", channels=4, shared=True)
@@ -92,7 +92,7 @@ def test_triton_bfloat16_accumulates_in_float32():
     torch.testing.assert_close(y16.double(), torch.from_numpy(want), rtol=2 * eps, atol=2 * eps * 4)
 
 
-@pytest.mark.parametrize("impl", ["separable", "fused", "triton"])
+@pytest.mark.parametrize("impl", ["separable", "cpp", "triton"])
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_opcheck(impl, channels_last):
     needs(impl)
@@ -142,14 +142,14 @@ def test_envelope_conv2d_gradients_match_reference_in_every_route():
         torch.testing.assert_close(got[1], want_gw, **TOL[torch.float64])
 
 
-# ---- the three defects of the old fused path ---------------------------------------------------------------
+# ---- the three defects of the old C++ path ------------------------------------------------------------------
 
 def test_forced_impl_refuses_a_padding_mode_it_cannot_do():
     from envconv import GaussianEnvelope
 
     env = GaussianEnvelope(8, size=5, padding_mode="reflect")
-    env.impl = "fused"
-    with pytest.raises(ValueError, match="impl='fused'.*pads with zeros.*reflect"):
+    env.impl = "cpp"
+    with pytest.raises(ValueError, match="impl='cpp'.*pads with zeros.*reflect"):
         env(torch.randn(2, 8, 10, 10))
     env.impl = "triton"
     with pytest.raises(ValueError, match="impl='triton'.*reflect"):
@@ -157,13 +157,13 @@ def test_forced_impl_refuses_a_padding_mode_it_cannot_do():
 
 
 def test_frozen_sigma_stem_with_the_fused_kernel_trains_its_weight():
-    needs("fused")
+    needs("cpp")
     from envconv import DisentangledConv2d
 
     torch.manual_seed(0)
     conv = DisentangledConv2d(3, 8, 7, stride=2, padding=3, bias=False).double()
     conv.envelope.raw_sigma.requires_grad_(False)
-    conv.envelope.impl = "fused"
+    conv.envelope.impl = "cpp"
     x = torch.randn(2, 3, 16, 16, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
     conv(x).square().sum().backward()
     smoothed = torch.from_numpy(reference.envelope_strided(x.numpy(), conv.envelope.raw_sigma.numpy(), 9))
@@ -178,7 +178,7 @@ def test_forcing_an_unavailable_kernel_says_why(monkeypatch):
     monkeypatch.setattr(cpu, "_loaded", False)
     monkeypatch.setattr(cpu, "_failed", "disabled by ENVCONV_NO_EXTENSION")
     conv = DisentangledConv2d(4, 4, 3, padding=1)
-    conv.envelope.impl = "fused"
+    conv.envelope.impl = "cpp"
     with pytest.raises(RuntimeError, match="C\\+\\+ CPU kernel is not available.*ENVCONV_NO_EXTENSION"):
         conv(torch.randn(2, 4, 8, 8, requires_grad=True)).sum().backward()
     conv.envelope.impl = "auto"  # the policy falls back to the composite path
@@ -196,22 +196,22 @@ def test_auto_never_picks_an_unavailable_kernel(monkeypatch):
 
 
 def test_dispatch_rules_on_cpu():
-    needs("fused")
+    needs("cpp")
     cl = torch.randn(2, 16, 32, 32).contiguous(memory_format=torch.channels_last)
     nchw = torch.randn(2, 16, 32, 32)
     assert dispatch.forward_impl(cl, 3, [1, 1], "zeros") == "full"
-    assert dispatch.forward_impl(cl, 9, [1, 1], "zeros") == "fused"
+    assert dispatch.forward_impl(cl, 9, [1, 1], "zeros") == "cpp"
     assert dispatch.forward_impl(cl, 9, [1, 1], "reflect") == "separable"
     assert dispatch.forward_impl(nchw, 9, [1, 1], "zeros") == "separable"
     assert dispatch.forward_impl(nchw[..., :20, :20], 9, [1, 1], "zeros") == "full"  # small map
-    assert dispatch.backward_impl(nchw, 9, [1, 1], "zeros") == "fused"
+    assert dispatch.backward_impl(nchw, 9, [1, 1], "zeros") == "cpp"
     assert dispatch.backward_impl(cl.bfloat16(), 9, [1, 1], "zeros") == "separable"
     with pytest.raises(ValueError, match="impl must be one of"):
         dispatch.forward_impl(cl, 9, [1, 1], "zeros", "fast")
 
 
 def test_dispatch_rules_on_cpu_in_1d_3d_and_per_axis():
-    needs("fused")
+    needs("cpp")
 
     def picks(shape, stride, layout=torch.contiguous_format, per_axis=False):
         x = torch.randn(shape).contiguous(memory_format=layout)
@@ -219,18 +219,18 @@ def test_dispatch_rules_on_cpu_in_1d_3d_and_per_axis():
                 dispatch.backward_impl(x, 9, stride, "zeros", per_axis=per_axis))
 
     cl3 = torch.channels_last_3d
-    assert picks((1, 3, 4, 8, 8), [1, 1, 1], cl3) == ("fused", "fused")  # a stem
+    assert picks((1, 3, 4, 8, 8), [1, 1, 1], cl3) == ("cpp", "cpp")  # a stem
     assert picks((1, 3, 4, 8, 8), [1, 2, 2], cl3) == ("separable", "separable")  # strided channels_last stem
-    assert picks((1, 3, 4, 8, 8), [1, 2, 2]) == ("fused", "fused")  # contiguous stem
-    assert picks((1, 16, 4, 8, 8), [2, 2, 2], cl3) == ("separable", "fused")
-    assert picks((1, 32, 2, 14, 14), [1, 1, 1]) == ("separable", "fused")
+    assert picks((1, 3, 4, 8, 8), [1, 2, 2]) == ("cpp", "cpp")  # contiguous stem
+    assert picks((1, 16, 4, 8, 8), [2, 2, 2], cl3) == ("separable", "cpp")
+    assert picks((1, 32, 2, 14, 14), [1, 1, 1]) == ("separable", "cpp")
     assert picks((1, 32, 2, 14, 14), [2, 2, 2]) == ("separable", "separable")  # strided, contiguous
-    assert picks((2, 16, 50), [1]) == ("fused", "fused")  # sequences
+    assert picks((2, 16, 50), [1]) == ("cpp", "cpp")  # sequences
     assert picks((2, 16, 50), [2]) == ("separable", "separable")
-    assert picks((2, 1, 50), [2]) == ("fused", "fused")
-    assert picks((2, 3, 32, 32), [1, 1], per_axis=True) == ("fused", "fused")  # a sigma per axis in 2-D
-    assert picks((2, 32, 32, 32), [1, 1], per_axis=True) == ("separable", "fused")
-    assert picks((2, 32, 32, 32), [2, 2], torch.channels_last, per_axis=True) == ("separable", "fused")
+    assert picks((2, 1, 50), [2]) == ("cpp", "cpp")
+    assert picks((2, 3, 32, 32), [1, 1], per_axis=True) == ("cpp", "cpp")  # a sigma per axis in 2-D
+    assert picks((2, 32, 32, 32), [1, 1], per_axis=True) == ("separable", "cpp")
+    assert picks((2, 32, 32, 32), [2, 2], torch.channels_last, per_axis=True) == ("separable", "cpp")
     assert dispatch.backward_impl(torch.randn(1, 3, 4, 8, 8), 9, [1, 1, 1], "reflect") == "separable"
 
 
@@ -243,7 +243,7 @@ def test_reference_matrices_agree_with_scipy():
                                    rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("impl", ["auto", "separable", "full", "fused", "triton"])
+@pytest.mark.parametrize("impl", ["auto", "separable", "full", "cpp", "triton"])
 @pytest.mark.parametrize("channels", [1, 3])
 def test_an_empty_batch_goes_forward_and_backward_through_every_op(impl, channels):
     x = torch.randn(0, channels, 9, 9, requires_grad=True)

@@ -35,7 +35,7 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 TOL = {torch.float64: dict(rtol=1e-10, atol=1e-10), torch.float32: dict(rtol=3e-5, atol=3e-5)}
 SIGMA_TOL = {torch.float64: dict(rtol=1e-6, atol=1e-7), torch.float32: dict(rtol=2e-4, atol=2e-4)}
-CPU_IMPLS = ["auto", "separable", "full"] + (["fused"] if cpu.available() else [])
+CPU_IMPLS = ["auto", "separable", "full"] + (["cpp"] if cpu.available() else [])
 TRITON = dispatch.triton_unsupported(torch.zeros(1, 1, 1, 1), "zeros") is None
 
 
@@ -47,7 +47,7 @@ def configurations(draw, impls):
     h, w = draw(st.integers(1, 7)), draw(st.integers(1, 7))
     size = draw(st.sampled_from([1, 3, 5, 7]))
     r = size // 2
-    modes = ["zeros"] if impl in ("fused", "triton") else \
+    modes = ["zeros"] if impl in ("cpp", "triton") else \
         ["zeros", "replicate"] + (["reflect"] if r < min(h, w) else []) + (["circular"] if r <= min(h, w) else [])
     return {
         "impl": impl, "shape": (n, c, h, w), "size": size, "padding_mode": draw(st.sampled_from(modes)),
@@ -86,12 +86,12 @@ def check(cfg):
 
 
 @given(configurations(CPU_IMPLS))
-@example({"impl": "fused", "shape": (1, 1, 1, 1), "size": 7, "padding_mode": "zeros", "stride": (3, 3),
+@example({"impl": "cpp", "shape": (1, 1, 1, 1), "size": 7, "padding_mode": "zeros", "stride": (3, 3),
           "dtype": torch.float64, "channels_last": True, "shared": True, "seed": 0})
 @example({"impl": "full", "shape": (2, 3, 1, 7), "size": 3, "padding_mode": "circular", "stride": (1, 2),
           "dtype": torch.float32, "channels_last": False, "shared": False, "seed": 1})
 def test_every_cpu_kernel_equals_the_reference(cfg):
-    if cfg["impl"] == "fused" and not cpu.available():
+    if cfg["impl"] == "cpp" and not cpu.available():
         cfg = {**cfg, "impl": "separable"}
     check(cfg)
 
@@ -108,11 +108,11 @@ def nd_configurations(draw, triton=False):
     """1-3 spatial dims, a size and a stride per axis, a sigma per channel / axis / shared, every valid padding."""
     dims = draw(st.integers(1, 3))
     impl = "triton" if triton else draw(st.sampled_from(["auto", "separable"] + (["full"] if dims == 2 else [])
-                                                        + (["fused"] if cpu.available() else [])))
+                                                        + (["cpp"] if cpu.available() else [])))
     spatial = tuple(draw(st.integers(1, 6)) for _ in range(dims))
     sizes = tuple(draw(st.sampled_from([1, 3, 5, 7])) for _ in range(dims))
     radii = [k // 2 for k in sizes]
-    modes = ["zeros"] if impl in ("fused", "triton") else ["zeros", "replicate"] + \
+    modes = ["zeros"] if impl in ("cpp", "triton") else ["zeros", "replicate"] + \
         (["reflect"] if all(r < n for r, n in zip(radii, spatial)) else []) + \
         (["circular"] if all(r <= n for r, n in zip(radii, spatial)) else [])
     return {"impl": impl, "shape": (draw(st.integers(1, 2)), draw(st.integers(1, 3)), *spatial), "sizes": sizes,
@@ -123,7 +123,7 @@ def nd_configurations(draw, triton=False):
 
 
 @given(nd_configurations())
-@example({"impl": "fused", "shape": (1, 2, 1, 5, 3), "sizes": (1, 7, 3), "stride": (1, 3, 2), "padding_mode": "zeros",
+@example({"impl": "cpp", "shape": (1, 2, 1, 5, 3), "sizes": (1, 7, 3), "stride": (1, 3, 2), "padding_mode": "zeros",
           "sigma": "axis", "dtype": torch.float64, "channels_last": True, "seed": 0})
 def test_every_cpu_kernel_in_nd_with_a_size_and_sigma_per_axis_equals_the_reference(cfg):
     check_nd(cfg)

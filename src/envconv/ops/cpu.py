@@ -190,7 +190,7 @@ def forward(x: torch.Tensor, kernel, stride: Sequence[int]) -> torch.Tensor:
 
 def backward(grad: torch.Tensor, x: torch.Tensor, kernel, dkernel, stride: Sequence[int],
              need_x: bool) -> Tuple[Optional[torch.Tensor], torch.Tensor]:
-    """``(grad_x or None, sigma gradient)`` by the fused eq. (8) backward.
+    """``(grad_x or None, sigma gradient)`` by the eq. (8) backward.
 
     ``kernel`` / ``dkernel``: as in :func:`forward`. The sigma gradient is per channel (C,) for
     one kernel, per channel and axis (C, n) for one kernel per axis.

@@ -2,7 +2,8 @@
 
 Implementations (:data:`IMPLS`):
 
-* ``"fused"`` - the C++ CPU kernel (:mod:`envconv.ops.cpu`): float32/float64, zero padding;
+* ``"cpp"`` - the C++ CPU kernels (:mod:`envconv.ops.cpu`): float32/float64, zero padding (the
+  benchmark tables before 2026-12-06 call it ``"fused"``);
 * ``"triton"`` - the Triton kernels (:mod:`envconv.ops.triton_kernels`): CUDA tensors (CPU
   tensors only under ``TRITON_INTERPRET=1``, which is how they are tested), zero padding;
 * ``"separable"`` / ``"full"`` - the composite ATen implementation (:mod:`envconv.ops.composite`),
@@ -15,10 +16,10 @@ one per channel and axis.
 ``"auto"`` picks by measurement:
 
 * CPU, 2-D maps with one sigma per channel (``benchmarks/layer_speed.py``, oneDNN): forward
-  ``"full"`` for 3 taps, ``"fused"`` on other channels_last input, else the composite forward
-  (``"full"`` for maps of at most 28 x 28, ``"separable"`` otherwise); backward ``"fused"`` in
+  ``"full"`` for 3 taps, ``"cpp"`` on other channels_last input, else the composite forward
+  (``"full"`` for maps of at most 28 x 28, ``"separable"`` otherwise); backward ``"cpp"`` in
   both layouts (0.18x-0.88x the time of autograd through the 1-D passes at ResNet-50's seven places).
-* CPU, 1-D and 3-D maps and a sigma or a size per axis: ``"fused"`` where the kernel table of
+* CPU, 1-D and 3-D maps and a sigma or a size per axis: ``"cpp"`` where the kernel table of
   ``benchmarks/nd_speed.py`` measured it faster (``_pass_per_axis_wins``: the backward at
   stride 1 and, strided, on channels_last maps of 16 or more channels and on contiguous stems;
   the forward of stems and sequences), the composite passes otherwise (2-D per-axis maps with
@@ -44,7 +45,7 @@ from .layout import is_channels_last
 __all__ = ["IMPLS", "forward_impl", "backward_impl", "triton_unsupported"]
 
 #: The implementations an envelope can be forced to (``impl=``); ``"auto"`` lets this module choose.
-IMPLS = ("auto", "separable", "full", "fused", "triton")
+IMPLS = ("auto", "separable", "full", "cpp", "triton")
 
 
 def check_impl(impl: str) -> str:
@@ -70,12 +71,12 @@ def triton_unsupported(x: torch.Tensor, padding_mode: str) -> Optional[str]:
 
 
 def _forced(x: torch.Tensor, padding_mode: str, impl: str) -> str:
-    if impl == "fused":
+    if impl == "cpp":
         reason = cpu.supports(x, padding_mode)
         if reason is not None:
-            raise ValueError(f"impl='fused' (the C++ CPU kernel) cannot compute this envelope: {reason}")
+            raise ValueError(f"impl='cpp' (the C++ CPU kernel) cannot compute this envelope: {reason}")
         if not cpu.available():
-            raise RuntimeError(f"impl='fused': the C++ CPU kernel is not available ({cpu.unavailable_reason()})")
+            raise RuntimeError(f"impl='cpp': the C++ CPU kernel is not available ({cpu.unavailable_reason()})")
     elif impl == "triton":
         reason = triton_unsupported(x, padding_mode)
         if reason is not None:
@@ -92,14 +93,14 @@ def _composite_forward(x: torch.Tensor, size: int) -> str:
     return "full" if size <= 3 or x.shape[2] * x.shape[3] <= 28 * 28 else "separable"
 
 
-def _fused_ok(x: torch.Tensor, padding_mode: str) -> bool:
+def _cpp_ok(x: torch.Tensor, padding_mode: str) -> bool:
     return cpu.supports(x, padding_mode) is None and cpu.available()
 
 
 def _pass_per_axis_wins(x: torch.Tensor, stride: Sequence[int], backward: bool) -> bool:
     """Whether the C++ pass-per-axis kernel (1-D, 3-D, a sigma per axis) beats the composite one on CPU.
 
-    The rule follows the kernel table of ``benchmarks/nd_speed.py`` (fused / composite time, 2
+    The rule follows the kernel table of ``benchmarks/nd_speed.py`` (cpp / composite time, 2
     cores, k_g = 9; ``benchmarks/results/2026-12-04-amd-epyc-2t-nd.md``):
 
     * forward + backward at stride 1: 0.15-0.94x at every place, layout and dimensionality;
@@ -134,11 +135,11 @@ def forward_impl(x: torch.Tensor, size: int, stride: Sequence[int], padding_mode
         return _forced(x, padding_mode, impl)
     if size <= 3 and x.dim() == 4:  # one 3x3 depth-wise conv beats two 1-D passes and the C++ kernel
         return "full"
-    if not _fused_ok(x, padding_mode) or x.device.type != "cpu":
+    if not _cpp_ok(x, padding_mode) or x.device.type != "cpu":
         return _composite_forward(x, size)
     if _one_kernel_2d(x, per_axis):
-        return "fused" if is_channels_last(x) else _composite_forward(x, size)
-    return "fused" if _pass_per_axis_wins(x, stride, backward=False) else _composite_forward(x, size)
+        return "cpp" if is_channels_last(x) else _composite_forward(x, size)
+    return "cpp" if _pass_per_axis_wins(x, stride, backward=False) else _composite_forward(x, size)
 
 
 def backward_impl(x: torch.Tensor, size: int, stride: Sequence[int], padding_mode: str, impl: str = "auto",
@@ -150,8 +151,8 @@ def backward_impl(x: torch.Tensor, size: int, stride: Sequence[int], padding_mod
     """
     if check_impl(impl) != "auto":
         return _forced(x, padding_mode, impl)
-    if x.device.type != "cpu" or not _fused_ok(x, padding_mode):
+    if x.device.type != "cpu" or not _cpp_ok(x, padding_mode):
         return "separable"
     if _one_kernel_2d(x, per_axis) or _pass_per_axis_wins(x, stride, backward=True):
-        return "fused"
+        return "cpp"
     return "separable"

@@ -109,13 +109,13 @@ def _no_autocast(x: Tensor):
 
 
 def _for_kernel(kernels: List[Tensor], one: bool):
-    """What the fused kernels take: one (C, k) kernel for all axes (``one``), or the list of them."""
+    """What the C++ and Triton kernels take: one (C, k) kernel for all axes (``one``), or the list of them."""
     return kernels[0] if one else kernels
 
 
 def _run_kernel(x: Tensor, one: bool, kernels: List[Tensor], stride: List[int], padding_mode: str,
                 which: str) -> Tensor:
-    if which == "fused":
+    if which == "cpp":
         return cpu.forward(x, _for_kernel(kernels, one), stride)
     if which == "triton":
         from . import triton_kernels
@@ -207,7 +207,7 @@ def _backward(grad, x, raw_sigma, size, stride, padding_mode, impl, need_x, need
         one = _one_kernel(raw_sigma, sizes)
         which = dispatch.backward_impl(x, size, stride, padding_mode, impl, per_axis=not one)
         kernels, dkernels = envelope_kernels(raw_sigma, sizes, x, derivative=True)
-        if which == "fused":
+        if which == "cpp":
             grad_x, grad_c = cpu.backward(grad, x, _for_kernel(kernels, one), _for_kernel(dkernels, one), stride,
                                           need_x)
         elif which == "triton":
