@@ -21,10 +21,10 @@ LAYERS = {
     0: {"version", "kernels", "state_dict"},
     1: {"ops"},
     2: {"functional"},
-    3: {"envelope", "conv", "pool", "reparam"},
+    3: {"envelope", "conv", "pool"},
     4: {"methods"},
     5: {"convert"},
-    6: {"listing", "models", "rebuild", "integrations"},
+    6: {"listing", "models", "integrations"},
     7: {"__init__"},
 }
 LAYER_OF = {unit: layer for layer, units in LAYERS.items() for unit in units}

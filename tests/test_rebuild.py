@@ -1,4 +1,4 @@
-"""Rebuilding envelopes from weights (envconv.rebuild) and the architecture records in state dicts."""
+"""Rebuilding envelopes from weights (envconv.convert.rebuild) and the architecture records in state dicts."""
 
 import warnings
 

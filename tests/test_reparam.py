@@ -1,4 +1,4 @@
-"""Envelopes in front of re-parameterizable blocks (envconv.reparam): timm's reparameterize_model keeps them."""
+"""Envelopes in front of re-parameterizable blocks (envconv.convert.reparam): timm's reparameterize_model keeps them."""
 
 import copy
 
@@ -8,7 +8,7 @@ from torch import nn
 
 import envconv
 from envconv import DisentangledConv2d, GaussianEnvelope
-from envconv.reparam import envelope_block, is_envelope_block
+from envconv.convert.reparam import envelope_block, is_envelope_block
 
 timm = pytest.importorskip("timm", reason="timm is not installed")
 from timm.utils import reparameterize_model  # noqa: E402

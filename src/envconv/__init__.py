@@ -1,6 +1,6 @@
 """envconv: Disentangled Convolution for Optimizing Receptive Field (Kobayashi, PRL 2023) in PyTorch."""
 
-from . import functional, integrations, kernels, methods, ops, reparam, state_dict
+from . import convert, functional, integrations, kernels, methods, ops, state_dict
 from .conv import (
     ConvVariant,
     DisentangledConv1d,
@@ -10,18 +10,18 @@ from .conv import (
     EnvelopeConv2d,
     EnvelopeConv3d,
 )
-from .convert import disentangle, select_layers, shrink
+from .convert import disentangle, disentangle_like, load_disentangled, select_layers, shrink
 from .envelope import GaussianEnvelope
 from .functional import envelope_conv, envelope_conv2d, gaussian_envelope
 from .listing import EnvelopeInfo, envelopes
 from .methods import METHODS, set_curriculum_epoch
 from .models import create_model, list_models, register_timm_models
 from .pool import EnvelopePool2d
-from .rebuild import disentangle_like, load_disentangled
 from .version import __version__
 
 __all__ = [
     "ConvVariant",
+    "convert",
     "DisentangledConv1d",
     "DisentangledConv2d",
     "DisentangledConv3d",
@@ -46,7 +46,6 @@ __all__ = [
     "load_disentangled",
     "methods",
     "ops",
-    "reparam",
     "register_timm_models",
     "select_layers",
     "set_curriculum_epoch",

@@ -46,7 +46,7 @@ class EnvelopeInfo:
     Attributes:
         name: the layer owning the envelope (``"layer2.0.conv2"``), see :func:`~envconv.listing.layer_name`.
         path: ``"stem"`` (the first convolution), ``"identity"`` (a shortcut's convolution, a name
-            component among :data:`envconv.convert.SHORTCUT_NAMES`), ``"pool"`` (an
+            component among :data:`envconv.convert.placement.SHORTCUT_NAMES`), ``"pool"`` (an
             :class:`~envconv.EnvelopePool2d`) or ``"residual"`` (any other).
         channels: the channels the envelope filters.
         size: the number of taps :math:`k_g` (a tuple, one per axis, where the axes' sizes differ).

@@ -21,8 +21,7 @@ from __future__ import annotations
 import inspect
 from typing import Any, Callable, Dict, List
 
-from ..convert import disentangle
-from ..rebuild import load_disentangled
+from ..convert import disentangle, load_disentangled
 from .factory import create_model
 from .small_resnet import SMALL_RESNETS
 

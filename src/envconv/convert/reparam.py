@@ -22,7 +22,7 @@ from typing import Dict, Optional
 
 from torch import nn
 
-from .conv import DisentangledConv2d
+from ..conv import DisentangledConv2d
 
 __all__ = ["REPARAM_METHODS", "reparameterizable", "envelope_block", "is_envelope_block", "block_of"]
 
@@ -74,7 +74,7 @@ def _class_for(base: type) -> type:
     if base not in _CLASSES:
         namespace = {"forward": _forward, "_envconv_base": base, "__reduce_ex__": _reduce_ex,
                      "__module__": base.__module__,
-                     "__doc__": f"{base.__name__} with a Gaussian envelope in front (envconv.reparam)."}
+                     "__doc__": f"{base.__name__} with a Gaussian envelope in front (envconv.convert.reparam)."}
         if callable(getattr(base, "fuse", None)):
             namespace["fuse"] = _fuse
         _CLASSES[base] = type(f"Envelope{base.__name__}", (base,), namespace)

@@ -25,13 +25,13 @@ from typing import Dict, List, Mapping, Optional, Tuple, Union
 import torch
 from torch import nn
 
-from .conv import CONVS, ENVELOPE_CONVS, ORDERS, EnvelopeConv2d
-from .convert import refuse_scripted, replace_modules
-from .envelope import GaussianEnvelope, read_envelope_record
-from .methods import build_replacement
-from .pool import POOL_ORDERS, POOLS, EnvelopePool2d
+from ..conv import CONVS, ENVELOPE_CONVS, ORDERS, EnvelopeConv2d
+from ..envelope import GaussianEnvelope, read_envelope_record
+from ..methods import build_replacement
+from ..pool import POOL_ORDERS, POOLS, EnvelopePool2d
+from ..state_dict import RECORD_KEY, load_weights, read_order_record
 from .reparam import envelope_block, is_envelope_block, reparameterizable
-from .state_dict import RECORD_KEY, load_weights, read_order_record
+from .replace import refuse_scripted, replace_modules
 
 __all__ = ["envelope_specs", "disentangle_like", "load_disentangled"]
 
@@ -127,7 +127,7 @@ def disentangle_like(model: nn.Module, state: Mapping[str, torch.Tensor]) -> nn.
     A plain ``nn.Conv2d`` gets a :class:`~envconv.DisentangledConv2d` (a learned sigma, or a fixed
     one: ``learnable=False``); a max / average pool an
     :class:`~envconv.EnvelopePool2d`; a re-parameterizable block its envelope in front
-    (:mod:`envconv.reparam`); with the recorded size, order, padding and a shared or per-channel
+    (:mod:`envconv.convert.reparam`); with the recorded size, order, padding and a shared or per-channel
     sigma. Layers that already have an envelope are left as they are (loading then checks them).
     Nothing is loaded: see :func:`load_disentangled`.
 
@@ -166,7 +166,7 @@ def disentangle_like(model: nn.Module, state: Mapping[str, torch.Tensor]) -> nn.
     on = {"device": first.device, "dtype": first.dtype} if first is not None else {}
     replacements, blocks = {}, []
     for layer, module in todo:
-        if reparameterizable(module) and not isinstance(module, CONVS):  # envconv.reparam: in front of it
+        if reparameterizable(module) and not isinstance(module, CONVS):  # envconv.convert.reparam: in front of it
             blocks.append((module, _envelope(specs[layer], specs[layer]["channels"], on)))
         elif id(module) not in replacements:
             replacements[id(module)] = _replacement(layer, module, specs[layer], on)
