@@ -1,7 +1,7 @@
 """envconv.integrations.flops: third-party FLOP counters count a converted ResNet-50 as FlopCounterMode does.
 
 FlopCounterMode's count of the envelope is checked against a hand count in
-``tests/ops/test_integration.py``; here each tool's count of the converted model must exceed
+``tests/ops/test_graph_capture.py``; here each tool's count of the converted model must exceed
 its count of the plain model by exactly FlopCounterMode's increase (the envelopes), and each
 total must stand to FlopCounterMode's as the tool's plain total does (the tools differ from
 FlopCounterMode on plain layers: BN, ReLU, pooling, biases).

@@ -138,17 +138,6 @@ def assert_per_sample_gradients_equal_a_loop(loss, raw, x):
     torch.testing.assert_close(per_sample, torch.stack(loop), rtol=1e-12, atol=1e-12)
 
 
-def test_compile_and_export_with_a_dynamic_batch_in_3d():
-    env = GaussianEnvelope(2, size=3, init=0.5, spatial_dims=3)
-    x = torch.randn(2, 2, 4, 5, 6)
-    compiled = torch.compile(env, fullgraph=True, backend="eager")
-    torch.testing.assert_close(compiled(x), env(x))
-    batch = torch.export.Dim("batch", min=1)
-    program = torch.export.export(env, (x,), dynamic_shapes={"x": {0: batch}})
-    other = torch.randn(5, 2, 4, 5, 6)
-    torch.testing.assert_close(program.module()(other), env(other))
-
-
 def test_automatic_shrinking_counts_the_mass_in_every_dimension():
     from envconv import shrink
     from envconv.kernels import gaussian_kernel1d

@@ -1,11 +1,14 @@
-"""The ops seen by PyTorch's tools: the compiler (no graph breaks), torch.export, FlopCounterMode."""
+"""The ops seen by PyTorch's graph tools: the compiler (no graph breaks), torch.export, FlopCounterMode.
+
+ONNX, ``torch.fx`` and ``torch.jit.trace`` of whole models are in ``tests/test_tracing.py``.
+"""
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from envconv import create_model, disentangle, functional
+from envconv import GaussianEnvelope, create_model, disentangle, functional
 
 torchvision = pytest.importorskip("torchvision")
 
@@ -20,6 +23,28 @@ def hand_macs(size):
         out = -(-h // s)
         total += c * size * out * (h + out)
     return total
+
+
+def _envelope(dims, sigma, sizes):
+    env = GaussianEnvelope(2, size=sizes, spatial_dims=dims, per_axis=sigma == "axis")
+    with torch.no_grad():
+        env.raw_sigma.copy_(torch.linspace(-1.0, 2.0, env.raw_sigma.numel()).view(env.raw_sigma.shape))
+    return env
+
+
+@pytest.mark.parametrize("dims, sigma, sizes", [(1, "channel", 5), (2, "channel", (3, 5)), (3, "channel", 3),
+                                                (3, "axis", 3), (2, "axis", (1, 5))])
+def test_an_envelope_compiles_fullgraph_and_exports_with_a_dynamic_batch_keeping_the_op(dims, sigma, sizes):
+    env = _envelope(dims, sigma, sizes)
+    x = torch.randn(2, 2, *[4, 5, 6][3 - dims:])
+    compiled = torch.compile(env, fullgraph=True, backend="eager")
+    torch.testing.assert_close(compiled(x), env(x))
+    program = torch.export.export(env, (x,), dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1)}})
+    assert "envconv.envelope.default" in {str(n.target) for n in program.graph.nodes}
+    if not isinstance(sizes, int):  # a size per axis travels in the graph as the op's axis_sizes
+        assert str(list(sizes)) in program.graph_module.code
+    other = torch.randn(5, *x.shape[1:])
+    torch.testing.assert_close(program.module()(other), env(other))
 
 
 def small_model():
