@@ -19,14 +19,15 @@ $(STAMP): pyproject.toml requirements-dev.txt
 kernel: $(STAMP)
 	$(PY) -m envconv.ops
 
-# What CI runs: ruff, then every test (the slow ones too). `make test-fast` leaves out the tests marked slow.
+# What CI runs: ruff, then every test (-m "": the slow ones too, which a plain `pytest` leaves out).
 test: $(STAMP)
 	$(PY) -m ruff check src tests benchmarks
-	$(PY) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests were collected"; exit 0; fi; exit $$rc
+	$(PY) -m pytest -q -m ""; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests were collected"; exit 0; fi; exit $$rc
 
+# The edit-test loop: ruff, then the tests not marked slow (pyproject's default).
 test-fast: $(STAMP)
 	$(PY) -m ruff check src tests benchmarks
-	$(PY) -m pytest -q -m "not slow"; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests were collected"; exit 0; fi; exit $$rc
+	$(PY) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests were collected"; exit 0; fi; exit $$rc
 
 # The documentation site (Sphinx + MyST) into build/docs; a warning or a broken reference fails the build.
 docs: $(STAMP)
