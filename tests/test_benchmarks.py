@@ -115,3 +115,28 @@ def test_nd_benchmark_smoke():
     assert {(r["layout"], tuple(r["sizes"])) for r in size_rows} == {
         (layout, sizes) for layout in ("ncdhw", "channels_last_3d") for sizes in nd_speed.SIZES}
     assert "| r3d_18 layer2 (3-D) | (1, 8, 4, 8, 8) | ncdhw | (3, 9, 9) |" in nd_speed.sizes_markdown(size_rows)
+
+
+def test_peers_layer_table_builds_every_replacement_of_one_strided_conv():
+    import pytest
+
+    from benchmarks import peers_speed
+
+    pytest.importorskip("timm", reason="timm is not installed")
+    variants = peers_speed._place_variants(channels=8)
+    plain = variants.pop("plain conv")()
+    x = torch.randn(1, 8, 12, 12)
+    for name, build in variants.items():
+        try:
+            module = build()
+        except ImportError:  # a peer package that is not installed
+            continue
+        assert module(x).shape == plain(x).shape == (1, 8, 6, 6), name  # every one replaces the stride-2 conv
+    fake = {"count": 7, "median": 1.5, "q1": 1.25, "q3": 1.75}
+    result = {"date": "2026-12-06", "batch": 8, "machine": {"cpu": "CPU", "threads": 2},
+              "models": [{"row": "envconv (ours)", "training_k9": fake, "inference": fake, "memory": 1.0,
+                          "extra_parameters": 0.0001}, {"row": "DCLS", "skipped": "no module named DCLS"}],
+              "layer": [{"row": "envconv (ours)", "forward": fake, "forward+backward": fake}]}
+    table = peers_speed.markdown(result)
+    assert "| envconv (ours) | 1.500x [1.250-1.750] | 1.500x [1.250-1.750] | 1.000x | +0.0% |" in table
+    assert "| DCLS | skipped: no module named DCLS |" in table

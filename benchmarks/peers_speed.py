@@ -1,0 +1,195 @@
+"""envconv beside the libraries a user would pick instead: converted / plain ratios, measured in one process.
+
+Every row is a ResNet-50 with one method at the paper's places (``envconv.recipes.peers``), or a
+library's own architecture, against the plain torchvision ResNet-50 with the same batch, in
+channels_last: a training step (SGD, envconv's ``k_g = 9``), inference (envconv shrunk to 3 taps;
+the others as they run) and the training step's memory (``benchmarks.model_speed.training_memory``:
+parameters, gradients, optimizer state and what autograd saves). Then the layer-level table at
+one strided place (ResNet-50's ``layer2.0.conv2``: 128 channels, 56 x 56, 3 x 3 at stride 2):
+each method's replacement of that convolution, forward and forward + backward, against the
+plain convolution. Paired, interleaved repeats (``benchmarks.timing``); DCLS gets fewer (its step
+is about ten times the plain one).
+
+    python -m benchmarks.peers_speed [--batch 8] [--repeats 7] [--quick] [--save]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+from pathlib import Path
+from typing import Callable, Dict, List
+
+import torch
+import torchvision
+from torch import nn
+
+import envconv
+from envconv.recipes import peers  # noqa: F401  (registers the peer methods)
+from envconv.recipes.machine import machine_info
+
+from .model_speed import _inference, _training_step, training_memory
+from .timing import paired_ratio
+
+#: row -> (builder of the model, whether envconv's envelopes shrink to 3 taps for inference, repeats factor)
+ROWS: Dict[str, tuple] = {
+    "envconv (ours)": (lambda: envconv.disentangle(torchvision.models.resnet50()), True, 1.0),
+    "kornia, a sigma per layer": (lambda: envconv.disentangle(torchvision.models.resnet50(), method="kornia-blur",
+                                                              per_channel=False), False, 1.0),
+    "kornia, a sigma per channel": (lambda: envconv.disentangle(torchvision.models.resnet50(), method="kornia-blur"),
+                                    False, 1.0),
+    "antialiased-cnns placement": (lambda: envconv.disentangle(torchvision.models.resnet50(), method="blurpool"),
+                                   False, 1.0),
+    "timm blur before the conv": (lambda: envconv.disentangle(torchvision.models.resnet50(), method="blur-before"),
+                                  False, 1.0),
+    "DCLS (9 taps in 5x5)": (lambda: envconv.disentangle(torchvision.models.resnet50(), method="dcls",
+                                                         dilated_kernel_size=5, envelope_size=None), False, 0.4),
+    "antialiased_cnns.resnet50": (lambda: __import__("antialiased_cnns").resnet50(), False, 1.0),
+    "timm resnetblur50": (lambda: __import__("timm").create_model("resnetblur50"), False, 1.0),
+}
+
+
+def _quiet_dcls():
+    logging.getLogger().setLevel(logging.ERROR)  # DCLS logs warnings to the root logger per layer on CPU
+
+
+def models(batch: int, repeats: int, image: int = 224, only=None, log=print) -> List[dict]:
+    """The model table: one row per entry of :data:`ROWS` (skipped, with the reason, when a package is missing)."""
+    _quiet_dcls()
+    torch.manual_seed(0)
+    plain = torchvision.models.resnet50().to(memory_format=torch.channels_last)
+    x = torch.randn(batch, 3, image, image).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 1000, (batch,))
+    plain_memory = training_memory(plain, x, y)["total"]
+    rows = []
+    for name, (build, shrinks, factor) in ROWS.items():
+        if only and name not in only:
+            continue
+        try:
+            model = build().to(memory_format=torch.channels_last)
+        except ImportError as err:
+            log(f"{name}: skipped ({err})")
+            rows.append({"row": name, "skipped": str(err)})
+            continue
+        n = max(3, round(repeats * factor))
+        if shrinks:
+            envconv.shrink(model, 3)
+        inference = paired_ratio(_inference(model, x), _inference(plain, x), repeats=n)
+        if shrinks:
+            envconv.shrink(model, 9)
+        training = paired_ratio(_training_step(model, x, y), _training_step(plain, x, y), repeats=n)
+        memory = training_memory(model, x, y)["total"] / plain_memory
+        extra = sum(p.numel() for p in model.parameters()) / sum(p.numel() for p in plain.parameters()) - 1
+        rows.append({"row": name, "training_k9": training.as_dict(), "inference": inference.as_dict(),
+                     "memory": memory, "extra_parameters": extra})
+        log(f"{name:30s} training {training}  inference {inference}  memory {memory:.3f}x  params {extra:+.2%}")
+    return rows
+
+
+def _place_variants(channels: int = 128) -> Dict[str, Callable[[], nn.Module]]:
+    def conv():
+        torch.manual_seed(0)
+        return nn.Conv2d(channels, channels, 3, stride=2, padding=1, bias=False)
+
+    build = envconv.methods.build_replacement
+    return {
+        "plain conv": conv,
+        "envconv (ours)": lambda: build("gaussian", conv()),
+        "kornia, a sigma per channel": lambda: build("kornia-blur", conv()),
+        "antialiased-cnns placement": lambda: build("blurpool", conv()),
+        "timm blur before the conv": lambda: build("blur-before", conv()),
+        "DCLS (9 taps in 5x5)": lambda: build("dcls", conv(), dilated_kernel_size=5),
+    }
+
+
+def _layer_forward(module: nn.Module, x: torch.Tensor) -> Callable[[], None]:
+    def run():
+        with torch.no_grad():
+            module(x)
+    return run
+
+
+def _layer_step(module: nn.Module, x: torch.Tensor) -> Callable[[], None]:
+    def run():
+        module(x).sum().backward()
+    return run
+
+
+def layer(batch: int, repeats: int, log=print) -> List[dict]:
+    """The layer table at ResNet-50's ``layer2.0.conv2``: each replacement / the plain convolution."""
+    _quiet_dcls()
+    x = torch.randn(batch, 128, 56, 56).contiguous(memory_format=torch.channels_last)
+    variants = _place_variants()
+    plain = variants.pop("plain conv")().to(memory_format=torch.channels_last)
+    rows = []
+    for name, build in variants.items():
+        try:
+            module = build().to(memory_format=torch.channels_last)
+        except ImportError as err:
+            rows.append({"row": name, "skipped": str(err)})
+            continue
+        fwd = paired_ratio(_layer_forward(module, x), _layer_forward(copy.deepcopy(plain), x), repeats=repeats)
+        xs = x.clone().requires_grad_()
+        fwd_bwd = paired_ratio(_layer_step(module, xs), _layer_step(plain, xs), repeats=repeats)
+        rows.append({"row": name, "forward": fwd.as_dict(), "forward+backward": fwd_bwd.as_dict()})
+        log(f"{name:30s} forward {fwd}  forward+backward {fwd_bwd}")
+    return rows
+
+
+def markdown(result: dict) -> str:
+    m = result["machine"]
+    lines = [f"## envconv and its peers on ResNet-50 ({result['date']}, {m['cpu']}, {m['threads']} threads)", "",
+             f"Converted / plain ResNet-50, batch {result['batch']}, 224 x 224, channels_last; median of paired "
+             f"ratios [quartiles]; training at envconv's k_g = 9, inference with envconv shrunk to 3 taps.", "",
+             "| row | training step | inference | training memory | extra parameters |", "|---|---|---|---|---|"]
+    for r in result["models"]:
+        if "skipped" in r:
+            lines.append(f"| {r['row']} | skipped: {r['skipped']} | | | |")
+            continue
+        t, i = r["training_k9"], r["inference"]
+        lines.append(f"| {r['row']} | {t['median']:.3f}x [{t['q1']:.3f}-{t['q3']:.3f}] | {i['median']:.3f}x "
+                     f"[{i['q1']:.3f}-{i['q3']:.3f}] | {r['memory']:.3f}x | {r['extra_parameters']:+.1%} |")
+    lines += ["", "At ResNet-50's `layer2.0.conv2` (128 channels, 56 x 56, 3 x 3 at stride 2), each replacement / the "
+              "plain convolution:", "", "| row | forward | forward + backward |", "|---|---|---|"]
+    for r in result["layer"]:
+        if "skipped" in r:
+            lines.append(f"| {r['row']} | skipped | |")
+            continue
+        f, b = r["forward"], r["forward+backward"]
+        lines.append(f"| {r['row']} | {f['median']:.3f}x [{f['q1']:.3f}-{f['q3']:.3f}] | {b['median']:.3f}x "
+                     f"[{b['q1']:.3f}-{b['q3']:.3f}] |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--quick", action="store_true", help="a smoke run: tiny images, two rows, 2 repeats")
+    p.add_argument("--save", action="store_true", help="write results/<date>-<machine>-peers.json and .md")
+    args = p.parse_args()
+    import datetime
+
+    if args.quick:
+        args.batch = 2
+        result_models = models(2, 2, image=64, only=["envconv (ours)", "timm blur before the conv"])
+        result_layer = layer(1, 2)
+    else:
+        result_models, result_layer = models(args.batch, args.repeats), layer(args.batch, args.repeats)
+    info = machine_info()
+    result = {"date": datetime.date.today().isoformat(), "batch": args.batch,
+              "machine": {"cpu": info["cpu"], "threads": info["threads"], "torch": info["torch"]},
+              "models": result_models, "layer": result_layer}
+    print(markdown(result))
+    if args.save:
+        cpu = "".join(c if c.isalnum() else "-" for c in info["cpu"].lower()).strip("-")
+        stem = Path(__file__).parent / "results" / f"{result['date']}-{cpu}-{info['threads']}t-peers"
+        stem.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
+        stem.with_suffix(".md").write_text(markdown(result))
+        print(f"wrote {stem}.json and .md")
+
+
+if __name__ == "__main__":
+    main()
