@@ -97,6 +97,7 @@ DEFAULTS: Dict[str, Dict[str, Any]] = {
         "nesterov": False,
         "weight_decay": 1e-4,
         "sigma_weight_decay": False,  # weight decay on the envelopes' raw sigma
+        "sigma_lr_scale": 1.0,        # the envelopes' raw sigma learn at lr times this (DCLS-style own rate)
         "norm_weight_decay": True,    # weight decay on normalisation weights / biases and conv biases
         "schedule": "step",          # step | cosine
         "schedule_per_step": False,  # move the lr after every step (cosine then ends at 0), not every epoch
@@ -332,6 +333,7 @@ _RULES = {
     ("train", "epochs"): _integer(1), ("train", "batch_size"): _integer(1), ("train", "base_batch_size"): _integer(1),
     ("train", "lr"): _number(0), ("train", "momentum"): _number(0, 1), ("train", "nesterov"): _boolean,
     ("train", "weight_decay"): _number(0), ("train", "sigma_weight_decay"): _boolean,
+    ("train", "sigma_lr_scale"): _number(0, low_open=True),
     ("train", "norm_weight_decay"): _boolean, ("train", "step_size"): _integer(1),
     ("train", "gamma"): _number(0, low_open=True), ("train", "warmup_epochs"): _number(0),
     ("train", "label_smoothing"): _number(0, 1), ("train", "seed"): _integer(0), ("train", "device"): _text,

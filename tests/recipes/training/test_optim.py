@@ -82,3 +82,26 @@ def test_per_step_cosine_reaches_zero_at_the_last_step_and_warms_up_step_by_step
     step = _train_cfg(epochs=4, lr=0.1, batch_size=256, base_batch_size=256, schedule="step", step_size=2,
                       gamma=0.1, schedule_per_step=True)
     assert _lrs(step, 8, steps_per_epoch=2) == pytest.approx([0.1] * 4 + [0.01] * 4)  # step_size in epochs
+
+
+def test_sigma_lr_scale_gives_the_sigmas_their_own_rate_through_warm_up_and_schedule():
+    model = create_model("small_resnet20", num_classes=10, in_chans=1)
+    cfg = _train_cfg(lr=0.2, base_batch_size=128, batch_size=128, momentum=0.0, weight_decay=0.0, epochs=6,
+                     warmup_epochs=1, schedule="cosine", sigma_lr_scale=10.0)
+    optimizer = build_optimizer(model, cfg)
+    scheduler = build_scheduler(optimizer, cfg)
+    by_name = {g["name"]: g for g in optimizer.param_groups}
+    for _ in range(5):
+        assert by_name["sigma"]["lr"] == pytest.approx(10 * by_name["other"]["lr"]) and by_name["other"]["lr"] > 0
+        optimizer.step()
+        scheduler.step()
+    for p in model.parameters():  # one SGD step with a unit gradient moves a parameter by its group's rate
+        p.grad = torch.ones_like(p)
+    raw = next(p for n, p in model.named_parameters() if n.endswith("raw_sigma"))
+    weight = next(p for n, p in model.named_parameters() if n.endswith("conv1.weight"))
+    before = raw.detach().clone(), weight.detach().clone()
+    optimizer.step()
+    assert torch.allclose(before[0] - raw.detach(), torch.full_like(raw, by_name["sigma"]["lr"]))
+    assert torch.allclose(before[1] - weight.detach(), torch.full_like(weight, by_name["other"]["lr"]))
+    with pytest.raises(ValueError, match="sigma_lr_scale"):
+        _train_cfg(sigma_lr_scale=0)

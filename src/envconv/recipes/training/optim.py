@@ -48,13 +48,20 @@ def scaled_lr(train_cfg: Dict[str, Any]) -> float:
 
 
 def build_optimizer(model: nn.Module, train_cfg: Dict[str, Any]) -> torch.optim.SGD:
-    """SGD with momentum over :func:`parameter_groups`, at the linearly scaled learning rate."""
+    """SGD with momentum over :func:`parameter_groups`, at the linearly scaled learning rate.
+
+    The sigma group runs at ``train.sigma_lr_scale`` times that rate (every schedule scales each
+    group's rate alike), as DCLS trains its positions at a rate of their own.
+    """
     groups = parameter_groups(model, train_cfg["weight_decay"], sigma_weight_decay=train_cfg["sigma_weight_decay"],
                               norm_weight_decay=train_cfg["norm_weight_decay"])
     if not groups:
         raise ValueError("the model has no trainable parameters")
-    return torch.optim.SGD(groups, lr=scaled_lr(train_cfg), momentum=train_cfg["momentum"],
-                           nesterov=train_cfg["nesterov"])
+    lr = scaled_lr(train_cfg)
+    for group in groups:
+        if group["name"] == "sigma":
+            group["lr"] = lr * train_cfg.get("sigma_lr_scale", 1.0)
+    return torch.optim.SGD(groups, lr=lr, momentum=train_cfg["momentum"], nesterov=train_cfg["nesterov"])
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, train_cfg: Dict[str, Any], steps_per_epoch: int = 1):
