@@ -26,8 +26,9 @@ from .. import kernels as EF
 from . import composite
 from ._torch_internals import register_autograd_kernel, transforms_active
 from .composite import CONV
+from .dispatch import stem_backward_applies
 from .layout import memory_format
-from .library import STEM_CHANNELS, envelope_kernels, op_size, size_args, strided
+from .library import envelope_kernels, op_size, size_args, strided
 
 __all__: List[str] = []
 
@@ -327,8 +328,7 @@ def _conv_grad(ctx, grad_out):
     size, env_stride, padding_mode, impl, stride, padding, dilation, groups = ctx.config
     need_x, need_raw, need_w, need_b = ctx.needs_input_grad[:4]
     tail, dims = (None,) * (8 + ctx.extra), x.dim() - 2
-    if need_raw and not need_x and groups == 1 and all(s == 1 for s in env_stride) and padding_mode == "zeros" \
-            and x.shape[1] <= STEM_CHANNELS and _largest(size) > 1 and x.numel() > 0:
+    if need_raw and not need_x and stem_backward_applies(x, _largest(size), env_stride, padding_mode, groups):
         return (None, *_stem_backward(grad_out, x, raw_sigma, weight, size, need_w, ctx.bias_shape, need_b,
                                       (stride, padding, dilation)), *tail)
     smoothed = _envelope(x, raw_sigma, size, env_stride, padding_mode, impl)

@@ -42,7 +42,8 @@ import torch
 from . import cpu
 from .layout import is_channels_last
 
-__all__ = ["IMPLS", "forward_impl", "backward_impl", "triton_unsupported"]
+__all__ = ["IMPLS", "STEM_CHANNELS", "forward_impl", "backward_impl", "stem_backward_applies",
+           "triton_unsupported"]
 
 #: The implementations an envelope can be forced to (``impl=``); ``"auto"`` lets this module choose.
 IMPLS = ("auto", "separable", "full", "cpp", "triton")
@@ -140,6 +141,24 @@ def forward_impl(x: torch.Tensor, size: int, stride: Sequence[int], padding_mode
     if _one_kernel_2d(x, per_axis):
         return "cpp" if is_channels_last(x) else _composite_forward(x, size)
     return "cpp" if _pass_per_axis_wins(x, stride, backward=False) else _composite_forward(x, size)
+
+
+#: An envelope + conv with at most this many input channels, whose input needs no gradient (a stem
+#: on the image), gets its sigma gradient from the convolution's weight gradient instead of the
+#: convolution's input gradient (``envconv.ops.autograd._stem_backward`` says why: oneDNN's
+#: backward-data pass at a ResNet stem). The value 4 is not a measured threshold: it admits RGB(A).
+STEM_CHANNELS = 4
+
+
+def stem_backward_applies(x: torch.Tensor, size: int, env_stride: Sequence[int], padding_mode: str,
+                          groups: int) -> bool:
+    """Whether an envelope + conv backward that needs the sigma gradient but not the input's takes the stem route.
+
+    It needs zero padding, an unstrided envelope, an ungrouped convolution, a real envelope
+    (``size > 1``), a non-empty input and at most :data:`STEM_CHANNELS` input channels.
+    """
+    return (groups == 1 and all(s == 1 for s in env_stride) and padding_mode == "zeros" and size > 1
+            and 0 < x.numel() and x.shape[1] <= STEM_CHANNELS)
 
 
 def backward_impl(x: torch.Tensor, size: int, stride: Sequence[int], padding_mode: str, impl: str = "auto",

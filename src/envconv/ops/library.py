@@ -37,11 +37,7 @@ from .composite import CONV
 from .layout import empty_like_layout, memory_format
 
 __all__ = ["envelope", "envelope_backward", "envelope_conv", "envelope_kernels", "axis_kernels", "op_size", "size_args",
-           "strided", "STEM_CHANNELS"]
-
-#: An envelope + conv with at most this many input channels, whose input needs no gradient (a
-#: stem on the image), gets its sigma gradient from forward convolutions (:func:`_stem_backward`).
-STEM_CHANNELS = 4
+           "strided"]
 
 
 def _out_size(x: Tensor, stride: List[int]):
