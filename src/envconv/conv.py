@@ -194,9 +194,6 @@ def adopt_weights(new: nn.Module, conv: nn.Module) -> nn.Module:
     return new.train(conv.training)
 
 
-_SHAPES = {1: "(N, C, L) or (C, L)", 2: "(N, C, H, W) or (C, H, W)", 3: "(N, C, D, H, W) or (C, D, H, W)"}
-
-
 def check_conv_input(layer: str, in_channels: int, x: torch.Tensor, spatial_dims: int = 2) -> None:
     """Raise naming the problem unless ``x`` is ``(N, C, H, W)`` or ``(C, H, W)`` with ``C == in_channels``.
 
@@ -206,7 +203,7 @@ def check_conv_input(layer: str, in_channels: int, x: torch.Tensor, spatial_dims
     """
     if x.dim() not in (spatial_dims + 1, spatial_dims + 2):
         raise ValueError(
-            f"{layer} expects input of shape {_SHAPES[spatial_dims]}, "
+            f"{layer} expects input of shape {functional.INPUT_SHAPES[spatial_dims]}, "
             f"got {x.dim()} dims {tuple(x.shape)}"
         )
     channels = x.shape[-spatial_dims - 1]

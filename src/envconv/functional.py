@@ -22,7 +22,7 @@ from .ops.dispatch import check_impl
 from .ops.export import envelope_decomposed  # importing envconv.ops registers the torch.ops.envconv operators
 from .ops.library import size_args
 
-__all__ = ["gaussian_envelope", "envelope_conv2d", "envelope_conv", "PADDING_MODES"]
+__all__ = ["gaussian_envelope", "envelope_conv2d", "envelope_conv", "PADDING_MODES", "INPUT_SHAPES"]
 
 #: The envelope's padding modes (:data:`envconv.kernels.PADDING_MODES`).
 PADDING_MODES = kernels.PADDING_MODES
@@ -46,17 +46,17 @@ def _padding(value: Union[int, Sequence[int]], dims: int) -> List[int]:
     return pads
 
 
-#: The input shapes an envelope takes, by number of spatial dimensions.
-_SHAPES = {1: "(N, C, L) or (C, L)", 2: "(N, C, H, W) or (C, H, W)", 3: "(N, C, D, H, W) or (C, D, H, W)"}
+#: The input shapes an envelope (and an envelope convolution) takes, by number of spatial dimensions.
+INPUT_SHAPES = {1: "(N, C, L) or (C, L)", 2: "(N, C, H, W) or (C, H, W)", 3: "(N, C, D, H, W) or (C, D, H, W)"}
 
 
 def _check_input(x: torch.Tensor, channels: Optional[int] = None, spatial_dims: int = 2) -> None:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a tensor, got {type(x).__name__}")
-    if spatial_dims not in _SHAPES:
+    if spatial_dims not in INPUT_SHAPES:
         raise ValueError(f"spatial_dims must be 1, 2 or 3, got {spatial_dims!r}")
     if x.dim() not in (spatial_dims + 1, spatial_dims + 2):
-        raise ValueError(f"x must have shape {_SHAPES[spatial_dims]}, got {x.dim()} dims {tuple(x.shape)}")
+        raise ValueError(f"x must have shape {INPUT_SHAPES[spatial_dims]}, got {x.dim()} dims {tuple(x.shape)}")
     c = x.shape[-spatial_dims - 1]
     if channels is not None and c != channels:
         raise ValueError(f"the envelope has {channels} channels but the input has {c} (shape {tuple(x.shape)})")
