@@ -40,7 +40,7 @@ def auto_envelope_size(envelope: GaussianEnvelope, eps: float = 1e-2) -> Union[i
     return EF.compact_size(picks)
 
 
-def shrink(module: nn.Module, size: Union[int, Tuple[int, ...], str] = 3, *, eps: float = 1e-2) -> nn.Module:
+def shrink(module: nn.Module, envelope_size: Union[int, Tuple[int, ...], str] = 3, *, eps: float = 1e-2) -> nn.Module:
     """Set the size :math:`k_g` of every :class:`~envconv.GaussianEnvelope` inside ``module``.
 
     This is the paper's "shrinking envelope filter at inference" (Sec. 3.1, Table 1e):
@@ -48,14 +48,14 @@ def shrink(module: nn.Module, size: Union[int, Tuple[int, ...], str] = 3, *, eps
     sigmas. Only the size changes; no parameter or buffer is touched. Works in place
     and returns ``module``.
 
-    ``size`` may be a tuple with one size per spatial axis (``(1, 3, 3)``: no envelope along a
-    clip's time axis). ``size="auto"`` (beyond the paper) picks a size per envelope with
+    ``envelope_size`` may be a tuple with one size per spatial axis (``(1, 3, 3)``: no envelope along
+    a clip's time axis). ``envelope_size="auto"`` (beyond the paper) picks a size per envelope with
     :func:`~envconv.convert.auto_envelope_size`: the smallest odd size keeping at least ``1 - eps`` of
     the envelope's mass for its widest channel (default ``eps = 1e-2``, i.e. 99%); per axis for
     envelopes with a sigma or a size per axis.
 
     Raises:
-        TypeError: ``module`` is a TorchScript module (shrink the eager model, then script it).
+        TypeError: ``module`` is a TorchScript module (shrink the eager model, then trace it).
         ValueError: a size that is not odd and positive.
 
     Example:
@@ -69,11 +69,11 @@ def shrink(module: nn.Module, size: Union[int, Tuple[int, ...], str] = 3, *, eps
     """
     refuse_scripted(module, "shrink")
     envelopes = [m for m in module.modules() if isinstance(m, GaussianEnvelope)]
-    if size != "auto":
-        if not isinstance(size, (tuple, list)):
-            EF.check_envelope_size(size)
+    if envelope_size != "auto":
+        if not isinstance(envelope_size, (tuple, list)):
+            EF.check_envelope_size(envelope_size, "envelope_size")
         for m in envelopes:  # every size checked before any envelope changes
-            EF.axis_sizes(size, m.spatial_dims, f"size (for a {m.spatial_dims}-D envelope)")
+            EF.axis_sizes(envelope_size, m.spatial_dims, f"envelope_size (for a {m.spatial_dims}-D envelope)")
     for m in envelopes:
-        m.size = auto_envelope_size(m, eps) if size == "auto" else size
+        m.size = auto_envelope_size(m, eps) if envelope_size == "auto" else envelope_size
     return module
