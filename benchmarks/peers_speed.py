@@ -138,6 +138,10 @@ def layer(batch: int, repeats: int, log=print) -> List[dict]:
     return rows
 
 
+def _cell(ratio: dict) -> str:
+    return f"{ratio['median']:.3f}x [{ratio['q1']:.3f}-{ratio['q3']:.3f}]"
+
+
 def markdown(result: dict) -> str:
     m = result["machine"]
     lines = [f"## envconv and its peers on ResNet-50 ({result['date']}, {m['cpu']}, {m['threads']} threads)", "",
@@ -148,18 +152,15 @@ def markdown(result: dict) -> str:
         if "skipped" in r:
             lines.append(f"| {r['row']} | skipped: {r['skipped']} | | | |")
             continue
-        t, i = r["training_k9"], r["inference"]
-        lines.append(f"| {r['row']} | {t['median']:.3f}x [{t['q1']:.3f}-{t['q3']:.3f}] | {i['median']:.3f}x "
-                     f"[{i['q1']:.3f}-{i['q3']:.3f}] | {r['memory']:.3f}x | {r['extra_parameters']:+.1%} |")
+        lines.append(f"| {r['row']} | {_cell(r['training_k9'])} | {_cell(r['inference'])} | {r['memory']:.3f}x | "
+                     f"{r['extra_parameters']:+.1%} |")
     lines += ["", "At ResNet-50's `layer2.0.conv2` (128 channels, 56 x 56, 3 x 3 at stride 2), each replacement / the "
               "plain convolution:", "", "| row | forward | forward + backward |", "|---|---|---|"]
     for r in result["layer"]:
         if "skipped" in r:
             lines.append(f"| {r['row']} | skipped | |")
             continue
-        f, b = r["forward"], r["forward+backward"]
-        lines.append(f"| {r['row']} | {f['median']:.3f}x [{f['q1']:.3f}-{f['q3']:.3f}] | {b['median']:.3f}x "
-                     f"[{b['q1']:.3f}-{b['q3']:.3f}] |")
+        lines.append(f"| {r['row']} | {_cell(r['forward'])} | {_cell(r['forward+backward'])} |")
     return "\n".join(lines) + "\n"
 
 
