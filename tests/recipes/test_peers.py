@@ -104,3 +104,21 @@ def test_a_missing_peer_package_is_named(monkeypatch):
     with pytest.raises(ImportError, match=r"needs the 'antialiased-cnns' package \(pip install antialiased-cnns\)"):
         _model("blurpool")
     assert set(peers.PEERS) <= set(envconv.METHODS)
+
+
+def test_the_peers_page_table_states_what_the_packages_offer():
+    """docs/peers.md's feature table, row by row, against the installed packages."""
+    import inspect
+
+    kornia_filters = pytest.importorskip("kornia.filters", reason="kornia is not installed")
+    blurpool = pytest.importorskip("antialiased_cnns.blurpool", reason="antialiased-cnns is not installed")
+    timm_layers = pytest.importorskip("timm.layers", reason="timm is not installed")
+    dcls = pytest.importorskip("DCLS.construct.modules", reason="dcls is not installed")
+    assert "stride" not in inspect.signature(kornia_filters.gaussian_blur2d).parameters  # no stride
+    assert not hasattr(kornia_filters, "gaussian_blur3d") and hasattr(kornia_filters, "get_gaussian_kernel3d")
+    assert hasattr(blurpool, "BlurPool1D") and not hasattr(blurpool, "BlurPool3D")
+    assert not [n for n in dir(timm_layers) if n.startswith("BlurPool") and n != "BlurPool2d"]  # 2-D only
+    assert "stride" in inspect.signature(timm_layers.BlurPool2d).parameters
+    assert {"Dcls1d", "Dcls2d", "Dcls3d"} <= set(dir(dcls))
+    for module in (blurpool.BlurPool(4), timm_layers.BlurPool2d(4)):  # fixed: no parameter to learn
+        assert not list(module.parameters())
