@@ -160,12 +160,30 @@ def run_one(row: str, seed: int, data: Dict[str, torch.Tensor], out: Path, shuff
     return result
 
 
+def _runs(out: Path) -> List[dict]:
+    return [json.loads(path.read_text()) for path in sorted(Path(out).glob("*_seed*.json"))]
+
+
 def _results(out: Path) -> Dict[str, Dict[int, float]]:
     rows: Dict[str, Dict[int, float]] = {}
-    for path in sorted(Path(out).glob("*_seed*.json")):
-        r = json.loads(path.read_text())
+    for r in _runs(out):
         rows.setdefault(r["row"] + ("-shuffled" if r["shuffled"] else ""), {})[int(r["seed"])] = r["test_acc"]
     return rows
+
+
+def _sigma_lines(out: Path) -> List[str]:
+    """The learned sigmas of the ``ours`` runs per layer: mean, and the extremes over channels and seeds."""
+    layers: Dict[str, List[float]] = {}
+    for r in _runs(out):
+        if r["row"] == "ours" and not r["shuffled"]:
+            for layer, sigmas in r.get("sigmas", {}).items():
+                layers.setdefault(layer, []).extend(sigmas)
+    if not layers:
+        return []
+    lines = ["", "Learned sigma of `ours` (initial value 0.833), over its channels and seeds:", "",
+             "| layer | mean | min | max |", "|---|---|---|---|"]
+    lines += [f"| {layer} | {sum(v) / len(v):.3f} | {min(v):.3f} | {max(v):.3f} |" for layer, v in layers.items()]
+    return lines
 
 
 def report(out: Path) -> str:
@@ -183,7 +201,8 @@ def report(out: Path) -> str:
         s = summarize(list(accs.values()))
         lines.append(f"| {name} | {s.n} | {s.mean:.2f} ± {s.std or 0:.2f} | {diff if diff else '-'} |")
     published = ", ".join(f"{k} {v}%" for k, v in PUBLISHED.items())
-    return "\n".join(lines) + f"\n\nPublished (Greydanus & Kobak): {published}.\n"
+    lines += ["", f"Published (Greydanus & Kobak): {published}.", *_sigma_lines(out)]
+    return "\n".join(lines) + "\n"
 
 
 def _seeds(text: str) -> List[int]:
@@ -202,12 +221,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--root", default="data/mnist1d", help="where the generated data set is cached")
     parser.add_argument("--out", default="results/mnist1d", help="folder of the result files")
     parser.add_argument("--report", action="store_true", help="print the table of the results in --out; train nothing")
+    parser.add_argument("--write", metavar="FILE", help="with --report: also write the table to FILE (markdown)")
 
 
 def main(args: argparse.Namespace) -> int:
     """Train MNIST-1D rows and seeds (resumable), or print their table."""
     if args.report:
-        print(report(Path(args.out)))
+        table = report(Path(args.out))
+        print(table)
+        if args.write:
+            atomic_write_bytes(table.encode(), args.write)
         return 0
     if args.steps < 1:
         raise ValueError(f"--steps must be positive, got {args.steps}")
