@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import functional
-from .envelope import GaussianEnvelope
+from .envelope import GaussianEnvelope, refuse_torchscript
 from .ops.composite import CONV
 from .ops.dispatch import check_impl
 from .state_dict import OrderRecord
@@ -214,13 +214,6 @@ def check_conv_input(layer: str, in_channels: int, x: torch.Tensor, spatial_dims
         )
 
 
-def _refuse_script(layer: nn.Module):
-    raise RuntimeError(
-        f"torch.jit.script does not support envconv's {type(layer).__name__} (TorchScript scripting is deprecated "
-        f"in PyTorch): use torch.export.export or torch.onnx.export for a graph, torch.jit.trace for a TorchScript "
-        f"module, or torch.compile for speed")
-
-
 class EnvelopeConvNd(OrderRecord):
     r"""The envelope convolutions' base, 1-D to 3-D: a mixin in front of the ``nn.ConvNd`` it extends.
 
@@ -291,7 +284,7 @@ class EnvelopeConvNd(OrderRecord):
         return self._conv_forward(self._tf_pad(self.envelope(x)), self.weight, self.bias)
 
     def __prepare_scriptable__(self):
-        _refuse_script(self)
+        refuse_torchscript(self)
 
     def extra_repr(self) -> str:
         same = "" if self.tf_same is None else f", tf_same={self.tf_same or 'dynamic'}"

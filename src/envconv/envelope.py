@@ -10,7 +10,7 @@ from . import functional, ops
 from . import kernels as EF
 from .state_dict import ArchitectureRecord, check_record
 
-__all__ = ["GaussianEnvelope"]
+__all__ = ["GaussianEnvelope", "EnvelopeRecord", "read_envelope_record", "refuse_torchscript"]
 
 
 def _check_channels(channels: int) -> int:
@@ -247,9 +247,7 @@ class GaussianEnvelope(ArchitectureRecord, nn.Module):
                                             channels=self.channels, spatial_dims=self.spatial_dims)
 
     def __prepare_scriptable__(self):
-        raise RuntimeError("torch.jit.script does not support envconv's GaussianEnvelope (TorchScript scripting is "
-                           "deprecated in PyTorch): use torch.export.export or torch.onnx.export for a graph, "
-                           "torch.jit.trace for a TorchScript module, or torch.compile for speed")
+        refuse_torchscript(self)
 
     def resolve_impl(self, x: torch.Tensor, stride: Union[int, Sequence[int]] = 1) -> str:
         """The implementation that computes this envelope's forward for ``x`` (see :mod:`envconv.ops.dispatch`)."""
@@ -292,6 +290,14 @@ class GaussianEnvelope(ArchitectureRecord, nn.Module):
         if self.spatial_dims != 2:
             s += f", spatial_dims={self.spatial_dims}"
         return s
+
+
+def refuse_torchscript(module: nn.Module):
+    """Raise for ``torch.jit.script`` (it calls ``__prepare_scriptable__``), naming what works instead."""
+    raise RuntimeError(
+        f"torch.jit.script does not support envconv's {type(module).__name__} (TorchScript scripting is deprecated "
+        f"in PyTorch): use torch.export.export or torch.onnx.export for a graph, torch.jit.trace for a TorchScript "
+        f"module, or torch.compile for speed")
 
 
 class EnvelopeRecord(NamedTuple):
