@@ -72,3 +72,12 @@ def test_report_pairs_each_row_with_the_plain_cnn_by_seed(tmp_path):
     assert f"| ours | 3 | 92.50 ± 1.50 | +1.50 [{1.5 - half:+.2f}, {1.5 + half:+.2f}] (n=3) |" in table
     assert table.index("| plain |") < table.index("| ours |") and sum(diffs) / 3 == 1.5
     assert cli(["mnist1d", "--report", "--out", str(tmp_path)]) == 0
+
+
+def test_the_committed_table_regenerates_from_the_committed_runs():
+    from pathlib import Path
+
+    root = Path(__file__).parents[2] / "results" / "mnist1d"
+    assert (root / "report.md").is_file(), "docs/receptive-field.md includes results/mnist1d/report.md"
+    assert mnist1d.report(root) == (root / "report.md").read_text(), \
+        "regenerate it: envconv mnist1d --report --write results/mnist1d/report.md"
