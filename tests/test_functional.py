@@ -156,6 +156,10 @@ def test_bad_arguments_name_the_problem():
         gaussian_envelope(x, torch.zeros(1), 3, channels=4)
     with pytest.raises(ValueError, match="impl must be one of"):
         gaussian_envelope(x, raw, 3, impl="fastest")
+    w = torch.randn(4, 3, 3, 3)
+    for padding in ("same", (1, -1), (1, 1, 1)):  # the op takes numeric padding only: the layers pad "same"
+        with pytest.raises(ValueError, match=r"padding must be a non-negative int or 2 of them.*DisentangledConv2d"):
+            envconv.functional.envelope_conv2d(x, raw, 5, w, padding=padding)
     # unbatched input, as F.conv2d takes it
     torch.testing.assert_close(gaussian_envelope(x[0], raw, 5), gaussian_envelope(x, raw, 5)[0])
     with pytest.raises(ValueError, match="raw_sigma"):
