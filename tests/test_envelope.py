@@ -124,7 +124,7 @@ def test_bad_arguments():
 
 
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.int8, torch.int32, torch.int64, torch.bool])
-@pytest.mark.parametrize("impl", ["auto", "separable", "full", "cpp"])
+@pytest.mark.parametrize("impl", ["auto", "cpp"])  # the check runs before any kernel: a forced one does not skip it
 def test_integer_input_is_refused_not_rounded_to_zero(dtype, impl):
     env = GaussianEnvelope(3, 5)
     env.impl = impl
