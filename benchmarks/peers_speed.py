@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import logging
 from pathlib import Path
 from typing import Callable, Dict, List
 
@@ -51,13 +50,8 @@ ROWS: Dict[str, tuple] = {
 }
 
 
-def _quiet_dcls():
-    logging.getLogger().setLevel(logging.ERROR)  # DCLS logs warnings to the root logger per layer on CPU
-
-
 def models(batch: int, repeats: int, image: int = 224, only=None, log=print) -> List[dict]:
     """The model table: one row per entry of :data:`ROWS` (skipped, with the reason, when a package is missing)."""
-    _quiet_dcls()
     torch.manual_seed(0)
     plain = torchvision.models.resnet50().to(memory_format=torch.channels_last)
     x = torch.randn(batch, 3, image, image).contiguous(memory_format=torch.channels_last)
@@ -119,7 +113,6 @@ def _layer_step(module: nn.Module, x: torch.Tensor) -> Callable[[], None]:
 
 def layer(batch: int, repeats: int, log=print) -> List[dict]:
     """The layer table at ResNet-50's ``layer2.0.conv2``: each replacement / the plain convolution."""
-    _quiet_dcls()
     x = torch.randn(batch, 128, 56, 56).contiguous(memory_format=torch.channels_last)
     variants = _place_variants()
     plain = variants.pop("plain conv")().to(memory_format=torch.channels_last)

@@ -1,7 +1,6 @@
 """The peer libraries as comparison methods (envconv.recipes.peers): their places, a training step, kornia = ours."""
 
 import copy
-import logging
 
 import pytest
 import torch
@@ -14,7 +13,6 @@ PLACES = ["conv1", "layer2.0.conv1", "layer2.0.downsample.0", "layer3.0.conv1", 
 
 
 def _model(method, **options):
-    logging.getLogger().setLevel(logging.ERROR)  # DCLS logs warnings to the root logger for every layer on CPU
     torch.manual_seed(0)
     return envconv.create_model("small_resnet20", num_classes=3, in_chans=1, method=method, **options)
 

@@ -79,9 +79,9 @@ def envelope_specs(state: Mapping[str, torch.Tensor]) -> Dict[str, dict]:
     return specs
 
 
-def _envelope(spec: dict, channels: int, on: dict) -> GaussianEnvelope:
+def _envelope(spec: dict, on: dict) -> GaussianEnvelope:
     """A free-standing envelope as ``spec`` records it (for a pool or a block; convolutions go through the methods)."""
-    size, padding = spec["size"], spec["padding_mode"]
+    size, padding, channels = spec["size"], spec["padding_mode"], spec["channels"]
     shared, per_axis = spec["values"] == 1 and channels > 1, spec["per_axis"]
     if spec["learnable"] is False:
         return GaussianEnvelope.fixed(channels, _zero_sigmas(shared, channels, per_axis, 2), size,
@@ -105,7 +105,7 @@ def _order(layer: str, spec: dict, orders) -> str:
 def _replacement(layer: str, module: nn.Module, spec: dict, on: dict) -> nn.Module:
     if type(module) in POOLS:
         order = _order(layer, spec, POOL_ORDERS)
-        return EnvelopePool2d(module, _envelope(spec, spec["channels"], on), order).train(module.training)
+        return EnvelopePool2d(module, _envelope(spec, on), order).train(module.training)
     if not isinstance(module, CONVS):
         raise ValueError(f"the weights have an envelope at {layer or '(root)'!r}, but that module is a "
                          f"{type(module).__name__}, neither a convolution nor a max / average pool")
@@ -167,7 +167,7 @@ def disentangle_like(model: nn.Module, state: Mapping[str, torch.Tensor]) -> nn.
     replacements, blocks = {}, []
     for layer, module in todo:
         if reparameterizable(module) and not isinstance(module, CONVS):  # envconv.convert.reparam: in front of it
-            blocks.append((module, _envelope(specs[layer], specs[layer]["channels"], on)))
+            blocks.append((module, _envelope(specs[layer], on)))
         elif id(module) not in replacements:
             replacements[id(module)] = _replacement(layer, module, specs[layer], on)
     replace_modules(model, replacements)

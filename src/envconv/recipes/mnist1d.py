@@ -33,6 +33,7 @@ from torch import nn
 
 from ..state_dict import atomic_write_bytes
 from . import peers  # noqa: F401  (registers the peer methods the rows use)
+from .training.engine import parameter_clamp
 
 __all__ = ["ConvBase", "ROWS", "PUBLISHED", "load", "train", "run_one", "report", "add_arguments", "main"]
 
@@ -116,7 +117,7 @@ def train(model: nn.Module, data: Dict[str, torch.Tensor], steps: int = RECIPE["
     """The published recipe: Adam, batches of 100 in order, ``steps`` steps; the last step's accuracies (%)."""
     optimizer = torch.optim.Adam(model.parameters(), RECIPE["learning_rate"], weight_decay=RECIPE["weight_decay"])
     x, y, batch = data["x"], data["y"], RECIPE["batch_size"]
-    clamped = [m for m in model.modules() if callable(getattr(m, "clamp_parameters", None))]  # DCLS's protocol
+    clamp = parameter_clamp(model)  # DCLS's protocol
     model.train()
     for step in range(steps + 1):
         start = (step * batch) % len(x)
@@ -124,8 +125,7 @@ def train(model: nn.Module, data: Dict[str, torch.Tensor], steps: int = RECIPE["
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
-        for module in clamped:
-            module.clamp_parameters()
+        clamp()
         if not torch.isfinite(loss):
             raise FloatingPointError(f"the loss became {float(loss)} at step {step}")
         if progress is not None and step % 1000 == 0:

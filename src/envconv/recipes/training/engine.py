@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import asdict, dataclass
-from typing import Iterable, Optional, Tuple
+from typing import Callable, Iterable, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +17,8 @@ from torch import nn
 
 from .distributed import all_reduce_sum
 
-__all__ = ["EpochStats", "NonFiniteLossError", "topk_correct", "train_one_epoch", "evaluate", "autocast"]
+__all__ = ["EpochStats", "NonFiniteLossError", "topk_correct", "train_one_epoch", "evaluate", "autocast",
+           "parameter_clamp"]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -78,6 +79,21 @@ def _stats(sums: torch.Tensor, seconds: float) -> EpochStats:
     return EpochStats(loss_sum / n, 100.0 * (1 - top1 / n), 100.0 * (1 - top5 / n), n, seconds)
 
 
+def parameter_clamp(model: nn.Module) -> Callable[[], None]:
+    """What to call after each optimizer step: every ``clamp_parameters()`` of ``model``'s modules.
+
+    Layers that keep their parameters in range that way (DCLS's tap positions) expect it after
+    every step, as their own training loops do.
+    """
+    modules = [m for m in model.modules() if callable(getattr(m, "clamp_parameters", None))]
+
+    def clamp() -> None:
+        for module in modules:
+            module.clamp_parameters()
+
+    return clamp
+
+
 def train_one_epoch(
     model: nn.Module,
     loader: Iterable,
@@ -116,8 +132,7 @@ def train_one_epoch(
         (64, True)
     """
     model.train()
-    # layers that keep their parameters in range after each step (DCLS's tap positions), as their own recipes do
-    clamped = [m for m in model.modules() if callable(getattr(m, "clamp_parameters", None))]
+    clamp = parameter_clamp(model)
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss * n, top-1 hits, top-5 hits, n
     start = time.perf_counter()
     for step, (images, targets) in enumerate(loader, 1):
@@ -133,8 +148,7 @@ def train_one_epoch(
         else:
             loss.backward()
             optimizer.step()
-        for module in clamped:
-            module.clamp_parameters()
+        clamp()
         if scheduler is not None:
             scheduler.step()
         with torch.no_grad():
