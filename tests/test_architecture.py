@@ -141,6 +141,39 @@ def test_the_library_imports_only_torch_and_numpy_at_module_level(path):
     assert third_party <= LIBRARY_DEPENDENCIES, f"{path.relative_to(PACKAGE)} imports {sorted(third_party)}"
 
 
+def _private_torch_names(source: str):
+    """Attribute chains and imports of ``source`` that reach a private torch name (``torch._C``, ``_foo``)."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Attribute):
+            chain, base = [node.attr], node.value
+            while isinstance(base, ast.Attribute):
+                chain.append(base.attr)
+                base = base.value
+            if isinstance(base, ast.Name) and base.id == "torch":
+                names = chain[::-1]
+                private = [n for n in names if n.startswith("_") and not n.startswith("__")]
+                if private and names != ["_check"] and names[:2] != ["ops", "envconv"]:  # envconv's own ops
+                    found.append("torch." + ".".join(names))
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("torch"):
+            parts = node.module.split(".") + [a.name for a in node.names]
+            if any(p.startswith("_") and p != "__future__" for p in parts):
+                found.append(f"from {node.module} import {', '.join(a.name for a in node.names)}")
+    return sorted(n for n in set(found) if not any(m.startswith(n + ".") for m in found))  # longest chains
+
+
+@pytest.mark.parametrize("path", _library_files(), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_the_library_uses_no_private_pytorch_api(path):
+    # torch._check (the documented shape check of custom ops' fake kernels) is the one exception
+    assert _private_torch_names(path.read_text()) == []
+
+
+def test_the_private_api_check_sees_one():
+    source = ("import torch\nfrom torch._functorch.utils import x\ny = torch._C._is_fwd_grad_enabled()\n"
+              "torch._check(1)\n")
+    assert _private_torch_names(source) == ["from torch._functorch.utils import x", "torch._C._is_fwd_grad_enabled"]
+
+
 def test_the_package_has_no_import_cycle():
     assert _cycles(import_graph()) == []
 

@@ -17,6 +17,7 @@ import torch
 import torch.fx
 
 from . import kernels
+from .ops import autograd
 from .ops.composite import CONV
 from .ops.dispatch import check_impl
 from .ops.export import envelope_decomposed  # importing envconv.ops registers the torch.ops.envconv operators
@@ -131,7 +132,7 @@ def gaussian_envelope(
     if torch.onnx.is_in_onnx_export():
         return envelope_decomposed(x, raw_sigma, size, stride, padding_mode)
     k, *axis_sizes = _size_args(size, spatial_dims)
-    return torch.ops.envconv.envelope(x, raw_sigma, k, stride, padding_mode, impl, *axis_sizes)
+    return autograd.apply("envelope", x, raw_sigma, k, stride, padding_mode, impl, *axis_sizes)
 
 
 def envelope_conv2d(
@@ -233,8 +234,8 @@ def _envelope_conv(dims: int, x, raw_sigma, size, weight, bias, env_stride, padd
         smoothed = envelope_decomposed(x, raw_sigma, size, env_stride, padding_mode)
         return CONV[x.dim()](smoothed, weight, bias, stride, padding, dilation, groups)
     k, *axis_sizes = _size_args(size, dims)
-    return torch.ops.envconv.envelope_conv(x, raw_sigma, weight, bias, k, env_stride, padding_mode, impl, stride,
-                                           padding, dilation, groups, *axis_sizes)
+    return autograd.apply("envelope_conv", x, raw_sigma, weight, bias, k, env_stride, padding_mode, impl, stride,
+                          padding, dilation, groups, *axis_sizes)
 
 
 def _size_args(size, dims: int) -> tuple:

@@ -160,3 +160,28 @@ def test_vmap_over_sigmas_and_weights_equals_a_loop():
     grads = torch.func.vmap(torch.func.grad(lambda r: our_loss(x, r, 1)))(raws[:, :1])
     loops = torch.stack([torch.func.grad(lambda r: reference_loss(x, r, 1))(r) for r in raws[:, :1]])
     torch.testing.assert_close(grads, loops, rtol=1e-10, atol=1e-12)
+
+
+def test_the_ops_called_directly_refuse_forward_ad_instead_of_a_zero_tangent():
+    # the ops' registered autograd has no jvp: a dual input is refused by name, never silently zero
+    x, raw = make()
+    weight = torch.randn(4, 3, 3, 3, **DOUBLE)
+    with fwAD.dual_level():
+        dual_x = fwAD.make_dual(x, torch.ones_like(x))
+        with pytest.raises(RuntimeError, match="envconv.functional"):
+            torch.ops.envconv.envelope(dual_x, raw, 5, [1, 1], "zeros", "auto")
+        with pytest.raises(RuntimeError, match="envconv.functional"):
+            torch.ops.envconv.envelope_conv(x, raw, fwAD.make_dual(weight, torch.ones_like(weight)), None, 5, [1, 1],
+                                            "zeros", "auto", [1, 1], [1, 1], [1, 1], 1)
+        # the functional's call of the same op carries the tangent: exactly the envelope of the tangent (linear in x)
+        tangent = fwAD.unpack_dual(Fn.gaussian_envelope(dual_x, raw, 5)).tangent
+        torch.testing.assert_close(tangent, envelope_decomposed(torch.ones_like(x), raw, 5, [1, 1], "zeros"))
+
+
+def test_the_ops_called_directly_have_reverse_mode_and_double_backward():
+    # torch.library.register_autograd: what torch.compile, export and trace record
+    x, raw = make()
+    x.requires_grad_(True)
+    raw.requires_grad_(True)
+    assert gradcheck(lambda x, r: torch.ops.envconv.envelope(x, r, 5, [2, 2], "zeros", "auto"), (x, raw))
+    assert gradgradcheck(lambda x, r: torch.ops.envconv.envelope(x, r, 5, [2, 2], "zeros", "auto"), (x, raw))

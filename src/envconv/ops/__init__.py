@@ -4,9 +4,8 @@ r"""The envelope as PyTorch operators: ``torch.ops.envconv.*`` and the kernels b
 :mod:`envconv.ops.autograd` their autograd (backward, double backward, forward AD, torch.func),
 :mod:`envconv.ops.flop_formulas` their FLOP counts and :mod:`envconv.ops.export` the plain-ATen
 form the ONNX exporters get; :mod:`envconv.ops.dispatch` decides which kernel (C++ on CPU, Triton,
-composite ATen) computes them. Every private PyTorch API the ops need is in
-:mod:`envconv.ops._torch_internals`. The functional API over the ops, with its argument checks,
-is :mod:`envconv.functional`.
+composite ATen) computes them, with public PyTorch APIs only. The functional API over the ops,
+with its argument checks, is :mod:`envconv.functional`.
 """
 
 from . import autograd, export, flop_formulas, library

@@ -1,12 +1,17 @@
 r"""Autograd for the ops - reverse mode, double backward, forward mode and :mod:`torch.func` - once per op.
 
-Each op's ``setup_context`` / ``backward`` / ``jvp`` below take the op's own arguments, as
-:meth:`torch.library.custom_op.register_autograd`'s do; they are installed by
-:func:`~envconv.ops._torch_internals.register_autograd_kernel` (which says why not by
-``register_autograd`` itself: torch.func and forward AD), and the vmap rules by
-:func:`torch.library.register_vmap`. So ``torch.func.grad``, ``vmap`` (per-sample gradients),
-``jacrev``, ``jvp``, ``jacfwd``, ``hessian`` and :mod:`torch.autograd.forward_ad` all
-differentiate the same ops that the compiler and the exporters see.
+Each op's ``setup_context`` / ``backward`` / ``jvp`` below take the op's own arguments. They
+are registered twice, with public APIs only: as the op's autograd
+(:func:`torch.library.register_autograd`: reverse mode and double backward of
+``torch.ops.envconv.*`` called directly), and as an :class:`torch.autograd.Function` with
+``setup_context``, ``jvp`` and a generated vmap rule, which :func:`apply` - the way
+:mod:`envconv.functional` and the layers call the ops - uses whenever a gradient or a tangent is
+recorded. The op's own autograd cannot serve :mod:`torch.func` (it has no ``setup_context``:
+pytorch#168393, #170834) nor forward AD (no ``jvp``: the tangent would silently be zero), the
+Function serves both; the vmap rules are :func:`torch.library.register_vmap`'s. So
+``torch.func.grad``, ``vmap`` (per-sample gradients), ``jacrev``, ``jvp``, ``jacfwd``,
+``hessian`` and :mod:`torch.autograd.forward_ad` differentiate the same ops that the compiler
+and the exporters see.
 
 * ``envelope``: backward by ``envelope_backward`` (eq. (7), (8)); jvp
   :math:`\dot Y = E_\sigma * \dot X + (\partial_{\tilde\sigma} E_\sigma * X)\,\dot{\tilde\sigma}`.
@@ -24,13 +29,12 @@ from torch import Tensor
 
 from .. import kernels as EF
 from . import composite
-from ._torch_internals import register_autograd_kernel, transforms_active
 from .composite import CONV
 from .dispatch import stem_backward_applies
 from .layout import memory_format
-from .library import envelope_kernels, op_size, size_args, strided
+from .library import autocast_args, envelope_kernels, op_size, size_args, strided
 
-__all__: List[str] = []
+__all__ = ["apply"]
 
 
 # Inside this module an envelope's size is ``sizes``: the op's int, or its per-axis list where it has one;
@@ -47,13 +51,13 @@ def _largest(sizes) -> int:
 
 def _envelope(x, raw_sigma, sizes, stride, padding_mode, impl):
     size, axis_sizes = size_args(sizes, x.dim() - 2)
-    return torch.ops.envconv.envelope(x, raw_sigma, size, stride, padding_mode, impl, axis_sizes)
+    return apply("envelope", x, raw_sigma, size, stride, padding_mode, impl, axis_sizes)
 
 
 def _envelope_backward(grad, x, raw_sigma, sizes, stride, padding_mode, impl, need_x, need_sigma):
     size, axis_sizes = size_args(sizes, x.dim() - 2)
-    return torch.ops.envconv.envelope_backward(grad, x, raw_sigma, size, stride, padding_mode, impl, need_x,
-                                               need_sigma, axis_sizes)
+    return apply("envelope_backward", grad, x, raw_sigma, size, stride, padding_mode, impl, need_x, need_sigma,
+                 axis_sizes)
 
 
 # ---- envconv::envelope ------------------------------------------------------------------------------------
@@ -361,19 +365,19 @@ def _conv_jvp(ctx, x_t, raw_t, weight_t, bias_t, *_):
 
 
 def _in_layout_of(t: Tensor, like: Tensor) -> Tensor:
-    """``t`` in ``like``'s memory format, for the fast convolution kernels (vmap has no layouts: as is)."""
-    if transforms_active():
+    """``t`` in ``like``'s memory format, for the fast convolution kernels (under vmap, as is)."""
+    try:
+        return t.contiguous(memory_format=memory_format(like))
+    except RuntimeError:  # vmap's tensors take no memory format
         return t
-    return t.contiguous(memory_format=memory_format(like))
 
 
 def _like(grad: Tensor, param: Tensor) -> Tensor:
     """``grad`` in ``param``'s strides (DDP's gradient buckets expect the parameter's layout)."""
-    if grad.stride() == param.stride():
+    try:
+        return grad if grad.stride() == param.stride() else torch.empty_like(param).copy_(grad)
+    except RuntimeError:  # a per-sample gradient under vmap: larger than param, and without strides
         return grad
-    if transforms_active():  # a per-sample gradient, larger than param
-        return grad
-    return torch.empty_like(param).copy_(grad)
 
 
 def _stem_backward(grad_out, x, raw_sigma, weight, size, need_w, bias_shape, need_b, conv_args):
@@ -444,11 +448,11 @@ def _envelope_vmap(info, in_dims, x, raw_sigma, size, stride, padding_mode, impl
     b = info.batch_size
     if raw_dim is None:  # one sigma for all samples: the samples are more batch
         x = _batch_first(x, x_dim, b)
-        y = torch.ops.envconv.envelope(x.flatten(0, 1), raw_sigma, size, stride, padding_mode, impl, axis_sizes)
+        y = apply("envelope", x.flatten(0, 1), raw_sigma, size, stride, padding_mode, impl, axis_sizes)
         return y.unflatten(0, (b, -1)), 0
     channels = x.shape[-len(stride) - 1]
-    y = torch.ops.envconv.envelope(_fold_channels(x, x_dim, b), _fold_sigma(raw_sigma, raw_dim, b, channels), size,
-                                   stride, padding_mode, impl, axis_sizes)
+    y = apply("envelope", _fold_channels(x, x_dim, b), _fold_sigma(raw_sigma, raw_dim, b, channels), size, stride,
+              padding_mode, impl, axis_sizes)
     return _unfold_channels(y, b), 1
 
 
@@ -459,14 +463,14 @@ def _envelope_backward_vmap(info, in_dims, grad, x, raw_sigma, size, stride, pad
     b = info.batch_size
     if raw_dim is None and not need_sigma:
         grad, x = _batch_first(grad, grad_dim, b), _batch_first(x, x_dim, b)
-        grad_x, grad_raw = torch.ops.envconv.envelope_backward(grad.flatten(0, 1), x.flatten(0, 1), raw_sigma, size,
-                                                               stride, padding_mode, impl, need_x, False, axis_sizes)
+        grad_x, grad_raw = apply("envelope_backward", grad.flatten(0, 1), x.flatten(0, 1), raw_sigma, size, stride,
+                                 padding_mode, impl, need_x, False, axis_sizes)
         return (grad_x.unflatten(0, (b, -1)), grad_raw), (0, None)
     # a sigma gradient per sample: each sample's channels get their own sigma
     channels = x.shape[-len(stride) - 1]
-    grad_x, grad_raw = torch.ops.envconv.envelope_backward(
-        _fold_channels(grad, grad_dim, b), _fold_channels(x, x_dim, b), _fold_sigma(raw_sigma, raw_dim, b, channels),
-        size, stride, padding_mode, impl, need_x, need_sigma, axis_sizes)
+    grad_x, grad_raw = apply("envelope_backward", _fold_channels(grad, grad_dim, b), _fold_channels(x, x_dim, b),
+                             _fold_sigma(raw_sigma, raw_dim, b, channels), size, stride, padding_mode, impl, need_x,
+                             need_sigma, axis_sizes)
     if need_x:
         grad_x = _unfold_channels(grad_x, b)
     if need_sigma:
@@ -479,24 +483,76 @@ def _envelope_backward_vmap(info, in_dims, grad, x, raw_sigma, size, stride, pad
 @torch.library.register_vmap("envconv::envelope_conv")
 def _conv_vmap(info, in_dims, x, raw_sigma, weight, bias, size, env_stride, padding_mode, impl, stride, padding,
                dilation, groups, axis_sizes=None):
-    op = torch.ops.envconv.envelope_conv
     x_dim, raw_dim, weight_dim, bias_dim = in_dims[:4]
     b = info.batch_size
     rest = (size, env_stride, padding_mode, impl, stride, padding, dilation)
     if raw_dim is None and weight_dim is None and bias_dim is None:
         x = _batch_first(x, x_dim, b)
-        y = op(x.flatten(0, 1), raw_sigma, weight, bias, *rest, groups, axis_sizes)
+        y = apply("envelope_conv", x.flatten(0, 1), raw_sigma, weight, bias, *rest, groups, axis_sizes)
         return y.unflatten(0, (b, -1)), 0
     # per-sample parameters: the samples become groups of one grouped convolution
     channels = x.shape[-(len(stride) + 1)]
     weight = _batch_first(weight, weight_dim, b).flatten(0, 1)
     bias = None if bias is None else _batch_first(bias, bias_dim, b).flatten(0, 1)
-    y = op(_fold_channels(x, x_dim, b), _fold_sigma(raw_sigma, raw_dim, b, channels), weight, bias, *rest,
-           groups * b, axis_sizes)
+    y = apply("envelope_conv", _fold_channels(x, x_dim, b), _fold_sigma(raw_sigma, raw_dim, b, channels), weight,
+              bias, *rest, groups * b, axis_sizes)
     return _unfold_channels(y, b), 1
 
 
-register_autograd_kernel("envelope", _envelope_setup, _envelope_grad, _envelope_jvp)
-register_autograd_kernel("envelope_backward", _envelope_backward_setup, _envelope_backward_grad,
-                         _envelope_backward_jvp)
-register_autograd_kernel("envelope_conv", _conv_setup, _conv_grad, _conv_jvp)
+# ---- registration ----------------------------------------------------------------------------------------
+
+#: name -> (the op's autograd.Function, how many tensor arguments it starts with).
+_FUNCTIONS = {}
+
+
+class _Options:
+    """An op's non-tensor arguments as one opaque Function input (vmap's generated rule would flatten lists)."""
+
+    def __init__(self, values):
+        self.values = values
+
+
+def _register(name: str, tensors: int, setup_context, backward, jvp) -> None:
+    """Register ``setup_context`` / ``backward`` (and ``jvp``) as the autograd of ``torch.ops.envconv.<name>``.
+
+    The op's first ``tensors`` arguments are tensors (or ``None``); the Function takes them and
+    the rest as one :class:`_Options`.
+    """
+    torch.library.register_autograd(f"envconv::{name}", backward, setup_context=setup_context)
+
+    def op_args(inputs):
+        return (*inputs[:tensors], *inputs[tensors].values)
+
+    _FUNCTIONS[name] = type(f"{name}_function", (torch.autograd.Function,), {
+        "generate_vmap_rule": True,  # by the ops' own vmap rules, as they run inside
+        "forward": staticmethod(lambda *inputs: apply(name, *op_args(inputs))),  # one transform level down
+        "setup_context": staticmethod(lambda ctx, inputs, output: setup_context(ctx, op_args(inputs), output)),
+        "backward": staticmethod(lambda ctx, *grads: (*backward(ctx, *grads)[:tensors], None)),
+        "jvp": staticmethod(lambda ctx, *tangents: jvp(ctx, *tangents[:tensors])),
+    }), tensors
+
+
+def _differentiating(args) -> bool:
+    """Whether a call records a gradient (autograd, or a reverse-mode torch.func transform) or a tangent."""
+    tensors = [a for a in args if isinstance(a, Tensor)]
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return True
+    try:
+        return any(torch.autograd.forward_ad.unpack_dual(t).tangent is not None for t in tensors)
+    except RuntimeError:  # vmap's tensor (vmap has no rule for it): the op's vmap rule asks again one level down
+        return False
+
+
+def apply(name: str, *args):
+    """``torch.ops.envconv.<name>(*args)``, differentiable in every mode and under every :mod:`torch.func` transform."""
+    args = autocast_args(name, args)  # before the Function saves them, as the dispatcher's autocast key would
+    # a trace or torch.compile records the op itself (its autograd is registered)
+    if not (torch.jit.is_tracing() or torch.compiler.is_compiling()) and _differentiating(args):
+        function, tensors = _FUNCTIONS[name]
+        return function.apply(*args[:tensors], _Options(args[tensors:]))
+    return getattr(torch.ops.envconv, name)(*args)
+
+
+_register("envelope", 2, _envelope_setup, _envelope_grad, _envelope_jvp)
+_register("envelope_backward", 3, _envelope_backward_setup, _envelope_backward_grad, _envelope_backward_jvp)
+_register("envelope_conv", 4, _conv_setup, _conv_grad, _conv_jvp)

@@ -37,7 +37,6 @@ from typing import Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from ._torch_internals import build_directory
 from .composite import per_axis
 from .layout import is_channels_last, memory_format
 
@@ -76,9 +75,16 @@ def build_tag() -> str:
     return hashlib.sha1(key.encode()).hexdigest()[:12]
 
 
+def build_directory(name: str) -> Path:
+    """Where extension ``name`` is built and cached: in ``$TORCH_EXTENSIONS_DIR`` or torch's default root."""
+    from torch.utils.cpp_extension import get_default_build_root
+
+    return Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root()) / name
+
+
 def _is_built(name: str) -> bool:
-    """Whether torch's extension cache already holds the built library ``name`` (no compile ahead)."""
-    return any(Path(build_directory(name)).glob(f"{name}*.so"))
+    """Whether the extension cache already holds the built library ``name`` (no compile ahead)."""
+    return any(build_directory(name).glob(f"{name}*.so"))
 
 
 def load() -> bool:
@@ -102,7 +108,8 @@ def load() -> bool:
                 print("envconv: building the C++ CPU envelope kernel (once per environment and CPU type, about "
                       "a minute; `python -m envconv.ops` builds it ahead) ...", file=sys.stderr, flush=True)
             start = time.perf_counter()
-            load_extension(name=name, sources=[str(_SOURCE)],
+            build_directory(name).mkdir(parents=True, exist_ok=True)
+            load_extension(name=name, sources=[str(_SOURCE)], build_directory=str(build_directory(name)),
                            extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"],
                            is_python_module=False, verbose=False)
             if building:

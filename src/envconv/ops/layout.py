@@ -16,7 +16,10 @@ _CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
 def is_channels_last(x: torch.Tensor) -> bool:
     """Whether ``x`` is a 4-D channels_last (5-D channels_last_3d) tensor, and not also plainly contiguous."""
     layout = _CHANNELS_LAST.get(x.dim())
-    return layout is not None and x.is_contiguous(memory_format=layout) and not x.is_contiguous()
+    try:
+        return layout is not None and x.is_contiguous(memory_format=layout) and not x.is_contiguous()
+    except RuntimeError:  # a tensor under vmap, which has no memory formats
+        return False
 
 
 def memory_format(x: torch.Tensor) -> torch.memory_format:

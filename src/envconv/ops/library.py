@@ -32,7 +32,6 @@ from torch import Tensor
 
 from .. import kernels as EF
 from . import composite, cpu, dispatch
-from ._torch_internals import register_autocast_kernel
 from .composite import CONV
 from .layout import empty_like_layout, memory_format
 
@@ -121,9 +120,17 @@ def _run_kernel(x: Tensor, one: bool, kernels: List[Tensor], stride: List[int], 
     return out.contiguous(memory_format=memory_format(x))
 
 
+def _refuse_tangents(*tensors) -> None:
+    """The ops' own autograd has no forward mode (its tangent would silently be zero): say what does."""
+    if any(t is not None and torch.autograd.forward_ad.unpack_dual(t).tangent is not None for t in tensors):
+        raise RuntimeError("torch.ops.envconv.* called directly has no forward-mode AD; call envconv.functional "
+                           "(or an envconv layer), whose calls of the ops support it")
+
+
 def _forward(x: Tensor, raw_sigma: Tensor, size: int, stride: List[int], padding_mode: str, impl: str,
              axis_sizes: Optional[List[int]] = None) -> Tensor:
     _check_args(x, raw_sigma, size, stride, axis_sizes)  # the same errors as under the compiler and export
+    _refuse_tangents(x, raw_sigma)
     if x.numel() == 0:  # an empty batch (or map): nothing to filter; ATen's grouped convs refuse 0 groups
         return empty_like_layout(x, (x.shape[0], x.shape[1], *_out_size(x, stride)))
     if size == 1:  # the 1-tap envelope is the identity, whatever sigma (a copy: op outputs never alias inputs)
@@ -188,6 +195,7 @@ def envelope_backward(grad: Tensor, x: Tensor, raw_sigma: Tensor, size: int, str
 
 def _backward(grad, x, raw_sigma, size, stride, padding_mode, impl, need_x, need_sigma, axis_sizes=None):
     _check_args(x, raw_sigma, size, stride, axis_sizes)
+    _refuse_tangents(grad, x, raw_sigma)
     empty = x.new_empty(0)
     if x.numel() == 0:
         grad_x = torch.zeros_like(x, memory_format=memory_format(x)) if need_x else None
@@ -240,6 +248,7 @@ def envelope_conv(x: Tensor, raw_sigma: Tensor, weight: Tensor, bias: Optional[T
 
     The backward recomputes the envelope from ``x``, the only feature map it keeps.
     """
+    _refuse_tangents(weight, bias)
     with _no_autocast(x):
         smoothed = _forward(x, raw_sigma, size, env_stride, padding_mode, impl, axis_sizes)
         return CONV[x.dim()](smoothed, weight, bias, stride, padding, dilation, groups)
@@ -258,5 +267,43 @@ def _(x, raw_sigma, weight, bias, size, env_stride, padding_mode, impl, stride, 
 
 # ---- autocast: the dtype F.conv2d would return ---------------------------------------------------------
 
-register_autocast_kernel("envelope", cast=(0,))
-register_autocast_kernel("envelope_conv", cast=(0, 2, 3))
+#: op -> the positions of its arguments that autocast casts (x; weight and bias), as F.conv2d's.
+_AUTOCAST = {"envelope": (0,), "envelope_conv": (0, 2, 3)}
+#: The autocast dispatch keys by device type (a device without one gets no cast rule, as for any op).
+_AUTOCAST_KEYS = {"cpu": "AutocastCPU", "cuda": "AutocastCUDA", "xpu": "AutocastXPU", "mps": "AutocastMPS"}
+_lib = torch.library.Library("envconv", "FRAGMENT")  # kept alive: it holds the autocast kernels
+
+
+def autocast_args(name: str, args):
+    """``args`` of op ``name`` with x (and weight, bias) in the autocast dtype of the moment, if autocast is on.
+
+    Like autocast's own rule for convolutions, float64 and non-float tensors are left alone;
+    ``raw_sigma`` keeps its dtype (the kernel of eq. (9) is computed in it, then cast).
+    ``torch.library.register_autocast`` would fix one dtype when it registers; this follows
+    ``torch.autocast(dtype=...)``.
+    """
+    device = next((a.device.type for a in args if isinstance(a, Tensor)), "cpu")
+    if name not in _AUTOCAST or device not in _AUTOCAST_KEYS or not torch.is_autocast_enabled(device):
+        return args
+    dtype = torch.get_autocast_dtype(device)
+    return tuple(a.to(dtype) if i in _AUTOCAST[name] and isinstance(a, Tensor) and a.dtype in (
+        torch.float32, torch.float16, torch.bfloat16) else a for i, a in enumerate(args))
+
+
+def _autocast_kernel(name: str, device: str):
+    op = getattr(torch.ops.envconv, name).default
+
+    def kernel(*args):
+        args = autocast_args(name, args)
+        with torch.autocast(device, enabled=False):  # excludes this autocast key: the op below it
+            return op(*args)
+
+    return kernel
+
+
+for _name in _AUTOCAST:
+    for _device, _key in _AUTOCAST_KEYS.items():
+        try:
+            _lib.impl(_name, _autocast_kernel(_name, _device), _key)
+        except RuntimeError:  # a torch build without this device's autocast key
+            pass
