@@ -629,8 +629,13 @@ std::tuple<torch::Tensor, torch::Tensor> envelope_backward(const torch::Tensor& 
   check(x, "x");
   const auto gy = gy_in.contiguous(at::MemoryFormat::ChannelsLast);
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), k = g.size(0), r = k / 2;
-  const int64_t OH = gy.size(2), OW = gy.size(3);
-  TORCH_CHECK(OH == (H - 1) / sh + 1 && OW == (W - 1) / sw + 1, "grad_output has the wrong spatial size");
+  const int64_t OH = (H - 1) / sh + 1, OW = (W - 1) / sw + 1;
+  TORCH_CHECK(gy.dim() == 4 && gy.size(0) == N && gy.size(1) == C && gy.size(2) == OH && gy.size(3) == OW &&
+                  gy.scalar_type() == x.scalar_type(),
+              "_cpu_envelope_backward: grad_output must be (N, C, OH, OW) of x's dtype");
+  TORCH_CHECK(g.dim() == 2 && g.size(1) == C && g.is_contiguous() && g.scalar_type() == x.scalar_type() &&
+                  gd.sizes() == g.sizes() && gd.is_contiguous() && gd.scalar_type() == x.scalar_type(),
+              "_cpu_envelope_backward: g and gd must be contiguous (k, C) tensors of x's dtype");
   auto opts = x.options();
   auto cl = opts.memory_format(at::MemoryFormat::ChannelsLast);
   auto gx = need_x ? torch::empty({N, C, H, W}, cl) : torch::Tensor();

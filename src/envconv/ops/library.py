@@ -139,7 +139,15 @@ def _forward(x: Tensor, raw_sigma: Tensor, size: int, stride: List[int], padding
     one = _one_kernel(raw_sigma, sizes)
     which = dispatch.forward_impl(x, size, stride, padding_mode, impl, per_axis=not one)
     kernels, _ = envelope_kernels(raw_sigma, sizes, x)
-    return _run_kernel(x, one, kernels, stride, padding_mode, which)
+    return _owned(_run_kernel(x, one, kernels, stride, padding_mode, which))
+
+
+def _owned(t: Tensor) -> Tensor:
+    """``t``, copied if it is a view (1-D kernels reshape 2-D results): an op's output owns its memory.
+
+    Else autograd refuses an in-place op on it (``Conv1d -> ReLU(inplace=True)``).
+    """
+    return t.clone() if t._base is not None else t
 
 
 # ---- envconv::envelope ------------------------------------------------------------------------------------
@@ -193,8 +201,17 @@ def envelope_backward(grad: Tensor, x: Tensor, raw_sigma: Tensor, size: int, str
         return _backward(grad, x, raw_sigma, size, stride, padding_mode, impl, need_x, need_sigma, axis_sizes)
 
 
+def _check_grad(grad: Tensor, x: Tensor, stride: List[int]) -> None:
+    """The upstream gradient has the envelope's output shape (the kernels index it by x's: never read past it)."""
+    expected = (x.shape[0], x.shape[1], *_out_size(x, stride))
+    torch._check(tuple(grad.shape) == expected and grad.dtype == x.dtype and grad.device == x.device,
+                 lambda: f"envconv::envelope_backward: grad must be the envelope's output, {expected} "
+                         f"({x.dtype}, {x.device}), got {tuple(grad.shape)} ({grad.dtype}, {grad.device})")
+
+
 def _backward(grad, x, raw_sigma, size, stride, padding_mode, impl, need_x, need_sigma, axis_sizes=None):
     _check_args(x, raw_sigma, size, stride, axis_sizes)
+    _check_grad(grad, x, stride)
     _refuse_tangents(grad, x, raw_sigma)
     empty = x.new_empty(0)
     if x.numel() == 0:
@@ -225,15 +242,13 @@ def _backward(grad, x, raw_sigma, size, stride, padding_mode, impl, need_x, need
             if grad_x is not None:
                 grad_x = grad_x.contiguous(memory_format=memory_format(x))
         grad_raw = _reduce_sigma_grad(grad_c, raw_sigma) if need_sigma else None
-    return (grad_x if need_x else empty), (grad_raw if need_sigma else raw_sigma.new_empty(0))
+    return (_owned(grad_x) if need_x else empty), (grad_raw if need_sigma else raw_sigma.new_empty(0))
 
 
 @envelope_backward.register_fake
 def _(grad, x, raw_sigma, size, stride, padding_mode, impl, need_x, need_sigma, axis_sizes=None):
     _check_args(x, raw_sigma, size, stride, axis_sizes)
-    torch._check(grad.dim() == x.dim() and tuple(grad.shape[2:]) == tuple(_out_size(x, stride)),
-                 lambda: f"envconv::envelope_backward: grad has shape {tuple(grad.shape)}, the envelope's output "
-                         f"{(x.shape[0], x.shape[1], *_out_size(x, stride))}")
+    _check_grad(grad, x, stride)
     grad_x = empty_like_layout(x, x.shape) if need_x else x.new_empty(0)
     return grad_x, raw_sigma.new_empty(raw_sigma.shape if need_sigma else (0,))
 
@@ -251,7 +266,7 @@ def envelope_conv(x: Tensor, raw_sigma: Tensor, weight: Tensor, bias: Optional[T
     _refuse_tangents(weight, bias)
     with _no_autocast(x):
         smoothed = _forward(x, raw_sigma, size, env_stride, padding_mode, impl, axis_sizes)
-        return CONV[x.dim()](smoothed, weight, bias, stride, padding, dilation, groups)
+        return _owned(CONV[x.dim()](smoothed, weight, bias, stride, padding, dilation, groups))
 
 
 @envelope_conv.register_fake
