@@ -12,10 +12,10 @@ $(STAMP): pyproject.toml requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements-dev.txt
-	$(PY) -m pip install --quiet --no-deps -e .
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .  # compiles the C++ kernel (about a minute)
 	touch $(STAMP)
 
-# The C++ CPU kernel, built ahead of its first use (it is cached per environment and CPU type).
+# Says which C++ CPU kernel envconv uses (built by `make venv` with the package) and builds one if it must.
 kernel: $(STAMP)
 	$(PY) -m envconv.ops
 
@@ -54,4 +54,4 @@ bench-gpu: $(STAMP)
 	$(PY) -m benchmarks.gpu
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache docs/_generated
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache docs/_generated src/envconv/_C.so src/envconv/_C.json

@@ -5,7 +5,6 @@ The Triton kernels run through Triton's interpreter on CPU tensors (``TRITON_INT
 """
 
 import itertools
-import re
 
 import numpy as np
 import pytest
@@ -260,37 +259,3 @@ def test_an_empty_batch_goes_forward_and_backward_through_every_op(impl, channel
         assert out.shape == (0, 4, 9, 9)
         out.sum().backward()
         assert torch.equal(r.grad, torch.zeros(channels))
-
-
-def test_the_first_build_of_the_cpu_kernel_is_announced(monkeypatch, capsys):
-    import torch.utils.cpp_extension
-
-    built = []
-    monkeypatch.setattr(cpu, "_loaded", False)
-    monkeypatch.setattr(cpu, "_failed", None)
-    monkeypatch.setattr(cpu, "_is_built", lambda name: False)
-    monkeypatch.setattr(torch.utils.cpp_extension, "load", lambda **kwargs: built.append(kwargs["name"]))
-    assert cpu.load() and built == [f"envconv_envelope_cpu_{cpu.build_tag()}"]
-    err = capsys.readouterr().err
-    assert "building the C++ CPU envelope kernel (once per environment" in err
-    assert re.search(r"built the C\+\+ CPU envelope kernel in \d+ s", err)
-    monkeypatch.setattr(cpu, "_loaded", False)
-    monkeypatch.setattr(cpu, "_is_built", lambda name: True)
-    assert cpu.load()
-    assert capsys.readouterr().err == ""  # cached: no message
-
-
-def test_the_kernels_build_name_changes_with_torch_its_install_and_the_source(monkeypatch, tmp_path):
-    """Two environments on one machine (or a torch upgrade, or an edited kernel) never share a build."""
-    tag = cpu.build_tag()
-    assert re.fullmatch(r"[0-9a-f]{12}", tag) and cpu.build_tag() == tag
-    monkeypatch.setattr(torch, "__version__", torch.__version__ + ".other")
-    assert cpu.build_tag() != tag
-    monkeypatch.undo()
-    monkeypatch.setattr(torch, "__file__", str(tmp_path / "other-venv" / "torch" / "__init__.py"))
-    assert cpu.build_tag() != tag
-    monkeypatch.undo()
-    source = tmp_path / "envelope_cpu.cpp"
-    source.write_bytes(cpu._SOURCE.read_bytes() + b"// edited\n")
-    monkeypatch.setattr(cpu, "_SOURCE", source)
-    assert cpu.build_tag() != tag

@@ -1,4 +1,4 @@
-"""The C++ CPU kernels: registered as ``torch.ops.envconv._cpu_envelope_*`` (built on first use).
+"""The C++ CPU kernels: registered as ``torch.ops.envconv._cpu_envelope_*``.
 
 ``csrc/envelope_cpu.cpp`` computes the 1-D passes with loops that vectorise over contiguous
 memory, and a backward that takes the sigma gradient from the paper's eq. (8) - one
@@ -11,23 +11,24 @@ gradient taken on the way. It registers its functions as ops
 with ``TORCH_LIBRARY_FRAGMENT(envconv, ...)``; :mod:`envconv.ops.library` calls them inside
 the public ``envconv::envelope`` ops on CPU tensors.
 
-The library is compiled with the system's C++ compiler and ninja (a dependency of envconv)
-by :func:`torch.utils.cpp_extension.load` the first time it is needed (one line on stderr
-when the build starts and one with the time it took, about a minute on 2 cores; then cached
-in torch's extension directory); nothing is downloaded. The cached build is named by
-:func:`build_tag`: the CPU's instruction set, the Python and torch versions, torch's install
-location and the kernel source, so two environments on one machine never rebuild (or load)
-each other's kernel. ``python -m envconv.ops`` builds it ahead (for an image, an install
-script or CI). If the build fails, or ``ENVCONV_NO_EXTENSION=1`` is set, envconv warns once,
-``unavailable_reason()`` says why, and the ops use their composite (ATen) implementation.
+**Where the kernel comes from.** An installed envconv loads the library ``setup.py`` built with
+the package (``envconv/_C.so``: no compiler, ninja or cache needed at run time), if its build
+record (:mod:`envconv.ops.build_info`) matches this torch and CPU. A source tree used without a
+build (``PYTHONPATH=src``), or a package whose kernel does not match, compiles it with the
+system's C++ compiler and ninja by :func:`torch.utils.cpp_extension.load` the first time it is
+needed (announced on stderr, about a minute on 2 cores, then cached in torch's extension
+directory under a name from :func:`build_tag`: CPU, Python, torch and kernel source).
+``python -m envconv.ops`` says which kernel is used (and builds it ahead where it must). If
+neither works, or ``ENVCONV_NO_EXTENSION=1`` is set, envconv warns once, ``unavailable_reason()``
+says why, and the ops use their composite (ATen) implementation.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
-import platform
 import sys
 import time
 import warnings
@@ -37,31 +38,18 @@ from typing import Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
+from .build_info import INFO, LIBRARY, cpu_tag
 from .composite import per_axis
 from .layout import is_channels_last, memory_format
 
 __all__ = ["available", "load", "build_tag", "main", "unavailable_reason", "supports", "forward", "backward"]
 
-_SOURCE = Path(__file__).resolve().parent.parent / "csrc" / "envelope_cpu.cpp"
+_PACKAGE = Path(__file__).resolve().parent.parent
+_SOURCE = _PACKAGE / "csrc" / "envelope_cpu.cpp"
 _loaded = False
 _failed: Optional[str] = None
-
-
-def _cpu_tag() -> str:
-    """A short hash of this CPU's instruction-set flags.
-
-    The build uses -march=native, so a build cached for another CPU (a shared home
-    directory) must never be loaded here.
-    """
-    flags = platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                flags += line
-                break
-    except OSError:
-        pass
-    return hashlib.sha1(flags.encode()).hexdigest()[:10]
+#: Where the loaded kernel came from: "package" (built with it) or "jit" (compiled on first use).
+origin: Optional[str] = None
 
 
 def build_tag() -> str:
@@ -70,7 +58,7 @@ def build_tag() -> str:
     Any of these changing (another virtual environment, a torch upgrade, an edited kernel)
     selects another build directory instead of overwriting, or loading, a foreign one.
     """
-    key = "|".join([_cpu_tag(), sys.version, torch.__version__, str(Path(torch.__file__).resolve().parent),
+    key = "|".join([cpu_tag(), sys.version, torch.__version__, str(Path(torch.__file__).resolve().parent),
                     hashlib.sha1(_SOURCE.read_bytes()).hexdigest()])
     return hashlib.sha1(key.encode()).hexdigest()[:12]
 
@@ -87,14 +75,39 @@ def _is_built(name: str) -> bool:
     return any(build_directory(name).glob(f"{name}*.so"))
 
 
+def packaged_mismatch(package: Optional[Path] = None) -> Optional[str]:
+    """``None`` if the kernel built with the package (in folder ``package``) can be loaded here, else why not."""
+    package = _PACKAGE if package is None else package
+    library, info = package / LIBRARY, package / INFO
+    if not library.is_file():
+        return "the package was not built with its kernel (a source tree, or ENVCONV_NO_EXTENSION=1 at install)"
+    try:
+        record = json.loads(info.read_text())
+        built_for, cpu = record["torch"], record["cpu"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return f"its build record {info} is missing or unreadable ({type(err).__name__}: {err})"
+    if built_for != torch.__version__:
+        return f"it was built for torch {built_for}, this is torch {torch.__version__}"
+    if cpu not in (None, cpu_tag()):
+        return "it was built with -march=native on a CPU with other instructions"
+    return None
+
+
 def load() -> bool:
-    """Build (once) and load the C++ ops; ``False`` if they cannot be built."""
-    global _loaded, _failed
+    """Load the C++ ops: the package's kernel, else one compiled on first use; ``False`` if neither works."""
+    global _loaded, _failed, origin
     if _loaded or _failed is not None:
         return _loaded
     if os.environ.get("ENVCONV_NO_EXTENSION", "") not in ("", "0"):
         _failed = "disabled by ENVCONV_NO_EXTENSION"
         return False
+    mismatch = packaged_mismatch()
+    if mismatch is None:
+        torch.ops.load_library(str(_PACKAGE / LIBRARY))
+        _loaded, origin = True, "package"
+        return True
+    if (_PACKAGE / LIBRARY).is_file():  # installed, but not for this torch or CPU: say why it compiles
+        print(f"envconv: not loading the package's C++ kernel: {mismatch}", file=sys.stderr, flush=True)
     try:
         # torch's build helpers warn (and log) about CUDA and TorchScript here: not our concern
         logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
@@ -115,7 +128,7 @@ def load() -> bool:
             if building:
                 print(f"envconv: built the C++ CPU envelope kernel in {time.perf_counter() - start:.0f} s",
                       file=sys.stderr, flush=True)
-        _loaded = True
+        _loaded, origin = True, "jit"
     except Exception as err:  # a missing compiler, ninja, headers or OpenMP: fall back to the ATen ops
         _failed = f"{type(err).__name__}: {err}"
         warnings.warn(f"envconv: the C++ CPU envelope kernel could not be built ({_failed}); "
@@ -221,5 +234,9 @@ def main() -> int:
     if not load():
         print(f"envconv: no C++ CPU kernel: {unavailable_reason()}", file=sys.stderr)
         return 1
-    print(f"envconv: C++ CPU envelope kernel ready in {build_directory(f'envconv_envelope_cpu_{build_tag()}')}")
+    if origin == "package":
+        print(f"envconv: C++ CPU envelope kernel ready: {_PACKAGE / LIBRARY} (built with the package)")
+    else:
+        print(f"envconv: C++ CPU envelope kernel ready: {build_directory(f'envconv_envelope_cpu_{build_tag()}')} "
+              f"(compiled on first use)")
     return 0
