@@ -19,10 +19,10 @@ $(STAMP): pyproject.toml requirements-dev.txt
 kernel: $(STAMP)
 	$(PY) -m envconv.ops
 
-# What CI runs: ruff, then every test (-m "": the slow ones too, which a plain `pytest` leaves out).
+# What CI runs: ruff, then every test (-m "": the slow ones too, which a plain `pytest` leaves out), one worker per core.
 test: $(STAMP)
 	$(PY) -m ruff check src tests benchmarks
-	$(PY) -m pytest -q -m ""; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests were collected"; exit 0; fi; exit $$rc
+	$(PY) -m pytest -q -m "" -n auto; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests were collected"; exit 0; fi; exit $$rc
 
 # The edit-test loop: ruff, then the tests not marked slow (pyproject's default).
 test-fast: $(STAMP)

@@ -15,6 +15,11 @@ import torch  # noqa: E402
 
 from run_helpers import write_idx  # noqa: E402
 
+# pytest-xdist (`make test` runs one worker per core): the workers share the cores instead of each
+# starting a thread per core (oversubscribed, the suite ran slower than with one worker).
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
 
 @pytest.fixture(scope="session")
 def fashion_root(tmp_path_factory):
