@@ -268,3 +268,16 @@ def test_r3d_18_with_fewer_taps_in_time_trains_rebuilds_and_lists_the_sizes():
     with torch.no_grad():
         assert torch.equal(rebuilt(x), model(x))
 
+
+
+@pytest.mark.parametrize("layer, dims", [(envconv.EnvelopeConv1d, 1), (envconv.EnvelopeConv3d, 3),
+                                         (envconv.EnvelopeConv2d, 2)])
+def test_a_layer_refuses_an_envelope_of_another_dimensionality(layer, dims):
+    # a 2-D envelope in a 1-D layer read an (N, C, L) batch as one unbatched image and blurred across channels
+    conv = {1: torch.nn.Conv1d, 2: torch.nn.Conv2d, 3: torch.nn.Conv3d}[dims](4, 4, 3)
+    other = 2 if dims != 2 else 3
+    with pytest.raises(ValueError, match=f"filters {dims}-D maps but its envelope is {other}-D; build the envelope "
+                                         f"with spatial_dims={dims}"):
+        layer.from_conv(conv, envelope=envconv.GaussianEnvelope.fixed(4, sigma=1.0, size=5, spatial_dims=other))
+    fitting = layer.from_conv(conv, envelope=envconv.GaussianEnvelope.fixed(4, sigma=1.0, size=5, spatial_dims=dims))
+    assert fitting.envelope.spatial_dims == dims

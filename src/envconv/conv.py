@@ -232,6 +232,10 @@ class EnvelopeConvNd(OrderRecord):
                  groups: int = 1, bias: bool = True, padding_mode: str = "zeros", *, envelope: nn.Module,
                  order: str = "env-conv", device=None, dtype=None) -> None:
         self._check_arguments(order, envelope)
+        dims = getattr(envelope, "spatial_dims", self._dims)
+        if dims != self._dims:  # a 2-D envelope would read an (N, C, L) batch as one unbatched image
+            raise ValueError(f"{type(self).__name__} filters {self._dims}-D maps but its envelope is {dims}-D; build "
+                             f"the envelope with spatial_dims={self._dims}")
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding, dilation=dilation,
                          groups=groups, bias=bias, padding_mode=padding_mode, device=device, dtype=dtype)
         self.order = order

@@ -133,8 +133,10 @@ def test_bad_config_files_and_plans_exit_2_naming_the_file(tmp_path, capsys):
 
 
 def test_an_eval_batch_of_zero_and_an_output_dir_under_a_file_exit_2(tmp_path, capsys):
-    assert main(["eval", "--checkpoint", str(tmp_path / "x.pt"), "--batch-size", "0"]) == 2
-    assert "batch_size must be >= 1, got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:  # refused by the argument parser, before any file is read
+        main(["eval", "--checkpoint", str(tmp_path / "x.pt"), "--batch-size", "0"])
+    assert stop.value.code == 2
+    assert "argument --batch-size: expected a positive whole number, got '0'" in capsys.readouterr().err
     (tmp_path / "file").write_text("x")
     assert main(["train", "--config", "fashion_mnist_resnet20", "--set", f"output.dir={tmp_path / 'file' / 'run'}",
                  "--set", "data.dataset=synthetic", "--set", "data.synthetic_size=[8, 8]"]) == 2

@@ -1,6 +1,8 @@
 """The moving-clips task: clip geometry by hand, a tiny training run, the report's statistics."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -54,3 +56,30 @@ def test_report_gives_paired_t_intervals_and_axis_sigmas(tmp_path):
     assert "| 0.envelope | 0.900 | 2.000 / 0.500 / 0.500 |" in text
     assert (tmp_path / "fig.png").stat().st_size > 0 and (tmp_path / "fig-envelope.png").stat().st_size > 0
     json.dumps(results)
+
+
+def test_two_processes_sharing_an_out_folder_lose_no_run(fashion_root, tmp_path):
+    # seeds 0 and 1 started together, the natural way to use two cores: each rewrote results.json whole
+    out = tmp_path / "out"
+    common = [sys.executable, "-m", "envconv", "clips", "--data", str(fashion_root), "--out", str(out),
+              "--train-count", "16", "--test-count", "8", "--epochs", "1"]
+    procs = [subprocess.Popen(common + ["--seeds", *seeds], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for seeds in (["0"], ["1"])]
+    outputs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    runs = json.loads((out / "results.json").read_text())["runs"]
+    assert sorted((r["variant"], r["seed"]) for r in runs) == sorted(
+        (variant, seed) for variant in clips.VARIANTS for seed in (0, 1))  # each run once, none lost
+
+
+def test_a_run_claimed_by_another_process_is_skipped(fashion_root, tmp_path):
+    from envconv.recipes.rundir import try_lock
+
+    out = tmp_path / "out"
+    out.mkdir()
+    logged = []
+    with try_lock(out / ".claim-none-seed0") as mine:  # another process is training it
+        assert mine
+        runs = clips.run_clips(fashion_root, out, seeds=[0], variants=["none"], epochs=1, train_count=8,
+                               test_count=8, log=logged.append)
+    assert runs == [] and logged == ["none, seed 0: training in another process, skipped"]

@@ -18,6 +18,7 @@ with paired t intervals and the learned sigmas per axis, and its figure.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -29,9 +30,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+try:
+    import fcntl
+except ImportError:  # Windows: no lock (one process per --out)
+    fcntl = None
+
 from ..convert import disentangle
 from ..envelope import GaussianEnvelope
+from .arguments import non_negative_float, non_negative_int, positive_int
 from .data import FASHION_MNIST_ROOT, FashionMNIST
+from .rundir import try_lock
 from .study.stats import paired_difference, summarize
 from .training.optim import parameter_groups
 
@@ -126,39 +134,74 @@ def train_variant(variant: str, seed: int, train: tuple, test: tuple, *, epochs:
 
 
 def _write_json(path: Path, data) -> None:
-    tmp = path.with_suffix(".json.tmp")
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(data, indent=1) + "\n")
     os.replace(tmp, path)  # atomic: an interruption never leaves half a results file
+
+
+@contextlib.contextmanager
+def _locked(out: Path):
+    """Hold ``out``'s results lock (processes sharing ``--out`` take turns reading and writing results.json)."""
+    with open(out / ".results-mutex", "a") as handle:
+        if fcntl is not None:
+            fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes
+        yield
+
+
+def _read_results(path: Path, setup: dict) -> dict:
+    results = json.loads(path.read_text()) if path.exists() else {"setup": setup, "runs": []}
+    if results["setup"] != setup:
+        raise ValueError(f"{path} holds runs of another setup ({results['setup']}); this one is {setup}: "
+                         f"give another --out")
+    return results
+
+
+def _split(data, split: str, count: int, seed: int, noise: float) -> tuple:
+    """The first ``count`` images of a Fashion-MNIST split as clips (all of them used: never fewer than asked)."""
+    images = FashionMNIST(data, split)
+    if not 1 <= count <= len(images.targets):
+        raise ValueError(f"--{split}-count must be 1 to {len(images.targets)} (the {split} split's images), got "
+                         f"{count}")
+    return make_clips(images.images[:count] / 255.0, seed=seed, noise=noise), images.targets[:count]
 
 
 def run_clips(data: Optional[os.PathLike], out: os.PathLike, seeds: Sequence[int] = (0, 1, 2), *,
               variants: Sequence[str] = tuple(VARIANTS), epochs: int = 6, train_count: int = 3000,
               test_count: int = 1000, noise: float = 0.8, log=print) -> List[dict]:
-    """Run every (variant, seed) not yet in ``out/results.json``; returns all results."""
+    """Run every (variant, seed) not yet in ``out/results.json``; returns all results.
+
+    Several processes may share ``out`` (e.g. one per seed): each run is claimed by a lock while
+    it trains, and results.json is read and rewritten under a lock, so no finished run is lost.
+    """
+    if not (math.isfinite(noise) and noise >= 0) or epochs < 1:
+        raise ValueError(f"noise must be a finite number of at least 0 and epochs positive, got {noise!r}, {epochs}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "results.json"
     setup = {"epochs": epochs, "train_count": train_count, "test_count": test_count, "noise": noise,
              "frames": FRAMES, "canvas": CANVAS}
-    results = json.loads(path.read_text()) if path.exists() else {"setup": setup, "runs": []}
-    if results["setup"] != setup:
-        raise ValueError(f"{path} holds runs of another setup ({results['setup']}); this one is {setup}: "
-                         f"give another --out")
-    train_images, test_images = FashionMNIST(data, "train"), FashionMNIST(data, "test")
-    train = (make_clips(train_images.images[:train_count] / 255.0, seed=1, noise=noise),
-             train_images.targets[:train_count])
-    test = (make_clips(test_images.images[:test_count] / 255.0, seed=2, noise=noise), test_images.targets[:test_count])
-    done = {(r["variant"], r["seed"]) for r in results["runs"]}
+    with _locked(out):
+        _read_results(path, setup)
+    train, test = _split(data, "train", train_count, 1, noise), _split(data, "test", test_count, 2, noise)
     for seed in seeds:
         for variant in variants:
-            if (variant, seed) in done:
-                continue
-            log(f"{variant}, seed {seed}:")
-            row = train_variant(variant, seed, train, test, epochs=epochs, log=log)
-            log(f"  test accuracy {row['accuracy']:.2f}%")
-            results["runs"].append(row)
-            _write_json(path, results)
-    return results["runs"]
+            with try_lock(out / f".claim-{variant}-seed{seed}") as mine:
+                with _locked(out):
+                    done = {(r["variant"], r["seed"]) for r in _read_results(path, setup)["runs"]}
+                if (variant, seed) in done:
+                    continue
+                if not mine:
+                    log(f"{variant}, seed {seed}: training in another process, skipped")
+                    continue
+                log(f"{variant}, seed {seed}:")
+                row = train_variant(variant, seed, train, test, epochs=epochs, log=log)
+                log(f"  test accuracy {row['accuracy']:.2f}%")
+                with _locked(out):
+                    results = _read_results(path, setup)
+                    results["runs"].append(row)
+                    _write_json(path, results)
+    with _locked(out):
+        return _read_results(path, setup)["runs"]
 
 
 def report(results: dict, figure: Optional[os.PathLike] = None) -> str:
@@ -262,11 +305,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add ``envconv clips``' arguments to ``parser``."""
     parser.add_argument("--data", default=None, help=f"Fashion-MNIST folder (default: {FASHION_MNIST_ROOT})")
     parser.add_argument("--out", required=True, help="folder of results.json (runs already there are kept)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default: 0 1 2)")
-    parser.add_argument("--epochs", type=int, default=6, help="epochs per run (default: 6)")
-    parser.add_argument("--noise", type=float, default=0.8, help="noise sigma per pixel and frame (default: 0.8)")
-    parser.add_argument("--train-count", type=int, default=3000, help="training clips (default: 3000)")
-    parser.add_argument("--test-count", type=int, default=1000, help="test clips (default: 1000)")
+    parser.add_argument("--seeds", type=non_negative_int, nargs="+", default=[0, 1, 2], help="seeds (default: 0 1 2)")
+    parser.add_argument("--epochs", type=positive_int, default=6, help="epochs per run (default: 6)")
+    parser.add_argument("--noise", type=non_negative_float, default=0.8,
+                        help="noise sigma per pixel and frame (default: 0.8)")
+    parser.add_argument("--train-count", type=positive_int, default=3000, help="training clips (default: 3000)")
+    parser.add_argument("--test-count", type=positive_int, default=1000, help="test clips (default: 1000)")
     parser.add_argument("--report", metavar="MARKDOWN", default=None,
                         help="write the report of results.json here (and its two figures, .png and -envelope.png, "
                              "beside it) instead of training")
@@ -284,8 +328,6 @@ def main(args: argparse.Namespace) -> int:
         target.write_text(text)
         print(text)
         return 0
-    if args.epochs < 1 or min(args.train_count, args.test_count) < 1 or args.noise < 0:
-        raise ValueError("--epochs, --train-count and --test-count must be positive, --noise at least 0")
     run_clips(args.data, args.out, args.seeds, epochs=args.epochs, train_count=args.train_count,
               test_count=args.test_count, noise=args.noise)
     return 0

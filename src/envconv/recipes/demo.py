@@ -17,6 +17,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from .arguments import positive_int
 from .config import resolve_config
 from .training.trainer import train
 
@@ -123,8 +124,8 @@ def format_demo(summaries: Dict[str, Dict[str, Any]], spread: Optional[Dict[str,
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add ``envconv demo``'s arguments to ``parser``."""
-    parser.add_argument("--epochs", type=int, default=2, help="epochs per run (default: 2)")
-    parser.add_argument("--train-subset", type=int, default=20000,
+    parser.add_argument("--epochs", type=positive_int, default=2, help="epochs per run (default: 2)")
+    parser.add_argument("--train-subset", type=positive_int, default=20000,
                         help="training images used (default: 20000; 0 for all 60000)")
     parser.add_argument("--root", help="folder of the Fashion-MNIST IDX files (default: Debian's "
                         "/usr/share/datasets/fashion-mnist)")

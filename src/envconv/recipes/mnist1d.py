@@ -33,6 +33,7 @@ from torch import nn
 
 from ..state_dict import atomic_write_bytes
 from . import peers  # noqa: F401  (registers the peer methods the rows use)
+from .arguments import non_negative_int, positive_int
 from .training.engine import parameter_clamp
 
 __all__ = ["ConvBase", "ROWS", "PUBLISHED", "load", "train", "run_one", "report", "add_arguments", "main"]
@@ -206,10 +207,13 @@ def report(out: Path) -> str:
 
 
 def _seeds(text: str) -> List[int]:
+    """``0-9`` (a range) or ``0,3,5``: seeds of at least 0, in decimal digits."""
     if "-" in text:
-        low, high = text.split("-", 1)
-        return list(range(int(low), int(high) + 1))
-    return [int(s) for s in text.split(",")]
+        low, high = (non_negative_int(part) for part in text.split("-", 1))
+        if high < low:
+            raise argparse.ArgumentTypeError(f"seed range {text!r} ends before it starts")
+        return list(range(low, high + 1))
+    return [non_negative_int(part) for part in text.split(",")]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -217,7 +221,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS), help="rows to train")
     parser.add_argument("--seeds", type=_seeds, default=list(range(10)), help="e.g. 0-9 or 0,3,5 (default 0-9)")
     parser.add_argument("--shuffled", action="store_true", help="the control with the signals' positions permuted")
-    parser.add_argument("--steps", type=int, default=RECIPE["total_steps"], help="training steps (published: 8000)")
+    parser.add_argument("--steps", type=positive_int, default=RECIPE["total_steps"],
+                        help="training steps (published: 8000)")
     parser.add_argument("--root", default="data/mnist1d", help="where the generated data set is cached")
     parser.add_argument("--out", default="results/mnist1d", help="folder of the result files")
     parser.add_argument("--report", action="store_true", help="print the table of the results in --out; train nothing")

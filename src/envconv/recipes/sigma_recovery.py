@@ -25,6 +25,7 @@ from torch import nn
 
 from ..conv import DISENTANGLED_CONVS, DisentangledConv2d
 from ..envelope import GaussianEnvelope
+from .arguments import integer, non_negative_int, positive_float, positive_int
 from .tables import format_table
 
 __all__ = ["SigmaRecoveryResult", "run_sigma_recovery", "add_arguments", "main"]
@@ -126,14 +127,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--sigma", type=_channel_sigma, nargs="+", default=[0.6, 1.3, 1.8],
                         help="teacher sigma per channel (default: 0.6 1.3 1.8); a sigma per axis as "
                              "comma-separated values, one per spatial axis, e.g. 0.6,1.5,1.5 with --dims 3")
-    parser.add_argument("--dims", type=int, choices=(1, 2, 3), default=2,
+    parser.add_argument("--dims", type=integer, choices=(1, 2, 3), default=2,
                         help="spatial dimensions: 1 sequences, 2 images (default), 3 volumes")
-    parser.add_argument("--steps", type=int, default=400, help="optimisation steps (default: 400)")
-    parser.add_argument("--lr", type=float, default=0.1, help="Adam learning rate (default: 0.1)")
-    parser.add_argument("--batch-size", type=int, default=8, help="images per step (default: 8)")
-    parser.add_argument("--image-size", type=int, default=32, help="image side in pixels (default: 32)")
-    parser.add_argument("--envelope-size", type=int, default=9, help="k_g of the envelopes (default: 9)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument("--steps", type=positive_int, default=400, help="optimisation steps (default: 400)")
+    parser.add_argument("--lr", type=positive_float, default=0.1, help="Adam learning rate (default: 0.1)")
+    parser.add_argument("--batch-size", type=positive_int, default=8, help="images per step (default: 8)")
+    parser.add_argument("--image-size", type=positive_int, default=32, help="image side in pixels (default: 32)")
+    parser.add_argument("--envelope-size", type=positive_int, default=9, help="k_g of the envelopes (default: 9)")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default: 0)")
     return parser
 
 

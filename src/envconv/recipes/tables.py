@@ -13,6 +13,7 @@ from typing import List, Sequence, Tuple
 
 from ..listing import EnvelopeInfo, envelopes
 from ..state_dict import load_torch_file, load_weights
+from .arguments import positive_int
 from .rundir import CHECKPOINT_KEYS, checkpoint_of, model_from_checkpoint
 
 __all__ = ["format_table", "envelope_table", "add_arguments", "main", "add_methods_arguments", "methods_main"]
@@ -83,8 +84,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                       "written by torch.save(model.state_dict())")
     what.add_argument("--model", help="a model name for create_model (freshly built)")
     parser.add_argument("--method", default="gaussian", help="with --model: the method (default gaussian)")
-    parser.add_argument("--num-classes", type=int, default=1000, help="with --model (default 1000)")
-    parser.add_argument("--in-chans", type=int, default=3, help="with --model (default 3)")
+    parser.add_argument("--num-classes", type=positive_int, default=1000, help="with --model (default 1000)")
+    parser.add_argument("--in-chans", type=positive_int, default=3, help="with --model (default 3)")
     return parser
 
 
@@ -100,8 +101,8 @@ def add_methods_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     """Add ``envconv methods``' arguments to ``parser``."""
     parser.add_argument("--model", default="small_resnet20",
                         help="model name for create_model (default: small_resnet20; e.g. resnet50)")
-    parser.add_argument("--num-classes", type=int, default=10, help="classifier outputs (default: 10)")
-    parser.add_argument("--in-chans", type=int, default=3, help="image channels (default: 3)")
+    parser.add_argument("--num-classes", type=positive_int, default=10, help="classifier outputs (default: 10)")
+    parser.add_argument("--in-chans", type=positive_int, default=3, help="image channels (default: 3)")
     return parser
 
 

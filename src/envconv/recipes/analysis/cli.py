@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..arguments import positive_int
 from ..rundir import RunDir, check_writable
 
 __all__ = ["add_arguments", "main"]
@@ -17,9 +18,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--compare", help="another run directory or checkpoint, shown beside it (e.g. the baseline)")
     parser.add_argument("--data", help="validation data instead of the config's (the Fashion-MNIST folder, or "
                         "an image folder with one sub-folder per class)")
-    parser.add_argument("--images", type=int, default=8, help="images in the GradCAM figure (default 8)")
-    parser.add_argument("--erf-images", type=int, default=32, help="images the ERF is averaged over (default 32)")
-    parser.add_argument("--erf-size", type=int, help="canvas side for the ERF (default: 4x the image side for "
+    parser.add_argument("--images", type=positive_int, default=8, help="images in the GradCAM figure (default 8)")
+    parser.add_argument("--erf-images", type=positive_int, default=32,
+                        help="images the ERF is averaged over (default 32)")
+    parser.add_argument("--erf-size", type=positive_int, help="canvas side for the ERF (default: 4x the image side for "
                         "images under 64 pixels, tiled periodically; else the image side)")
     parser.add_argument("--out", type=Path, help="output folder (default: analysis/ in the run directory, or "
                         "beside the checkpoint)")

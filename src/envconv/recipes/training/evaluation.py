@@ -17,6 +17,7 @@ from typing import Any, Dict, Optional, Tuple, Union
 from ...convert import shrink
 from ...listing import envelopes
 from ...state_dict import atomic_write_bytes
+from ..arguments import integer, non_negative_int, positive_float, positive_int
 from ..data import build_dataset, build_loader
 from ..rundir import RunDir, check_writable, model_from_checkpoint
 from .distributed import pick_device
@@ -95,10 +96,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         "(imagefolder: the class folders; fashion_mnist: the folder of IDX files)")
     parser.add_argument("--envelope-size", type=_size, help="shrink every envelope to this odd size (3: Table 1e), "
                         "to one per spatial axis (3x9x9) or 'auto' (smallest size keeping 1 - eps of the mass)")
-    parser.add_argument("--eps", type=float, default=1e-2, help="mass left out by --envelope-size auto (default 0.01)")
-    parser.add_argument("--batch-size", type=int, help="default: the training batch size")
+    parser.add_argument("--eps", type=positive_float, default=1e-2,
+                        help="mass left out by --envelope-size auto (default 0.01)")
+    parser.add_argument("--batch-size", type=positive_int, help="default: the training batch size")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
-    parser.add_argument("--workers", type=int, help="data-loading processes (default: the config's)")
+    parser.add_argument("--workers", type=non_negative_int, help="data-loading processes (default: the config's)")
     parser.add_argument("--output", type=Path, help="JSON file for the result (default: eval[-kN].json beside "
                         "the checkpoint)")
     return parser
@@ -108,8 +110,8 @@ def _size(text: str) -> Union[int, str, Tuple[int, ...]]:
     if text == "auto":
         return text
     try:
-        sizes = tuple(int(part) for part in text.split("x"))
-    except ValueError:
+        sizes = tuple(integer(part) for part in text.split("x"))  # int() would read "3_3" as 33
+    except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(f"envelope size must be an odd integer, one per axis (3x9x9) or 'auto', "
                                          f"got {text!r}") from None
     return sizes[0] if len(sizes) == 1 else sizes

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...state_dict import atomic_write_bytes
+from ..arguments import non_negative_float, non_negative_int, positive_float, positive_int
 from ..data import build_datasets, build_loader
 from ..rundir import RunDir, check_writable, model_from_checkpoint
 from .distributed import pick_device
@@ -166,13 +167,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--dataset", default="imagefolder", choices=PROBE_DATASETS,
                         help="how the folders are laid out (default imagefolder: one sub-folder per class); "
                         "digits: scikit-learn's 8x8 digits scaled up to the model's input size, no folders")
-    parser.add_argument("--epochs", type=int, default=30, help="probe training epochs (default 30)")
-    parser.add_argument("--lr", type=float, default=0.1, help="probe learning rate (default 0.1)")
-    parser.add_argument("--batch-size", type=int, default=256, help="(default 256)")
-    parser.add_argument("--weight-decay", type=float, default=0.0, help="(default 0)")
+    parser.add_argument("--epochs", type=positive_int, default=30, help="probe training epochs (default 30)")
+    parser.add_argument("--lr", type=positive_float, default=0.1, help="probe learning rate (default 0.1)")
+    parser.add_argument("--batch-size", type=positive_int, default=256, help="(default 256)")
+    parser.add_argument("--weight-decay", type=non_negative_float, default=0.0, help="(default 0)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
-    parser.add_argument("--workers", type=int, help="data-loading processes (default: the config's)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=non_negative_int, help="data-loading processes (default: the config's)")
+    parser.add_argument("--seed", type=non_negative_int, default=0)
     parser.add_argument("--output", type=Path, help="JSON file (default: probe-<checkpoint>.json beside it)")
     return parser
 
