@@ -1,5 +1,7 @@
 """Rebuilding envelopes from weights (envconv.convert.rebuild) and the architecture records in state dicts."""
 
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -126,7 +128,11 @@ def test_order_padding_and_channel_mismatches_are_errors():
 
 @pytest.mark.parametrize("record", [torch.tensor([1, 4, 1, 0, 3, 2]), torch.tensor([2, 9, 1, 0, 3, 2]),
                                     torch.tensor([1, 9, 1]), torch.tensor([1.0, 9.5, 1, 0, 3, 2]),
-                                    torch.tensor([1, 9, 1, 0, 3, 4])])
+                                    torch.tensor([1, 9, 1, 0, 3, 4]),
+                                    # non-finite entries (what half precision makes of a large entry), past k_g's bound
+                                    torch.tensor([1.0, 9, 1, 0, 3, float("inf")]),
+                                    torch.tensor([1.0, 9, 1, 0, float("nan"), 2]),
+                                    torch.tensor([1, 2 ** 40 + 1, 1, 0, 3, 2]), torch.tensor([1, 1025, 1, 0, 3, 2])])
 def test_corrupt_records_are_named(record):
     state = dict(GaussianEnvelope(3).state_dict(), _extra_state=record)
     with pytest.raises(RuntimeError, match="_extra_state: .*(corrupt|newer|int64 record)"):
@@ -246,3 +252,28 @@ def test_lightning_checkpoint_of_a_module_that_builds_a_plain_net(tmp_path):
 
     _assert_same_model(Rebuilding.load_from_checkpoint(tmp_path / "last.ckpt").net, trained.net,
                        torch.randn(1, 3, 64, 64))
+
+
+@pytest.mark.parametrize("raw, problem", [(torch.zeros(0), "empty"), (torch.tensor([0.0, float("nan"), 0.0]),
+                                                                        "not finite")])
+def test_an_empty_or_non_finite_sigma_is_named_with_its_file_by_the_command_line(tmp_path, raw, problem):
+    state = dict(torch.nn.Sequential(DisentangledConv2d(3, 4, 3)).state_dict())
+    state["0.envelope.raw_sigma"] = raw  # was ZeroDivisionError (empty) and a table of nan
+    with pytest.raises(ValueError, match=f"0.envelope.raw_sigma is {problem}"):
+        envconv.envelopes(state)
+    path = tmp_path / "weights.pt"
+    torch.save(state, path)
+    done = subprocess.run([sys.executable, "-m", "envconv", "envelopes", str(path)], capture_output=True, text=True)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert f"{path}: 0.envelope.raw_sigma is {problem}" in done.stderr
+
+
+def test_an_infinite_record_entry_is_named_with_its_file_and_key_by_the_command_line(tmp_path):
+    state = {k: v.double() for k, v in torch.nn.Sequential(DisentangledConv2d(3, 4, 3)).state_dict().items()}
+    state["0.envelope._extra_state"][4] = float("inf")  # was OverflowError with a traceback
+    path = tmp_path / "weights.pt"
+    torch.save(state, path)
+    done = subprocess.run([sys.executable, "-m", "envconv", "envelopes", str(path)], capture_output=True, text=True)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert f"{path}: envelope record 0.envelope._extra_state: record" in done.stderr
+    assert "not finite whole numbers" in done.stderr

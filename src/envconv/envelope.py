@@ -310,15 +310,19 @@ class EnvelopeRecord(NamedTuple):
     spatial_dims: int
 
 
-def read_envelope_record(state: torch.Tensor) -> EnvelopeRecord:
-    """The :class:`EnvelopeRecord` of a :class:`GaussianEnvelope`'s stored record (format 1, or 2: a size per axis)."""
+def read_envelope_record(state: torch.Tensor, key: str = "") -> EnvelopeRecord:
+    """The :class:`EnvelopeRecord` of a :class:`GaussianEnvelope`'s stored record (format 1, or 2: a size per axis).
+
+    ``key``: the record's state-dict key, named in the errors.
+    """
+    what = f"envelope record {key}".rstrip()
     per_axis = isinstance(state, torch.Tensor) and state.dim() == 1 and state.numel() > 6 and bool(state[0] == 2)
-    values = check_record(state, state.numel() if per_axis else 6, "envelope record", version=2 if per_axis else 1)
+    values = check_record(state, state.numel() if per_axis else 6, what, version=2 if per_axis else 1)
     size, learnable, padding, channels, dims = values[:5]
     sizes = values[5:] if per_axis else [size] * max(dims, 1)
-    if size < 1 or size % 2 == 0 or learnable not in (0, 1) or not 0 <= padding < len(EF.PADDING_MODES) \
-            or channels < 1 or dims not in (1, 2, 3) or len(sizes) != dims or max(sizes) != size \
-            or any(k < 1 or k % 2 == 0 for k in sizes):
-        raise ValueError(f"envelope record {state.tolist()} is corrupt (size {size}, learnable {learnable}, "
+    if not 1 <= size <= EF.MAX_SIZE or size % 2 == 0 or learnable not in (0, 1) \
+            or not 0 <= padding < len(EF.PADDING_MODES) or channels < 1 or dims not in (1, 2, 3) \
+            or len(sizes) != dims or max(sizes) != size or any(k < 1 or k % 2 == 0 for k in sizes):
+        raise ValueError(f"{what}: {state.tolist()} is corrupt (size {size}, learnable {learnable}, "
                          f"padding index {padding}, channels {channels}, spatial dims {dims}, sizes {sizes})")
     return EnvelopeRecord(EF.compact_size(sizes), bool(learnable), EF.PADDING_MODES[padding], channels, dims)

@@ -56,8 +56,12 @@ PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 MIN_SIGMA2 = 1e-4
 
 
+#: The largest envelope size taken (k_g = 2r + 1): far above any map's side, and a kernel that still fits in memory.
+MAX_SIZE = 1023
+
+
 def check_envelope_size(size: int, name: str = "size") -> int:
-    """Return ``size`` if it is a valid envelope size (odd int >= 1), else raise.
+    """Return ``size`` if it is a valid envelope size (odd int from 1 to :data:`MAX_SIZE`), else raise.
 
     Example:
         >>> check_envelope_size(9)
@@ -71,6 +75,8 @@ def check_envelope_size(size: int, name: str = "size") -> int:
         raise TypeError(f"{name} must be an odd positive int, got {type(size).__name__} {size!r}")
     if size < 1 or size % 2 == 0:
         raise ValueError(f"{name} must be an odd positive int (k_g = 2r + 1), got {size}")
+    if size > MAX_SIZE:
+        raise ValueError(f"{name} must be at most {MAX_SIZE}, got {size}")
     return size
 
 

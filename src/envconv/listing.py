@@ -161,7 +161,9 @@ def _from_state_dict(state: Mapping[str, torch.Tensor]) -> List[EnvelopeInfo]:
             if prefix + RECORD_KEY not in state:
                 raise ValueError(f"the state dict has {key} but not its record {prefix + RECORD_KEY} (envconv stores "
                                  f"one with every envelope): it was not saved from an envconv model's state_dict()")
-            size, learnable, _, channels, dims = read_envelope_record(state[prefix + RECORD_KEY])
+            if value.numel() == 0 or not torch.isfinite(value).all():
+                raise ValueError(f"{key} is {'empty' if value.numel() == 0 else 'not finite'}: a corrupt state dict")
+            size, learnable, _, channels, dims = read_envelope_record(state[prefix + RECORD_KEY], prefix + RECORD_KEY)
             shared = values == 1 and channels > 1
             path = "pool" if _is_pool(state, prefix) else layer_path(owner, stem)
             rows.append(EnvelopeInfo(owner, path, channels, size, shared, learnable, sigmas, dims, axis_sigmas))

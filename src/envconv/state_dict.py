@@ -13,6 +13,7 @@ silently into a ``k_g = 9`` one.
 from __future__ import annotations
 
 import io
+import math
 import os
 from typing import Any, Mapping, Union
 
@@ -131,8 +132,8 @@ def check_record(state: Any, length: int, what: str, version: int = 1) -> list:
         desc = f"{state.dtype} {tuple(state.shape)}" if isinstance(state, torch.Tensor) else type(state).__name__
         raise ValueError(f"{what}: expected an int64 record of {length} entries, got {desc}")
     raw = state.tolist()
-    if any(v != int(v) for v in raw):
-        raise ValueError(f"{what}: record {raw} is corrupt (its entries are not whole numbers)")
+    if not all(math.isfinite(v) for v in raw) or any(v != int(v) for v in raw):  # inf/nan: a half cast, corruption
+        raise ValueError(f"{what}: record {raw} is corrupt (its entries are not finite whole numbers)")
     values = [int(v) for v in raw]
     if values[0] != version:
         raise ValueError(f"{what}: record version {values[0]} is newer than this envconv reads ({version}); "

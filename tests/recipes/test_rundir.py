@@ -87,6 +87,21 @@ def test_envelopes_of_a_run_directory_from_its_records_without_its_checkpoints(t
         RunDir(tmp_path).envelopes()
 
 
+def test_envelopes_of_a_run_with_a_sigma_per_axis_read_every_axis_from_the_records(tmp_path):
+    # the per-axis sigmas came from a fresh model (0.8326 everywhere) beside the recorded per-channel ones
+    run = tmp_path / "run"
+    config = tiny_config(run, train={"epochs": 1, "lr": 0.8})
+    config["model"]["options"]["sigma_per_axis"] = True
+    train(config, quiet=True)
+    expected = envelopes(model_from_checkpoint(run / "last.pt")[0])
+    rows = RunDir(run).envelopes()
+    assert all(r.axis_sigmas is not None for r in rows)
+    for got, want in zip(rows, expected):
+        for got_axis, want_axis in zip(got.axis_sigmas, want.axis_sigmas):
+            assert got_axis == pytest.approx(want_axis, rel=1e-12)
+    assert any(abs(s - 0.8326) > 1e-3 for r in rows for axis in r.axis_sigmas for s in axis)  # trained, not fresh
+
+
 def test_read_json_takes_names_and_paths_also_for_a_relative_run_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     run = RunDir("results/study/x")  # relative, as a study's run directories are

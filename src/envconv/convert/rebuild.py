@@ -68,7 +68,7 @@ def envelope_specs(state: Mapping[str, torch.Tensor]) -> Dict[str, dict]:
         if record_key not in state:
             raise ValueError(f"the weights have {key} but not its record {record_key} (envconv stores one with every "
                              f"envelope): they were not saved from an envconv model's state_dict()")
-        rec = read_envelope_record(state[record_key])
+        rec = read_envelope_record(state[record_key], record_key)
         spec = {"values": raw.shape[0] if raw.dim() == 2 else raw.numel(), "per_axis": raw.dim() == 2,
                 "size": rec.size, "learnable": rec.learnable, "padding_mode": rec.padding_mode,
                 "channels": rec.channels, "order": None}

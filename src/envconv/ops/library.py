@@ -174,7 +174,8 @@ def _check_args(x: Tensor, raw_sigma: Tensor, size: int, stride: List[int],
                  and (raw_sigma.dim() == 1 or raw_sigma.shape[1] == x.dim() - 2),
                  lambda: f"envconv::envelope: raw_sigma must have shape (C,) or (1,), or (C, {x.dim() - 2}) / "
                          f"(1, {x.dim() - 2}) for a sigma per axis, got {tuple(raw_sigma.shape)}")
-    torch._check(size >= 1 and size % 2 == 1, lambda: f"envconv::envelope: size must be odd and positive, got {size}")
+    torch._check(1 <= size <= EF.MAX_SIZE and size % 2 == 1,
+                 lambda: f"envconv::envelope: size must be odd, from 1 to {EF.MAX_SIZE}, got {size}")
     torch._check(len(stride) == x.dim() - 2 and all(s >= 1 for s in stride),
                  lambda: f"envconv::envelope: stride must be {x.dim() - 2} positive ints (one per spatial axis), "
                          f"got {stride}")

@@ -303,7 +303,16 @@ class RunDir:
         if record is None:
             raise ValueError(f"{self.sigma_file} has no record of epoch {epoch}")
         model = create_model_from_config(resolve_config(self.config_file)["model"])
-        return [replace(row, sigmas=tuple(record["sigma"][row.name])) for row in envelopes(model)]
+        return [_with_sigmas(row, record["sigma"][row.name]) for row in envelopes(model)]
+
+
+def _with_sigmas(row: EnvelopeInfo, sigmas: List[float]) -> EnvelopeInfo:
+    """``row`` with the recorded sigmas; a sigma per axis is recorded channel after channel (C x n values)."""
+    sigmas = tuple(sigmas)
+    if row.axis_sigmas is None:
+        return replace(row, sigmas=sigmas)
+    n = len(row.axis_sigmas)
+    return replace(row, sigmas=sigmas, axis_sigmas=tuple(sigmas[axis::n] for axis in range(n)))
 
 
 def _process_alive(pid: int) -> bool:

@@ -91,7 +91,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> int:
     """Run ``envconv envelopes``: print the envelope table."""
-    rows, title = _rows_and_title(args)
+    try:
+        rows, title = _rows_and_title(args)
+    except ValueError as err:
+        if args.path is None or str(args.path) in str(err):
+            raise
+        raise ValueError(f"{args.path}: {err}") from err
     print(title)
     print(envelope_table(rows) if rows else "no Gaussian envelopes")
     return 0
