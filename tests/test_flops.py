@@ -66,7 +66,7 @@ def test_envelope_macs_per_layer_kind():
         flops.envelope_macs(torch.nn.Conv2d(8, 8, 3), (1, 8, 4, 4), (1, 8, 2, 2))
 
 
-@pytest.mark.parametrize("tool", ["ptflops (pytorch)", "thop"])
+@pytest.mark.parametrize("tool", ["ptflops (pytorch)", "thop", "torchinfo"])
 def test_module_hooks_count_a_free_standing_envelope_and_the_layer_run_apart(tool):
     pytest.importorskip(TOOLS[tool][0])
     layer = envconv.DisentangledConv2d(4, 6, 3, stride=2, padding=1, envelope_size=5)
@@ -75,6 +75,7 @@ def test_module_hooks_count_a_free_standing_envelope_and_the_layer_run_apart(too
     x = torch.randn(1, 4, 12, 12)
     total = flop_counters.count(tool, model, x, hooks=True)
     bias = 0 if tool == "thop" else 1  # thop's conv rule leaves the bias out, for a plain nn.Conv2d too
+    # (torchinfo counted 0 for the free-standing envelope before)
     expected = 4 * 7 * 12 * 24 + 4 * 5 * 12 * 24 + 6 * 6 * 6 * (4 * 9 + bias)  # two envelopes and the conv
     assert total == expected
     plain = torch.nn.Conv2d(4, 6, 3, stride=2, padding=1)
@@ -100,3 +101,16 @@ def test_the_counters_add_the_envelopes_of_1d_and_3d_layers(tool, sizes):
         assert reference > 0
         added = flop_counters.count(tool, model, x, True) - flop_counters.count(tool, plain, x, True)
         assert added == pytest.approx(reference, rel=1e-9), type(plain[0]).__name__
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+def test_the_counters_count_the_envelope_of_a_pool_by_hand(tool):
+    pytest.importorskip(TOOLS[tool][0])
+    model = envconv.disentangle(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.MaxPool2d(2)),
+                                where="pools", stem="none").eval()
+    x = torch.randn(1, 3, 16, 16)
+    with_pool = flop_counters.count(tool, model, x, hooks=True)
+    without = flop_counters.count(tool, torch.nn.Sequential(model[0]), x, hooks=True)
+    pool_itself = flop_counters.count(tool, torch.nn.Sequential(torch.nn.MaxPool2d(2)), torch.randn(1, 8, 16, 16),
+                                      hooks=True)
+    assert with_pool - without - pool_itself == 8 * 9 * 16 * 32  # k_g 9 along both axes of 16 x 16, 8 channels

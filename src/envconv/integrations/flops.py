@@ -217,9 +217,11 @@ def torchinfo_summary(model: nn.Module, *args, **kwargs):
 
     torchinfo computes a layer's mult-adds from its parameters and adds up leaf modules only;
     a :class:`~envconv.DisentangledConv2d` holds its envelope as a child, so it is not a leaf and
-    torchinfo leaves it out. This runs ``summary`` silently, gives each such layer its
-    convolution's mult-adds by torchinfo's own rule (weights and bias times output positions)
-    plus the envelope's, adds them to the total, and prints the result if ``verbose`` asks.
+    torchinfo leaves it out, and an envelope's sigma is no weight it counts. This runs
+    ``summary`` silently, gives each such layer its convolution's mult-adds by torchinfo's own
+    rule (weights and bias times output positions) plus the envelope's, and every other
+    :class:`~envconv.GaussianEnvelope` (at a pool, free-standing, before a re-parameterised
+    block) its own, adds them to the total, and prints the result if ``verbose`` asks.
 
     Returns:
         torchinfo's ``ModelStatistics`` (``.total_mult_adds`` is the corrected total).
@@ -229,12 +231,19 @@ def torchinfo_summary(model: nn.Module, *args, **kwargs):
     verbose = kwargs.pop("verbose", 1)
     stats = torchinfo.summary(model, *args, verbose=0, **kwargs)
     for info in stats.summary_list:
-        if not isinstance(info.module, LAYERS) or info.is_leaf_layer or not info.output_size:
+        if not info.output_size:
             continue
-        y_shape = info.output_size
-        macs = conv_macs(info.module, y_shape, bias=True) + envelope_macs(info.module, info.input_size, y_shape)
+        if isinstance(info.module, LAYERS) and not info.is_leaf_layer:  # not in torchinfo's total
+            macs = conv_macs(info.module, info.output_size, bias=True) + envelope_macs(info.module, info.input_size,
+                                                                                     info.output_size)
+            counted = 0
+        elif isinstance(info.module, GaussianEnvelope) and not isinstance(getattr(info.parent_info, "module", None),
+                                                                          LAYERS):  # a leaf: at a pool, alone, ...
+            macs, counted = envelope_macs(info.module, info.input_size, info.output_size), info.macs or 0
+        else:
+            continue
+        stats.total_mult_adds += macs - counted
         info.macs = macs
-        stats.total_mult_adds += macs
     if verbose:
         print(stats)
     return stats
