@@ -59,6 +59,29 @@ def test_onnx_torchscript_exporter_with_a_dynamic_batch_axis(tmp_path):
         np.testing.assert_allclose(y, model(x).detach().numpy(), atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("dims", [1, 2, 3])
+def test_onnx_torchscript_exporter_with_a_dynamic_batch_axis_in_every_dimensionality(tmp_path, dims):
+    # 3-D failed: "ONNX export of convolution for kernel of unknown shape" (a kernel built from a traced size)
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    layer = {1: envconv.DisentangledConv1d, 2: envconv.DisentangledConv2d, 3: envconv.DisentangledConv3d}[dims]
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(layer(3, 4, 3, stride=2, padding=1, envelope_size=5),
+                                envconv.GaussianEnvelope(4, size=3, spatial_dims=dims)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_()
+    shape = (3,) + (6,) * dims
+    path = tmp_path / "model.onnx"
+    torch.onnx.export(model, (torch.randn(2, *shape),), str(path), dynamo=False, input_names=["x"],
+                      output_names=["y"], dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}})
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for n in (1, 3):
+        x = torch.randn(n, *shape)
+        (y,) = session.run(None, {"x": x.numpy()})
+        np.testing.assert_allclose(y, model(x).detach().numpy(), atol=1e-4, rtol=1e-4)
+
+
 def test_a_frozen_convolution_gets_a_frozen_envelope():
     model = torchvision.models.resnet18()
     model.conv1.weight.requires_grad_(False)  # as resnet_fpn_backbone(trainable_layers=3) freezes the stem

@@ -74,7 +74,8 @@ def pass1d(x: torch.Tensor, kernel: torch.Tensor, dim: int, padding_mode: str, s
 
     ``x`` is (N, C, L), (N, C, H, W) or (N, C, D, H, W); on 4-D input ``dim`` 2 is the height, 3 the width.
     """
-    if x.dim() == 5 and x.is_contiguous() and x.numel() > 0:
+    # not while tracing: the height pass's repeated kernel would take the traced depth (an ONNX kernel of unknown shape)
+    if x.dim() == 5 and x.is_contiguous() and x.numel() > 0 and not torch.jit.is_tracing():
         x4, k4, d4, back = _as_4d(x, kernel, dim)
         return back(pass1d(x4, k4, d4, padding_mode, stride))
     ndim = x.dim()
