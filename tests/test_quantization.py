@@ -44,6 +44,24 @@ def test_fuse_modules_folds_batch_norms_into_converted_and_plain_convolutions():
     assert isinstance(model.bn1, nn.BatchNorm2d)  # inplace=False: the model itself is unchanged
 
 
+@pytest.mark.parametrize("dims", [1, 3])
+def test_fuse_modules_folds_batch_norms_into_1d_and_3d_layers(dims):
+    # ended in torch's "did not find fuser method" assertion
+    conv = {1: nn.Conv1d, 3: nn.Conv3d}[dims]
+    bn = {1: nn.BatchNorm1d, 3: nn.BatchNorm3d}[dims]
+    torch.manual_seed(0)
+    model = envconv.disentangle(nn.Sequential(conv(3, 8, 3, stride=2), bn(8), nn.ReLU())).double()
+    with torch.no_grad():
+        model[1].running_mean.normal_()
+        model[1].running_var.uniform_(0.5, 2.0)
+    model.eval()
+    x = torch.randn(2, 3, *[9] * dims, dtype=torch.float64)
+    fused = fuse_modules(model, [["0", "1", "2"]])
+    assert type(fused[0][0]).__name__ == f"DisentangledConv{dims}d" and isinstance(fused[1], nn.Identity)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), model(x), rtol=1e-10, atol=1e-10)
+
+
 def test_fusion_refuses_what_would_change_the_output():
     conv_env = nn.Sequential(DisentangledConv2d(3, 4, 3, order="conv-env"), nn.BatchNorm2d(4)).eval()
     with pytest.raises(ValueError, match="conv->env layer"):

@@ -33,7 +33,14 @@ from typing import List, Sequence, Union
 import torch
 from torch import nn
 
-from ..conv import DisentangledConv1d, DisentangledConv2d, DisentangledConv3d, EnvelopeConv2d
+from ..conv import (
+    DisentangledConv1d,
+    DisentangledConv2d,
+    DisentangledConv3d,
+    EnvelopeConv1d,
+    EnvelopeConv2d,
+    EnvelopeConv3d,
+)
 
 #: The layers :func:`separate_envelopes` changes.
 DISENTANGLED = (DisentangledConv1d, DisentangledConv2d, DisentangledConv3d)
@@ -93,8 +100,11 @@ def _no_qat(is_qat: bool) -> None:
 #: ``torch.ao.quantization`` fuser methods for envconv's layers (``additional_fuser_method_mapping``).
 FUSER_METHODS = {
     patterns: fuser
-    for layer in (DisentangledConv2d, EnvelopeConv2d)
-    for patterns, fuser in (((layer, nn.BatchNorm2d), _conv_bn), ((layer, nn.BatchNorm2d, nn.ReLU), _conv_bn_relu),
+    for layers, bn in (((DisentangledConv1d, EnvelopeConv1d), nn.BatchNorm1d),
+                       ((DisentangledConv2d, EnvelopeConv2d), nn.BatchNorm2d),
+                       ((DisentangledConv3d, EnvelopeConv3d), nn.BatchNorm3d))
+    for layer in layers
+    for patterns, fuser in (((layer, bn), _conv_bn), ((layer, bn, nn.ReLU), _conv_bn_relu),
                             ((layer, nn.ReLU), _conv_relu))
 }
 
@@ -104,7 +114,8 @@ def fuse_modules(model: nn.Module, modules_to_fuse: Union[Sequence[str], Sequenc
     """``torch.ao.quantization.fuse_modules`` that also fuses envconv's layers (see :data:`FUSER_METHODS`).
 
     Plain conv-bn(-relu) groups fuse as torch fuses them; a group starting with an
-    :class:`~envconv.EnvelopeConv2d` or :class:`~envconv.DisentangledConv2d` gets the layer with
+    :class:`~envconv.EnvelopeConv2d` or :class:`~envconv.DisentangledConv2d` (or their 1-D and
+    3-D kin, with ``BatchNorm1d`` / ``BatchNorm3d``) gets the layer with
     the BatchNorm folded in (and the ReLU beside it in an ``nn.Sequential``); the other members
     become ``nn.Identity``. Eval mode only.
     """

@@ -56,8 +56,8 @@ def evaluate_checkpoint(
     Args:
         checkpoint: a ``last.pt`` / ``best.pt`` written by ``envconv train``.
         data: validation folder (imagefolder) or Fashion-MNIST root instead of the config's.
-        envelope_size: shrink every envelope to this odd size (or a tuple, one per spatial axis), or
-            ``"auto"``; None keeps them.
+        envelope_size: set every envelope to this odd size (or a tuple, one per spatial axis; below
+            the trained size it truncates the Gaussian, above it adds taps), or ``"auto"``; None keeps them.
         eps: mass left out by ``"auto"``.
         batch_size: default: the training batch size.
         device: ``auto``, ``cpu``, ``cuda`` ...
@@ -94,8 +94,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         f"{RunDir.BEST})")
     parser.add_argument("--data", help="evaluate on this folder instead of the config's validation data "
                         "(imagefolder: the class folders; fashion_mnist: the folder of IDX files)")
-    parser.add_argument("--envelope-size", type=_size, help="shrink every envelope to this odd size (3: Table 1e), "
-                        "to one per spatial axis (3x9x9) or 'auto' (smallest size keeping 1 - eps of the mass)")
+    parser.add_argument("--envelope-size", type=_size, help="set every envelope to this odd size (3: Table 1e; above "
+                        "the trained size it adds taps), to one per spatial axis (3x9x9) or 'auto' (smallest size "
+                        "keeping 1 - eps of the mass)")
     parser.add_argument("--eps", type=positive_float, default=1e-2,
                         help="mass left out by --envelope-size auto (default 0.01)")
     parser.add_argument("--batch-size", type=positive_int, help="default: the training batch size")
