@@ -277,3 +277,10 @@ def test_an_infinite_record_entry_is_named_with_its_file_and_key_by_the_command_
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert f"{path}: envelope record 0.envelope._extra_state: record" in done.stderr
     assert "not finite whole numbers" in done.stderr
+
+
+def test_weights_of_a_3d_layer_loaded_at_a_conv2d_say_the_envelope_is_3d():
+    trained = nn.Sequential(envconv.disentangle(nn.Sequential(nn.Conv3d(3, 8, 3, stride=2))))
+    plain = nn.Sequential(nn.Sequential(nn.Conv2d(3, 8, 3, stride=2)))
+    with pytest.raises(RuntimeError, match="the weights are of a 3-D envelope, this one is 2-D"):
+        envconv.load_disentangled(plain, trained.state_dict())

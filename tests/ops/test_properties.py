@@ -155,3 +155,52 @@ def check_nd(cfg):
                                                    list(cfg["stride"]))
     torch.testing.assert_close(gx.double(), torch.from_numpy(want_gx), **TOL[dtype])
     torch.testing.assert_close(graw.double(), torch.from_numpy(want_graw), **SIGMA_TOL[dtype])
+
+
+@st.composite
+def backward_arguments(draw):
+    """x, a gradient whose shape may differ from the envelope's output in any entry, the stride, the impl."""
+    dims = draw(st.integers(1, 3))
+    x_shape = [draw(st.integers(1, 3)), draw(st.integers(1, 4))] + [draw(st.integers(1, 7)) for _ in range(dims)]
+    stride = [draw(st.integers(1, 3)) for _ in range(dims)]
+    out = x_shape[:2] + [(n - 1) // s + 1 for n, s in zip(x_shape[2:], stride)]
+    grad_shape = [draw(st.one_of(st.just(n), st.integers(1, 8))) for n in out]
+    if draw(st.booleans()):  # a gradient of another rank too
+        grad_shape = grad_shape[:draw(st.integers(1, len(grad_shape)))]
+    impl = draw(st.sampled_from(["auto", "separable"] + (["cpp"] if cpu.available() else [])))
+    return x_shape, grad_shape, out, stride, impl
+
+
+@given(backward_arguments())
+def test_the_backward_op_takes_exactly_the_envelopes_output_shape_as_its_gradient(args):
+    x_shape, grad_shape, out, stride, impl = args
+    x, grad = torch.randn(x_shape, dtype=torch.float64), torch.randn(grad_shape, dtype=torch.float64)
+    raw = torch.zeros(x_shape[1], dtype=torch.float64)
+    call = lambda: torch.ops.envconv.envelope_backward(grad, x, raw, 5, stride, "zeros", impl, True, True)  # noqa
+    if grad_shape != out:
+        with pytest.raises(RuntimeError, match="grad must be the envelope's output"):
+            call()
+        return
+    grad_x, grad_raw = call()  # the reference: the adjoint of the forward, by autograd through the ATen form
+    xr, rr = x.clone().requires_grad_(), raw.clone().requires_grad_()
+    from envconv.ops.export import envelope_decomposed
+
+    want_x, want_raw = torch.autograd.grad(envelope_decomposed(xr, rr, 5, stride, "zeros"), (xr, rr), grad)
+    torch.testing.assert_close(grad_x, want_x, **TOL[torch.float64])
+    torch.testing.assert_close(grad_raw, want_raw, **SIGMA_TOL[torch.float64])
+
+
+@given(st.lists(st.one_of(st.integers(-3, 2 ** 41), st.floats(allow_nan=True, allow_infinity=True)), min_size=0,
+                max_size=9), st.booleans())
+def test_a_drawn_envelope_record_is_read_or_refused_with_a_value_error(entries, as_float):
+    from envconv.envelope import read_envelope_record
+
+    dtype = torch.float64 if as_float or any(isinstance(v, float) for v in entries) else torch.int64
+    state = torch.tensor(entries, dtype=dtype) if entries else torch.zeros(0, dtype=dtype)
+    try:
+        record = read_envelope_record(state, "x.envelope._extra_state")
+    except ValueError as err:  # never OverflowError, ZeroDivisionError, IndexError ...
+        assert "envelope record x.envelope._extra_state" in str(err)
+        return
+    assert 1 <= max((record.size,) if isinstance(record.size, int) else record.size) <= 1023
+    assert record.spatial_dims in (1, 2, 3) and record.channels >= 1
