@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "MAX_SIZE",
     "axis_raw_sigmas",
     "central_mass",
     "PADDING_MODES",
@@ -56,7 +57,7 @@ PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 MIN_SIGMA2 = 1e-4
 
 
-#: The largest envelope size taken (k_g = 2r + 1): far above any map's side, and a kernel that still fits in memory.
+#: The largest envelope size k_g taken; far above any feature map's side, and a kernel that still fits in memory.
 MAX_SIZE = 1023
 
 
