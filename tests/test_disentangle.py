@@ -1,11 +1,15 @@
 """envconv.disentangle on real networks: the paper's placement, counts, FLOPs, identity at sigma 0."""
 
+import re
+import warnings
+
 import numpy as np
 import pytest
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+import envconv
 import reference as ref
 from envconv import DisentangledConv2d, disentangle, envelopes, select_layers, shrink
 from envconv.convert import auto_envelope_size
@@ -300,3 +304,27 @@ def test_tf_same_networks_convert_at_the_papers_rule_and_equal_the_plain_net_at_
         assert len(converted) >= 5 and set(converted) & set(same), label  # TF-"same" layers among them
         assert all(model.get_submodule(n).tf_same is not None for n in set(converted) & set(same)), label
         assert torch.equal(got, want), label
+
+
+@pytest.mark.parametrize("name, pools", [("res2net50_26w_4s", ["layer2.0.pool", "layer3.0.pool", "layer4.0.pool"]),
+                                         ("resnet50d", ["layer2.0.downsample.0", "layer3.0.downsample.0",
+                                                        "layer4.0.downsample.0"])])
+def test_the_default_placement_names_the_strided_pools_it_leaves_in_converted_blocks(name, pools):
+    # Res2Net's fourth split and ResNet-D's shortcut downsample through a pool: it was left out silently
+    timm = pytest.importorskip("timm")
+    with pytest.warns(UserWarning, match=re.escape(f"leaves 3 strided pool(s) in the converted blocks without an "
+                                                   f"envelope ({', '.join(pools)})")):
+        disentangle(timm.create_model(name))
+    covered = timm.create_model(name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # covered: nothing to say
+        disentangle(covered, where="downsample+pools")
+    assert all(isinstance(covered.get_submodule(p), envconv.EnvelopePool2d) for p in pools)
+
+
+def test_a_resnets_stem_pool_is_left_out_without_a_warning():
+    import torchvision
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        disentangle(torchvision.models.resnet18())  # the max-pool after the stem: the paper's placement

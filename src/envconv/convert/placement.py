@@ -147,6 +147,8 @@ def select_layers(model: nn.Module, where: Where = "downsample", stem: str = "pa
             chosen |= {n for n, _ in pools}
         if not chosen:
             _nothing_selected(model, where, stem, pools)
+        elif where == "downsample":
+            _warn_about_pools_beside(chosen, pools)
     elif callable(where):
         chosen = {n for n, m in convs + pools if where(n, m)}
         if not chosen:
@@ -167,6 +169,24 @@ def select_layers(model: nn.Module, where: Where = "downsample", stem: str = "pa
     if stem != "none":
         chosen.add(stem_name)
     return [n for n, m in model.named_modules() if n in chosen and (isinstance(m, CONVS) or strided_pool(m))]
+
+
+def _warn_about_pools_beside(chosen, pools) -> None:
+    """Warn about strided pools in the same block as a converted conv (Res2Net's split, ResNet-D's shortcut).
+
+    Such a block downsamples partly through the pool, which ``where="downsample"`` leaves without
+    an envelope; a pool outside the converted blocks (a ResNet's stem max-pool) is the paper's choice.
+    """
+    def block(name: str) -> str:
+        return ".".join(name.split(".")[:2])
+
+    blocks = {block(n) for n in chosen if n.count(".") >= 1}
+    beside = [n for n, _ in pools if n.count(".") >= 2 and block(n) in blocks]
+    if beside:
+        warnings.warn(f"where='downsample' leaves {len(beside)} strided pool(s) in the converted blocks without an "
+                      f"envelope ({', '.join(beside[:3])}{', ...' if len(beside) > 3 else ''}): those blocks "
+                      f"downsample partly through them; where='downsample+pools' covers them too",
+                      UserWarning, stacklevel=4)
 
 
 def _nothing_selected(model: nn.Module, where: str, stem: str, pools) -> None:
