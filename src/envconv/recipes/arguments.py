@@ -24,22 +24,6 @@ def integer(text: str) -> int:
     return int(text)
 
 
-def positive_int(text: str) -> int:
-    """A decimal integer of at least 1."""
-    value = integer(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    """A decimal integer of at least 0."""
-    value = integer(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number of at least 0, got {text!r}")
-    return value
-
-
 def finite_float(text: str) -> float:
     """A finite decimal number (``0.5``, ``-2``, ``1e-3``; not nan, inf or a number beyond float's range)."""
     value = float(text) if _FLOAT.fullmatch(text) else math.nan
@@ -48,17 +32,19 @@ def finite_float(text: str) -> float:
     return value
 
 
-def positive_float(text: str) -> float:
-    """A finite decimal number above 0."""
-    value = finite_float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a number above 0, got {text!r}")
-    return value
+def _in_range(parse, valid, rule: str, name: str):
+    """``parse`` followed by the check ``valid(value)``, refusing with ``expected <rule>``."""
+    def check(text: str):
+        value = parse(text)
+        if not valid(value):
+            raise argparse.ArgumentTypeError(f"expected {rule}, got {text!r}")
+        return value
+
+    check.__name__, check.__doc__ = name, f"{parse.__doc__.split(' (')[0]}: {rule}."
+    return check
 
 
-def non_negative_float(text: str) -> float:
-    """A finite decimal number of at least 0."""
-    value = finite_float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a number of at least 0, got {text!r}")
-    return value
+positive_int = _in_range(integer, lambda v: v >= 1, "a positive whole number", "positive_int")
+non_negative_int = _in_range(integer, lambda v: v >= 0, "a whole number of at least 0", "non_negative_int")
+positive_float = _in_range(finite_float, lambda v: v > 0, "a number above 0", "positive_float")
+non_negative_float = _in_range(finite_float, lambda v: v >= 0, "a number of at least 0", "non_negative_float")
