@@ -38,20 +38,22 @@ def disentangle(
 ) -> nn.Module:
     """Put ``method`` into ``model`` at the paper's places (or yours), in place; returns ``model``.
 
-    Every selected ``nn.Conv2d`` (see :func:`select_layers` for ``where`` and ``stem``) is
-    replaced, by attribute name, with the method's module built from it: weights, bias,
-    device, dtype, ``requires_grad`` and train/eval mode are kept, and nothing else in
-    the model changes. The new module holds the old one's weight and bias ``Parameter`` objects,
-    so weights tied between layers stay tied, and a convolution used at several places (one
-    module object under two names) gets one replacement at all of them. ``stem="modified"``
-    first rebuilds the first layer as in Fig. 5c (:func:`~envconv.convert.modify_stem`); its two
-    new strided convolutions are then converted too (for ``where`` rules that select them).
+    Every selected ``nn.Conv1d`` / ``nn.Conv2d`` / ``nn.Conv3d`` or strided pool (see
+    :func:`select_layers` for ``where`` and ``stem``) is replaced, by attribute name, with the
+    method's module built from it: weights, bias, device, dtype, ``requires_grad`` and
+    train/eval mode are kept, and nothing else in the model changes. The new module holds the old
+    one's weight and bias ``Parameter`` objects, so weights tied between layers stay tied, and a
+    convolution used at several places (one module object under two names) gets one replacement
+    at all of them. ``stem="modified"`` first rebuilds the first layer as in Fig. 5c
+    (:func:`~envconv.convert.modify_stem`); its two new strided convolutions are then converted
+    too (for ``where`` rules that select them).
 
     Args:
-        model: any module holding ``nn.Conv2d`` layers (torchvision, timm, envconv models).
-        where: ``"downsample"`` (the paper), ``"residual"``, ``"identity"``, a list of
-            names/glob patterns, or a predicate ``(name, module) -> bool``.
-        stem: ``"paper"``, ``"none"`` or ``"modified"``.
+        model: any module holding ``nn.Conv1d`` / ``nn.Conv2d`` / ``nn.Conv3d`` layers
+            (torchvision, timm, torchaudio, envconv models); each gets the layer of its dimensionality.
+        where: ``"downsample"`` (the paper), ``"residual"``, ``"identity"``, ``"pools"``,
+            ``"downsample+pools"``, a list of names/glob patterns, or a predicate ``(name, module) -> bool``.
+        stem: ``"paper"``, ``"none"`` or ``"modified"`` (2-D ResNets).
         method: a name of :data:`envconv.methods.METHODS` (``"gaussian"``: ours; ``"none"``:
             the baseline, which still validates ``where`` and applies ``stem="modified"``).
         envelope_size: :math:`k_g` (or one per spatial axis); ``None`` uses the method's default (9; 3 for

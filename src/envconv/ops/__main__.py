@@ -1,4 +1,4 @@
-"""``python -m envconv.ops``: build the C++ CPU kernel ahead of its first use (images, install scripts, CI)."""
+"""``python -m envconv.ops``: say which C++ CPU kernel envconv uses, compiling it ahead where it must (images, CI)."""
 
 import sys
 

@@ -230,7 +230,7 @@ def backward(grad: torch.Tensor, x: torch.Tensor, kernel, dkernel, stride: Seque
 
 
 def main() -> int:
-    """``python -m envconv.ops``: build (or find) the kernel ahead of its first use; 1 if it cannot be built."""
+    """``python -m envconv.ops``: load the kernel (the package's, else compiled now) and say which; 1 if none."""
     if not load():
         print(f"envconv: no C++ CPU kernel: {unavailable_reason()}", file=sys.stderr)
         return 1
