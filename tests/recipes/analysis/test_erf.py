@@ -74,3 +74,15 @@ def test_tiling_puts_the_image_in_the_centre():
     assert big.shape == (2, 1, 112, 112)
     torch.testing.assert_close(big[..., 42:70, 42:70], images)
     torch.testing.assert_close(big[..., 14:42, 42:70], images)   # the copy above
+
+
+def test_border_mass_is_the_share_on_the_border_by_hand_and_zero_for_a_central_map():
+    from envconv.recipes.analysis.erf import EffectiveReceptiveField as ERF
+
+    centre = torch.zeros(9, 9, dtype=torch.float64)
+    centre[4, 4] = 0.3  # all inside: exactly 0 (was 1 - inner / total, float noise like -6.7e-16)
+    assert ERF(centre, None, 1).border_mass() == 0.0
+    ramp = torch.arange(81, dtype=torch.float64).reshape(9, 9) / 7.0
+    inner = ramp[2:-2, 2:-2].sum()
+    assert ERF(ramp, None, 1).border_mass() == pytest.approx(float((ramp.sum() - inner) / ramp.sum()), rel=1e-12)
+    assert ERF(torch.ones(4, 4, dtype=torch.float64), None, 1).border_mass() == 1.0  # too small for an inside
