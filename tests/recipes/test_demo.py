@@ -5,7 +5,7 @@ import re
 import pytest
 
 from envconv.recipes.cli import main
-from envconv.recipes.demo import format_demo, run_demo
+from envconv.recipes.demo import expected_minutes, format_demo, run_demo, study_pace
 
 
 def test_demo_trains_both_models_and_reports_them(tmp_path, fashion_root, capsys):
@@ -24,6 +24,7 @@ def test_demo_trains_both_models_and_reports_them(tmp_path, fashion_root, capsys
     assert main(["demo", "--epochs", "1", "--train-subset", "64", "--root", str(fashion_root), "--out-dir",
                  str(tmp_path), "--set", "data.workers=0"]) == 0
     out = capsys.readouterr().out
+    assert out.splitlines()[1].startswith("Expected: about ")  # the expected time first (the clone's results.csv)
     assert "Fashion-MNIST test error (64 test images)" in out  # the fixture's t10k file holds 64
     assert "Learned sigma per layer" in out and re.search(r"baseline\s+top-1 \d+\.\d\d%", out)
     # ... and ends with the analysis report of the two models
@@ -56,3 +57,19 @@ def test_the_demo_puts_its_gap_beside_the_studys_seed_spread(tmp_path):
     assert "exceeds twice that spread" in "\n".join(_spread_lines(5.0, spread))
     assert study_spread(tmp_path / "missing.csv") is None
     assert "No study results" in "\n".join(_spread_lines(0.3, None))
+
+
+def test_the_demo_expects_the_studys_median_pace(tmp_path):
+    csv = tmp_path / "results.csv"
+    csv.write_text("run,table,label,seed,epochs,test_top1_err,probe_err,train_seconds\n"
+                   "none_seed0,1a,none,0,10,8.6,,600\n"  # 60 s an epoch
+                   "none_seed1,1a,none,1,10,8.6,,1000\n"  # 100
+                   "none_seed2,1a,none,2,10,8.6,,800\n"  # 80: the median
+                   "gaussian_seed0,1a,ours,0,10,8.5,,1200\n"  # 120
+                   "gaussian_seed0,1e,ours k3,0,10,8.5,,\n"  # an evaluation row: no training time
+                   "fixed-2_seed0,1h,fixed,0,10,9.0,,50\n")  # another entry
+    pace = study_pace(csv)
+    assert pace == {"none": 80.0, "gaussian": 120.0}
+    assert expected_minutes(2, 20000, pace) == pytest.approx((80 + 120) * 2 / 60)
+    assert expected_minutes(1, None, pace) == pytest.approx((80 + 120) * 3 / 60)  # all 60,000 images
+    assert study_pace(tmp_path / "missing.csv") is None and expected_minutes(2, 20000, None) is None

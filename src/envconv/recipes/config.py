@@ -116,7 +116,7 @@ DEFAULTS: Dict[str, Dict[str, Any]] = {
     },
     "output": {
         "dir": "runs/{name}",        # run directory; {name} is the config's name
-        "progress": "auto",          # auto (on a TTY, rank 0) | on | off
+        "progress": "auto",          # a bar: auto (on a TTY, rank 0) | on | off; else a line every 30 s
         "tensorboard": True,         # write TensorBoard scalars when tensorboard is installed
     },
 }

@@ -21,7 +21,8 @@ from .arguments import positive_int
 from .config import resolve_config
 from .training.trainer import train
 
-__all__ = ["DEMO_CONFIG", "STUDY_RESULTS", "run_demo", "format_demo", "study_spread", "add_arguments", "main"]
+__all__ = ["DEMO_CONFIG", "STUDY_RESULTS", "run_demo", "format_demo", "study_spread", "study_pace",
+           "expected_minutes", "add_arguments", "main"]
 
 DEMO_CONFIG = "fashion_mnist_resnet20"
 #: The study's results, relative to the working directory: a clone's root, where ``make demo`` runs
@@ -80,6 +81,32 @@ def study_spread(path: Path = STUDY_RESULTS) -> Optional[Dict[str, Any]]:
     return {"n": len(seeds), "epochs": sorted(epochs), "diff_mean": diff.mean, "diff_std": diff.std,
             "low": paired.low, "high": paired.high,
             "std": {k: summarize([v[s] for s in seeds]).std for k, v in errors.items()}}
+
+
+def study_pace(path: Path = STUDY_RESULTS) -> Optional[Dict[str, float]]:
+    """Median seconds per epoch of 20,000 images (training and its evaluation) of ours and of none in the study.
+
+    ``None`` without the study's ``results.csv``. The study trains the demo's model and data on
+    2-core CPUs (``docs/reproduction.md`` names the machines).
+    """
+    import statistics
+
+    if not path.is_file():
+        return None
+    pace: Dict[str, List[float]] = {"gaussian": [], "none": []}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            entry = row["run"].rsplit("_seed", 1)[0]
+            if entry in pace and row["train_seconds"]:
+                pace[entry].append(float(row["train_seconds"]) / int(row["epochs"]))
+    return {k: statistics.median(v) for k, v in pace.items()} if all(pace.values()) else None
+
+
+def expected_minutes(epochs: int, train_subset: Optional[int], pace: Optional[Dict[str, float]]) -> Optional[float]:
+    """The demo's two runs at the study's pace, in minutes (``None`` without a pace)."""
+    if pace is None:
+        return None
+    return sum(pace.values()) * epochs * (train_subset or 60000) / 20000 / 60
 
 
 def _spread_lines(gap: float, spread: Optional[Dict[str, Any]]) -> List[str]:
@@ -144,6 +171,13 @@ def main(args: argparse.Namespace) -> int:
     """Run ``envconv demo``: both runs, the closing report and the analysis report."""
     print(f"Training small_resnet20 on Fashion-MNIST ({args.train_subset or 60000:,} training images, "
           f"{args.epochs} epochs) with Gaussian envelopes, then without; run directories under {args.out_dir}.")
+    minutes = expected_minutes(args.epochs, args.train_subset or None, study_pace(args.study_results))
+    if minutes is None:
+        print("(no study results here to estimate the time from; a line every 30 s says how it goes)")
+    else:
+        print(f"Expected: about {minutes:.0f} min of training at the study's median pace on 2-core CPUs "
+              f"({args.study_results}), then the analysis report; this machine may be faster or slower. "
+              f"A line every 30 s says how it goes.", flush=True)
     summaries = run_demo(args.out_dir, epochs=args.epochs, train_subset=args.train_subset or None, root=args.root,
                          extra=args.overrides)
     print(format_demo(summaries, study_spread(args.study_results)))

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from envconv.recipes.training.progress import METRICS_COLUMNS, RunLog, progress_bar
+from envconv.recipes.training.progress import METRICS_COLUMNS, Heartbeat, RunLog, progress_bar
 
 
 def test_progress_bar_draws_only_when_enabled():
@@ -19,6 +19,35 @@ def test_progress_bar_draws_only_when_enabled():
     with progress_bar(10, "x", enabled=False, stream=silent) as bar:
         bar.update(5)
     assert silent.getvalue() == ""
+
+
+def test_without_a_terminal_a_heartbeat_line_comes_every_30_seconds():
+    now = [0.0]
+    out = io.StringIO()
+    beat = Heartbeat(400, "epoch 2/10", stream=out, clock=lambda: now[0])
+    for step in range(1, 401):
+        now[0] = step * 0.25  # 4 steps/s: a line at 30 s (step 120), 60 s (240), 90 s (360)
+        if step == 100:
+            beat.set_postfix(loss=0.4567, err=12.5)
+        beat.update(1)
+    lines = out.getvalue().splitlines()
+    assert lines == [
+        "  epoch 2/10: step 120/400 (30%), 4.00 steps/s, 0m30s elapsed, ETA 1m10s, loss 0.4567, err 12.5",
+        "  epoch 2/10: step 240/400 (60%), 4.00 steps/s, 1m00s elapsed, ETA 0m40s, loss 0.4567, err 12.5",
+        "  epoch 2/10: step 360/400 (90%), 4.00 steps/s, 1m30s elapsed, ETA 0m10s, loss 0.4567, err 12.5"]
+    assert isinstance(progress_bar(10, "x", enabled=False, heartbeat=True), Heartbeat)
+
+
+def test_training_without_a_terminal_prints_heartbeats(tmp_path, capsys, monkeypatch):
+    from envconv.recipes.training import progress
+    from envconv.recipes.training.trainer import train
+    from run_helpers import tiny_config
+
+    monkeypatch.setattr(progress.Heartbeat.__init__, "__defaults__", (0.0, None, progress.time.monotonic))
+    train(tiny_config(tmp_path / "run", train={"epochs": 1}))  # progress "off": no bar, heartbeats every step
+    out = capsys.readouterr().out
+    assert "  epoch 1/1: step 1/8 (12%)" in out and "  epoch 1/1: step 8/8 (100%)" in out
+    assert "  eval: step 2/2 (100%)" in out
 
 
 def test_run_log_appends_and_truncates(tmp_path):

@@ -158,10 +158,11 @@ def train_one_epoch(
             sums[3] += n
         if step % log_every == 0:
             _check_finite(sums, epoch, step)
-            if progress is not None:
+            if progress is not None:  # the loss (a device sync) every log_every steps only
                 progress.set_postfix(loss=float(sums[0] / sums[3]), err=float(100 * (1 - sums[1] / sums[3])),
                                      refresh=False)
-                progress.update(step - progress.n)
+        if progress is not None:
+            progress.update(1)  # the bar moves from the first step
     _check_finite(sums, epoch, None)
     return _stats(sums, time.perf_counter() - start)
 

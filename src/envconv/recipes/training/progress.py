@@ -7,6 +7,7 @@ import io
 import json
 import os
 import sys
+import time
 from typing import Any, Dict, List, Optional, TextIO, Union
 
 from tqdm import tqdm
@@ -14,16 +15,64 @@ from tqdm import tqdm
 from ...state_dict import atomic_write_bytes
 from ..rundir import RunDir
 
-__all__ = ["progress_bar", "RunLog", "METRICS_COLUMNS"]
+__all__ = ["progress_bar", "Heartbeat", "RunLog", "METRICS_COLUMNS"]
 
 METRICS_COLUMNS = ("epoch", "lr", "train_loss", "train_top1_err", "train_top5_err", "val_loss", "val_top1_err",
                    "val_top5_err", "seconds", "images_per_s")
 
 
-def progress_bar(total: int, desc: str, enabled: bool, stream: Optional[TextIO] = None) -> tqdm:
-    """A tqdm bar of ``total`` steps on ``stream`` (stderr), cleared when closed; silent when not ``enabled``."""
+def progress_bar(total: int, desc: str, enabled: bool, stream: Optional[TextIO] = None, heartbeat: bool = False):
+    """A tqdm bar of ``total`` steps on ``stream`` (stderr), cleared when closed.
+
+    Not ``enabled`` (no terminal): a :class:`Heartbeat` line every 30 s on stdout if ``heartbeat``,
+    else nothing.
+    """
+    if not enabled and heartbeat:
+        return Heartbeat(total, desc)
     return tqdm(total=total, desc=desc, disable=not enabled, file=stream or sys.stderr, leave=False,
                 dynamic_ncols=True, unit="step")
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+class Heartbeat:
+    """What a progress bar says, as a line every ``every`` seconds: for logs, CI and ``make demo | tee``.
+
+    Takes a bar's ``update`` / ``set_postfix`` calls; prints ``desc: step/total (percent), rate,
+    elapsed, ETA`` and the last postfix (loss, error) once ``every`` seconds have passed since the
+    start or the last line.
+    """
+
+    def __init__(self, total: int, desc: str, every: float = 30.0, stream: Optional[TextIO] = None,
+                 clock=time.monotonic) -> None:
+        self.total, self.desc, self.every, self.stream, self.clock = total, desc, every, stream, clock
+        self.n, self.postfix = 0, {}
+        self.start = self.last = clock()
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        now = self.clock()
+        if now - self.last >= self.every:
+            self.last = now
+            elapsed = now - self.start
+            rate = self.n / elapsed if elapsed > 0 else 0.0
+            eta = _duration((self.total - self.n) / rate) if rate > 0 else "?"
+            extra = "".join(f", {k} {v:.4g}" for k, v in self.postfix.items())
+            print(f"  {self.desc.strip()}: step {self.n}/{self.total} ({100 * self.n / max(self.total, 1):.0f}%), "
+                  f"{rate:.2f} steps/s, {_duration(elapsed)} elapsed, ETA {eta}{extra}",
+                  file=self.stream or sys.stdout, flush=True)
+
+    def set_postfix(self, refresh: bool = False, **values) -> None:
+        self.postfix = values
+
+    def __enter__(self) -> "Heartbeat":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
 
 
 class RunLog:

@@ -236,7 +236,8 @@ def _run_epochs(config, run: RunDir, ctx, state: _State, quiet: bool) -> Optiona
             set_curriculum_epoch(state.model, epoch - 1)
             _seed_epoch(train_cfg["seed"], epoch, ctx.rank, state.train_loader)
             lr = state.optimizer.param_groups[0]["lr"]
-            with progress_bar(len(state.train_loader), f"epoch {epoch}/{train_cfg['epochs']}", progress_on) as bar:
+            with progress_bar(len(state.train_loader), f"epoch {epoch}/{train_cfg['epochs']}", progress_on,
+                              heartbeat=ctx.is_main and not quiet) as bar:
                 stats = train_one_epoch(state.net, state.train_loader, state.optimizer, device=ctx.device,
                                         scaler=state.scaler, amp_dtype=amp_dtype,
                                         channels_last=train_cfg["channels_last"], dtype=dtype,
@@ -247,7 +248,8 @@ def _run_epochs(config, run: RunDir, ctx, state: _State, quiet: bool) -> Optiona
                 state.scheduler.step()
             val = None
             if epoch % train_cfg["eval_every"] == 0 or epoch == train_cfg["epochs"]:
-                with progress_bar(len(state.val_loader), "  eval", progress_on) as bar:
+                with progress_bar(len(state.val_loader), "  eval", progress_on, heartbeat=ctx.is_main and not quiet) \
+                        as bar:
                     val = evaluate(state.net, state.val_loader, device=ctx.device, amp_dtype=amp_dtype,
                                    channels_last=train_cfg["channels_last"], dtype=dtype, progress=bar)
                 _check_validation(val, epoch)
