@@ -7,6 +7,7 @@ from envconv.recipes import rundir
 from envconv.recipes.cli import main
 from envconv.recipes.rundir import RunDir, load_checkpoint
 from envconv.recipes.study import load_plan, run_study
+from envconv.recipes.study import runner as runner_module
 from envconv.recipes.training import trainer
 from study_helpers import write_plan
 
@@ -63,13 +64,21 @@ def test_a_study_stopped_part_way_resumes_to_the_same_weights(tmp_path, monkeypa
         assert all(torch.equal(full[k], cut[k]) for k in full), name
 
 
-def test_dry_run_lists_the_grid_and_trains_nothing(tmp_path, capsys):
+def test_dry_run_lists_the_grid_and_trains_nothing(tmp_path, capsys, monkeypatch):
     path = write_plan(tmp_path)
+    timed = []
+    real = runner_module.measure_epoch_seconds
+    monkeypatch.setattr(runner_module, "measure_epoch_seconds", lambda *a, **k: timed.append(1) or real(*a, **k))
     assert main(["study", str(path), "--out", str(tmp_path / "out"), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "2 entries, 4 runs (seeds [0, 1]; 0 entries have their own)" in out
-    assert out.count("to train") == 4 and "estimated training time left" in out
+    assert out.count("to train") == 4 and "training time left: unknown (no finished epochs here" in out
+    assert timed == []  # returns in seconds: nothing timed unless asked (it took 13 min on a busy machine)
+    assert main(["study", str(path), "--out", str(tmp_path / "out"), "--dry-run", "--estimate"]) == 0
+    out = capsys.readouterr().out
+    assert len(timed) == 2 and "estimated training time left" in out and "by timing" in out
     assert not (tmp_path / "out").exists()
+    assert main(["study", str(path), "--estimate"]) == 2  # --estimate without --dry-run
 
 
 def test_study_command_errors(tmp_path, capsys):

@@ -24,8 +24,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, help="folder of the run directories (default: results/study-<plan name>)")
     parser.add_argument("--only", nargs="+", metavar="ENTRY", help="train only these entries of the plan")
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--dry-run", action="store_true", help="list the grid with each run's state and an "
-                      "estimated time; train nothing")
+    mode.add_argument("--dry-run", action="store_true", help="list the grid with each run's state and the "
+                      "training time left (from finished epochs); train nothing")
+    parser.add_argument("--estimate", action="store_true", help="with --dry-run: time a few training steps of "
+                        "each entry without finished epochs (minutes)")
     mode.add_argument("--report", action="store_true", help="write the tables, plots and verdicts from the run "
                       "directories alone; train nothing")
     parser.add_argument("--docs", type=Path, help="with --report: where reproduction.md and reproduction/ go "
@@ -40,8 +42,10 @@ def main(args: argparse.Namespace) -> int:
     out_dir = args.out or default_out_dir(plan.name)
     if args.docs and not args.report:
         raise ValueError("--docs applies to --report only")
+    if args.estimate and not args.dry_run:
+        raise ValueError("--estimate applies to --dry-run only")
     if args.dry_run:
-        dry_run(plan, out_dir)
+        dry_run(plan, out_dir, estimate=args.estimate)
     elif args.report:
         written = write_report(plan, out_dir, args.docs or out_dir)
         print(f"wrote {written['markdown']} and {written['csv']} ({len(written['results'])} rows)")

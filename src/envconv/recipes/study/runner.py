@@ -99,8 +99,11 @@ def _format_duration(seconds: float) -> str:
     return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m"
 
 
-def _epoch_estimates(plan: Plan, runs: List[Run], measure: bool) -> Dict[str, float]:
-    """Seconds per epoch for each entry: measured in its finished epochs, else by timed steps (or the median)."""
+def _epoch_estimates(plan: Plan, runs: List[Run], measure: bool, fallback: bool = True) -> Dict[str, float]:
+    """Seconds per epoch for each entry: measured in its finished epochs, else by timed steps (or the median).
+
+    Without ``fallback``, only the entries that have a measurement (finished epochs, or timed steps).
+    """
     estimates: Dict[str, float] = {}
     for entry in plan.entries:
         seconds = [s for run in runs if run.entry is entry for s in RunDir.of_config(run.config).epoch_seconds()]
@@ -111,22 +114,29 @@ def _epoch_estimates(plan: Plan, runs: List[Run], measure: bool) -> Dict[str, fl
         if entry.name not in estimates and measure:
             config = next(run.config for run in runs if run.entry is entry)
             estimates[entry.name] = measure_epoch_seconds(config, _train_images(config, cache))
-    fallback = statistics.median(estimates.values()) if estimates else 0.0
-    return {e.name: estimates.get(e.name, fallback) for e in plan.entries}
+    if not fallback:
+        return estimates
+    median = statistics.median(estimates.values()) if estimates else 0.0
+    return {e.name: estimates.get(e.name, median) for e in plan.entries}
 
 
 def _seconds_left(runs: List[Run], estimates: Dict[str, float]) -> float:
     return sum(max(run.config["train"]["epochs"] - _epochs_done(run), 0) * estimates[run.entry.name] for run in runs)
 
 
-def dry_run(plan: Plan, out_dir: Path, log: Callable[[str], None] = print) -> Dict[str, Any]:
-    """List the grid with each run's state and an estimated time; trains nothing.
+def dry_run(plan: Plan, out_dir: Path, log: Callable[[str], None] = print, estimate: bool = False) -> Dict[str, Any]:
+    """List the grid with each run's state and the training time left; trains nothing, returns in seconds.
+
+    Epoch times come from the finished epochs in ``out_dir``; an entry without any gets the
+    median of the others, or, with ``estimate``, a timing of a few training steps of its model
+    (minutes for a whole plan).
 
     Example:
         >>> dry_run(load_plan("studies/fashion_mnist.yaml"), Path("results/study-fashion_mnist"))  # doctest: +SKIP
     """
     runs = plan.runs(out_dir)
-    estimates = _epoch_estimates(plan, runs, measure=True)
+    measured = _epoch_estimates(plan, runs, measure=False, fallback=False)
+    estimates = _epoch_estimates(plan, runs, measure=estimate)
     log(f"study {plan.name}: {len(plan.entries)} entries, {len(runs)} runs (seeds {plan.seeds}; "
         f"{sum(e.seeds is not None for e in plan.entries)} entries have their own) in {out_dir}")
     log(f"{'run':32s} {'epochs':>7s} {'s/epoch':>8s}  state")
@@ -134,10 +144,17 @@ def dry_run(plan: Plan, out_dir: Path, log: Callable[[str], None] = print) -> Di
         done, epochs = _epochs_done(run), run.config["train"]["epochs"]
         state = ("finished" if RunDir.of_config(run.config).finished
                  else f"resumes after epoch {done}" if done else "to train")
-        log(f"{run.name:32s} {epochs:7d} {estimates[run.entry.name]:8.0f}  {state}")
+        seconds = f"{estimates[run.entry.name]:8.0f}" if estimates[run.entry.name] else f"{'?':>8s}"
+        log(f"{run.name:32s} {epochs:7d} {seconds}  {state}")
     left = _seconds_left(runs, estimates)
-    log(f"estimated training time left: {_format_duration(left)} (epoch times measured in finished epochs, "
-        f"else by timing {TIMED_STEPS} training steps of each entry's model on random images)")
+    if not any(estimates.values()):
+        log("training time left: unknown (no finished epochs here; --estimate times a few steps of each entry)")
+    else:
+        how = (f"else by timing {TIMED_STEPS} training steps of each entry's model" if estimate
+               else "else the median of the other entries; --estimate times them" if len(measured) < len(estimates)
+               else "")
+        log(f"estimated training time left: {_format_duration(left)} (epoch times measured in finished epochs"
+            f"{', ' + how if how else ''})")
     return {"runs": [r.name for r in runs], "seconds_left": left, "epoch_seconds": estimates}
 
 
