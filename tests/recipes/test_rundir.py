@@ -1,5 +1,7 @@
 """RunDir: the run directory's files, its locks, forks and the envelopes read from its records."""
 
+import math
+
 import pytest
 
 from envconv import envelopes
@@ -81,6 +83,9 @@ def test_envelopes_of_a_run_directory_from_its_records_without_its_checkpoints(t
     for got, want in zip(rows, expected):
         assert got.sigmas == pytest.approx(want.sigmas, rel=1e-12)
     assert RunDir(run).envelopes(epoch=1)[0].sigmas != rows[0].sigmas  # the stem's sigma moved in epoch 2
+    initial = RunDir(run).envelopes(initial=True)  # before training: sigma_init 0 -> sqrt(softplus(0)) everywhere
+    assert [r.name for r in initial] == [r.name for r in rows]
+    assert all(s == pytest.approx(math.sqrt(math.log(2)), rel=1e-12) for r in initial for s in r.sigmas)
     with pytest.raises(ValueError, match="no record of epoch 7"):
         RunDir(run).envelopes(epoch=7)
     with pytest.raises(FileNotFoundError, match="config.yaml is missing"):

@@ -285,12 +285,12 @@ class RunDir:
 
     # --- its model ---------------------------------------------------------------------------------------
 
-    def envelopes(self, epoch: Optional[int] = None) -> List[EnvelopeInfo]:
+    def envelopes(self, epoch: Optional[int] = None, initial: bool = False) -> List[EnvelopeInfo]:
         """The run's envelopes at an epoch (default: its last), from its small files alone.
 
         The layers, paths and sizes come from a fresh model of the run's ``config.yaml``, the sigmas
-        from ``sigma.json``; no checkpoint is read, so committed run directories (``results/``)
-        give the same rows on any machine.
+        from ``sigma.json`` (``initial``: the fresh model's, before training); no checkpoint is
+        read, so committed run directories (``results/``) give the same rows on any machine.
 
         Raises:
             FileNotFoundError: the run directory lacks ``config.yaml`` or ``sigma.json``.
@@ -299,6 +299,8 @@ class RunDir:
         for path in (self.config_file, self.sigma_file):
             if not path.is_file():
                 raise FileNotFoundError(f"{self.path} is not a run directory with records ({path.name} is missing)")
+        if initial:
+            return envelopes(create_model_from_config(resolve_config(self.config_file)["model"]))
         record = next((r for r in reversed(self.sigma_records()) if epoch is None or r["epoch"] == epoch), None)
         if record is None:
             raise ValueError(f"{self.sigma_file} has no record of epoch {epoch}")

@@ -79,3 +79,19 @@ def test_without_the_analysis_extra_the_error_names_it(runs, tmp_path, monkeypat
     assert main(["analyze", str(runs / "gaussian"), "--out", str(tmp_path / "a")]) == 2
     assert "pip install 'envconv[analysis]'" in capsys.readouterr().err
     assert not (tmp_path / "a").exists()                     # it fails before any work
+
+
+def test_history_plots_tick_whole_epochs_and_the_sigma_history_starts_at_the_initial_value():
+    pytest.importorskip("matplotlib")
+    from envconv.recipes.analysis.plots import plot_history, plot_sigma_history
+
+    rows = [{"epoch": "1", "train_loss": "1.0", "val_loss": "0.9", "train_top1_err": "30", "val_top1_err": "28",
+             "lr": "0.1"}, {"epoch": "2", "train_loss": "0.8", "val_loss": "0.7", "train_top1_err": "25",
+                            "val_top1_err": "24", "lr": "0.05"}]
+    for ax in plot_history(rows).axes:  # a 2-epoch run had ticks at 1.2, 1.4, ...
+        ticks = [t for t in ax.get_xticks() if 1 <= t <= 2]
+        assert ticks and all(float(t).is_integer() for t in ticks)
+    records = [{"epoch": 0, "sigma": {"conv1": [0.8326]}}, {"epoch": 1, "sigma": {"conv1": [0.5]}},
+               {"epoch": 2, "sigma": {"conv1": [0.3]}}]
+    (line,) = plot_sigma_history(records).axes[0].get_lines()
+    assert list(line.get_xdata()) == [0, 1, 2] and list(line.get_ydata()) == [0.8326, 0.5, 0.3]

@@ -87,15 +87,23 @@ def plot_history(rows: List[Dict[str, str]]):
     axes[2].plot(epochs, column("lr"), "o-")
     axes[2].set_title("learning rate", fontsize=9)
     for ax in axes:
-        ax.set_xlabel("epoch")
+        _epoch_axis(ax)
     axes[0].legend(fontsize=7)
     axes[1].legend(fontsize=7)
     fig.tight_layout()
     return fig
 
 
+def _epoch_axis(ax) -> None:
+    """An x axis of whole epochs (a 2-epoch run got ticks at 1.25, 1.5, ...)."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def plot_sigma_history(records: List[Dict]):
-    """Per layer, sigma mean (line) and min..max (band) over epochs, from ``sigma.json`` records."""
+    """Per layer, sigma mean (line) and min..max (band) over epochs, from ``sigma.json`` records (epoch 0: initial)."""
     plt = pyplot()
     layers = list(records[0]["sigma"])
     epochs = [r["epoch"] for r in records]
@@ -105,7 +113,7 @@ def plot_sigma_history(records: List[Dict]):
         mean = [v.mean() for v in values]
         ax.plot(epochs, mean, "o-", color=f"C{i}", label=name, markersize=3)
         ax.fill_between(epochs, [v.min() for v in values], [v.max() for v in values], color=f"C{i}", alpha=0.15)
-    ax.set_xlabel("epoch")
+    _epoch_axis(ax)
     ax.set_ylabel("sigma")
     ax.set_title("sigma per layer over training (line: mean; band: min..max)", fontsize=9)
     ax.legend(fontsize=6, ncol=2)

@@ -127,8 +127,10 @@ def _history_section(doc: Document, target: AnalysisTarget, out_dir: Path, tag: 
               f"{target.name}: loss, top-1 error and learning rate per epoch ({RunDir.METRICS}).")
     records = target.run_dir.sigma_records()
     if records and records[0]["sigma"]:
-        doc.image(_save(plot_sigma_history(records), out_dir, f"sigma-history-{tag}.png"),
-                  f"{target.name}: sigma per layer over the epochs ({RunDir.SIGMA}).")
+        start = {"epoch": 0, "sigma": {row.name: list(row.sigmas) for row in target.run_dir.envelopes(epoch=None,
+                                                                                                 initial=True)}}
+        doc.image(_save(plot_sigma_history([start] + records), out_dir, f"sigma-history-{tag}.png"),
+                  f"{target.name}: sigma per layer from its initial value (epoch 0) over the epochs ({RunDir.SIGMA}).")
     last = rows[-1]
     return {"epochs": len(rows), "final": {k: float(v) for k, v in last.items() if v not in (None, "")}}
 
