@@ -184,15 +184,24 @@ def issubclass_of_exception(obj) -> bool:
     return isinstance(obj, type) and issubclass(obj, Exception)
 
 
-def test_the_readmes_summary_of_the_study_quotes_the_report():
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("## What holds at small scale", 1)[1].split("\n## ", 1)[0]
-    quoted = re.findall(r"\(Table (\w+)\): Δ (.+?), (holds|does not hold|inconclusive)\.", section)
-    assert len(quoted) >= 3, "the README's summary quotes no claim"
-    rows = [[c.strip() for c in line.strip("|").split("|")]
-            for line in (ROOT / "docs" / "reproduction.md").read_text().splitlines() if line.startswith("| ")]
-    for table, delta, verdict in quoted:  # the same table, interval and verdict stand in the report's verdicts
-        assert any(r[0] == table and r[4] == delta and r[-1].startswith(verdict) for r in rows), (table, delta)
+def _verdict_rows(text: str, header: str):
+    """(table, claim, Δ, verdict) of each row of the markdown table whose header starts with ``header``."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(header))
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("| "):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        rows.append((cells[0], cells[1], cells[-2] if len(cells) == 4 else cells[4], cells[-1]))
+    return rows
+
+
+def test_the_readme_lists_every_verdict_of_the_report_one_for_one():
+    # the unfavourable ones included: the README once left out Table 2's "significantly worse"
+    report = _verdict_rows((ROOT / "docs" / "reproduction.md").read_text(), "| table | claim of the paper |")
+    readme = _verdict_rows((ROOT / "README.md").read_text(), "| table | claim of the paper (or of the study) |")
+    assert len(report) >= 20 and readme == report
 
 
 @pytest.mark.parametrize("page, commands", [("docs/gpu.md", 3), ("README.md", 5), ("docs/getting-started.md", None)])
