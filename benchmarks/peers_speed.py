@@ -50,15 +50,33 @@ ROWS: Dict[str, tuple] = {
 }
 
 
-def models(batch: int, repeats: int, image: int = 224, only=None, log=print) -> List[dict]:
-    """The model table: one row per entry of :data:`ROWS` (skipped, with the reason, when a package is missing)."""
+def _small(method: str, **options):
+    return lambda: envconv.create_model("small_resnet20", num_classes=10, in_chans=1, method=method, **options)
+
+
+#: The same rows on the study's own net (small_resnet20 on 1 x 28 x 28 Fashion-MNIST images, as the study builds them).
+SMALL_ROWS: Dict[str, tuple] = {
+    "envconv (ours)": (_small("gaussian"), True, 1.0),
+    "antialiased-cnns placement": (_small("blurpool", envelope_size=None), False, 1.0),
+    "timm blur before the conv": (_small("blur-before", envelope_size=None), False, 1.0),
+    "DCLS (9 taps in 5x5)": (_small("dcls", envelope_size=None, dilated_kernel_size=5), False, 0.4),
+}
+
+
+def models(batch: int, repeats: int, image: int = 224, only=None, log=print, net: str = "resnet50") -> List[dict]:
+    """The model table: one row per entry of :data:`ROWS` (skipped, with the reason, when a package is missing).
+
+    ``net="small_resnet20"``: the rows of :data:`SMALL_ROWS` against the plain small_resnet20 on
+    1-channel ``image`` x ``image`` inputs.
+    """
     torch.manual_seed(0)
-    plain = torchvision.models.resnet50().to(memory_format=torch.channels_last)
-    x = torch.randn(batch, 3, image, image).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 1000, (batch,))
+    small = net == "small_resnet20"
+    plain = (_small("none")() if small else torchvision.models.resnet50()).to(memory_format=torch.channels_last)
+    x = torch.randn(batch, 1 if small else 3, image, image).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10 if small else 1000, (batch,))
     plain_memory = training_memory(plain, x, y)["total"]
     rows = []
-    for name, (build, shrinks, factor) in ROWS.items():
+    for name, (build, shrinks, factor) in (SMALL_ROWS if small else ROWS).items():
         if only and name not in only:
             continue
         try:
@@ -137,8 +155,10 @@ def _cell(ratio: dict) -> str:
 
 def markdown(result: dict) -> str:
     m = result["machine"]
-    lines = [f"## envconv and its peers on ResNet-50 ({result['date']}, {m['cpu']}, {m['threads']} threads)", "",
-             f"Converted / plain ResNet-50, batch {result['batch']}, 224 x 224, channels_last; median of paired "
+    small = result.get("net") == "small_resnet20"
+    net, size = ("small_resnet20", "1 x 28 x 28") if small else ("ResNet-50", "224 x 224")
+    lines = [f"## envconv and its peers on {net} ({result['date']}, {m['cpu']}, {m['threads']} threads)", "",
+             f"Converted / plain {net}, batch {result['batch']}, {size}, channels_last; median of paired "
              f"ratios [quartiles]; training at envconv's k_g = 9, inference with envconv shrunk to 3 taps.", "",
              "| row | training step | inference | training memory | extra parameters |", "|---|---|---|---|---|"]
     for r in result["models"]:
@@ -147,6 +167,8 @@ def markdown(result: dict) -> str:
             continue
         lines.append(f"| {r['row']} | {_cell(r['training_k9'])} | {_cell(r['inference'])} | {r['memory']:.3f}x | "
                      f"{r['extra_parameters']:+.1%} |")
+    if not result["layer"]:
+        return "\n".join(lines) + "\n"
     lines += ["", "At ResNet-50's `layer2.0.conv2` (128 channels, 56 x 56, 3 x 3 at stride 2), each replacement / the "
               "plain convolution:", "", "| row | forward | forward + backward |", "|---|---|---|"]
     for r in result["layer"]:
@@ -163,6 +185,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--quick", action="store_true", help="a smoke run: tiny images, two rows, 2 repeats")
     p.add_argument("--save", action="store_true", help="write results/<date>-<machine>-peers.json and .md")
+    p.add_argument("--net", choices=("resnet50", "small_resnet20"), default="resnet50",
+                   help="small_resnet20: the study's net at its batch (128) on 28 x 28 images; no layer table")
     args = p.parse_args()
     import datetime
 
@@ -170,16 +194,20 @@ def main() -> None:
         args.batch = 2
         result_models = models(2, 2, image=64, only=["envconv (ours)", "timm blur before the conv"])
         result_layer = layer(1, 2)
+    elif args.net == "small_resnet20":
+        args.batch = 128 if args.batch == 8 else args.batch
+        result_models, result_layer = models(args.batch, args.repeats, image=28, net=args.net), []
     else:
         result_models, result_layer = models(args.batch, args.repeats), layer(args.batch, args.repeats)
     info = machine_info()
-    result = {"date": datetime.date.today().isoformat(), "batch": args.batch,
+    result = {"date": datetime.date.today().isoformat(), "batch": args.batch, "net": args.net,
               "machine": {"cpu": info["cpu"], "threads": info["threads"], "torch": info["torch"]},
               "models": result_models, "layer": result_layer}
     print(markdown(result))
     if args.save:
         cpu = "".join(c if c.isalnum() else "-" for c in info["cpu"].lower()).strip("-")
-        stem = Path(__file__).parent / "results" / f"{result['date']}-{cpu}-{info['threads']}t-peers"
+        small = "-small-resnet20" if args.net == "small_resnet20" else ""
+        stem = Path(__file__).parent / "results" / f"{result['date']}-{cpu}-{info['threads']}t-peers{small}"
         stem.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
         stem.with_suffix(".md").write_text(markdown(result))
         print(f"wrote {stem}.json and .md")
