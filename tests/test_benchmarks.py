@@ -141,3 +141,24 @@ def test_peers_layer_table_builds_every_replacement_of_one_strided_conv():
     table = peers_speed.markdown(result)
     assert "| envconv (ours) | 1.500x [1.250-1.750] | 1.500x [1.250-1.750] | 1.000x | +0.0% |" in table
     assert "| DCLS | skipped: no module named DCLS |" in table
+
+
+def test_peers_on_the_studys_small_net_build_every_row_and_report_the_net():
+    from benchmarks import peers_speed
+
+    x = torch.randn(2, 1, 28, 28)
+    plain = peers_speed._small("none")()
+    for name, (build, _, _) in peers_speed.SMALL_ROWS.items():
+        try:
+            model = build()
+        except ImportError:  # a peer package that is not installed
+            continue
+        assert model(x).shape == plain(x).shape == (2, 10), name
+        assert sum(isinstance(m, torch.nn.Conv2d) for m in model.modules()) >= 1
+    fake = {"count": 7, "median": 1.375, "q1": 1.25, "q3": 1.5}
+    table = peers_speed.markdown({"date": "2026-12-07", "batch": 128, "net": "small_resnet20",
+                                  "machine": {"cpu": "CPU", "threads": 2}, "layer": [],
+                                  "models": [{"row": "envconv (ours)", "training_k9": fake, "inference": fake,
+                                              "memory": 1.0, "extra_parameters": 0.0}]})
+    assert table.startswith("## envconv and its peers on small_resnet20 (2026-12-07, CPU, 2 threads)")
+    assert "batch 128, 1 x 28 x 28" in table and "layer2.0.conv2" not in table
