@@ -72,3 +72,13 @@ def test_clips_refuses_more_clips_than_the_split_has(fashion_root, tmp_path):
     assert done.returncode == 2  # the command line's code for bad input
     assert "--test-count must be 1 to 64 (the test split's images), got 65" in done.stderr
     assert not (tmp_path / "out" / "results.json").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["eval", "--checkpoint", "run/last.pt", "--envelope-size", "3_3"], "envelope size must be an odd integer"),
+    (["clips", "--out", "x", "--noise", "nan"], "argument --noise: expected a finite decimal number, got 'nan'"),
+])
+def test_the_command_line_itself_exits_2_naming_the_odd_number(argv, message, tmp_path):
+    done = subprocess.run([sys.executable, "-m", "envconv", *argv], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
+    assert list(tmp_path.iterdir()) == []  # no eval file (it was eval-last-k33.json), no clips results
