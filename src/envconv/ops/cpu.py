@@ -42,7 +42,8 @@ from .build_info import INFO, LIBRARY, cpu_tag
 from .composite import per_axis
 from .layout import is_channels_last, memory_format
 
-__all__ = ["available", "load", "build_tag", "main", "unavailable_reason", "supports", "forward", "backward"]
+__all__ = ["available", "load", "build_tag", "build_directory", "packaged_mismatch", "main", "unavailable_reason",
+           "supports", "forward", "backward"]
 
 _PACKAGE = Path(__file__).resolve().parent.parent
 _SOURCE = _PACKAGE / "csrc" / "envelope_cpu.cpp"
