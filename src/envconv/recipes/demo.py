@@ -175,9 +175,10 @@ def main(args: argparse.Namespace) -> int:
     if minutes is None:
         print("(no study results here to estimate the time from; a line every 30 s says how it goes)")
     else:
-        print(f"Expected: about {minutes:.0f} min of training at the study's median pace on 2-core CPUs "
-              f"({args.study_results}), then the analysis report; this machine may be faster or slower. "
-              f"A line every 30 s says how it goes.", flush=True)
+        amount = f"about {minutes:.0f} min" if minutes >= 1 else "under a minute"
+        print(f"Expected: at most {amount} of training (the study's median pace, {args.study_results}: "
+              f"one thread per run, two runs sharing 2 cores; one run alone goes faster), then the analysis "
+              f"report. A line every 30 s says how it goes.", flush=True)
     summaries = run_demo(args.out_dir, epochs=args.epochs, train_subset=args.train_subset or None, root=args.root,
                          extra=args.overrides)
     print(format_demo(summaries, study_spread(args.study_results)))
