@@ -15,7 +15,7 @@ import argparse
 import csv
 import shutil
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from .arguments import positive_int
 from .config import resolve_config
@@ -55,6 +55,18 @@ def run_demo(out_dir: str = "runs/demo", *, epochs: int = 2, train_subset: Optio
     return summaries
 
 
+def _training_rows(path: Path) -> Optional[List[Tuple[str, Dict[str, str]]]]:
+    """``(entry, row)`` of the study's training rows of ``gaussian`` and ``none`` in ``results.csv`` (None without it).
+
+    Evaluation rows of a checkpoint (``k_g = 3`` at inference) have no training time and are left out.
+    """
+    if not path.is_file():
+        return None
+    with open(path, newline="") as f:
+        rows = [(row["run"].rsplit("_seed", 1)[0], row) for row in csv.DictReader(f)]
+    return [(entry, row) for entry, row in rows if entry in ("gaussian", "none") and row["train_seconds"]]
+
+
 def study_spread(path: Path = STUDY_RESULTS) -> Optional[Dict[str, Any]]:
     """The seed-to-seed spread of ours vs none in the study's ``results.csv`` (None without one).
 
@@ -63,16 +75,14 @@ def study_spread(path: Path = STUDY_RESULTS) -> Optional[Dict[str, Any]]:
     """
     from .study.stats import paired_difference, summarize
 
-    if not path.is_file():
+    rows = _training_rows(path)
+    if rows is None:
         return None
     errors: Dict[str, Dict[int, float]] = {"gaussian": {}, "none": {}}
     epochs = set()
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            entry = row["run"].rsplit("_seed", 1)[0]
-            if entry in errors and row["train_seconds"]:  # a training row, not an evaluation of its checkpoint
-                errors[entry][int(row["seed"])] = float(row["test_top1_err"])
-                epochs.add(int(row["epochs"]))
+    for entry, row in rows:
+        errors[entry][int(row["seed"])] = float(row["test_top1_err"])
+        epochs.add(int(row["epochs"]))
     seeds = sorted(set(errors["gaussian"]) & set(errors["none"]))
     if len(seeds) < 2:
         return None
@@ -91,14 +101,12 @@ def study_pace(path: Path = STUDY_RESULTS) -> Optional[Dict[str, float]]:
     """
     import statistics
 
-    if not path.is_file():
+    rows = _training_rows(path)
+    if rows is None:
         return None
     pace: Dict[str, List[float]] = {"gaussian": [], "none": []}
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            entry = row["run"].rsplit("_seed", 1)[0]
-            if entry in pace and row["train_seconds"]:
-                pace[entry].append(float(row["train_seconds"]) / int(row["epochs"]))
+    for entry, row in rows:
+        pace[entry].append(float(row["train_seconds"]) / int(row["epochs"]))
     return {k: statistics.median(v) for k, v in pace.items()} if all(pace.values()) else None
 
 
