@@ -18,7 +18,6 @@ with paired t intervals and the learned sigmas per axis, and its figure.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
@@ -30,16 +29,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-try:
-    import fcntl
-except ImportError:  # Windows: no lock (one process per --out)
-    fcntl = None
-
 from ..convert import disentangle
 from ..envelope import GaussianEnvelope
+from ..state_dict import atomic_write_bytes
 from .arguments import non_negative_float, non_negative_int, positive_int
 from .data import FASHION_MNIST_ROOT, FashionMNIST
-from .rundir import try_lock
+from .rundir import hold_lock, try_lock
 from .study.stats import paired_difference, summarize
 from .training.optim import parameter_groups
 
@@ -133,21 +128,6 @@ def train_variant(variant: str, seed: int, train: tuple, test: tuple, *, epochs:
             "sigmas": _axis_sigmas(model)}
 
 
-def _write_json(path: Path, data) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)  # atomic: an interruption never leaves half a results file
-
-
-@contextlib.contextmanager
-def _locked(out: Path):
-    """Hold ``out``'s results lock (processes sharing ``--out`` take turns reading and writing results.json)."""
-    with open(out / ".results-mutex", "a") as handle:
-        if fcntl is not None:
-            fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes
-        yield
-
-
 def _read_results(path: Path, setup: dict) -> dict:
     results = json.loads(path.read_text()) if path.exists() else {"setup": setup, "runs": []}
     if results["setup"] != setup:
@@ -180,13 +160,13 @@ def run_clips(data: Optional[os.PathLike], out: os.PathLike, seeds: Sequence[int
     path = out / "results.json"
     setup = {"epochs": epochs, "train_count": train_count, "test_count": test_count, "noise": noise,
              "frames": FRAMES, "canvas": CANVAS}
-    with _locked(out):
+    with hold_lock(out / ".results-mutex"):
         _read_results(path, setup)
     train, test = _split(data, "train", train_count, 1, noise), _split(data, "test", test_count, 2, noise)
     for seed in seeds:
         for variant in variants:
             with try_lock(out / f".claim-{variant}-seed{seed}") as mine:
-                with _locked(out):
+                with hold_lock(out / ".results-mutex"):
                     done = {(r["variant"], r["seed"]) for r in _read_results(path, setup)["runs"]}
                 if (variant, seed) in done:
                     continue
@@ -196,11 +176,11 @@ def run_clips(data: Optional[os.PathLike], out: os.PathLike, seeds: Sequence[int
                 log(f"{variant}, seed {seed}:")
                 row = train_variant(variant, seed, train, test, epochs=epochs, log=log)
                 log(f"  test accuracy {row['accuracy']:.2f}%")
-                with _locked(out):
+                with hold_lock(out / ".results-mutex"):
                     results = _read_results(path, setup)
                     results["runs"].append(row)
-                    _write_json(path, results)
-    with _locked(out):
+                    atomic_write_bytes((json.dumps(results, indent=1) + "\n").encode(), path)
+    with hold_lock(out / ".results-mutex"):
         return _read_results(path, setup)["runs"]
 
 

@@ -42,11 +42,24 @@ try:
 except ImportError:  # Windows: no run-directory lock
     fcntl = None
 
-__all__ = ["RunDir", "RunInUseError", "try_lock", "load_checkpoint", "model_from_checkpoint", "CHECKPOINT_KEYS",
-           "checkpoint_of", "check_writable"]
+__all__ = ["RunDir", "RunInUseError", "try_lock", "hold_lock", "load_checkpoint", "model_from_checkpoint",
+           "CHECKPOINT_KEYS", "checkpoint_of", "check_writable"]
 
 #: Entries every training checkpoint holds.
 CHECKPOINT_KEYS = ("model", "config", "epoch")
+
+
+@contextlib.contextmanager
+def hold_lock(path: Path) -> Iterator[None]:
+    """Wait for and hold an exclusive lock on the file ``path``, kept in place (processes take turns).
+
+    Unlike :func:`try_lock`, the file is never removed: a waiter must lock the same file as the
+    holder. Without ``fcntl`` (Windows) there is no lock.
+    """
+    with open(path, "a") as handle:
+        if fcntl is not None:
+            fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes
+        yield
 
 
 class RunInUseError(FileExistsError):
