@@ -32,7 +32,7 @@ from . import composite
 from .composite import CONV
 from .dispatch import stem_backward_applies
 from .layout import memory_format
-from .library import autocast_args, envelope_kernels, op_size, size_args, strided
+from .library import autocast_args, envelope_kernels, has_tangent, op_size, size_args, strided
 
 __all__ = ["apply"]
 
@@ -537,10 +537,7 @@ def _differentiating(args) -> bool:
     tensors = [a for a in args if isinstance(a, Tensor)]
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return True
-    try:
-        return any(torch.autograd.forward_ad.unpack_dual(t).tangent is not None for t in tensors)
-    except RuntimeError:  # vmap's tensor (vmap has no rule for it): the op's vmap rule asks again one level down
-        return False
+    return has_tangent(tensors)
 
 
 def apply(name: str, *args):

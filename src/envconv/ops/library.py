@@ -120,9 +120,17 @@ def _run_kernel(x: Tensor, one: bool, kernels: List[Tensor], stride: List[int], 
     return out.contiguous(memory_format=memory_format(x))
 
 
+def has_tangent(tensors) -> bool:
+    """Whether a tensor of ``tensors`` (``None`` allowed) carries a forward-mode tangent at the current level."""
+    try:
+        return any(t is not None and torch.autograd.forward_ad.unpack_dual(t).tangent is not None for t in tensors)
+    except RuntimeError:  # vmap's tensor (vmap has no rule for it): the op's vmap rule asks again one level down
+        return False
+
+
 def _refuse_tangents(*tensors) -> None:
     """The ops' own autograd has no forward mode (its tangent would silently be zero): say what does."""
-    if any(t is not None and torch.autograd.forward_ad.unpack_dual(t).tangent is not None for t in tensors):
+    if has_tangent(tensors):
         raise RuntimeError("torch.ops.envconv.* called directly has no forward-mode AD; call envconv.functional "
                            "(or an envconv layer), whose calls of the ops support it")
 
