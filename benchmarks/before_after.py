@@ -4,7 +4,10 @@ Runs in the process's envconv (point ``PYTHONPATH`` at another checkout's ``src`
 ResNet-50 (batch 8, 224 x 224, channels_last) inference with the envelopes shrunk to 3 taps and a
 training step at 9 taps, and ``r3d_18`` (clips 2 x 3 x 8 x 112 x 112, channels_last_3d) a training
 step at 9 taps; paired, interleaved ratios (``benchmarks.timing``). Prints one JSON line. ``--layers``:
-the forward + backward time of ``r3d_18``'s three kinds of converted layer alone.
+the forward + backward time of ``r3d_18``'s three kinds of converted layer alone. ``--stems``: a
+converted stem / the plain stem conv (ResNet-50's on 8 x 3 x 224 x 224 and ResNet-20's on
+32 x 3 x 28 x 28, k_g 9, both layouts), forward and a training step (input without gradient), and
+``small_resnet20`` whole (batch 128 of 1 x 28 x 28), a training step and inference.
 
     PYTHONPATH=../old/src python -m benchmarks.before_after --label before
     python -m benchmarks.before_after --label after
@@ -19,6 +22,7 @@ import torch
 import torchvision
 
 import envconv
+from envconv.models import create_model
 
 from .model_speed import _inference, _training_step
 from .timing import paired_ratio
@@ -78,13 +82,62 @@ def layers(steps: int = 15) -> dict:
     return out
 
 
+def _forward(m, x):
+    def run():
+        with torch.no_grad():
+            m(x)
+    return run
+
+
+def _step(m, x):
+    return lambda: m(x).sum().backward()
+
+
+def stems(repeats: int = 7) -> dict:
+    """Converted / plain ratios of a stem layer alone: forward (no grad) and forward + backward."""
+    out = {}
+    for name, (conv, shape) in {"resnet50": (lambda: torch.nn.Conv2d(3, 64, 7, 2, 3, bias=False), (8, 3, 224, 224)),
+                                "resnet20": (lambda: torch.nn.Conv2d(3, 16, 3, 1, 1, bias=False), (32, 3, 28, 28))
+                                }.items():
+        for layout in (torch.contiguous_format, torch.channels_last):
+            torch.manual_seed(0)
+            plain = conv().to(memory_format=layout)
+            converted = envconv.DisentangledConv2d.from_conv(plain, envelope_size=9)
+            x = torch.randn(shape).contiguous(memory_format=layout)
+
+            tag = f"{name}_{'channels_last' if layout == torch.channels_last else 'nchw'}"
+            out[f"{tag}_forward"] = paired_ratio(_forward(converted, x), _forward(plain, x), repeats=repeats).as_dict()
+            out[f"{tag}_step"] = paired_ratio(_step(converted, x), _step(plain, x), repeats=repeats).as_dict()
+    return {**out, **small_net(repeats)}
+
+
+def small_net(repeats: int = 9) -> dict:
+    """Converted / plain ``small_resnet20`` (the study's net): a training step and inference, both layouts."""
+    out = {}
+    for name, layout in (("nchw", torch.contiguous_format), ("channels_last", torch.channels_last)):
+        torch.manual_seed(0)
+        plain = create_model("small_resnet20", num_classes=10, in_chans=1, method="none").to(memory_format=layout)
+        conv = create_model("small_resnet20", num_classes=10, in_chans=1).to(memory_format=layout)
+        x = torch.randn(128, 1, 28, 28).contiguous(memory_format=layout)
+        y = torch.randint(0, 10, (128,))
+        out[f"small_resnet20_{name}_step"] = paired_ratio(_training_step(conv, x, y), _training_step(plain, x, y),
+                                                          repeats=repeats).as_dict()
+        out[f"small_resnet20_{name}_inference"] = paired_ratio(_inference(conv, x), _inference(plain, x),
+                                                               repeats=repeats).as_dict()
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--label", default="this checkout")
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--layers", action="store_true", help="time r3d_18's converted layers alone instead")
+    p.add_argument("--stems", action="store_true", help="time a converted stem layer against the plain one instead")
     args = p.parse_args()
-    result = {"layers_s": layers()} if args.layers else measure(args.repeats)
+    if args.layers:
+        result = {"layers_s": layers()}
+    else:
+        result = stems(args.repeats) if args.stems else measure(args.repeats)
     print(json.dumps({"label": args.label, **result}), flush=True)
 
 

@@ -1,4 +1,4 @@
-"""The two C++ CPU kernel families on 2-D maps: the 2-D ring kernel against the pass-per-axis (N-D) kernel.
+"""The C++ CPU kernel's two loops on 2-D maps: the 2-D ring loop against the pass-per-axis (N-D) loop.
 
 Both compute the same envelope (one sigma per channel, zero padding) and its backward (input
 and sigma gradients, eq. (8)); this times them head to head - ring / N-D, paired and
@@ -35,9 +35,9 @@ def _runners(x: torch.Tensor, size: int, stride: int, train: bool) -> Dict[str, 
     y = cpu.forward(x, g, s)
     gy = torch.randn_like(y)
     if train:
-        return {"ring": lambda: (cpu.forward(x, g, s), cpu.backward(gy, x, g, d, s, True)),
-                "nd": lambda: (cpu.forward(x, [g, g], s), cpu.backward(gy, x, [g, g], [d, d], s, True))}
-    return {"ring": lambda: cpu.forward(x, g, s), "nd": lambda: cpu.forward(x, [g, g], s)}
+        return {"ring": lambda: (cpu.forward(x, g, s, ring=True), cpu.backward(gy, x, g, d, s, True, ring=True)),
+                "nd": lambda: (cpu.forward(x, g, s, ring=False), cpu.backward(gy, x, g, d, s, True, ring=False))}
+    return {"ring": lambda: cpu.forward(x, g, s, ring=True), "nd": lambda: cpu.forward(x, g, s, ring=False)}
 
 
 def run(batch: int = 8, repeats: int = 9, quick: bool = False, log=print) -> List[dict]:

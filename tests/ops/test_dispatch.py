@@ -61,6 +61,10 @@ def test_dispatch_rules_on_cpu():
     assert dispatch.forward_impl(nchw[..., :20, :20], 9, [1, 1], "zeros") == "full"  # small map
     assert dispatch.backward_impl(nchw, 9, [1, 1], "zeros") == "cpp"
     assert dispatch.backward_impl(cl.bfloat16(), 9, [1, 1], "zeros") == "separable"
+    stem = torch.randn(2, 3, 32, 32)  # a 2-D stem runs the pass-per-axis loop, as 1-D and 3-D stems do
+    assert not dispatch.ring_loop_applies(stem, per_axis=False) and dispatch.ring_loop_applies(nchw, per_axis=False)
+    assert not dispatch.ring_loop_applies(nchw, per_axis=True)
+    assert dispatch.forward_impl(stem, 9, [1, 1], "zeros") == "cpp"
     with pytest.raises(ValueError, match="impl must be one of"):
         dispatch.forward_impl(cl, 9, [1, 1], "zeros", "fast")
 

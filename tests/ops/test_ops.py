@@ -12,6 +12,7 @@ import torch
 
 import reference
 from envconv import functional
+from envconv import kernels as EF
 from envconv.ops import cpu, dispatch
 
 TOL = {torch.float64: dict(rtol=1e-10, atol=1e-10), torch.float32: dict(rtol=2e-5, atol=2e-5)}
@@ -63,7 +64,7 @@ def check_against_reference(impl, dtype, channels_last, stride, size, padding_mo
     if case[0] != "cpp" or case[4] == "zeros"])  # the C++ kernel pads with zeros (forcing it otherwise raises)
 def test_cpu_impls_match_reference(dtype, impl, channels_last, stride, size, padding_mode):
     needs(impl, padding_mode)
-    for channels in (3, 17):  # the C++ kernel has a few-channel and a many-channel path
+    for channels in (3, 17):  # the C++ kernel's two loops: pass per axis below 16 channels, ring above
         check_against_reference(impl, dtype, channels_last, stride, size, padding_mode, channels)
 
 
@@ -185,3 +186,19 @@ def test_an_empty_batch_goes_forward_and_backward_through_every_op(impl, channel
         assert out.shape == (0, 4, 9, 9)
         out.sum().backward()
         assert torch.equal(r.grad, torch.zeros(channels))
+
+
+@pytest.mark.parametrize("channels, stride", [(3, [1, 1]), (17, [2, 2])])
+def test_the_cpp_kernels_two_loops_agree(channels, stride):
+    """The ring loop and the pass-per-axis loop compute one envelope and one backward, whichever the rule picks."""
+    needs("cpp")
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, channels, 11, 9, dtype=torch.float64, generator=gen)
+    raw = torch.randn(channels, dtype=torch.float64, generator=gen)
+    g, d = EF.gaussian_kernel1d(raw, 5), EF.gaussian_kernel1d_derivative(raw, 5)
+    ring, axes = cpu.forward(x, g, stride, ring=True), cpu.forward(x, g, stride, ring=False)
+    torch.testing.assert_close(ring, axes)
+    gy = torch.randn(ring.shape, dtype=torch.float64, generator=gen)
+    ring, axes = (cpu.backward(gy, x, g, d, stride, True, ring=loop) for loop in (True, False))
+    for a, b in zip(ring, axes):
+        torch.testing.assert_close(a, b)

@@ -18,7 +18,7 @@
 
 namespace {
 
-// Below this many channels, stride-1 envelopes use the whole-row loops.
+// Rows of fewer values than this (the pass-per-axis kernel's M) are filtered a block at a time.
 constexpr int64_t kRowChannels = 16;
 
 // One W-pass row: out[ow, c] = sum_j g[j, c] * xrow[ow * sw + j - r, c].
@@ -67,102 +67,6 @@ void forward_ring(const T* x, const T* g, T* y, int64_t N, int64_t H, int64_t W,
       }
     }
   });
-}
-
-// ---- stride 1, few channels (the stem): loops over whole rows of W*C values, so they vectorise
-// ---- however small C is. pat[j][m] = g[j][m % C] repeats each tap's channel weights along a row.
-template <typename T>
-std::vector<T> pattern(const T* g, int64_t k, int64_t C, int64_t len) {
-  std::vector<T> pat(k * len);
-  for (int64_t j = 0; j < k; ++j)
-    for (int64_t m = 0; m < len; ++m) pat[j * len + m] = g[j * C + m % C];
-  return pat;
-}
-
-// out[m] (+)= sum_j pat[j][m] * in[m + (j - r) * C], for m with 0 <= m + (j - r) * C < len.
-template <typename T>
-void shifted_sum(const T* __restrict__ in, const T* __restrict__ pat, T* __restrict__ out, int64_t k, int64_t C,
-                 int64_t len, bool transpose) {
-  const int64_t r = k / 2;
-  for (int64_t m = 0; m < len; ++m) out[m] = T(0);
-  for (int64_t j = 0; j < k; ++j) {
-    const int64_t shift = (transpose ? (r - j) : (j - r)) * C;
-    const int64_t lo = shift < 0 ? -shift : 0, hi = shift > 0 ? len - shift : len;
-    const T* __restrict__ pj = pat + j * len;
-    for (int64_t m = lo; m < hi; ++m) out[m] += pj[m] * in[m + shift];
-  }
-}
-
-template <typename T>
-void forward_rows(const T* x, const T* g, T* t, T* y, int64_t N, int64_t H, int64_t W, int64_t C, int64_t k) {
-  const int64_t len = W * C, r = k / 2;
-  const auto pat = pattern(g, k, C, len);
-  at::parallel_for(0, N * H, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t row = begin; row < end; ++row)
-      shifted_sum(x + row * len, pat.data(), t + row * len, k, C, len, false);
-  });
-  at::parallel_for(0, N * H, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t idx = begin; idx < end; ++idx) {
-      const int64_t n = idx / H, h = idx % H;
-      T* __restrict__ yrow = y + idx * len;
-      for (int64_t m = 0; m < len; ++m) yrow[m] = T(0);
-      for (int64_t i = 0; i < k; ++i) {
-        const int64_t hh = h + i - r;
-        if (hh < 0 || hh >= H) continue;
-        const T* __restrict__ trow = t + (n * H + hh) * len;
-        const T* __restrict__ pi = pat.data() + i * len;
-        for (int64_t m = 0; m < len; ++m) yrow[m] += pi[m] * trow[m];
-      }
-    }
-  });
-}
-
-// grad_x (if px_grad) and the per-position sigma-gradient terms, summed per channel into graw.
-template <typename T>
-void backward_rows(const T* gy, const T* x, const T* g, const T* gd, T* t, T* gx, T* graw, int64_t N,
-                   int64_t H, int64_t W, int64_t C, int64_t k) {
-  const int64_t len = W * C, r = k / 2;
-  const auto pat = pattern(g, k, C, len), dpat = pattern(gd, k, C, len);
-  at::parallel_for(0, N * H, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t row = begin; row < end; ++row)
-      shifted_sum(x + row * len, pat.data(), t + row * len, k, C, len, false);
-  });
-  std::mutex lock;
-  std::map<int64_t, std::vector<T>> partials;
-  // One pass over the rows: gt = pass_h^T(gy) for row h (kept in a row buffer, never stored),
-  // then gx = pass_w^T(gt) for the same row; acc collects both halves of eq. (8).
-  at::parallel_for(0, N * H, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> acc(len, T(0)), z(len), gtbuf(len);
-    for (int64_t idx = begin; idx < end; ++idx) {
-      const int64_t n = idx / H, h = idx % H;
-      T* __restrict__ gtrow = gtbuf.data();
-      T* __restrict__ zz = z.data();
-      for (int64_t m = 0; m < len; ++m) gtrow[m] = zz[m] = T(0);
-      for (int64_t i = 0; i < k; ++i) {
-        const int64_t hy = h - i + r, ht = h + i - r;
-        const T* __restrict__ pi = pat.data() + i * len;
-        const T* __restrict__ di = dpat.data() + i * len;
-        if (hy >= 0 && hy < H) {
-          const T* __restrict__ gyrow = gy + (n * H + hy) * len;
-          for (int64_t m = 0; m < len; ++m) gtrow[m] += pi[m] * gyrow[m];
-        }
-        if (ht >= 0 && ht < H) {
-          const T* __restrict__ trow = t + (n * H + ht) * len;
-          for (int64_t m = 0; m < len; ++m) zz[m] += di[m] * trow[m];
-        }
-      }
-      const T* __restrict__ gyrow = gy + idx * len;
-      T* __restrict__ a = acc.data();
-      for (int64_t m = 0; m < len; ++m) a[m] += gyrow[m] * zz[m];
-      if (gx != nullptr) shifted_sum<T>(gtrow, pat.data(), gx + idx * len, k, C, len, true);
-      shifted_sum<T>(x + idx * len, dpat.data(), zz, k, C, len, false);
-      for (int64_t m = 0; m < len; ++m) a[m] += gtrow[m] * zz[m];
-    }
-    std::lock_guard<std::mutex> guard(lock);
-    partials[begin] = std::move(acc);
-  });
-  for (const auto& item : partials)
-    for (int64_t m = 0; m < len; ++m) graw[m % C] += item.second[m];
 }
 
 // 4-D sizes of a channels_last tensor, checked.
@@ -610,12 +514,6 @@ torch::Tensor envelope_forward(const torch::Tensor& x, const torch::Tensor& g, i
   auto opts = x.options();
   auto y = torch::empty({N, C, OH, OW}, opts.memory_format(at::MemoryFormat::ChannelsLast));
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "envelope_forward", [&] {
-    if (sh == 1 && sw == 1 && C < kRowChannels) {
-      auto t = torch::empty({N, C, H, OW}, opts.memory_format(at::MemoryFormat::ChannelsLast));
-      forward_rows<scalar_t>(x.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(), t.data_ptr<scalar_t>(),
-                             y.data_ptr<scalar_t>(), N, H, W, C, k);
-      return;
-    }
     forward_ring<scalar_t>(x.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), N, H, W, C, k, sh,
                            sw, OH, OW);
   });
@@ -645,11 +543,6 @@ std::tuple<torch::Tensor, torch::Tensor> envelope_backward(const torch::Tensor& 
     const T *px = x.data_ptr<T>(), *pg = g.data_ptr<T>(), *pgd = gd.data_ptr<T>(), *pgy = gy.data_ptr<T>();
     T* pgr = graw.data_ptr<T>();
     T* pgx = need_x ? gx.data_ptr<T>() : nullptr;
-    if (sh == 1 && sw == 1 && C < kRowChannels) {
-      auto t = torch::empty({N, C, H, OW}, cl);
-      backward_rows<T>(pgy, px, pg, pgd, t.data_ptr<T>(), pgx, pgr, N, H, W, C, k);
-      return;
-    }
     const int64_t rowlen = OW * C;
     // per-chunk partial sums of the sigma gradient, added in chunk order: deterministic results
     std::mutex lock;

@@ -3,11 +3,12 @@
 ``csrc/envelope_cpu.cpp`` computes the 1-D passes with loops that vectorise over contiguous
 memory, and a backward that takes the sigma gradient from the paper's eq. (8) - one
 derivative-of-Gaussian pass per axis and a dot product - instead of the generic depth-wise
-weight gradient. Two kernel pairs: 2-D maps with one sigma per channel run a two-pass kernel on
-channels_last memory that keeps the width pass in a ring of rows (never stored whole); 1-D and
-3-D maps and a sigma per axis run one pass per axis (last axis first) on contiguous or
-channels_last memory, the backward sweeping the passes in reverse with each axis's sigma
-gradient taken on the way. It registers its functions as ops
+weight gradient. Two loop orders, chosen by the measured rule
+:func:`envconv.ops.dispatch.ring_loop_applies`: 2-D maps with one sigma per channel and 16 or
+more channels run a two-pass loop on channels_last memory that keeps the width pass in a ring of
+rows (never stored whole); every other map runs one pass per axis (last axis first) on
+contiguous or channels_last memory, the backward sweeping the passes in reverse with each axis's
+sigma gradient taken on the way. It registers its functions as ops
 with ``TORCH_LIBRARY_FRAGMENT(envconv, ...)``; :mod:`envconv.ops.library` calls them inside
 the public ``envconv::envelope`` ops on CPU tensors.
 
@@ -194,14 +195,20 @@ def _nd_input(x: torch.Tensor) -> torch.Tensor:
     return x if is_channels_last(x) else x.contiguous()
 
 
-def forward(x: torch.Tensor, kernel, stride: Sequence[int]) -> torch.Tensor:
+def _ring(x: torch.Tensor, kernel) -> bool:
+    from .dispatch import ring_loop_applies  # dispatch imports this module
+
+    return ring_loop_applies(x, per_axis=not isinstance(kernel, torch.Tensor))
+
+
+def forward(x: torch.Tensor, kernel, stride: Sequence[int], ring: Optional[bool] = None) -> torch.Tensor:
     """The envelope of ``x`` with 1-D kernels, output every ``stride`` positions, in ``x``'s memory format.
 
     ``kernel``: one (C, k) tensor for every spatial axis, or a sequence of them, one per axis (as
-    in ``envconv.ops.composite.forward``). 2-D maps with one kernel run the two-pass kernel
-    that keeps the width pass in a ring of rows; other cases run a pass per axis.
+    in ``envconv.ops.composite.forward``). ``ring``: force the loop order (the ring takes 2-D maps
+    and one kernel); by default :func:`~envconv.ops.dispatch.ring_loop_applies` decides.
     """
-    if x.dim() == 4 and isinstance(kernel, torch.Tensor):
+    if _ring(x, kernel) if ring is None else ring:
         y = torch.ops.envconv._cpu_envelope_forward(_channels_last(x), kernel.to(x.dtype).t().contiguous(), *stride)
         return _like_input(y, x)
     kernels = per_axis(kernel, x.dim() - 2)
@@ -210,13 +217,13 @@ def forward(x: torch.Tensor, kernel, stride: Sequence[int]) -> torch.Tensor:
 
 
 def backward(grad: torch.Tensor, x: torch.Tensor, kernel, dkernel, stride: Sequence[int],
-             need_x: bool) -> Tuple[Optional[torch.Tensor], torch.Tensor]:
+             need_x: bool, ring: Optional[bool] = None) -> Tuple[Optional[torch.Tensor], torch.Tensor]:
     """``(grad_x or None, sigma gradient)`` by the eq. (8) backward.
 
-    ``kernel`` / ``dkernel``: as in :func:`forward`. The sigma gradient is per channel (C,) for
-    one kernel, per channel and axis (C, n) for one kernel per axis.
+    ``kernel`` / ``dkernel`` / ``ring``: as in :func:`forward`. The sigma gradient is per channel
+    (C,) for one kernel, per channel and axis (C, n) for one kernel per axis.
     """
-    if x.dim() == 4 and isinstance(kernel, torch.Tensor):
+    if _ring(x, kernel) if ring is None else ring:
         grad_x, grad_sigma = torch.ops.envconv._cpu_envelope_backward(
             grad.to(x.dtype), _channels_last(x), kernel.to(x.dtype).t().contiguous(),
             dkernel.to(x.dtype).t().contiguous(), *stride, need_x)

@@ -15,11 +15,12 @@ one per channel and axis.
 
 ``"auto"`` picks by measurement:
 
-* CPU, 2-D maps with one sigma per channel (``benchmarks/layer_speed.py``, oneDNN): forward
+* CPU, 2-D maps with one sigma per channel and 16 or more channels (``benchmarks/layer_speed.py``,
+  oneDNN; :func:`ring_loop_applies`): forward
   ``"full"`` for 3 taps, ``"cpp"`` on other channels_last input, else the composite forward
   (``"full"`` for maps of at most 28 x 28, ``"separable"`` otherwise); backward ``"cpp"`` in
   both layouts (0.18x-0.88x the time of autograd through the 1-D passes at ResNet-50's seven places).
-* CPU, 1-D and 3-D maps and a sigma or a size per axis: ``"cpp"`` where the kernel table of
+* CPU, 1-D and 3-D maps, 2-D stems and a sigma or a size per axis: ``"cpp"`` where the kernel table of
   ``benchmarks/nd_speed.py`` measured it faster (``_pass_per_axis_wins``: the backward at
   stride 1 and, strided, on channels_last maps of 16 or more channels and on contiguous stems;
   the forward of stems and sequences), the composite passes otherwise (2-D per-axis maps with
@@ -42,7 +43,7 @@ import torch
 from . import cpu
 from .layout import is_channels_last
 
-__all__ = ["IMPLS", "STEM_CHANNELS", "forward_impl", "backward_impl", "stem_backward_applies",
+__all__ = ["IMPLS", "STEM_CHANNELS", "forward_impl", "backward_impl", "ring_loop_applies", "stem_backward_applies",
            "triton_unsupported"]
 
 #: The implementations an envelope can be forced to (``impl=``); ``"auto"`` lets this module choose.
@@ -122,8 +123,15 @@ def _pass_per_axis_wins(x: torch.Tensor, stride: Sequence[int], backward: bool) 
     return not few if is_channels_last(x) else few
 
 
-def _one_kernel_2d(x: torch.Tensor, per_axis: bool) -> bool:
-    return x.dim() == 4 and not per_axis
+def ring_loop_applies(x: torch.Tensor, per_axis: bool) -> bool:
+    """Whether the C++ kernel runs its 2-D ring loop for ``x`` (else its pass-per-axis loop).
+
+    2-D maps with one sigma per channel and at least 16 channels: there the ring loop took
+    0.24-0.91x the pass-per-axis loop's forward + backward time on channels_last maps at
+    ResNet-50's places (``benchmarks/results/2026-12-06-amd-epyc-2t-cpp-families.md``). With
+    fewer channels (stems) the pass-per-axis loop serves, as it does for 1-D and 3-D stems.
+    """
+    return x.dim() == 4 and not per_axis and x.shape[1] >= 16
 
 
 def forward_impl(x: torch.Tensor, size: int, stride: Sequence[int], padding_mode: str, impl: str = "auto",
@@ -138,7 +146,7 @@ def forward_impl(x: torch.Tensor, size: int, stride: Sequence[int], padding_mode
         return "full"
     if not _cpp_ok(x, padding_mode) or x.device.type != "cpu":
         return _composite_forward(x, size)
-    if _one_kernel_2d(x, per_axis):
+    if ring_loop_applies(x, per_axis):
         return "cpp" if is_channels_last(x) else _composite_forward(x, size)
     return "cpp" if _pass_per_axis_wins(x, stride, backward=False) else _composite_forward(x, size)
 
@@ -172,6 +180,6 @@ def backward_impl(x: torch.Tensor, size: int, stride: Sequence[int], padding_mod
         return _forced(x, padding_mode, impl)
     if x.device.type != "cpu" or not _cpp_ok(x, padding_mode):
         return "separable"
-    if _one_kernel_2d(x, per_axis) or _pass_per_axis_wins(x, stride, backward=True):
+    if ring_loop_applies(x, per_axis) or _pass_per_axis_wins(x, stride, backward=True):
         return "cpp"
     return "separable"
