@@ -225,3 +225,50 @@ def test_every_envconv_command_of_a_page_parses(page, commands):
         parser.parse_args(args)  # exits (SystemExit) on an unknown option
         checked += 1
     assert checked == commands if commands is not None else checked >= 1  # gpu.md: one GPU, one node, several
+
+
+def _code_lines(page: Path):
+    """(line number, line) of the code blocks of a Markdown page; MyST directives (```{include}) are not code."""
+    fence = None
+    for number, line in enumerate(page.read_text().splitlines(), 1):
+        mark = re.match(r"\s*(`{3,}|~{3,})(.*)$", line)
+        if mark and fence is None:
+            fence = (mark.group(1), mark.group(2).strip())
+        elif mark and mark.group(1) == fence[0] and not mark.group(2).strip():
+            fence = None
+        elif fence is not None and not fence[1].startswith("{"):
+            yield number, line
+
+
+def test_code_lines_fit_the_docs_column():
+    # Furo's column shows about 88 characters of code at 1280 px; longer lines hide behind a scrollbar
+    pages = [ROOT / "README.md", *(ROOT / "docs").rglob("*.md")]
+    long = [f"{page.relative_to(ROOT)}:{number}: {len(line)} characters" for page in pages
+            for number, line in _code_lines(page) if len(line) > 88]
+    assert not long, long
+
+
+def test_each_python_block_runs_pasted_alone():
+    # test_python_examples_run runs a page's blocks in one script; a reader pastes one block: every name a
+    # block reads must be a builtin or bound in that block (its imports included)
+    import ast
+    import builtins
+
+    free = []
+    for page in PAGES_WITH_CODE:
+        for number, block in enumerate(re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S), 1):
+            bound, read = set(dir(builtins)), set()
+            for node in ast.walk(ast.parse(block)):
+                if isinstance(node, ast.Name):
+                    (read if isinstance(node.ctx, ast.Load) else bound).add(node.id)
+                elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                    bound.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
+                elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+                    bound.add(node.name)
+                elif isinstance(node, ast.arg):
+                    bound.add(node.arg)
+                elif isinstance(node, ast.ExceptHandler) and node.name:
+                    bound.add(node.name)
+            if read - bound:
+                free.append(f"{page.name} block {number}: {sorted(read - bound)}")
+    assert not free, free

@@ -358,9 +358,10 @@ def _setup_section(plan: Plan, results: List[Result], out_dir: Path, n_runs: int
         lines.append(f"- Model: {first['model']}.")
     lines += _hardware_lines(results)
     lines += ["", "Commands (from the repository root):", "", "```bash",
-              f"envconv study {plan.path.as_posix()} --out {out_dir.as_posix()}            # train what is missing; "
-              f"resumes",
-              f"envconv study {plan.path.as_posix()} --out {out_dir.as_posix()} --report --docs docs  # this page",
+              "# train what is missing; resumes",
+              f"envconv study {plan.path.as_posix()} --out {out_dir.as_posix()}",
+              "# this page",
+              f"envconv study {plan.path.as_posix()} --out {out_dir.as_posix()} \\\n    --report --docs docs",
               "```", ""]
     return lines
 
