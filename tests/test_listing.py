@@ -88,3 +88,13 @@ def test_pool_envelopes_are_on_the_pool_path_from_a_model_and_from_its_state_dic
     assert [(r.path, isinstance(model.get_submodule(r.name), EnvelopePool2d)) for r in rows] == \
         [("stem", False)] + [("pool", True)] * (len(rows) - 1) and len(rows) == 3
     assert envelopes(model.state_dict()) == rows
+
+
+def test_a_network_without_shortcut_convolutions_has_a_main_path_not_a_residual_one():
+    from envconv import disentangle
+
+    plain = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 16, 3, stride=2), nn.Conv2d(16, 16, 3, stride=2))
+    model = disentangle(plain)
+    expected = [("0", "stem"), ("2", "main"), ("3", "main")]
+    assert [(r.name, r.path) for r in envelopes(model)] == expected
+    assert [(r.name, r.path) for r in envelopes(model.state_dict())] == expected

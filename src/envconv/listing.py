@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .conv import CONVS
-from .convert import layer_path, stem_name
+from .convert import has_shortcuts, layer_path, stem_name
 from .envelope import GaussianEnvelope, read_envelope_record
 from .kernels import sigma2_from_raw
 from .pool import EnvelopePool2d
@@ -47,7 +47,8 @@ class EnvelopeInfo:
         name: the layer owning the envelope (``"layer2.0.conv2"``), see :func:`~envconv.listing.layer_name`.
         path: ``"stem"`` (the first convolution), ``"identity"`` (a shortcut's convolution, a name
             component among :data:`envconv.convert.placement.SHORTCUT_NAMES`), ``"pool"`` (an
-            :class:`~envconv.EnvelopePool2d`) or ``"residual"`` (any other).
+            :class:`~envconv.EnvelopePool2d`), ``"residual"`` (any other, in a network with shortcut
+            convolutions) or ``"main"`` (any other, in a network without).
         channels: the channels the envelope filters.
         size: the number of taps :math:`k_g` (a tuple, one per axis, where the axes' sizes differ).
         shared: one sigma for all channels (Table 1d).
@@ -125,12 +126,13 @@ def _axis_sigmas(raw_sigma: torch.Tensor) -> Optional[Tuple[Tuple[float, ...], .
 
 def _from_model(model: nn.Module) -> List[EnvelopeInfo]:
     stem = stem_name(model) if any(isinstance(m, CONVS) for m in model.modules()) else ""
+    residual = has_shortcuts(name for name, m in model.named_modules() if isinstance(m, CONVS))
     rows = []
     pools = {name for name, m in model.named_modules() if isinstance(m, EnvelopePool2d)}
     for name, m in model.named_modules():
         if isinstance(m, GaussianEnvelope):
             owner = layer_name(name)
-            path = "pool" if owner in pools else layer_path(owner, stem)
+            path = "pool" if owner in pools else layer_path(owner, stem, residual)
             rows.append(EnvelopeInfo(owner, path, m.channels, m.size, m.shared, m.learnable, _sigmas(m.raw_sigma),
                                      m.spatial_dims, _axis_sigmas(m.raw_sigma)))
     return rows
@@ -150,7 +152,7 @@ def _is_pool(state: Mapping[str, torch.Tensor], envelope_prefix: str) -> bool:
 def _from_state_dict(state: Mapping[str, torch.Tensor]) -> List[EnvelopeInfo]:
     # the stem is the first convolution weight, as named_modules() lists the first Conv2d
     convs = [k.removesuffix(".weight") for k, v in state.items() if k.endswith("weight") and v.dim() in (3, 4, 5)]
-    stem = convs[0] if convs else ""
+    stem, residual = (convs[0] if convs else ""), has_shortcuts(convs)
     rows = []
     for key, value in state.items():
         if key == _RAW_SIGMA or key.endswith("." + _RAW_SIGMA):
@@ -165,7 +167,7 @@ def _from_state_dict(state: Mapping[str, torch.Tensor]) -> List[EnvelopeInfo]:
                 raise ValueError(f"{key} is {'empty' if value.numel() == 0 else 'not finite'}: a corrupt state dict")
             size, learnable, _, channels, dims = read_envelope_record(state[prefix + RECORD_KEY], prefix + RECORD_KEY)
             shared = values == 1 and channels > 1
-            path = "pool" if _is_pool(state, prefix) else layer_path(owner, stem)
+            path = "pool" if _is_pool(state, prefix) else layer_path(owner, stem, residual)
             rows.append(EnvelopeInfo(owner, path, channels, size, shared, learnable, sigmas, dims, axis_sigmas))
     return rows
 

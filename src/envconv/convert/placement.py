@@ -11,8 +11,8 @@ from torch import nn
 from ..conv import CONVS
 from ..pool import strided_pool
 
-__all__ = ["STEMS", "WHERE_RULES", "POOL_METHODS", "SHORTCUT_NAMES", "Where", "convolutions", "layer_path",
-           "modify_stem", "select_layers", "stem_name"]
+__all__ = ["STEMS", "WHERE_RULES", "POOL_METHODS", "SHORTCUT_NAMES", "Where", "convolutions", "has_shortcuts",
+           "layer_path", "modify_stem", "select_layers", "stem_name"]
 
 #: The rule-based placements - every strided convolution, or only those of one path (Table 1a),
 #: every strided max / average pool (VGG, DenseNet, ResNet-D shortcuts), or both.
@@ -44,19 +44,30 @@ def _on_shortcut(name: str) -> bool:
     return any(part in SHORTCUT_NAMES for part in name.split("."))
 
 
-def layer_path(name: str, stem: str) -> str:
-    """The path a layer is on: ``"stem"``, ``"identity"`` (a shortcut's convolution) or ``"residual"``.
+def layer_path(name: str, stem: str, residual: bool = True) -> str:
+    """The path a layer is on: ``"stem"``, ``"identity"`` (a shortcut's convolution), ``"residual"`` or ``"main"``.
 
     ``stem`` is the stem's name (:func:`stem_name`); a converted stem's convolution may sit
-    inside the layer, so a layer containing it counts as the stem.
+    inside the layer, so a layer containing it counts as the stem. ``residual``: whether the
+    network has shortcut convolutions, so that its other layers are on a residual path (a VGG's
+    or a MobileNet's strided convolutions are on its ``"main"`` path).
 
     Example:
         >>> [layer_path(n, "conv1") for n in ("conv1", "layer2.0.conv2", "layer2.0.downsample.0")]
         ['stem', 'residual', 'identity']
+        >>> layer_path("features.3", "features.0", residual=False)
+        'main'
     """
     if stem and (stem == name or stem.startswith(name + ".")):
         return "stem"
-    return "identity" if _on_shortcut(name) else "residual"
+    if _on_shortcut(name):
+        return "identity"
+    return "residual" if residual else "main"
+
+
+def has_shortcuts(names) -> bool:
+    """Whether any of the layer ``names`` is a shortcut's (a name component among :data:`SHORTCUT_NAMES`)."""
+    return any(_on_shortcut(name) for name in names)
 
 
 def _strided(conv: nn.Conv2d) -> bool:
