@@ -38,12 +38,29 @@ def test_without_a_terminal_a_heartbeat_line_comes_every_30_seconds():
     assert isinstance(progress_bar(10, "x", enabled=False, heartbeat=True), Heartbeat)
 
 
+def test_the_heartbeat_gives_the_whole_runs_eta_and_the_epoch_line_the_time_left():
+    from envconv.recipes.training.trainer import _time_left
+
+    now = [0.0]
+    out = io.StringIO()
+    beat = Heartbeat(400, "epoch 2/10", stream=out, clock=lambda: now[0], later_steps=8 * 400)
+    for step in range(1, 121):
+        now[0] = step * 0.25
+        beat.update(1)
+    # 280 steps of this epoch and 3,200 of the eight after it at 4 steps/s: 70 s and 870 s
+    assert out.getvalue().splitlines() == [
+        "  epoch 2/10: step 120/400 (30%), 4.00 steps/s, 0m30s elapsed, ETA 1m10s (run 14m30s)"]
+    started = __import__("time").monotonic() - 120.0  # two epochs (3 and 4) took 120 s: 60 s each, 6 left
+    assert _time_left(started, 4, 3, {"epochs": 10}) == ", about 6 min left"
+    assert _time_left(started, 10, 3, {"epochs": 10}) == ""
+
+
 def test_training_without_a_terminal_prints_heartbeats(tmp_path, capsys, monkeypatch):
     from envconv.recipes.training import progress
     from envconv.recipes.training.trainer import train
     from run_helpers import tiny_config
 
-    monkeypatch.setattr(progress.Heartbeat.__init__, "__defaults__", (0.0, None, progress.time.monotonic))
+    monkeypatch.setattr(progress.Heartbeat, "EVERY", 0.0)
     train(tiny_config(tmp_path / "run", train={"epochs": 1}))  # progress "off": no bar, heartbeats every step
     out = capsys.readouterr().out
     assert "  epoch 1/1: step 1/8 (12%)" in out and "  epoch 1/1: step 8/8 (100%)" in out

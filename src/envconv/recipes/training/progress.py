@@ -21,14 +21,15 @@ METRICS_COLUMNS = ("epoch", "lr", "train_loss", "train_top1_err", "train_top5_er
                    "val_top5_err", "seconds", "images_per_s")
 
 
-def progress_bar(total: int, desc: str, enabled: bool, stream: Optional[TextIO] = None, heartbeat: bool = False):
+def progress_bar(total: int, desc: str, enabled: bool, stream: Optional[TextIO] = None, heartbeat: bool = False,
+                 later_steps: int = 0):
     """A tqdm bar of ``total`` steps on ``stream`` (stderr), cleared when closed.
 
     Not ``enabled`` (no terminal): a :class:`Heartbeat` line every 30 s on stdout if ``heartbeat``,
-    else nothing.
+    else nothing; ``later_steps``: the steps of the run after these (the heartbeat's run ETA).
     """
     if not enabled and heartbeat:
-        return Heartbeat(total, desc)
+        return Heartbeat(total, desc, later_steps=later_steps)
     return tqdm(total=total, desc=desc, disable=not enabled, file=stream or sys.stderr, leave=False,
                 dynamic_ncols=True, unit="step")
 
@@ -43,12 +44,18 @@ class Heartbeat:
 
     Takes a bar's ``update`` / ``set_postfix`` calls; prints ``desc: step/total (percent), rate,
     elapsed, ETA`` and the last postfix (loss, error) once ``every`` seconds have passed since the
-    start or the last line.
+    start or the last line. With ``later_steps`` (the steps of the run after these), the ETA of
+    the whole run at this rate follows.
     """
 
-    def __init__(self, total: int, desc: str, every: float = 30.0, stream: Optional[TextIO] = None,
-                 clock=time.monotonic) -> None:
-        self.total, self.desc, self.every, self.stream, self.clock = total, desc, every, stream, clock
+    #: Seconds between lines when ``every`` is not given.
+    EVERY = 30.0
+
+    def __init__(self, total: int, desc: str, every: Optional[float] = None, stream: Optional[TextIO] = None,
+                 clock=time.monotonic, later_steps: int = 0) -> None:
+        self.total, self.desc, self.stream, self.clock = total, desc, stream, clock
+        self.every = self.EVERY if every is None else every
+        self.later_steps = later_steps
         self.n, self.postfix = 0, {}
         self.start = self.last = clock()
 
@@ -60,6 +67,8 @@ class Heartbeat:
             elapsed = now - self.start
             rate = self.n / elapsed if elapsed > 0 else 0.0
             eta = _duration((self.total - self.n) / rate) if rate > 0 else "?"
+            if self.later_steps and rate > 0:
+                eta += f" (run {_duration((self.total - self.n + self.later_steps) / rate)})"
             extra = "".join(f", {k} {v:.4g}" for k, v in self.postfix.items())
             print(f"  {self.desc.strip()}: step {self.n}/{self.total} ({100 * self.n / max(self.total, 1):.0f}%), "
                   f"{rate:.2f} steps/s, {_duration(elapsed)} elapsed, ETA {eta}{extra}",

@@ -230,14 +230,15 @@ def _run_epochs(config, run: RunDir, ctx, state: _State, quiet: bool) -> Optiona
     progress_on = ctx.is_main and (out_cfg["progress"] == "on" or (out_cfg["progress"] == "auto" and _stderr_is_tty()))
     amp_dtype, dtype = AMP_DTYPES[train_cfg["amp"]], DTYPES[train_cfg["dtype"]]
     per_step = train_cfg["schedule_per_step"]
-    epoch, val = state.start_epoch - 1, None
+    epoch, val, started = state.start_epoch - 1, None, time.monotonic()
     try:
         for epoch in range(state.start_epoch, train_cfg["epochs"] + 1):
             set_curriculum_epoch(state.model, epoch - 1)
             _seed_epoch(train_cfg["seed"], epoch, ctx.rank, state.train_loader)
             lr = state.optimizer.param_groups[0]["lr"]
             with progress_bar(len(state.train_loader), f"epoch {epoch}/{train_cfg['epochs']}", progress_on,
-                              heartbeat=ctx.is_main and not quiet) as bar:
+                              heartbeat=ctx.is_main and not quiet,
+                              later_steps=len(state.train_loader) * (train_cfg["epochs"] - epoch)) as bar:
                 stats = train_one_epoch(state.net, state.train_loader, state.optimizer, device=ctx.device,
                                         scaler=state.scaler, amp_dtype=amp_dtype,
                                         channels_last=train_cfg["channels_last"], dtype=dtype,
@@ -261,7 +262,8 @@ def _run_epochs(config, run: RunDir, ctx, state: _State, quiet: bool) -> Optiona
                 _save(state, epoch, config, run, is_best)
             _log(ctx, quiet, f"epoch {epoch}/{train_cfg['epochs']}  lr {lr:.4g}{_fmt_stats('train', stats)}"
                              f"{_fmt_stats('val', val)}  {stats.seconds:.0f} s, {stats.images_per_s:.0f} img/s"
-                             f"{'  (best)' if is_best else ''}")
+                             f"{'  (best)' if is_best else ''}"
+                             f"{_time_left(started, epoch, state.start_epoch, train_cfg)}")
     except KeyboardInterrupt as stop:
         if ctx.is_main:
             how = f"stopped by {stop}" if isinstance(stop, Terminated) else "interrupted"
@@ -271,6 +273,15 @@ def _run_epochs(config, run: RunDir, ctx, state: _State, quiet: bool) -> Optiona
     finally:
         state.log.close()
     return val
+
+
+def _time_left(started: float, epoch: int, first: int, train_cfg) -> str:
+    """``, about Xm left`` at this run's mean wall time per epoch (training and evaluation); empty at the end."""
+    left = train_cfg["epochs"] - epoch
+    if left <= 0:
+        return ""
+    seconds = (time.monotonic() - started) / (epoch - first + 1) * left
+    return f", about {seconds / 60:.0f} min left" if seconds >= 90 else f", about {seconds:.0f} s left"
 
 
 def _write_summary(config, run: RunDir, ctx, state: _State, val: Optional[EpochStats],
