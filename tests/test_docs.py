@@ -185,7 +185,7 @@ def issubclass_of_exception(obj) -> bool:
 
 
 def _verdict_rows(text: str, header: str):
-    """(table, claim, Δ, verdict) of each row of the markdown table whose header starts with ``header``."""
+    """(table, claim, Δ, verdict): the first four cells of each row of the markdown table under ``header``."""
     lines = text.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith(header))
     rows = []
@@ -193,7 +193,7 @@ def _verdict_rows(text: str, header: str):
         if not line.startswith("| "):
             break
         cells = [c.strip() for c in line.strip("|").split("|")]
-        rows.append((cells[0], cells[1], cells[-2] if len(cells) == 4 else cells[4], cells[-1]))
+        rows.append(tuple(cells[:4]))
     return rows
 
 

@@ -66,7 +66,7 @@ def layer_path(name: str, stem: str, residual: bool = True) -> str:
 
 
 def has_shortcuts(names) -> bool:
-    """Whether any of the layer ``names`` is a shortcut's (a name component among :data:`SHORTCUT_NAMES`)."""
+    """Whether any of the layer ``names`` is a shortcut's (a name component among :data:`~envconv.convert.placement.SHORTCUT_NAMES`)."""
     return any(_on_shortcut(name) for name in names)
 
 

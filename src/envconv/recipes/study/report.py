@@ -276,18 +276,23 @@ def _claims_section(plan: Plan, results: List[Result], asset_dir: Path, docs_dir
              f"with the 95% t-interval of the mean paired difference). *better*: holds when the interval lies "
              f"below 0. *same*: holds when it lies inside ±{plan.margin} points. *Detectable*: the interval's "
              f"half-width, the smallest mean difference these seeds could have told from 0.", "",
-             "| table | claim of the paper | comparison | metric | Δ [95% CI] | detectable | paper Δ | verdict |",
+             "| table | claim of the paper | Δ [95% CI] | verdict | comparison | metric | detectable | paper Δ |",
              "|---|---|---|---|---|---|---|---|"]
     for c, diff in zip(plan.claims, diffs):
         relation = "better than" if c.kind == "better" else "same as"
         half, paper = detectable(diff), _paper_difference(plan, c)
-        lines.append(f"| {c.table} | {c.text} | {labels[c.a]} {relation} {labels[c.b]} | {c.metric} "
-                     f"| {diff if diff else '-'} | {'-' if half is None else f'±{half:.2f}'} "
-                     f"| {'' if paper is None else f'{paper:+.2f}'} | {verdict(c, diff, plan.margin)} |")
+        lines.append(f"| {c.table} | {c.text} | {_unbroken(diff)} | {verdict(c, diff, plan.margin)} "
+                     f"| {labels[c.a]} {relation} {labels[c.b]} | {c.metric} "
+                     f"| {'-' if half is None else f'±{half:.2f}'} | {'' if paper is None else f'{paper:+.2f}'} |")
     png = asset_dir / "claims.png"
     if _forest_plot(plan, diffs, png):
         lines += ["", f"![paired differences of every claim]({png.relative_to(docs_dir).as_posix()})"]
     return lines + [""]
+
+
+def _unbroken(diff: Optional[Difference]) -> str:
+    """A difference for a narrow table column: its interval never wraps (non-breaking spaces), ``(n=..)`` may."""
+    return str(diff).replace(" [", "\u00a0[").replace(", ", ",\u00a0") if diff else "-"
 
 
 def _forest_plot(plan: Plan, diffs: List[Optional[Difference]], path: Path) -> bool:
