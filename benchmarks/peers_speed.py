@@ -3,14 +3,17 @@
 Every row is a ResNet-50 with one method at the paper's places (``envconv.recipes.peers``), or a
 library's own architecture, against the plain torchvision ResNet-50 with the same batch, in
 channels_last: a training step (SGD, envconv's ``k_g = 9``), inference (envconv shrunk to 3 taps;
-the others as they run) and the training step's memory (``benchmarks.model_speed.training_memory``:
+DCLS also with its dense kernels built once and frozen into plain convolutions,
+:func:`envconv.recipes.peers.freeze_dcls`, an inference-only row; the others as they run) and
+the training step's memory (``benchmarks.model_speed.training_memory``:
 parameters, gradients, optimizer state and what autograd saves). Then the layer-level table at
 one strided place (ResNet-50's ``layer2.0.conv2``: 128 channels, 56 x 56, 3 x 3 at stride 2):
 each method's replacement of that convolution, forward and forward + backward, against the
 plain convolution. Paired, interleaved repeats (``benchmarks.timing``); DCLS gets fewer (its step
 is about ten times the plain one).
 
-    python -m benchmarks.peers_speed [--batch 8] [--repeats 7] [--quick] [--save]
+    python -m benchmarks.peers_speed [--batch 8] [--repeats 7] [--quick] [--save] [--net small_resnet20]
+                                     [--rows ROW ...]
 """
 
 from __future__ import annotations
@@ -26,27 +29,33 @@ import torchvision
 from torch import nn
 
 import envconv
-from envconv.recipes import peers  # noqa: F401  (registers the peer methods)
+from envconv.recipes import peers  # registers the peer methods
 from envconv.recipes.machine import machine_info
 
 from .model_speed import _inference, _training_step, training_memory
 from .timing import paired_ratio
 
-#: row -> (builder of the model, whether envconv's envelopes shrink to 3 taps for inference, repeats factor)
+#: row -> (builder of the model, its inference form, repeats factor). The inference form: ``"shrink"``
+#: (envconv's envelopes shrink to 3 taps), ``"frozen"`` (DCLS's kernels frozen: inference only) or ``None``.
 ROWS: Dict[str, tuple] = {
-    "envconv (ours)": (lambda: envconv.disentangle(torchvision.models.resnet50()), True, 1.0),
+    "envconv (ours)": (lambda: envconv.disentangle(torchvision.models.resnet50()), "shrink", 1.0),
+    "envconv, a fixed sigma": (lambda: envconv.disentangle(torchvision.models.resnet50(), method="fixed", sigma=0.7),
+                               "shrink", 1.0),
     "kornia, a sigma per layer": (lambda: envconv.disentangle(torchvision.models.resnet50(), method="kornia-blur",
-                                                              per_channel=False), False, 1.0),
+                                                              per_channel=False), None, 1.0),
     "kornia, a sigma per channel": (lambda: envconv.disentangle(torchvision.models.resnet50(), method="kornia-blur"),
-                                    False, 1.0),
+                                    None, 1.0),
     "antialiased-cnns placement": (lambda: envconv.disentangle(torchvision.models.resnet50(), method="blurpool"),
-                                   False, 1.0),
+                                   None, 1.0),
     "timm blur before the conv": (lambda: envconv.disentangle(torchvision.models.resnet50(), method="blur-before"),
-                                  False, 1.0),
+                                  None, 1.0),
     "DCLS (9 taps in 5x5)": (lambda: envconv.disentangle(torchvision.models.resnet50(), method="dcls",
-                                                         dilated_kernel_size=5, envelope_size=None), False, 0.4),
-    "antialiased_cnns.resnet50": (lambda: __import__("antialiased_cnns").resnet50(), False, 1.0),
-    "timm resnetblur50": (lambda: __import__("timm").create_model("resnetblur50"), False, 1.0),
+                                                         dilated_kernel_size=5, envelope_size=None), None, 0.4),
+    "DCLS, kernels frozen (inference only)": (
+        lambda: envconv.disentangle(torchvision.models.resnet50(), method="dcls", dilated_kernel_size=5,
+                                    envelope_size=None), "frozen", 1.0),
+    "antialiased_cnns.resnet50": (lambda: __import__("antialiased_cnns").resnet50(), None, 1.0),
+    "timm resnetblur50": (lambda: __import__("timm").create_model("resnetblur50"), None, 1.0),
 }
 
 
@@ -56,10 +65,14 @@ def _small(method: str, **options):
 
 #: The same rows on the study's own net (small_resnet20 on 1 x 28 x 28 Fashion-MNIST images, as the study builds them).
 SMALL_ROWS: Dict[str, tuple] = {
-    "envconv (ours)": (_small("gaussian"), True, 1.0),
-    "antialiased-cnns placement": (_small("blurpool", envelope_size=None), False, 1.0),
-    "timm blur before the conv": (_small("blur-before", envelope_size=None), False, 1.0),
-    "DCLS (9 taps in 5x5)": (_small("dcls", envelope_size=None, dilated_kernel_size=5), False, 0.4),
+    "envconv (ours)": (_small("gaussian"), "shrink", 1.0),
+    "envconv, a fixed sigma": (_small("fixed", sigma=0.7), "shrink", 1.0),
+    "envconv, a fixed sigma, 3 taps": (_small("fixed", sigma=0.7, envelope_size=3), None, 1.0),
+    "antialiased-cnns placement": (_small("blurpool", envelope_size=None), None, 1.0),
+    "timm blur before the conv": (_small("blur-before", envelope_size=None), None, 1.0),
+    "DCLS (9 taps in 5x5)": (_small("dcls", envelope_size=None, dilated_kernel_size=5), None, 0.4),
+    "DCLS, kernels frozen (inference only)": (_small("dcls", envelope_size=None, dilated_kernel_size=5), "frozen",
+                                              1.0),
 }
 
 
@@ -76,7 +89,7 @@ def models(batch: int, repeats: int, image: int = 224, only=None, log=print, net
     y = torch.randint(0, 10 if small else 1000, (batch,))
     plain_memory = training_memory(plain, x, y)["total"]
     rows = []
-    for name, (build, shrinks, factor) in (SMALL_ROWS if small else ROWS).items():
+    for name, (build, inference_form, factor) in (SMALL_ROWS if small else ROWS).items():
         if only and name not in only:
             continue
         try:
@@ -86,10 +99,16 @@ def models(batch: int, repeats: int, image: int = 224, only=None, log=print, net
             rows.append({"row": name, "skipped": str(err)})
             continue
         n = max(3, round(repeats * factor))
-        if shrinks:
+        if inference_form == "frozen":
+            model = peers.freeze_dcls(model.eval())
+            inference = paired_ratio(_inference(model, x), _inference(plain, x), repeats=n)
+            rows.append({"row": name, "inference": inference.as_dict()})
+            log(f"{name:30s} inference {inference}")
+            continue
+        if inference_form == "shrink":
             envconv.shrink(model, 3)
         inference = paired_ratio(_inference(model, x), _inference(plain, x), repeats=n)
-        if shrinks:
+        if inference_form == "shrink":
             envconv.shrink(model, 9)
         training = paired_ratio(_training_step(model, x, y), _training_step(plain, x, y), repeats=n)
         memory = training_memory(model, x, y)["total"] / plain_memory
@@ -165,6 +184,9 @@ def markdown(result: dict) -> str:
         if "skipped" in r:
             lines.append(f"| {r['row']} | skipped: {r['skipped']} | | | |")
             continue
+        if "training_k9" not in r:  # an inference-only row
+            lines.append(f"| {r['row']} | - | {_cell(r['inference'])} | - | - |")
+            continue
         lines.append(f"| {r['row']} | {_cell(r['training_k9'])} | {_cell(r['inference'])} | {r['memory']:.3f}x | "
                      f"{r['extra_parameters']:+.1%} |")
     if not result["layer"]:
@@ -187,7 +209,11 @@ def main() -> None:
     p.add_argument("--save", action="store_true", help="write results/<date>-<machine>-peers.json and .md")
     p.add_argument("--net", choices=("resnet50", "small_resnet20"), default="resnet50",
                    help="small_resnet20: the study's net at its batch (128) on 28 x 28 images; no layer table")
+    p.add_argument("--rows", nargs="+", metavar="ROW", help="measure only these rows of the model table (by name)")
     args = p.parse_args()
+    known = set(SMALL_ROWS if args.net == "small_resnet20" else ROWS)
+    if args.rows and not set(args.rows) <= known:
+        p.error(f"unknown rows {sorted(set(args.rows) - known)}; the {args.net} rows are {sorted(known)}")
     import datetime
 
     if args.quick:
@@ -196,9 +222,10 @@ def main() -> None:
         result_layer = layer(1, 2)
     elif args.net == "small_resnet20":
         args.batch = 128 if args.batch == 8 else args.batch
-        result_models, result_layer = models(args.batch, args.repeats, image=28, net=args.net), []
+        result_models, result_layer = models(args.batch, args.repeats, image=28, net=args.net, only=args.rows), []
     else:
-        result_models, result_layer = models(args.batch, args.repeats), layer(args.batch, args.repeats)
+        result_models = models(args.batch, args.repeats, only=args.rows)
+        result_layer = layer(args.batch, args.repeats)
     info = machine_info()
     result = {"date": datetime.date.today().isoformat(), "batch": args.batch, "net": args.net,
               "machine": {"cpu": info["cpu"], "threads": info["threads"], "torch": info["torch"]},

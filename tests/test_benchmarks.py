@@ -136,11 +136,13 @@ def test_peers_layer_table_builds_every_replacement_of_one_strided_conv():
     fake = {"count": 7, "median": 1.5, "q1": 1.25, "q3": 1.75}
     result = {"date": "2026-12-06", "batch": 8, "machine": {"cpu": "CPU", "threads": 2},
               "models": [{"row": "envconv (ours)", "training_k9": fake, "inference": fake, "memory": 1.0,
-                          "extra_parameters": 0.0001}, {"row": "DCLS", "skipped": "no module named DCLS"}],
+                          "extra_parameters": 0.0001}, {"row": "DCLS", "skipped": "no module named DCLS"},
+                         {"row": "DCLS, kernels frozen (inference only)", "inference": fake}],
               "layer": [{"row": "envconv (ours)", "forward": fake, "forward+backward": fake}]}
     table = peers_speed.markdown(result)
     assert "| envconv (ours) | 1.500x [1.250-1.750] | 1.500x [1.250-1.750] | 1.000x | +0.0% |" in table
     assert "| DCLS | skipped: no module named DCLS |" in table
+    assert "| DCLS, kernels frozen (inference only) | - | 1.500x [1.250-1.750] | - | - |" in table
 
 
 def test_peers_on_the_studys_small_net_build_every_row_and_report_the_net():

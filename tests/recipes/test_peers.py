@@ -40,6 +40,22 @@ def test_dcls_replaces_the_kxk_convs_at_the_places_and_leaves_the_1x1_ones():
     _one_step(model)
 
 
+def test_a_frozen_dcls_model_is_plain_convolutions_with_the_same_outputs():
+    pytest.importorskip("DCLS", reason="dcls is not installed")
+    model = _model("dcls", dilated_kernel_size=5).double().eval()
+    with torch.no_grad():  # DCLS's positions and sigmas away from their initial values
+        for name, p in model.named_parameters():
+            if name.endswith((".P", ".SIG")):
+                p.add_(torch.randn_like(p) * 0.3)
+    x = torch.randn(3, 1, 16, 16, dtype=torch.float64)
+    expected = model(x)
+    frozen = peers.freeze_dcls(copy.deepcopy(model))
+    assert _kinds(frozen) == {"conv1": "Conv2d", "layer2.0.conv1": "Conv2d", "layer2.0.downsample.0": "Conv2d",
+                              "layer3.0.conv1": "Conv2d", "layer3.0.downsample.0": "Conv2d"}
+    assert frozen.layer2[0].conv1.kernel_size == (5, 5) and frozen.layer2[0].conv1.stride == (2, 2)
+    torch.testing.assert_close(frozen(x), expected, rtol=1e-12, atol=1e-12)
+
+
 def test_blurpool_moves_the_stride_into_antialiased_cnns_blur():
     aa = pytest.importorskip("antialiased_cnns", reason="antialiased-cnns is not installed")
     model = _model("blurpool")

@@ -66,7 +66,14 @@ def layer_path(name: str, stem: str, residual: bool = True) -> str:
 
 
 def has_shortcuts(names) -> bool:
-    """Whether any of the layer ``names`` is a shortcut's (a name component among :data:`~envconv.convert.placement.SHORTCUT_NAMES`)."""
+    """Whether any of the layer ``names`` is a shortcut's.
+
+    A shortcut's layer has a name component among :data:`~envconv.convert.placement.SHORTCUT_NAMES`.
+
+    Example:
+        >>> has_shortcuts(["conv1", "layer2.0.downsample.0"]), has_shortcuts(["features.0", "features.3"])
+        (True, False)
+    """
     return any(_on_shortcut(name) for name in names)
 
 

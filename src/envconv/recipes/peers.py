@@ -34,7 +34,7 @@ from .. import kernels as EF
 from ..conv import adopt_weights, conv_arguments
 from ..methods import METHODS, register_method
 
-__all__ = ["PEERS", "KorniaBlurConv2d"]
+__all__ = ["PEERS", "KorniaBlurConv2d", "freeze_dcls"]
 
 #: The peer methods and the PyPI package each needs.
 PEERS = {"dcls": "dcls", "blurpool": "antialiased-cnns", "blur-before": "timm", "kornia-blur": "kornia"}
@@ -77,6 +77,35 @@ def _dcls(conv: nn.Module, *, dilated_kernel_size: int = 5):
     finally:
         root.setLevel(level)
     return layer.to(device=args["device"], dtype=args["dtype"]).train(conv.training)
+
+
+def freeze_dcls(model: nn.Module) -> nn.Module:
+    """Replace every DCLS layer of ``model`` by a plain convolution with its dense kernel, built once.
+
+    DCLS rebuilds its dense ``dilated_kernel_size`` kernel from the tap weights, positions and
+    sigmas at every call, inference included; for inference the kernel can be built once and
+    run as an ``nn.Conv1d`` / ``nn.Conv2d`` (same outputs, nothing left to train). Returns ``model``
+    (a frozen convolution itself when ``model`` is a DCLS layer).
+    """
+    construct = _need("DCLS.construct.modules", "dcls")
+    for name, layer in list(model.named_modules()):
+        if not isinstance(layer, (construct.Dcls1d, construct.Dcls2d)):
+            continue
+        conv_type = nn.Conv1d if isinstance(layer, construct.Dcls1d) else nn.Conv2d
+        with torch.no_grad():
+            dense = layer.DCK(layer.weight, layer.P, layer.SIG)
+            plain = conv_type(layer.in_channels, layer.out_channels, dense.shape[2:], stride=layer.stride,
+                              padding=layer.padding, groups=layer.groups, bias=layer.bias is not None,
+                              device=dense.device, dtype=dense.dtype)
+            plain.weight.copy_(dense)
+            if layer.bias is not None:
+                plain.bias.copy_(layer.bias)
+        plain.requires_grad_(False).train(layer.training)
+        if name:
+            model.set_submodule(name, plain)
+        else:
+            return plain
+    return model
 
 
 def _blurpool(conv: nn.Conv2d, *, filt_size: int = 4):
