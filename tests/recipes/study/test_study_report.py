@@ -130,3 +130,27 @@ def test_the_report_regenerates_identically_from_the_committed_files_alone(finis
     for name in ("train", "evaluate_checkpoint", "linear_probe"):
         monkeypatch.setattr(runner, name, refuse)
     run_study(plan, clone, quiet=True, log=lambda _: None)
+
+
+def test_the_sigma_movement_table_and_figure_come_from_each_runs_sigma_records(finished_study, tmp_path):
+    from envconv.recipes.study.report import collect_results, sigma_trajectories
+
+    tmp, plan = finished_study
+    assert main(["study", str(tmp / "plan.yaml"), "--out", str(tmp / "out"), "--report", "--docs",
+                 str(tmp_path / "docs")]) == 0
+    report = (tmp_path / "docs" / "reproduction.md").read_text()
+    trajectories = sigma_trajectories(plan, collect_results(plan, tmp / "out"))
+    assert list(trajectories) == ["gaussian"]  # the learned-sigma entries: ours (no sigma table in this plan)
+    initial = np.sqrt(np.log(2.0))  # raw sigma 0
+    for layer, t in trajectories["gaussian"].items():
+        records = [_read(tmp / "out" / f"gaussian_seed{s}" / "sigma.json") for s in (0, 1)]
+        last = [np.array(r[-1]["sigma"][layer]) for r in records]
+        assert t.shape == (2, 2, 3)  # seeds, epochs 0 and 1, (mean, min, max)
+        np.testing.assert_allclose(t[:, 0], [[initial] * 3] * 2, rtol=1e-6)
+        np.testing.assert_allclose(t[:, 1], [[s.mean(), s.min(), s.max()] for s in last], rtol=1e-12)
+        move = 100 * (np.mean([s.mean() for s in last]) - initial) / initial
+        row = next(line for line in report.splitlines() if line.startswith(f"| ours | {layer} | 2 |"))
+        assert f"| {initial:.3f} | {np.mean([s.mean() for s in last]):.3f} | {move:+.1f}% |" in row
+        assert row.endswith(f"| {min(s.min() for s in last):.3f}-{max(s.max() for s in last):.3f} |")
+    assert "![sigma per layer over the epochs](reproduction/sigma-trajectories.png)" in report
+    assert (tmp_path / "docs" / "reproduction" / "sigma-trajectories.png").stat().st_size > 1000

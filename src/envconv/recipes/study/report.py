@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+import numpy as np
+
 from ...listing import EnvelopeInfo
 from ...state_dict import atomic_write_bytes
 from ..rundir import RunDir
@@ -235,6 +237,84 @@ def _sigma_section(plan: Plan, results: List[Result], asset_dir: Path, docs_dir:
     return lines + [""]
 
 
+def _learned_sigma_entries(plan: Plan, results: List[Result]) -> List[str]:
+    """Ours (the first entry with one learned sigma per channel before the conv) and the sigma table's entries."""
+    ours = next((r.name for r in results if r.config and r.config["model"]["method"] == "gaussian"
+                 and not r.config["model"]["shared_sigma"] and r.config["model"]["order"] in (None, "env-conv")
+                 and r.config["model"]["options"].get("learnable", True)), None)
+    names = ([ours] if ours else []) + [n for n in _members(plan, "sigma") if n != ours]
+    return [n for n in names if any(r.name == n and r.config for r in results)]
+
+
+def sigma_trajectories(plan: Plan, results: List[Result]) -> Dict[str, Dict[str, np.ndarray]]:
+    """Per learned-sigma entry and layer: an array (seeds, epochs + 1, 3) of each epoch's channel mean, min, max.
+
+    Epoch 0 is the fresh model's sigma (before training); the rest are the runs' ``sigma.json``
+    records. Seeds whose runs have not finished are left out.
+    """
+    out: Dict[str, Dict[str, np.ndarray]] = {}
+    for name in _learned_sigma_entries(plan, results):
+        per_layer: Dict[str, list] = {}
+        for r in (r for r in results if r.name == name and r.config):
+            run = RunDir.of_config(r.config)
+            initial = {e.name: e.sigmas for e in run.envelopes(initial=True)}
+            records = [initial] + [rec["sigma"] for rec in run.sigma_records()]
+            for layer in initial:
+                per_layer.setdefault(layer, []).append(
+                    [(float(np.mean(s)), float(np.min(s)), float(np.max(s))) for s in (rec[layer] for rec in records)])
+        out[name] = {layer: np.asarray(rows) for layer, rows in per_layer.items()}
+    return out
+
+
+def _sigma_movement_section(plan: Plan, results: List[Result], asset_dir: Path, docs_dir: Path) -> List[str]:
+    trajectories = sigma_trajectories(plan, results)
+    if not trajectories:
+        return []
+    labels = _labels(plan)
+    lines = ["### How far the learned sigmas move", "",
+             "Each layer's sigma before training and after the last epoch: the channel mean (mean over "
+             "seeds), its move relative to the initial value, and the channel range (the smallest minimum "
+             "and largest maximum over the seeds).", "",
+             "| setting | layer | seeds | initial | last (mean) | move | channel range |",
+             "|---|---|---|---|---|---|---|"]
+    for name, layers in trajectories.items():
+        for layer, t in layers.items():
+            first, last = t[:, 0, 0].mean(), t[:, -1, 0].mean()
+            lines.append(f"| {labels[name]} | {layer} | {t.shape[0]} | {first:.3f} | {last:.3f} "
+                         f"| {100 * (last - first) / first:+.1f}% | {t[:, -1, 1].min():.3f}-{t[:, -1, 2].max():.3f} |")
+    png = asset_dir / "sigma-trajectories.png"
+    if _plot_trajectories(trajectories, labels, png):
+        lines += ["", f"![sigma per layer over the epochs]({png.relative_to(docs_dir).as_posix()})"]
+    return lines + [""]
+
+
+def _plot_trajectories(trajectories, labels: Dict[str, str], png: Path) -> bool:
+    """A panel per layer: each setting's channel mean over the epochs (mean over seeds), its channel range shaded."""
+    try:
+        from ..analysis.plots import pyplot
+        plt = pyplot()
+    except ImportError:
+        return False
+    layers = list(next(iter(trajectories.values())))
+    fig, axes = plt.subplots(1, len(layers), figsize=(2.6 * len(layers), 3.0), squeeze=False)
+    for ax, layer in zip(axes[0], layers):
+        for i, (name, per_layer) in enumerate(trajectories.items()):
+            t = per_layer[layer].mean(0)
+            epochs = np.arange(t.shape[0])
+            ax.plot(epochs, t[:, 0], color=f"C{i}", label=labels[name])
+            ax.fill_between(epochs, t[:, 1], t[:, 2], color=f"C{i}", alpha=0.2, linewidth=0)
+        ax.set_title(layer, fontsize=8)
+        ax.set_xlabel("epoch", fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes[0][0].set_ylabel("sigma (channel mean, range)", fontsize=8)
+    handles, names = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=len(names), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+    return True
+
+
 def _plot_sigmas(layers: List[EnvelopeInfo], title: str, png: Path) -> bool:
     """The analysis report's Fig. 4a plot of one run (False when matplotlib is missing or there are no sigmas)."""
     try:
@@ -407,6 +487,7 @@ def write_report(plan: Plan, out_dir: Path, docs_dir: Path) -> Dict[str, Any]:
     if plan.probe:
         lines += _probe_section(plan, results, asset_dir, docs_dir)
     lines += _sigma_section(plan, results, asset_dir, docs_dir)
+    lines += _sigma_movement_section(plan, results, asset_dir, docs_dir)
     lines += _setup_section(plan, results, out_dir, n_runs)
     atomic_write_bytes("\n".join(lines).encode(), docs_dir / "reproduction.md")
     return {"results": results, "markdown": docs_dir / "reproduction.md", "csv": asset_dir / "results.csv"}
