@@ -104,8 +104,8 @@ def test_dataset_config_errors(fashion_root):
     cfg = validate_config({"data": {"dataset": "fashion_mnist", "root": str(fashion_root)}})["data"]
     with pytest.raises(ValueError, match="set model.in_chans=1"):
         build_dataset({**cfg, "mean": [0, 0, 0], "std": [1, 1, 1]}, "train", in_chans=3, num_classes=10)
-    with pytest.raises(ValueError, match="data.image_size must be 28"):
-        build_dataset({**cfg, "image_size": 32}, "train", in_chans=1, num_classes=10)
+    with pytest.raises(ValueError, match="object_scale=1.5 are 42x42, larger than the data.image_size=40 canvas"):
+        build_dataset({**cfg, "image_size": 40, "object_scale": 1.5}, "train", in_chans=1, num_classes=10)
     with pytest.raises(ValueError, match="augment=imagenet .* needs data.dataset=imagefolder"):
         build_dataset({**cfg, "augment": "imagenet"}, "train", in_chans=1, num_classes=10)
     with pytest.raises(ValueError, match="model.num_classes is 5"):
@@ -236,3 +236,43 @@ def test_a_corrupt_image_is_named(tmp_path):
         [train[i] for i in range(len(train))]
     with pytest.raises(ValueError, match="model.in_chans must be 1 or 3, got 2"):
         build_dataset({**cfg, "mean": [0, 0], "std": [1, 1]}, "train", 2, 1)
+
+
+def test_scaled_objects_resize_and_place_each_image_where_its_seed_says(fashion_root):
+    from envconv.recipes.data import FashionMNIST, ScaledObjects
+
+    plain = FashionMNIST(fashion_root, "test")
+    for scale, canvas in ((0.5, 56), (1.0, 40), (2.0, 56)):
+        placed = ScaledObjects(plain, scale, canvas, seed=1)
+        for index in (0, 7):
+            image, label = placed[index]
+            original, want_label = plain[index]
+            side = round(28 * scale)
+            assert image.shape == (1, canvas, canvas) and label == want_label
+            # the object is where the (seed, index) generator puts it, and nothing else is on the canvas
+            g = torch.Generator().manual_seed(1 * 1_000_003 + index)
+            top, left = (int(torch.randint(0, canvas - side + 1, (), generator=g)) for _ in range(2))
+            box = image[:, top:top + side, left:left + side]
+            outside = image.clone()
+            outside[:, top:top + side, left:left + side] = 0
+            assert not outside.any()
+            if scale == 1.0:  # no resize: the pixels themselves
+                assert torch.equal(box, original)
+            else:  # the antialiased bicubic resize, clipped to [0, 1]; it keeps the image's mass per area
+                resized = torch.nn.functional.interpolate(original[None], size=(side, side), mode="bicubic",
+                                                          antialias=True)[0].clamp(0, 1)
+                assert torch.equal(box, resized)
+                assert float(box.sum()) == pytest.approx(float(original.sum()) * scale ** 2, rel=0.03)
+            assert placed[index][0].equal(image)  # the same place every time
+    with pytest.raises(ValueError, match="larger than the 40x40 canvas"):
+        ScaledObjects(plain, 1.5, 40)[0]
+
+
+def test_a_fashion_mnist_config_with_a_canvas_builds_scaled_objects(fashion_root):
+    from envconv.recipes.data import ScaledObjects
+
+    cfg = validate_config({"data": {"dataset": "fashion_mnist", "root": str(fashion_root), "image_size": 56,
+                                    "object_scale": 0.5, "augment": "none"}})["data"]
+    train, val = build_dataset(cfg, "train", 1, 10), build_dataset(cfg, "val", 1, 10)
+    assert isinstance(train, ScaledObjects) and (train.seed, val.seed) == (0, 1)
+    assert train[0][0].shape == (1, 56, 56)

@@ -80,7 +80,8 @@ DEFAULTS: Dict[str, Dict[str, Any]] = {
         "train_subset": None,        # use only this many training images (a fixed random subset)
         "val_subset": None,
         "augment": "crop-flip",      # none | crop-flip (pad + random crop, flip) | imagenet (RandomResizedCrop)
-        "image_size": 28,            # training / evaluation crop
+        "image_size": 28,            # training / evaluation crop (fashion_mnist: the canvas, >= 28 * object_scale)
+        "object_scale": 1.0,         # fashion_mnist: each garment resized by this, at a seeded place on the canvas
         "crop_padding": 2,           # crop-flip: zero padding before the random crop
         "eval_resize": None,         # imagefolder: resize the short side to this, then centre-crop image_size
         "mean": [0.2860],
@@ -327,6 +328,7 @@ _RULES = {
     ("model", "stem"): _text, ("model", "envelope_size"): _envelope_size, ("model", "shared_sigma"): _boolean,
     ("data", "train_subset"): _integer(1, optional=True), ("data", "val_subset"): _integer(1, optional=True),
     ("data", "image_size"): _integer(1, 4096), ("data", "crop_padding"): _integer(0, 1024),
+    ("data", "object_scale"): _number(0, 64, low_open=True),
     ("data", "eval_resize"): _integer(1, 8192, optional=True), ("data", "workers"): _integer(0, 256),
     ("data", "synthetic_size"): _pair_of_counts, ("data", "root"): _optional_text, ("data", "train"): _optional_text,
     ("data", "val"): _optional_text, ("model", "order"): _optional_text,

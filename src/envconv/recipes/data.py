@@ -1,7 +1,9 @@
 """Datasets and loaders for training, evaluation and probing; nothing is downloaded.
 
 * ``fashion_mnist``: the IDX ``.gz`` files of Fashion-MNIST in a local folder (Debian's
-  ``dataset-fashion-mnist`` puts them in :data:`FASHION_MNIST_ROOT`).
+  ``dataset-fashion-mnist`` puts them in :data:`FASHION_MNIST_ROOT`); with ``object_scale`` or
+  an ``image_size`` other than 28, each garment resized and placed on a larger canvas
+  (:class:`ScaledObjects`: objects at several scales).
 * ``imagefolder``: any folder with one sub-folder of images per class (ImageNet layout,
   the transfer datasets), read by ``torchvision.datasets.ImageFolder``.
 * ``digits``: scikit-learn's bundled 8x8 handwritten digits (1,797 images, 10 classes),
@@ -26,8 +28,9 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
 
-__all__ = ["FASHION_MNIST_ROOT", "FASHION_MNIST_CLASSES", "read_idx", "FashionMNIST", "SyntheticImages",
-           "Digits", "CropFlip", "Normalize", "build_dataset", "build_datasets", "build_loader", "ShardSampler",
+__all__ = ["FASHION_MNIST_ROOT", "FASHION_MNIST_CLASSES", "read_idx", "FashionMNIST", "ScaledObjects",
+           "SyntheticImages", "Digits", "CropFlip", "Normalize", "build_dataset", "build_datasets", "build_loader",
+           "ShardSampler",
            "epoch_seed", "load_image"]
 
 #: Where Debian's ``dataset-fashion-mnist`` package installs the files.
@@ -126,6 +129,56 @@ class FashionMNIST(Dataset):
     def __getitem__(self, index: int) -> Tuple[torch.Tensor, int]:
         image = self.images[index].unsqueeze(0).float().div_(255)
         return (self.transform(image) if self.transform else image), int(self.targets[index])
+
+
+class ScaledObjects(Dataset):
+    """The images of ``dataset`` resized by ``scale`` and placed on a ``canvas`` x ``canvas`` black canvas.
+
+    A recipe in the spirit of the scale-generalisation sets (Jansson & Lindeberg's MNIST Large
+    Scale): each image is resized by ``scale`` with bicubic interpolation (antialiased, i.e.
+    smoothed before a downsampling), clipped to [0, 1], and pasted at a position drawn uniformly
+    from every position where it fits, by a generator seeded with ``(seed, index)``: the same
+    image always lands at the same place, whichever subset or order reads it. An image that fills
+    the canvas is pasted at the corner.
+
+    Args:
+        dataset: items ``(image (C, h, w) in [0, 1], label)``, without normalisation.
+        scale: the resize factor; ``round(h * scale)`` must fit in ``canvas``.
+        canvas: the output's height and width.
+        seed: the placement seed (the study uses 0 for training images and 1 for test images).
+        transform: a callable on the placed image.
+
+    Example:
+        >>> images = [(torch.ones(1, 28, 28), 3)]
+        >>> placed = ScaledObjects(images, scale=0.5, canvas=56)
+        >>> image, label = placed[0]
+        >>> image.shape, label, round(float(image.sum()))  # a 14 x 14 white square on the canvas
+        (torch.Size([1, 56, 56]), 3, 196)
+    """
+
+    def __init__(self, dataset, scale: float, canvas: int, seed: int = 0, transform=None) -> None:
+        self.dataset, self.scale, self.canvas, self.seed = dataset, float(scale), int(canvas), seed
+        self.transform = transform
+        self.classes = getattr(dataset, "classes", None)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Tuple[torch.Tensor, int]:
+        image, label = self.dataset[index]
+        size = [max(1, round(n * self.scale)) for n in image.shape[-2:]]
+        if max(size) > self.canvas:
+            raise ValueError(f"an object of {image.shape[-2]}x{image.shape[-1]} at scale {self.scale} is "
+                             f"{size[0]}x{size[1]}, larger than the {self.canvas}x{self.canvas} canvas; raise "
+                             f"data.image_size or lower data.object_scale")
+        if size != list(image.shape[-2:]):
+            image = torch.nn.functional.interpolate(image[None], size=size, mode="bicubic", align_corners=False,
+                                                    antialias=True)[0].clamp_(0, 1)
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+        top, left = (int(torch.randint(0, self.canvas - n + 1, (), generator=generator)) for n in size)
+        placed = image.new_zeros(image.shape[0], self.canvas, self.canvas)
+        placed[:, top:top + size[0], left:left + size[1]] = image
+        return (self.transform(placed) if self.transform else placed), label
 
 
 class SyntheticImages(Dataset):
@@ -331,10 +384,17 @@ def build_dataset(data_cfg: Dict[str, Any], split: str, in_chans: int, num_class
     if kind == "fashion_mnist":
         if in_chans != 1:
             raise ValueError(f"Fashion-MNIST images have 1 channel; set model.in_chans=1 (got {in_chans})")
-        if data_cfg["image_size"] != 28:
-            raise ValueError(f"Fashion-MNIST images are 28x28 and are not resized; data.image_size must be 28 "
-                             f"(got {data_cfg['image_size']})")
-        dataset = FashionMNIST(data_cfg["root"], "train" if train else "test", _tensor_transform(data_cfg, train))
+        transform = _tensor_transform(data_cfg, train)
+        if data_cfg["image_size"] == 28 and data_cfg["object_scale"] == 1:
+            dataset = FashionMNIST(data_cfg["root"], "train" if train else "test", transform)
+        else:  # objects resized and placed on a canvas of image_size
+            side = round(28 * data_cfg["object_scale"])
+            if side > data_cfg["image_size"]:
+                raise ValueError(f"Fashion-MNIST garments at data.object_scale={data_cfg['object_scale']} are "
+                                 f"{side}x{side}, larger than the data.image_size={data_cfg['image_size']} canvas")
+            dataset = ScaledObjects(FashionMNIST(data_cfg["root"], "train" if train else "test"),
+                                    data_cfg["object_scale"], data_cfg["image_size"], seed=0 if train else 1,
+                                    transform=transform)
     elif kind == "digits":
         dataset = Digits("train" if train else "test", data_cfg["image_size"], in_chans,
                          _tensor_transform(data_cfg, train))

@@ -134,14 +134,16 @@ class RunDir:
     tensorboard_dir = property(lambda self: self.path / self.TENSORBOARD)
 
     @staticmethod
-    def eval_file(checkpoint: Path, envelope_size: Union[int, str, Sequence[int], None] = None) -> Path:
-        """Where ``envconv eval`` of ``checkpoint`` writes: ``eval-<checkpoint>[-k<size>].json`` beside it.
+    def eval_file(checkpoint: Path, envelope_size: Union[int, str, Sequence[int], None] = None,
+                  object_scale: Optional[float] = None) -> Path:
+        """Where ``envconv eval`` of ``checkpoint`` writes: ``eval-<checkpoint>[-k<size>][-s<scale>].json`` beside it.
 
-        A size per axis is written ``-k3x9x9``.
+        A size per axis is written ``-k3x9x9``, an object scale ``-s0.595``.
         """
         if isinstance(envelope_size, (tuple, list)):
             envelope_size = "x".join(str(k) for k in envelope_size)
         suffix = "" if envelope_size is None else f"-k{envelope_size}"
+        suffix += "" if object_scale is None else f"-s{object_scale:g}"
         return Path(checkpoint).parent / f"eval-{Path(checkpoint).stem}{suffix}.json"
 
     @staticmethod

@@ -154,3 +154,31 @@ def test_the_sigma_movement_table_and_figure_come_from_each_runs_sigma_records(f
         assert row.endswith(f"| {min(s.min() for s in last):.3f}-{max(s.max() for s in last):.3f} |")
     assert "![sigma per layer over the epochs](reproduction/sigma-trajectories.png)" in report
     assert (tmp_path / "docs" / "reproduction" / "sigma-trajectories.png").stat().st_size > 1000
+
+
+def test_object_scale_evaluations_test_each_checkpoint_at_other_scales(fashion_root, tmp_path):
+    # garments on a 40x40 canvas, trained at scale 1, tested at 0.5 and 1.4 as well: a table and a figure
+    from envconv.recipes.study.report import collect_results, test_scale_errors
+
+    entries = [{"name": "none", "label": "baseline", "tables": ["1a"],
+                "set": {"model.method": "none", "model.options": {}, "model.num_classes": 10,
+                        "data.dataset": "fashion_mnist", "data.root": str(fashion_root), "data.image_size": 40,
+                        "data.augment": "none"}}]
+    evaluations = [{"name": f"none-s{s}", "of": "none", "object_scale": s, "tables": ["scale"]} for s in (0.5, 1.4)]
+    plan = load_plan(write_plan(tmp_path, seeds=(0,), entries=entries,
+                                extra={"evaluations": evaluations, "claims": []}))
+    run_study(plan, tmp_path / "out", quiet=True, log=lambda _: None)
+    run_dir = tmp_path / "out" / "none_seed0"
+    for s in (0.5, 1.4):
+        result = _read(run_dir / f"eval-last-s{s:g}.json")
+        assert result["object_scale"] == s and result["images"] == 64
+    curves = test_scale_errors(plan, collect_results(plan, tmp_path / "out"))
+    trained = _read(run_dir / "summary.json")["final_val"]["top1_err"]
+    assert curves == {"none": {0.5: [_read(run_dir / "eval-last-s0.5.json")["top1_err"]], 1.0: [trained],
+                               1.4: [_read(run_dir / "eval-last-s1.4.json")["top1_err"]]}}
+    assert main(["study", str(tmp_path / "plan.yaml"), "--out", str(tmp_path / "out"), "--report", "--docs",
+                 str(tmp_path / "docs")]) == 0
+    report = (tmp_path / "docs" / "reproduction.md").read_text()
+    assert "| setting | 0.5x | 1x | 1.4x |" in report
+    assert f"| baseline | {curves['none'][0.5][0]:.2f} (n=1) | {trained:.2f} (n=1) |" in report
+    assert (tmp_path / "docs" / "reproduction" / "test-scale.png").stat().st_size > 1000

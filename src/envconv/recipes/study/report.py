@@ -78,7 +78,7 @@ def collect_results(plan: Plan, out_dir: Path) -> List[Result]:
                               statistics.median(seconds) if seconds else None, summary["parameters"], summary, info,
                               run.config))
         for ev in plan.evaluations:
-            result = (run_dir.read_json(RunDir.eval_file(run_dir.last, ev.envelope_size))
+            result = (run_dir.read_json(RunDir.eval_file(run_dir.last, ev.envelope_size, ev.object_scale))
                       if ev.of == run.entry.name else None)
             if result is not None:
                 results.append(Result(run.name, ev.name, ev.tables, ev.label, run.seed, run.config["train"]["epochs"],
@@ -315,6 +315,63 @@ def _plot_trajectories(trajectories, labels: Dict[str, str], png: Path) -> bool:
     return True
 
 
+def test_scale_errors(plan: Plan, results: List[Result]) -> Dict[str, Dict[float, List[float]]]:
+    """Per entry with object-scale evaluations: test error by test object scale, one value per seed.
+
+    The entry's own runs give the error at its training scale (``data.object_scale``), its
+    evaluations the other scales.
+    """
+    scaled = [ev for ev in plan.evaluations if ev.object_scale is not None and ev.envelope_size is None]
+    out: Dict[str, Dict[float, List[float]]] = {}
+    for of in dict.fromkeys(ev.of for ev in scaled):
+        curve: Dict[float, List[float]] = {}
+        for r in results:
+            if r.name == of and r.config:
+                curve.setdefault(float(r.config["data"].get("object_scale", 1.0)), []).append(r.test_top1_err)
+        for ev in (ev for ev in scaled if ev.of == of):
+            errors = [r.test_top1_err for r in results if r.name == ev.name]
+            if errors:
+                curve.setdefault(ev.object_scale, []).extend(errors)
+        out[of] = dict(sorted(curve.items()))
+    return {of: curve for of, curve in out.items() if curve}
+
+
+def _test_scale_section(plan: Plan, results: List[Result], asset_dir: Path, docs_dir: Path) -> List[str]:
+    curves = test_scale_errors(plan, results)
+    if not curves:
+        return []
+    labels = _labels(plan)
+    scales = sorted({s for curve in curves.values() for s in curve})
+    lines = ["### Test error by the test objects' scale", "",
+             "Each setting trained at one object scale, its checkpoints tested with the test garments "
+             "resized to each scale on the same canvas: mean ± standard deviation over seeds (n).", "",
+             "| setting | " + " | ".join(f"{s:g}x" for s in scales) + " |", "|---|" + "---|" * len(scales)]
+    for of, curve in curves.items():
+        cells = [str(summarize(curve[s])) if s in curve else "" for s in scales]
+        lines.append(f"| {labels[of]} | " + " | ".join(cells) + " |")
+    png = asset_dir / "test-scale.png"
+    try:
+        from ..analysis.plots import pyplot
+        plt = pyplot()
+    except ImportError:
+        return lines + [""]
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    for i, (of, curve) in enumerate(curves.items()):
+        xs = list(curve)
+        means = [float(np.mean(curve[s])) for s in xs]
+        spread = [float(np.std(curve[s], ddof=1)) if len(curve[s]) > 1 else 0.0 for s in xs]
+        ax.errorbar(xs, means, yerr=spread, color=f"C{i}", marker="o", markersize=3, capsize=2, label=labels[of])
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(scales, [f"{s:g}" for s in scales], fontsize=7)
+    ax.set_xlabel("test object scale", fontsize=8)
+    ax.set_ylabel("test top-1 error (%)", fontsize=8)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+    return lines + ["", f"![test error by test object scale]({png.relative_to(docs_dir).as_posix()})", ""]
+
+
 def _plot_sigmas(layers: List[EnvelopeInfo], title: str, png: Path) -> bool:
     """The analysis report's Fig. 4a plot of one run (False when matplotlib is missing or there are no sigmas)."""
     try:
@@ -488,6 +545,7 @@ def write_report(plan: Plan, out_dir: Path, docs_dir: Path) -> Dict[str, Any]:
         lines += _probe_section(plan, results, asset_dir, docs_dir)
     lines += _sigma_section(plan, results, asset_dir, docs_dir)
     lines += _sigma_movement_section(plan, results, asset_dir, docs_dir)
+    lines += _test_scale_section(plan, results, asset_dir, docs_dir)
     lines += _setup_section(plan, results, out_dir, n_runs)
     atomic_write_bytes("\n".join(lines).encode(), docs_dir / "reproduction.md")
     return {"results": results, "markdown": docs_dir / "reproduction.md", "csv": asset_dir / "results.csv"}

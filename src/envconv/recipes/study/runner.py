@@ -192,12 +192,14 @@ def _train(run: Run, quiet: bool, log) -> bool:
 def _evaluate(run: Run, plan: Plan, log) -> None:
     checkpoint = RunDir.of_config(run.config).last
     for ev in plan.evaluations:
-        output = RunDir.eval_file(checkpoint, ev.envelope_size)
+        output = RunDir.eval_file(checkpoint, ev.envelope_size, ev.object_scale)
         if ev.of != run.entry.name or output.exists():
             continue
-        result = evaluate_checkpoint(checkpoint, envelope_size=ev.envelope_size)
+        result = evaluate_checkpoint(checkpoint, envelope_size=ev.envelope_size, object_scale=ev.object_scale)
         atomic_write_bytes(json.dumps(result, indent=1).encode(), output)
-        log(f"  {ev.name}: top-1 error {result['top1_err']:.2f}% with envelopes of size {ev.envelope_size}")
+        how = [f"envelopes of size {ev.envelope_size}"] if ev.envelope_size is not None else []
+        how += [f"objects at scale {ev.object_scale:g}"] if ev.object_scale is not None else []
+        log(f"  {ev.name}: top-1 error {result['top1_err']:.2f}% with {' and '.join(how)}")
 
 
 def _probe(run: Run, plan: Plan, log) -> None:

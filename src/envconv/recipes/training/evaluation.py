@@ -50,6 +50,7 @@ def evaluate_checkpoint(
     batch_size: Optional[int] = None,
     device: str = "auto",
     workers: Optional[int] = None,
+    object_scale: Optional[float] = None,
 ) -> Dict[str, Any]:
     """Evaluate a training checkpoint on its validation data (or on ``data``).
 
@@ -62,6 +63,8 @@ def evaluate_checkpoint(
         batch_size: default: the training batch size.
         device: ``auto``, ``cpu``, ``cuda`` ...
         workers: data-loading processes (default: the config's).
+        object_scale: Fashion-MNIST: the test garments at this scale on the training canvas
+            (``data.object_scale``) instead of the trained one; None keeps it.
 
     Returns:
         A dict with the checkpoint, epoch, envelope sizes, images, loss, top-1 / top-5 error (%)
@@ -75,6 +78,10 @@ def evaluate_checkpoint(
     if envelope_size is not None:
         shrink(model, envelope_size, eps=eps)
     data_cfg = data_config_for(config, data, "val")
+    if object_scale is not None:
+        if data_cfg["dataset"] != "fashion_mnist":
+            raise ValueError(f"an object scale applies to data.dataset=fashion_mnist, not {data_cfg['dataset']!r}")
+        data_cfg["object_scale"] = float(object_scale)
     dataset = build_dataset(data_cfg, "val", config["model"]["in_chans"], config["model"]["num_classes"])
     loader = build_loader(dataset, batch_size or config["train"]["batch_size"], train=False,
                           workers=data_cfg["workers"] if workers is None else workers,
@@ -85,6 +92,7 @@ def evaluate_checkpoint(
     return {"checkpoint": str(checkpoint), "epoch": ckpt["epoch"], "model": config["model"]["name"],
             "method": config["model"]["method"],
             "envelope_sizes": {row.name: row.size for row in envelopes(model)},
+            "object_scale": data_cfg.get("object_scale", 1.0),
             "device": str(torch_device), **stats.as_dict()}
 
 
@@ -97,6 +105,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--envelope-size", type=_size, help="set every envelope to this odd size (3: Table 1e; above "
                         "the trained size it adds taps), to one per spatial axis (3x9x9) or 'auto' (smallest size "
                         "keeping 1 - eps of the mass)")
+    parser.add_argument("--object-scale", type=positive_float, help="Fashion-MNIST: test with the garments at this "
+                        "scale on the training canvas (data.object_scale; default: as trained)")
     parser.add_argument("--eps", type=positive_float, default=1e-2,
                         help="mass left out by --envelope-size auto (default 0.01)")
     parser.add_argument("--batch-size", type=positive_int, help="default: the training batch size")
@@ -120,14 +130,16 @@ def _size(text: str) -> Union[int, str, Tuple[int, ...]]:
 
 def main(args: argparse.Namespace) -> int:
     """Run ``envconv eval``: print the errors and write them as JSON beside the checkpoint."""
-    output = Path(args.output or RunDir.eval_file(Path(args.checkpoint), args.envelope_size))
+    output = Path(args.output or RunDir.eval_file(Path(args.checkpoint), args.envelope_size, args.object_scale))
     check_writable(output.parent)  # before the evaluation, not after it
     result = evaluate_checkpoint(args.checkpoint, data=args.data, envelope_size=args.envelope_size, eps=args.eps,
-                                 batch_size=args.batch_size, device=args.device, workers=args.workers)
+                                 batch_size=args.batch_size, device=args.device, workers=args.workers,
+                                 object_scale=args.object_scale)
     sizes = sorted(set(result["envelope_sizes"].values()), key=lambda k: (k,) if isinstance(k, int) else tuple(k))
     rows = [("checkpoint", f"{result['checkpoint']} (epoch {result['epoch']})"),
             ("model", f"{result['model']} ({result['method']})"),
             ("envelope sizes", ", ".join(map(str, sizes)) if sizes else "no envelopes"),
+            ("object scale", f"{result['object_scale']:g}"),
             ("images", f"{result['images']:,}"), ("loss", f"{result['loss']:.4f}"),
             ("top-1 error", f"{result['top1_err']:.2f}%"), ("top-5 error", f"{result['top5_err']:.2f}%"),
             ("images/s", f"{result['images_per_s']:.0f} on {result['device']}")]
