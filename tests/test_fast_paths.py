@@ -38,10 +38,11 @@ def test_strided_identity_conv_samples_the_envelope(channels_last):
     _, want_graw = ref.envelope_vjp(x.detach().numpy(), raw, 9, grad_smoothed.numpy(), stride=(2, 2))
     got = torch.autograd.grad(conv(x).sum(), conv.envelope.raw_sigma)[0]
     torch.testing.assert_close(got, torch.from_numpy(want_graw), rtol=1e-6, atol=1e-7)
-    # dispatch: a 15 x 12 map goes to one k x k conv in NCHW, to the C++ kernel in channels_last
+    # dispatch, 8 channels (the pass-per-axis rule): a contiguous map's strided forward in C++, a
+    # channels_last one's in one k x k conv (a 15 x 12 map)
     from envconv.ops import cpu
 
-    assert conv.envelope.resolve_impl(x, stride=2) == ("cpp" if channels_last and cpu.available() else "full")
+    assert conv.envelope.resolve_impl(x, stride=2) == ("cpp" if not channels_last and cpu.available() else "full")
 
 
 CONV_CASES = [dict(kernel_size=3, stride=2, padding=1, bias=True), dict(kernel_size=1, stride=2, padding=0, bias=False),

@@ -195,20 +195,14 @@ def _nd_input(x: torch.Tensor) -> torch.Tensor:
     return x if is_channels_last(x) else x.contiguous()
 
 
-def _ring(x: torch.Tensor, kernel) -> bool:
-    from .dispatch import ring_loop_applies  # dispatch imports this module
-
-    return ring_loop_applies(x, per_axis=not isinstance(kernel, torch.Tensor))
-
-
-def forward(x: torch.Tensor, kernel, stride: Sequence[int], ring: Optional[bool] = None) -> torch.Tensor:
+def forward(x: torch.Tensor, kernel, stride: Sequence[int], ring: bool = False) -> torch.Tensor:
     """The envelope of ``x`` with 1-D kernels, output every ``stride`` positions, in ``x``'s memory format.
 
     ``kernel``: one (C, k) tensor for every spatial axis, or a sequence of them, one per axis (as
-    in ``envconv.ops.composite.forward``). ``ring``: force the loop order (the ring takes 2-D maps
-    and one kernel); by default :func:`~envconv.ops.dispatch.ring_loop_applies` decides.
+    in ``envconv.ops.composite.forward``). ``ring``: the 2-D ring loop (2-D maps, one kernel)
+    instead of the pass per axis; :func:`~envconv.ops.dispatch.ring_loop_applies` is the rule.
     """
-    if _ring(x, kernel) if ring is None else ring:
+    if ring:
         y = torch.ops.envconv._cpu_envelope_forward(_channels_last(x), kernel.to(x.dtype).t().contiguous(), *stride)
         return _like_input(y, x)
     kernels = per_axis(kernel, x.dim() - 2)
@@ -217,13 +211,13 @@ def forward(x: torch.Tensor, kernel, stride: Sequence[int], ring: Optional[bool]
 
 
 def backward(grad: torch.Tensor, x: torch.Tensor, kernel, dkernel, stride: Sequence[int],
-             need_x: bool, ring: Optional[bool] = None) -> Tuple[Optional[torch.Tensor], torch.Tensor]:
+             need_x: bool, ring: bool = False) -> Tuple[Optional[torch.Tensor], torch.Tensor]:
     """``(grad_x or None, sigma gradient)`` by the eq. (8) backward.
 
     ``kernel`` / ``dkernel`` / ``ring``: as in :func:`forward`. The sigma gradient is per channel
     (C,) for one kernel, per channel and axis (C, n) for one kernel per axis.
     """
-    if _ring(x, kernel) if ring is None else ring:
+    if ring:
         grad_x, grad_sigma = torch.ops.envconv._cpu_envelope_backward(
             grad.to(x.dtype), _channels_last(x), kernel.to(x.dtype).t().contiguous(),
             dkernel.to(x.dtype).t().contiguous(), *stride, need_x)

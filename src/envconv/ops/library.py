@@ -111,7 +111,7 @@ def _for_kernel(kernels: List[Tensor], one: bool):
 def _run_kernel(x: Tensor, one: bool, kernels: List[Tensor], stride: List[int], padding_mode: str,
                 which: str) -> Tensor:
     if which == "cpp":
-        return cpu.forward(x, _for_kernel(kernels, one), stride)
+        return cpu.forward(x, _for_kernel(kernels, one), stride, ring=dispatch.ring_loop_applies(x, not one))
     if which == "triton":
         from . import triton_kernels
 
@@ -239,7 +239,7 @@ def _backward(grad, x, raw_sigma, size, stride, padding_mode, impl, need_x, need
         kernels, dkernels = envelope_kernels(raw_sigma, sizes, x, derivative=True)
         if which == "cpp":
             grad_x, grad_c = cpu.backward(grad, x, _for_kernel(kernels, one), _for_kernel(dkernels, one), stride,
-                                          need_x)
+                                          need_x, ring=dispatch.ring_loop_applies(x, not one))
         elif which == "triton":
             from . import triton_kernels
 

@@ -233,7 +233,7 @@ def bundled_plans() -> List[str]:
 
     Example:
         >>> bundled_plans()
-        ['fashion_mnist']
+        ['fashion_mnist', 'fashion_mnist_scales']
     """
     return sorted(p.stem for p in STUDY_DIR.glob("*.yaml"))
 
