@@ -142,7 +142,7 @@ def test_envelope_conv2d_gradients_match_reference_in_every_route():
         torch.testing.assert_close(got[1], want_gw, **TOL[torch.float64])
 
 
-# ---- the three defects of the old C++ path ------------------------------------------------------------------
+# ---- edge cases: a frozen sigma, the reference itself, an empty batch, the two C++ loops -----------------------
 
 def test_frozen_sigma_stem_with_the_fused_kernel_trains_its_weight():
     needs("cpp")

@@ -16,7 +16,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import kernels as EF
-from ..envelope import GaussianEnvelope  # noqa: F401  (used in the examples)
 
 __all__ = [
     "DepthwiseEnvelope",
@@ -45,6 +44,7 @@ class DepthwiseEnvelope(nn.Module):
     Gaussian envelope starts. Extra parameters: :math:`2 k_g C`.
 
     Example:
+        >>> from envconv import GaussianEnvelope
         >>> env = DepthwiseEnvelope(4, size=5)
         >>> x = torch.randn(1, 4, 8, 8)
         >>> g = GaussianEnvelope(4, size=5)

@@ -39,8 +39,6 @@ default_cfgs: Dict[str, Dict[str, Any]] = {}
 
 
 def _small_cfg(base: str) -> Dict[str, Any]:
-    from .small_resnet import SMALL_RESNETS
-
     stages = len(SMALL_RESNETS[base][0])
     side = 32 // 2 ** (stages - 1)
     return dict(input_size=(3, 32, 32), pool_size=(side, side), crop_pct=1.0, interpolation="bilinear",

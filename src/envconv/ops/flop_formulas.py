@@ -50,8 +50,9 @@ def _(x_shape, raw_shape, size, stride, padding_mode=None, impl=None, axis_sizes
 @register_flop_formula(torch.ops.envconv.envelope_backward)
 def _(grad_shape, x_shape, raw_shape, size, stride, padding_mode, impl, need_x, need_sigma, axis_sizes=None, *args,
       out_shape=None, **kwargs) -> int:
-    # input gradient: the transposed passes (a forward's count); sigma gradient: the forward's
-    # intermediate, the derivative pass, two height passes and the dot product with the gradient
+    # input gradient: the transposed passes (a forward's count); sigma gradient: about two forwards'
+    # passes (the passes with the derivative kernel along one axis and the Gaussian along the
+    # others, sharing the forward's intermediates) and the dot product with the gradient
     sizes = op_size(size, axis_sizes)
     flops = envelope_flops(x_shape, sizes, stride) if need_x else 0
     if need_sigma and size > 1:
