@@ -56,6 +56,24 @@ def test_a_frozen_dcls_model_is_plain_convolutions_with_the_same_outputs():
     torch.testing.assert_close(frozen(x), expected, rtol=1e-12, atol=1e-12)
 
 
+def test_envelope_after_is_envconvs_envelope_at_antialiased_cnns_place_and_the_plain_net_at_sigma_zero():
+    model = _model("envelope-after")
+    assert _kinds(model) == {"conv1": "Conv2d", "layer2.0.conv1": "Sequential",
+                             "layer2.0.downsample.0": "DisentangledConv2d", "layer3.0.conv1": "Sequential",
+                             "layer3.0.downsample.0": "DisentangledConv2d"}
+    conv, envelope = model.layer2[0].conv1
+    assert conv.stride == (1, 1) and envelope.order == "pool-env" and envelope.stride == [2, 2]
+    _one_step(model)
+    plain = _model("none").double().eval()
+    converted = envconv.disentangle(copy.deepcopy(plain), method="envelope-after").eval()
+    with torch.no_grad():
+        for name, p in converted.named_parameters():
+            if name.endswith("raw_sigma"):
+                p.fill_(-1e4)  # sigma -> 0: the delta envelope
+    x = torch.randn(2, 1, 16, 16, dtype=torch.float64)
+    torch.testing.assert_close(converted(x), plain(x), rtol=0, atol=1e-12)
+
+
 def test_blurpool_moves_the_stride_into_antialiased_cnns_blur():
     aa = pytest.importorskip("antialiased_cnns", reason="antialiased-cnns is not installed")
     model = _model("blurpool")

@@ -19,6 +19,15 @@ and the strided convolutions of the first block of stages 2-4 (both paths).
   channel by folding the channels into the batch) in front of the convolution: envconv's own
   function computed by kornia (equal at equal sigma and size).
 
+And envconv's own envelope at antialiased-cnns' place (not a peer; the control that separates the
+placement from the learned sigma):
+
+* ``envelope-after``: a strided k x k conv becomes the conv at stride 1, then envconv's learned
+  envelope evaluated at the stride (:class:`~envconv.EnvelopePool2d` with ``order="pool-env"``
+  over a 1 x 1 average pool: the envelope alone); a strided 1 x 1 conv gets ours, whose envelope
+  already comes first and is read at the stride. Unstrided ones stay. At sigma -> 0 it is the
+  original network exactly.
+
 ``dcls`` and ``blur-before`` convert ``nn.Conv1d`` too, the others ``nn.Conv2d`` only. Nothing here
 is imported by the library (``import envconv``).
 """
@@ -31,7 +40,7 @@ import torch
 from torch import nn
 
 from .. import kernels as EF
-from ..conv import adopt_weights, conv_arguments
+from ..conv import DisentangledConv2d, adopt_weights, conv_arguments
 from ..methods import METHODS, register_method
 
 __all__ = ["PEERS", "KorniaBlurConv2d", "freeze_dcls"]
@@ -118,6 +127,21 @@ def _blurpool(conv: nn.Conv2d, *, filt_size: int = 4):
     return nn.Sequential(_at_stride_one(conv), aa.BlurPool(conv.out_channels, filt_size=filt_size, stride=stride))
 
 
+def _envelope_after(conv: nn.Conv2d, *, envelope_size: int = 9, sigma_init: float = 0.0):
+    if not _strided(conv):
+        return conv
+    if conv.kernel_size == (1, 1):
+        return DisentangledConv2d.from_conv(conv, envelope_size=envelope_size, sigma_init=sigma_init)
+    from ..pool import EnvelopePool2d
+
+    subsample = nn.AvgPool2d(1, stride=conv.stride)
+    envelope = EnvelopePool2d.from_pool(subsample, conv.out_channels, envelope_size=envelope_size, order="pool-env",
+                                        sigma_init=sigma_init, device=conv.weight.device, dtype=conv.weight.dtype)
+    if not conv.weight.requires_grad:
+        envelope.requires_grad_(False)
+    return nn.Sequential(_at_stride_one(conv), envelope.train(conv.training))
+
+
 def _blur_before(conv: nn.Module, *, filt_size: int = 3):
     if isinstance(conv, nn.Conv1d):  # timm blurs images only: antialiased-cnns' 1-D blur
         blur = _need("antialiased_cnns.blurpool", "antialiased-cnns").BlurPool1D(conv.in_channels, filt_size=filt_size,
@@ -168,6 +192,8 @@ def _register() -> None:
         ("blurpool", _blurpool, "Zhang 2019", "antialiased-cnns: conv at stride 1, then a fixed BlurPool", (2,)),
         ("blur-before", _blur_before, "timm BlurPool2d", "a fixed binomial blur before the convolution", (1, 2)),
         ("kornia-blur", _kornia_blur, "kornia", "kornia gaussian_blur2d with a learned sigma", (2,)),
+        ("envelope-after", _envelope_after, "Zhang 2019's placement",
+         "the conv at stride 1, then envconv's learned envelope at the stride", (2,)),
     ):
         if name not in METHODS:  # a second import (importlib.reload) keeps the first registration
             register_method(name, build, reference, summary, dims)
