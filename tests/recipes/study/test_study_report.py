@@ -158,7 +158,7 @@ def test_the_sigma_movement_table_and_figure_come_from_each_runs_sigma_records(f
 
 def test_object_scale_evaluations_test_each_checkpoint_at_other_scales(fashion_root, tmp_path):
     # garments on a 40x40 canvas, trained at scale 1, tested at 0.5 and 1.4 as well: a table and a figure
-    from envconv.recipes.study.report import collect_results, test_scale_errors
+    from envconv.recipes.study.report import collect_results, errors_by_test_scale
 
     entries = [{"name": "none", "label": "baseline", "tables": ["1a"],
                 "set": {"model.method": "none", "model.options": {}, "model.num_classes": 10,
@@ -172,7 +172,7 @@ def test_object_scale_evaluations_test_each_checkpoint_at_other_scales(fashion_r
     for s in (0.5, 1.4):
         result = _read(run_dir / f"eval-last-s{s:g}.json")
         assert result["object_scale"] == s and result["images"] == 64
-    curves = test_scale_errors(plan, collect_results(plan, tmp_path / "out"))
+    curves = errors_by_test_scale(plan, collect_results(plan, tmp_path / "out"))
     trained = _read(run_dir / "summary.json")["final_val"]["top1_err"]
     assert curves == {"none": {0.5: [_read(run_dir / "eval-last-s0.5.json")["top1_err"]], 1.0: [trained],
                                1.4: [_read(run_dir / "eval-last-s1.4.json")["top1_err"]]}}

@@ -315,7 +315,7 @@ def _plot_trajectories(trajectories, labels: Dict[str, str], png: Path) -> bool:
     return True
 
 
-def test_scale_errors(plan: Plan, results: List[Result]) -> Dict[str, Dict[float, List[float]]]:
+def errors_by_test_scale(plan: Plan, results: List[Result]) -> Dict[str, Dict[float, List[float]]]:
     """Per entry with object-scale evaluations: test error by test object scale, one value per seed.
 
     The entry's own runs give the error at its training scale (``data.object_scale``), its
@@ -337,7 +337,7 @@ def test_scale_errors(plan: Plan, results: List[Result]) -> Dict[str, Dict[float
 
 
 def _test_scale_section(plan: Plan, results: List[Result], asset_dir: Path, docs_dir: Path) -> List[str]:
-    curves = test_scale_errors(plan, results)
+    curves = errors_by_test_scale(plan, results)
     if not curves:
         return []
     labels = _labels(plan)
