@@ -276,7 +276,7 @@ def _run_epochs(config, run: RunDir, ctx, state: _State, quiet: bool) -> Optiona
 
 
 def _time_left(started: float, epoch: int, first: int, train_cfg) -> str:
-    """``, about N min left`` (or ``N s``) at this run's mean wall time per epoch (training, evaluation); "" at the end."""
+    """``, about N min left`` (or ``N s``) at the run's mean wall time per epoch so far; empty at the end."""
     left = train_cfg["epochs"] - epoch
     if left <= 0:
         return ""
