@@ -37,9 +37,9 @@ def new_parameters(module):
 
 
 def test_every_method_is_listed_with_its_extra_parameters():
-    from envconv.recipes.peers import PEERS  # the recipes register the peer libraries too (tests/recipes/test_peers.py)
+    from envconv.recipes.peers import REGISTERED  # the recipes register the peers too (tests/recipes/test_peers.py)
 
-    assert set(METHODS) - set(PEERS) == set(EXTRA)
+    assert set(METHODS) - set(REGISTERED) == set(EXTRA)
 
 
 @pytest.mark.parametrize("name", sorted(EXTRA))

@@ -43,10 +43,12 @@ from .. import kernels as EF
 from ..conv import DisentangledConv2d, adopt_weights, conv_arguments
 from ..methods import METHODS, register_method
 
-__all__ = ["PEERS", "KorniaBlurConv2d", "freeze_dcls"]
+__all__ = ["PEERS", "REGISTERED", "KorniaBlurConv2d", "freeze_dcls"]
 
 #: The peer methods and the PyPI package each needs.
 PEERS = {"dcls": "dcls", "blurpool": "antialiased-cnns", "blur-before": "timm", "kornia-blur": "kornia"}
+#: Every method this module registers: the peers, and envconv's envelope at antialiased-cnns' place.
+REGISTERED = (*PEERS, "envelope-after")
 
 
 def _need(module: str, package: str):
