@@ -99,10 +99,10 @@ def _format_duration(seconds: float) -> str:
     return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m"
 
 
-def _epoch_estimates(plan: Plan, runs: List[Run], measure: bool, fallback: bool = True) -> Dict[str, float]:
-    """Seconds per epoch for each entry: measured in its finished epochs, else by timed steps (or the median).
+def _epoch_estimates(plan: Plan, runs: List[Run], measure: bool) -> Dict[str, float]:
+    """Seconds per epoch of the entries that have a measurement: their finished epochs, else (``measure``) timed steps.
 
-    Without ``fallback``, only the entries that have a measurement (finished epochs, or timed steps).
+    :func:`_with_median` gives the others the median.
     """
     estimates: Dict[str, float] = {}
     for entry in plan.entries:
@@ -114,10 +114,13 @@ def _epoch_estimates(plan: Plan, runs: List[Run], measure: bool, fallback: bool 
         if entry.name not in estimates and measure:
             config = next(run.config for run in runs if run.entry is entry)
             estimates[entry.name] = measure_epoch_seconds(config, _train_images(config, cache))
-    if not fallback:
-        return estimates
-    median = statistics.median(estimates.values()) if estimates else 0.0
-    return {e.name: estimates.get(e.name, median) for e in plan.entries}
+    return estimates
+
+
+def _with_median(plan: Plan, measured: Dict[str, float]) -> Dict[str, float]:
+    """Seconds per epoch for every entry: its measurement, else the median of the others' (0 without any)."""
+    median = statistics.median(measured.values()) if measured else 0.0
+    return {e.name: measured.get(e.name, median) for e in plan.entries}
 
 
 def _seconds_left(runs: List[Run], estimates: Dict[str, float]) -> float:
@@ -135,8 +138,8 @@ def dry_run(plan: Plan, out_dir: Path, log: Callable[[str], None] = print, estim
         >>> dry_run(load_plan("studies/fashion_mnist.yaml"), Path("results/study-fashion_mnist"))  # doctest: +SKIP
     """
     runs = plan.runs(out_dir)
-    measured = _epoch_estimates(plan, runs, measure=False, fallback=False)
-    estimates = _epoch_estimates(plan, runs, measure=estimate)
+    measured = _epoch_estimates(plan, runs, measure=estimate)
+    estimates = _with_median(plan, measured)
     log(f"study {plan.name}: {len(plan.entries)} entries, {len(runs)} runs (seeds {plan.seeds}; "
         f"{sum(e.seeds is not None for e in plan.entries)} entries have their own) in {out_dir}")
     log(f"{'run':32s} {'epochs':>7s} {'s/epoch':>8s}  state")
@@ -232,7 +235,7 @@ def run_study(plan: Plan, out_dir: Path, *, quiet: bool = False, only: Optional[
     failed: List[str] = []
     busy: List[str] = []
     for i, run in enumerate(runs, 1):
-        estimates = _epoch_estimates(plan, runs, measure=False)
+        estimates = _with_median(plan, _epoch_estimates(plan, runs, measure=False))
         left = _seconds_left(runs[i - 1:], estimates)
         eta = f", about {_format_duration(left)} of training left" if left else ""
         done = _epochs_done(run)
