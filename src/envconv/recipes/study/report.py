@@ -146,11 +146,19 @@ def _members(plan: Plan, table: str) -> List[str]:
     return [item.name for item in [*plan.entries, *plan.evaluations] if table in item.tables]
 
 
-def _plot(plan: Plan, results: List[Result], names: List[str], metric: str, title: str, path: Path) -> bool:
+def _pyplot():
+    """The pyplot of matplotlib (Agg), or ``None`` without matplotlib: the report is then written without figures."""
+    from ..analysis.plots import pyplot
+
     try:
-        from ..analysis.plots import pyplot
-        plt = pyplot()
+        return pyplot()
     except ImportError:
+        return None
+
+
+def _plot(plan: Plan, results: List[Result], names: List[str], metric: str, title: str, path: Path) -> bool:
+    plt = _pyplot()
+    if plt is None:
         return False
     labels = _labels(plan)
     fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(names), 3.4))
@@ -221,9 +229,15 @@ def _probe_section(plan: Plan, results: List[Result], asset_dir: Path, docs_dir:
     return lines + [""]
 
 
+def _is_ours(result: Result) -> bool:
+    """A trained run of the paper's method: one learned sigma per channel, envelope before the conv."""
+    model = result.config["model"] if result.config else None
+    return bool(model) and model["method"] == "gaussian" and not model["shared_sigma"] \
+        and model["order"] in (None, "env-conv") and model["options"].get("learnable", True)
+
+
 def _sigma_section(plan: Plan, results: List[Result], asset_dir: Path, docs_dir: Path) -> List[str]:
-    run = next((r for r in results if r.config and r.config["model"]["method"] == "gaussian"
-                and not r.config["model"]["shared_sigma"] and r.config["model"]["order"] in (None, "env-conv")), None)
+    run = next((r for r in results if _is_ours(r)), None)
     if run is None:
         return []
     lines = [f"### Learned sigma per layer ({run.run}, last epoch)", "",
@@ -239,9 +253,7 @@ def _sigma_section(plan: Plan, results: List[Result], asset_dir: Path, docs_dir:
 
 def _learned_sigma_entries(plan: Plan, results: List[Result]) -> List[str]:
     """Ours (the first entry with one learned sigma per channel before the conv) and the sigma table's entries."""
-    ours = next((r.name for r in results if r.config and r.config["model"]["method"] == "gaussian"
-                 and not r.config["model"]["shared_sigma"] and r.config["model"]["order"] in (None, "env-conv")
-                 and r.config["model"]["options"].get("learnable", True)), None)
+    ours = next((r.name for r in results if _is_ours(r)), None)
     names = ([ours] if ours else []) + [n for n in _members(plan, "sigma") if n != ours]
     return [n for n in names if any(r.name == n and r.config for r in results)]
 
@@ -290,10 +302,8 @@ def _sigma_movement_section(plan: Plan, results: List[Result], asset_dir: Path, 
 
 def _plot_trajectories(trajectories, labels: Dict[str, str], png: Path) -> bool:
     """A panel per layer: each setting's channel mean over the epochs (mean over seeds), its channel range shaded."""
-    try:
-        from ..analysis.plots import pyplot
-        plt = pyplot()
-    except ImportError:
+    plt = _pyplot()
+    if plt is None:
         return False
     layers = list(next(iter(trajectories.values())))
     fig, axes = plt.subplots(1, len(layers), figsize=(2.6 * len(layers), 3.0), squeeze=False)
@@ -350,11 +360,16 @@ def _test_scale_section(plan: Plan, results: List[Result], asset_dir: Path, docs
         cells = [str(summarize(curve[s])) if s in curve else "" for s in scales]
         lines.append(f"| {labels[of]} | " + " | ".join(cells) + " |")
     png = asset_dir / "test-scale.png"
-    try:
-        from ..analysis.plots import pyplot
-        plt = pyplot()
-    except ImportError:
-        return lines + [""]
+    if _plot_test_scale(curves, labels, scales, png):
+        lines += ["", f"![test error by test object scale]({png.relative_to(docs_dir).as_posix()})"]
+    return lines + [""]
+
+
+def _plot_test_scale(curves, labels: Dict[str, str], scales: List[float], png: Path) -> bool:
+    """Each setting's test error (mean ± std over seeds) against the test objects' scale, on a log axis."""
+    plt = _pyplot()
+    if plt is None:
+        return False
     fig, ax = plt.subplots(figsize=(5.5, 3.4))
     for i, (of, curve) in enumerate(curves.items()):
         xs = list(curve)
@@ -369,18 +384,16 @@ def _test_scale_section(plan: Plan, results: List[Result], asset_dir: Path, docs
     fig.tight_layout()
     fig.savefig(png, dpi=100)
     plt.close(fig)
-    return lines + ["", f"![test error by test object scale]({png.relative_to(docs_dir).as_posix()})", ""]
+    return True
 
 
 def _plot_sigmas(layers: List[EnvelopeInfo], title: str, png: Path) -> bool:
     """The analysis report's Fig. 4a plot of one run (False when matplotlib is missing or there are no sigmas)."""
-    try:
-        from ..analysis.plots import plot_sigmas, pyplot
-        plt = pyplot()
-    except ImportError:
+    plt = _pyplot()
+    if plt is None or not layers:
         return False
-    if not layers:
-        return False
+    from ..analysis.plots import plot_sigmas
+
     fig = plot_sigmas(layers, title)
     fig.savefig(png, dpi=100)
     plt.close(fig)
@@ -434,10 +447,8 @@ def _unbroken(diff: Optional[Difference]) -> str:
 
 def _forest_plot(plan: Plan, diffs: List[Optional[Difference]], path: Path) -> bool:
     """Every claim's paired difference with its 95% interval, 0 and the ±margin band, the paper's Δ beside it."""
-    try:
-        from ..analysis.plots import pyplot
-        plt = pyplot()
-    except ImportError:
+    plt = _pyplot()
+    if plt is None:
         return False
     rows = [(c, d) for c, d in zip(plan.claims, diffs) if d is not None]
     if not rows:
