@@ -30,8 +30,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, S
 
 __all__ = ["FASHION_MNIST_ROOT", "FASHION_MNIST_CLASSES", "read_idx", "FashionMNIST", "ScaledObjects",
            "SyntheticImages", "Digits", "CropFlip", "Normalize", "build_dataset", "build_datasets", "build_loader",
-           "ShardSampler",
-           "epoch_seed", "load_image"]
+           "ShardSampler", "epoch_seed", "load_image"]
 
 #: Where Debian's ``dataset-fashion-mnist`` package installs the files.
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"

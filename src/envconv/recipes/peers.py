@@ -42,6 +42,7 @@ from torch import nn
 from .. import kernels as EF
 from ..conv import DisentangledConv2d, adopt_weights, conv_arguments
 from ..methods import METHODS, register_method
+from ..pool import EnvelopePool2d
 
 __all__ = ["PEERS", "REGISTERED", "KorniaBlurConv2d", "freeze_dcls"]
 
@@ -134,8 +135,6 @@ def _envelope_after(conv: nn.Conv2d, *, envelope_size: int = 9, sigma_init: floa
         return conv
     if conv.kernel_size == (1, 1):
         return DisentangledConv2d.from_conv(conv, envelope_size=envelope_size, sigma_init=sigma_init)
-    from ..pool import EnvelopePool2d
-
     subsample = nn.AvgPool2d(1, stride=conv.stride)
     envelope = EnvelopePool2d.from_pool(subsample, conv.out_channels, envelope_size=envelope_size, order="pool-env",
                                         sigma_init=sigma_init, device=conv.weight.device, dtype=conv.weight.dtype)

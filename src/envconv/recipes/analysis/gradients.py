@@ -80,10 +80,10 @@ def gradient_sizes(model: nn.Module, batches: Iterable[Sequence[torch.Tensor]], 
         sigma = sigma2_from_raw(raw).sqrt()
         dsigma = torch.sigmoid(raw) / (2 * sigma)  # d sigma / d raw, sigma = sqrt(softplus(raw))
         mean_g = g.mean(0)
+        step = lr * (mean_g.abs() * dsigma).mean()
         row = {
             "layer": layer_name(name), "path": paths.get(layer_name(name), ""), "channels": int(raw.shape[0]),
-            "sigma": float(sigma.mean()), "sigma_step": float(lr * (mean_g.abs() * dsigma).mean()),
-            "sigma_relative": float(lr * (mean_g.abs() * dsigma).mean() / sigma.mean()),
+            "sigma": float(sigma.mean()), "sigma_step": float(step), "sigma_relative": float(step / sigma.mean()),
             "sigma_consistency": float(mean_g.abs().mean() / g.abs().mean(0).mean()),
             "weight_relative": None, "weight_consistency": None, "batches": int(g.shape[0])}
         if weights[name] is not None:
