@@ -82,13 +82,6 @@ def layers(steps: int = 15) -> dict:
     return out
 
 
-def _forward(m, x):
-    def run():
-        with torch.no_grad():
-            m(x)
-    return run
-
-
 def _step(m, x):
     return lambda: m(x).sum().backward()
 
@@ -106,7 +99,8 @@ def stems(repeats: int = 7) -> dict:
             x = torch.randn(shape).contiguous(memory_format=layout)
 
             tag = f"{name}_{'channels_last' if layout == torch.channels_last else 'nchw'}"
-            out[f"{tag}_forward"] = paired_ratio(_forward(converted, x), _forward(plain, x), repeats=repeats).as_dict()
+            out[f"{tag}_forward"] = paired_ratio(_inference(converted, x), _inference(plain, x),
+                                                 repeats=repeats).as_dict()
             out[f"{tag}_step"] = paired_ratio(_step(converted, x), _step(plain, x), repeats=repeats).as_dict()
     return {**out, **small_net(repeats)}
 
