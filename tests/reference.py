@@ -22,19 +22,6 @@ def kernel1d(raw, size):
     return w / w.sum(axis=1, keepdims=True)
 
 
-def envelope(x, raw, size, mode="zeros"):
-    """Smooth each channel of x (N, C, H, W) with its separable kernel via scipy.ndimage.correlate1d."""
-    x = np.asarray(x, dtype=np.float64)
-    k = kernel1d(raw, size)
-    if k.shape[0] == 1:
-        k = np.repeat(k, x.shape[1], axis=0)
-    out = np.empty_like(x)
-    for c in range(x.shape[1]):
-        t = ndimage.correlate1d(x[:, c], k[c], axis=-1, mode=SCIPY_MODES[mode], cval=0.0)
-        out[:, c] = ndimage.correlate1d(t, k[c], axis=-2, mode=SCIPY_MODES[mode], cval=0.0)
-    return out
-
-
 def _source_index(i, n, mode):
     """The input index an out-of-range tap index ``i`` reads in ``mode`` (None: a zero)."""
     if 0 <= i < n:
@@ -61,41 +48,6 @@ def pass_matrix(kernel, n, mode="zeros", stride=1):
     return a
 
 
-def envelope_strided(x, raw, size, mode="zeros", stride=(1, 1)):
-    """The envelope at every stride-th pixel, per channel Y_c = A_h X_c A_w^T (float64 numpy)."""
-    x = np.asarray(x, dtype=np.float64)
-    k = kernel1d(raw, size)
-    k = np.repeat(k, x.shape[1], axis=0) if k.shape[0] == 1 else k
-    n, c, h, w = x.shape
-    out = []
-    for ch in range(c):
-        a_h, a_w = pass_matrix(k[ch], h, mode, stride[0]), pass_matrix(k[ch], w, mode, stride[1])
-        out.append(np.einsum("ab,nbc,dc->nad", a_h, x[:, ch], a_w))
-    return np.stack(out, 1)
-
-
-def envelope_vjp(x, raw, size, gy, mode="zeros", stride=(1, 1), eps=1e-6):
-    """(dL/dx, dL/draw) of L = sum(gy * envelope): the transposed matrices for x, central differences for raw."""
-    x, gy = np.asarray(x, dtype=np.float64), np.asarray(gy, dtype=np.float64)
-    raw = np.atleast_1d(np.asarray(raw, dtype=np.float64))
-    k = kernel1d(raw, size)
-    k = np.repeat(k, x.shape[1], axis=0) if k.shape[0] == 1 else k
-    n, c, h, w = x.shape
-    gx = np.empty_like(x)
-    for ch in range(c):
-        a_h, a_w = pass_matrix(k[ch], h, mode, stride[0]), pass_matrix(k[ch], w, mode, stride[1])
-        gx[:, ch] = np.einsum("ab,nac,cd->nbd", a_h, gy[:, ch], a_w)
-    graw = np.empty_like(raw)
-    for i in range(raw.shape[0]):
-        xs, gys, raws, at = _moved_by(x, gy, raw, (i,))
-        up, down = raws.copy(), raws.copy()
-        up[at] += eps
-        down[at] -= eps
-        diff = envelope_strided(xs, up, size, mode, stride) - envelope_strided(xs, down, size, mode, stride)
-        graw[i] = (gys * diff).sum() / (2 * eps)
-    return gx, graw
-
-
 def _moved_by(x, gy, raw, index):
     """What raw[index] moves: every channel for a shared sigma, else only its own channel (O(C) differences).
 
@@ -107,7 +59,7 @@ def _moved_by(x, gy, raw, index):
     return x[:, c:c + 1], gy[:, c:c + 1], raw[c:c + 1], (0, *index[1:])
 
 
-def envelope_nd(x, raw, size, mode="zeros", stride=None):
+def envelope(x, raw, size, mode="zeros", stride=None):
     """The separable envelope of x (N, C, *spatial) by scipy: along each spatial axis its own 1-D kernel.
 
     ``raw``: (C,) or (1,) - one sigma per channel for every axis - or (C, n) / (1, n), a column
@@ -117,10 +69,9 @@ def envelope_nd(x, raw, size, mode="zeros", stride=None):
     x = np.asarray(x, dtype=np.float64)
     raw = np.asarray(raw, dtype=np.float64)
     dims = x.ndim - 2
-    columns = [raw] * dims if raw.ndim == 1 else [raw[:, a] for a in range(dims)]
     sizes = _sizes(size, dims)
     out = x.copy()
-    for axis, column in enumerate(columns):
+    for axis, column in enumerate(_columns(raw, dims)):
         k = kernel1d(column, sizes[axis])
         k = np.repeat(k, x.shape[1], axis=0) if k.shape[0] == 1 else k
         for c in range(x.shape[1]):  # axes of out[:, c]: 0 is the batch
@@ -133,33 +84,48 @@ def _sizes(size, dims):
     return [size] * dims if isinstance(size, int) else list(size)
 
 
-def envelope_nd_vjp(x, raw, size, gy, mode="zeros", stride=None, eps=1e-6):
-    """(dL/dx, dL/draw) of L = sum(gy * envelope_nd) in N-D, raw (C,), (1,), (C, n) or (1, n).
+def _columns(raw, dims):
+    return [raw] * dims if raw.ndim == 1 else [raw[:, a] for a in range(dims)]
+
+
+def _passes(t, raw, size, mode, stride, spatial, adjoint=False):
+    """Each channel of t through every axis's pass matrix (:func:`pass_matrix`) of an input of ``spatial``
+    sizes, or through their transposes (the adjoint: t is then the output's gradient)."""
+    raw = np.asarray(raw, dtype=np.float64)
+    dims = len(spatial)
+    stride, sizes = stride or [1] * dims, _sizes(size, dims)
+    out = []
+    for c in range(t.shape[1]):
+        g = t[:, c]
+        for a, column in enumerate(_columns(raw, dims)):
+            k = kernel1d(column, sizes[a])
+            m = pass_matrix(k[0] if k.shape[0] == 1 else k[c], spatial[a], mode, stride[a])
+            g = np.moveaxis(np.tensordot(m.T if adjoint else m, g, axes=([1], [1 + a])), 0, 1 + a)
+        out.append(g)
+    return np.stack(out, 1)
+
+
+def envelope_by_matrices(x, raw, size, mode="zeros", stride=None):
+    """:func:`envelope` computed another way: per channel, the product of every axis's pass matrix with x."""
+    x = np.asarray(x, dtype=np.float64)
+    return _passes(x, raw, size, mode, stride, x.shape[2:])
+
+
+def envelope_vjp(x, raw, size, gy, mode="zeros", stride=None, eps=1e-6):
+    """(dL/dx, dL/draw) of L = sum(gy * envelope) in N-D, raw (C,), (1,), (C, n) or (1, n).
 
     dL/dx: every axis's transposed pass matrix applied to gy; dL/draw: central differences of
-    :func:`envelope_nd`, one entry of ``raw`` at a time.
+    :func:`envelope`, one entry of ``raw`` at a time.
     """
     x, gy = np.asarray(x, dtype=np.float64), np.asarray(gy, dtype=np.float64)
     raw = np.asarray(raw, dtype=np.float64)
-    dims = x.ndim - 2
-    stride = stride or [1] * dims
-    columns = [raw] * dims if raw.ndim == 1 else [raw[:, a] for a in range(dims)]
-    sizes = _sizes(size, dims)
-    gx = np.empty_like(x)
-    for c in range(x.shape[1]):
-        g = gy[:, c]
-        for a, column in enumerate(columns):  # out = A_1 (... A_n x): the adjoint applies each A^T
-            k = kernel1d(column, sizes[a])
-            k = k[0] if k.shape[0] == 1 else k[c]
-            m = pass_matrix(k, x.shape[2 + a], mode, stride[a])
-            g = np.moveaxis(np.tensordot(m, g, axes=([0], [1 + a])), 0, 1 + a)
-        gx[:, c] = g
+    gx = _passes(gy, raw, size, mode, stride, x.shape[2:], adjoint=True)
     graw = np.empty_like(raw)
     for index in np.ndindex(raw.shape):
         xs, gys, raws, at = _moved_by(x, gy, raw, index)
         up, down = raws.copy(), raws.copy()
         up[at] += eps
         down[at] -= eps
-        diff = envelope_nd(xs, up, size, mode, stride) - envelope_nd(xs, down, size, mode, stride)
+        diff = envelope(xs, up, size, mode, stride) - envelope(xs, down, size, mode, stride)
         graw[index] = (gys * diff).sum() / (2 * eps)
     return gx, graw

@@ -374,7 +374,7 @@ def test_disentangled_conv2d_with_a_sigma_per_axis_equals_its_envelope_then_the_
     with torch.no_grad():
         conv.envelope.raw_sigma.copy_(torch.tensor([[-1.0, 0.5], [0.3, 1.2], [2.0, -0.4]]))
     x = torch.randn(2, 3, 9, 10, dtype=torch.float64, requires_grad=True)
-    smoothed = torch.from_numpy(ref.envelope_nd(x.detach(), conv.envelope.raw_sigma.detach(), 5))
+    smoothed = torch.from_numpy(ref.envelope(x.detach(), conv.envelope.raw_sigma.detach(), 5))
     want = F.conv2d(smoothed, conv.weight.detach(), conv.bias.detach(), 2, 1)
     torch.testing.assert_close(conv(x), want, rtol=1e-12, atol=1e-12)
     assert "per-channel per-axis" in repr(conv)

@@ -1,8 +1,6 @@
 """1-D and 3-D envelope convolutions (envconv.convnd) and converting Conv1d / Conv3d networks."""
 
 import copy
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,9 +12,6 @@ from torch import nn
 import envconv
 import reference
 from envconv import DisentangledConv1d, DisentangledConv2d, DisentangledConv3d, EnvelopeConv3d, GaussianEnvelope
-
-sys.path.insert(0, str(Path(__file__).parent / "ops"))
-from test_nd import _reference  # noqa: E402  (scipy's correlate1d along every axis)
 
 
 @pytest.mark.parametrize("layer, conv, shape", [
@@ -31,14 +26,14 @@ def test_layers_equal_scipy_envelope_then_the_convolution(layer, conv, shape, ke
     with torch.no_grad():
         m.envelope.raw_sigma.copy_(torch.tensor([-0.5, 0.3, 1.2]))
     dims = len(shape) - 2
-    smoothed = torch.from_numpy(_reference(x, m.envelope.raw_sigma.detach(), 5, "zeros", [1] * dims))
+    smoothed = torch.from_numpy(reference.envelope(x, m.envelope.raw_sigma.detach(), 5, "zeros", [1] * dims))
     want = conv(smoothed, m.weight, m.bias, stride, padding)
     torch.testing.assert_close(m(x), want, rtol=1e-12, atol=1e-12)  # the 1x1 strided case reads it sampled
     torch.testing.assert_close(m(x[0]), want[0], rtol=1e-12, atol=1e-12)  # unbatched
     after = layer(3, 4, kernel, stride=stride, padding=padding, envelope_size=5, order="conv-env", dtype=torch.float64)
     raw = after.envelope.raw_sigma.detach()
-    want = torch.from_numpy(_reference(conv(x, after.weight, after.bias, stride, padding).detach(), raw, 5, "zeros",
-                                       [1] * dims))
+    convolved = conv(x, after.weight, after.bias, stride, padding).detach()
+    want = torch.from_numpy(reference.envelope(convolved, raw, 5, "zeros", [1] * dims))
     torch.testing.assert_close(after(x), want, rtol=1e-12, atol=1e-12)
 
 
@@ -259,7 +254,7 @@ def test_r3d_18_with_fewer_taps_in_time_trains_rebuilds_and_lists_the_sizes():
     stem = model.stem[0].envelope
     assert bool((stem.raw_sigma.grad != 0).all())
     # the stem's envelope is the scipy reference with 3 taps in time, 9 in height and width
-    want = reference.envelope_nd(x, stem.raw_sigma.detach(), (3, 9, 9))
+    want = reference.envelope(x, stem.raw_sigma.detach(), (3, 9, 9))
     np.testing.assert_allclose(stem(x).detach().numpy(), want, rtol=1e-5, atol=1e-5)
     rebuilt = load_disentangled(torchvision.models.video.r3d_18(num_classes=3), model.state_dict())
     assert {m.size for m in rebuilt.modules() if isinstance(m, GaussianEnvelope)} == {(3, 9, 9)}

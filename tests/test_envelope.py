@@ -161,7 +161,7 @@ def test_a_sigma_per_axis_module_fixed_constructor_kernels_and_errors():
     assert torch.equal(fixed.kernel2d(), fixed.kernel1d(0)[:, :, None] * fixed.kernel1d(1)[:, None, :])
     x = torch.randn(2, 2, 8, 9)
     y = fixed(x)
-    np.testing.assert_allclose(y.numpy(), ref.envelope_nd(x, fixed.raw_sigma, 5), rtol=2e-6, atol=2e-6)
+    np.testing.assert_allclose(y.numpy(), ref.envelope(x, fixed.raw_sigma, 5), rtol=2e-6, atol=2e-6)
     with pytest.raises(ValueError, match=r"per-axis sigma must have 2 entries .* or shape \(2, 2\)"):
         GaussianEnvelope.fixed(2, [0.1, 0.2, 0.3], per_axis=True)
     with pytest.raises(ValueError, match="kernel2d is the envelope of a 2-D input"):
@@ -178,7 +178,7 @@ def test_a_size_per_axis_module_kernels_record_and_errors():
     assert [env.kernel1d(a).shape[1] for a in range(3)] == [3, 9, 5]
     np.testing.assert_allclose(env.kernel1d(0)[0].detach().numpy(), ref.kernel1d(0.4, 3)[0], rtol=1e-6)
     x = torch.randn(2, 2, 6, 11, 7)
-    np.testing.assert_allclose(env(x).detach().numpy(), ref.envelope_nd(x, env.raw_sigma.detach(), (3, 9, 5)),
+    np.testing.assert_allclose(env(x).detach().numpy(), ref.envelope(x, env.raw_sigma.detach(), (3, 9, 5)),
                                rtol=2e-6, atol=2e-6)
     flat = GaussianEnvelope.fixed(2, 0.8, (1, 7))
     assert flat.kernel2d().shape == (2, 1, 7)
@@ -219,3 +219,34 @@ def test_shrink_to_a_size_per_axis_and_automatically_per_axis():
                    if kernel[size // 2 - t // 2: size // 2 + t // 2 + 1].sum() >= (1 - eps) ** 0.5)
 
     assert shrink(env, "auto", eps=eps).sizes == (smallest(9), smallest(5))
+
+
+def test_a_3d_envelope_keeps_the_layout_records_its_form_and_counts_its_flops():
+    from envconv.ops.flop_formulas import envelope_flops
+
+    env = GaussianEnvelope(4, size=5, init=0.3, spatial_dims=3)
+    x = torch.randn(2, 4, 6, 7, 8).contiguous(memory_format=torch.channels_last_3d)
+    y = env(x)
+    assert y.is_contiguous(memory_format=torch.channels_last_3d)  # the layout is kept, as in 2-D
+    np.testing.assert_allclose(y.detach().numpy(), ref.envelope(x, env.raw_sigma.detach(), 5), rtol=2e-6, atol=2e-6)
+    assert env.get_extra_state().tolist() == [1, 5, 1, 0, 4, 3]
+    with pytest.raises(RuntimeError, match="the weights are of a 2-D envelope, this one is 3-D"):
+        env.load_state_dict(GaussianEnvelope(4, size=5).state_dict())
+    assert "spatial_dims=3" in repr(env)
+    # FLOPs: one pass per axis, last axis first, each k multiply-adds per output (2 FLOPs each)
+    n, c, d, h, w = 2, 4, 6, 7, 8
+    passes = n * c * d * h * 4 + n * c * d * 4 * 4 + n * c * 3 * 4 * 4  # stride 2: 8 -> 4, 7 -> 4, 6 -> 3
+    assert envelope_flops((n, c, d, h, w), 5, [2, 2, 2]) == 2 * 5 * passes
+
+
+def test_automatic_shrinking_counts_the_mass_in_every_dimension():
+    from envconv import shrink
+    from envconv.kernels import gaussian_kernel1d
+
+    raw = 0.0  # sigma 0.83: 5 central taps of 9 hold m = 0.99853 of the 1-D kernel
+    m = float(gaussian_kernel1d(torch.tensor([raw], dtype=torch.float64), 9)[0, 2:7].sum())
+    sizes = {}
+    for dims in (1, 2, 3):
+        env = GaussianEnvelope(1, 9, init=raw, spatial_dims=dims)
+        sizes[dims] = shrink(env, "auto", eps=1 - m ** 2 + 1e-9).size  # the 2-D mass of 5 taps, just
+    assert sizes == {1: 5, 2: 5, 3: 7}  # 1-D keeps m > m^2 with 5; 3-D needs m^3 >= m^2: more taps

@@ -11,6 +11,7 @@ import itertools
 import pytest
 import torch
 import torch.autograd.forward_ad as fwAD
+from op_cases import assert_per_sample_gradients_equal_a_loop, needs, raw_sigma
 from torch.autograd import gradcheck, gradgradcheck
 
 from envconv import DisentangledConv2d
@@ -29,22 +30,43 @@ def make(shape=(2, 3, 7, 6), shared=False, seed=0):
     return x, raw
 
 
-@pytest.mark.parametrize("impl, stride, shared", list(itertools.product(CPU_IMPLS, [1, 2], [False, True])))
-def test_envelope_double_backward_and_forward_ad_match_finite_differences(impl, stride, shared):
-    x, raw = make(shared=shared)
-    f = lambda x, r: Fn.gaussian_envelope(x, r, 5, stride=stride, impl=impl)  # noqa: E731
-    args = (x.requires_grad_(), raw.requires_grad_())
-    assert gradcheck(f, args, check_forward_ad=True)
-    assert gradgradcheck(f, args, check_fwd_over_rev=True)
+SMALL = {1: (2, 2, 7), 2: (1, 2, 5, 6), 3: (1, 2, 3, 4, 5)}
+AXIS_SIZES = {1: (5,), 2: (3, 5), 3: (1, 3, 5)}
+# (sigma, size, padding mode, stride): every form of each; "axes" is AXIS_SIZES
+ROWS = [("channel", 3, "zeros", 1), ("shared", 5, "reflect", 2), ("axis", "axes", "circular", 1),
+        ("shared-axis", 3, "replicate", "mixed")]
+GRID = [(impl, dims, sigma, size, "zeros" if impl in ("cpp", "triton") else mode, stride)
+        for impl in ("separable", "full", "cpp", "triton") for dims in ((2,) if impl == "full" else (1, 2, 3))
+        for sigma, size, mode, stride in ROWS]
 
 
-@pytest.mark.parametrize("padding_mode", ["reflect", "replicate", "circular"])
-def test_double_backward_in_every_padding_mode(padding_mode):
-    x, raw = make(shape=(1, 2, 6, 5))
-    f = lambda x, r: Fn.gaussian_envelope(x, r, 5, padding_mode, stride=(2, 1))  # noqa: E731
-    args = (x.requires_grad_(), raw.requires_grad_())
-    assert gradcheck(f, args, check_forward_ad=True)
-    assert gradgradcheck(f, args, check_fwd_over_rev=True)
+@pytest.mark.parametrize("impl, dims, sigma, size, mode, stride", GRID)
+def test_gradients_second_order_and_opcheck_of_every_kernel(impl, dims, sigma, size, mode, stride):
+    """Finite differences for backward, forward AD and double backward; opcheck for the registrations."""
+    needs(impl, mode)
+    gen = torch.Generator().manual_seed(dims)
+    size = AXIS_SIZES[dims] if size == "axes" else size
+    strides = [stride] * dims if isinstance(stride, int) else [1, 2, 3][-dims:]
+    if impl == "triton":  # the interpreter is slow: stride 2 leaves fewer outputs for gradcheck to go through
+        strides = [2] * dims
+    x = torch.randn(SMALL[dims], generator=gen, **DOUBLE).requires_grad_()
+    raw = raw_sigma(2, dims, sigma, torch.float64, gen).requires_grad_()
+
+    def f(a, b):
+        return Fn.gaussian_envelope(a, b, size, mode, strides, impl, spatial_dims=dims)
+
+    if impl == "triton":  # the interpreter is slow; double backward and forward AD run the composite passes
+        assert gradcheck(f, (x, raw))
+    else:
+        assert gradcheck(f, (x, raw), check_forward_ad=True)
+        assert gradgradcheck(f, (x, raw), check_fwd_over_rev=True)
+    largest, axis_sizes = (size, []) if isinstance(size, int) else (max(size), [list(size)])
+    x32, raw32 = x.detach().float(), raw.detach().float()
+    torch.library.opcheck(torch.ops.envconv.envelope.default, (x32, raw32, largest, strides, mode, impl, *axis_sizes))
+    grad = torch.randn(f(x, raw).shape, generator=gen)
+    for need in ((True, True),) if impl == "triton" else ((True, True), (False, True)):
+        torch.library.opcheck(torch.ops.envconv.envelope_backward.default,
+                              (grad, x32, raw32, largest, strides, mode, impl, *need, *axis_sizes))
 
 
 @pytest.mark.parametrize("impl, env_stride", list(itertools.product(CPU_IMPLS, [1, 2])))
@@ -185,3 +207,40 @@ def test_the_ops_called_directly_have_reverse_mode_and_double_backward():
     raw.requires_grad_(True)
     assert gradcheck(lambda x, r: torch.ops.envconv.envelope(x, r, 5, [2, 2], "zeros", "auto"), (x, raw))
     assert gradgradcheck(lambda x, r: torch.ops.envconv.envelope(x, r, 5, [2, 2], "zeros", "auto"), (x, raw))
+
+
+def test_vmap_per_sample_gradients_in_1d_and_3d_equal_a_loop():
+    def loss_1d(r, xi):
+        return Fn.gaussian_envelope(xi[None], r, 5, "reflect", 2, spatial_dims=1).square().sum()
+
+    assert_per_sample_gradients_equal_a_loop(loss_1d, torch.tensor([0.1, -0.4, 0.9], **DOUBLE),
+                                             torch.randn(4, 3, 10, **DOUBLE))
+
+    def loss_3d(r, xi):
+        return Fn.gaussian_envelope(xi[None], r, 3, "zeros", 2, spatial_dims=3).square().sum()
+
+    raw, x = torch.randn(3, 3, **DOUBLE), torch.randn(3, 3, 4, 5, 6, **DOUBLE)  # a sigma per channel and axis
+    assert_per_sample_gradients_equal_a_loop(loss_3d, raw, x)
+    raws = torch.randn(3, 1, 3, **DOUBLE)  # a sigma per sample (vmapped raw_sigma), shared by the channels
+    per_raw = torch.func.vmap(torch.func.grad(loss_3d), in_dims=(0, 0))(raws, x)
+    for i in range(3):
+        r = raws[i].clone().requires_grad_()
+        torch.testing.assert_close(per_raw[i], torch.autograd.grad(loss_3d(r, x[i]), r)[0], rtol=1e-12, atol=1e-12)
+
+
+def test_vmap_and_jvp_with_a_size_per_axis():
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(3, 2, 2, 5, 6, generator=gen, **DOUBLE)
+    raw = torch.randn(3, 2, 2, generator=gen, **DOUBLE)  # a (C, n) sigma per vmapped sample
+
+    def f(a, b):
+        return Fn.gaussian_envelope(a, b, (3, 5), stride=(1, 2))
+
+    batched = torch.func.vmap(f)(x, raw)
+    torch.testing.assert_close(batched, torch.stack([f(a, b) for a, b in zip(x, raw)]))
+    tangents = (torch.randn_like(x[0]), torch.randn_like(raw[0]))
+    _, jvp = torch.func.jvp(f, (x[0], raw[0]), tangents)
+    eps = 1e-6
+    fd = (f(x[0] + eps * tangents[0], raw[0] + eps * tangents[1])
+          - f(x[0] - eps * tangents[0], raw[0] - eps * tangents[1])) / (2 * eps)
+    torch.testing.assert_close(jvp, fd, rtol=1e-6, atol=1e-8)

@@ -6,13 +6,9 @@ take an input says why, and ``impl="auto"`` never picks a kernel that is not ava
 
 import pytest
 import torch
+from op_cases import needs
 
 from envconv.ops import cpu, dispatch
-
-
-def needs(impl):
-    if impl == "cpp" and not cpu.available():
-        pytest.skip(f"the C++ kernel is not available: {cpu.unavailable_reason()}")
 
 
 def test_forced_impl_refuses_a_padding_mode_it_cannot_do():

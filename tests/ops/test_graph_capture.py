@@ -1,4 +1,5 @@
-"""The ops seen by PyTorch's graph tools: the compiler (no graph breaks), torch.export, FlopCounterMode.
+"""The ops seen by PyTorch's graph tools: the compiler (no graph breaks), torch.export, FlopCounterMode,
+and the ATen-only form the exporters record.
 
 ONNX, ``torch.fx`` and ``torch.jit.trace`` of whole models are in ``tests/test_tracing.py``.
 """
@@ -123,3 +124,27 @@ def test_flop_count_of_resnet50_is_the_separable_count_by_hand(size):
     assert round(hand_macs(9) / 1e9, 4) == 0.0248 and round(hand_macs(3) / 1e9, 4) == 0.0083
     full_resolution = [sum(c * k * h * 2 * h for c, h, _ in RESNET50_PLACES) for k in (9, 3)]
     assert [round(m / 1e9, 4) for m in full_resolution] == [0.0406, 0.0135]
+
+
+def test_flop_formulas_count_each_axis_with_its_own_size():
+    x = torch.randn(2, 3, 6, 8, 10)
+    with FlopCounterMode(display=False) as counter:
+        functional.gaussian_envelope(x, torch.zeros(3), (1, 3, 5), stride=(1, 2, 2), spatial_dims=3)
+    # width pass (5 taps) on every input row at 5 strided columns, height pass (3 taps) at 4 of 8 rows,
+    # the depth pass (1 tap, computed) at all 6 slices: 2 FLOPs per multiply-add
+    n, c = 2, 3
+    assert counter.get_total_flops() == 2 * (5 * n * c * 6 * 8 * 5 + 3 * n * c * 6 * 4 * 5 + 1 * n * c * 6 * 4 * 5)
+    with FlopCounterMode(display=False) as same:  # equal sizes per axis: the one-size count
+        functional.gaussian_envelope(x, torch.zeros(3), (5, 5, 5), spatial_dims=3)
+    assert same.get_total_flops() == 2 * 5 * n * c * (6 * 8 * 10) * 3
+
+
+@pytest.mark.parametrize("raw_shape", [(3, 3), (1, 3), (3,)])
+def test_the_aten_only_form_for_exporters_equals_the_op(raw_shape):
+    from envconv.ops.export import envelope_decomposed
+
+    x = torch.randn(2, 3, 7, 8, 9, dtype=torch.float64)
+    raw = torch.randn(raw_shape, dtype=torch.float64)
+    for mode, stride in (("reflect", [1, 2, 1]), ("zeros", [2, 1, 3])):
+        want = torch.ops.envconv.envelope(x, raw, 5, stride, mode, "auto")
+        torch.testing.assert_close(envelope_decomposed(x, raw, 5, stride, mode), want, rtol=1e-13, atol=1e-13)

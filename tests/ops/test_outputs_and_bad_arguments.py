@@ -1,13 +1,15 @@
-"""What every op returns and refuses: outputs that own their memory, and gradients of the wrong shape.
+"""What every op returns and refuses: outputs that own their memory, empty batches, bad arguments by name.
 
 An op's output that is a view of a kernel's intermediate makes autograd refuse the most common
 pattern in CNNs, ``Conv -> ReLU(inplace=True)``; a backward that trusts its upstream gradient's
-shape reads past a buffer. Both are checked for every op, dimensionality and implementation.
+shape reads past a buffer. Both are checked for every op, dimensionality and implementation, and
+every argument an op refuses is refused with a message that names it.
 """
 
 import pytest
 import torch
 import torch.nn.functional as F
+from op_cases import needs
 
 import envconv
 from envconv import functional as Fn
@@ -92,3 +94,58 @@ def test_the_cpp_backward_itself_refuses_a_gradient_of_another_batch_or_channel_
         grad = torch.randn(shape).contiguous(memory_format=torch.channels_last)
         with pytest.raises(RuntimeError, match=r"grad_output must be \(N, C, OH, OW\)"):
             torch.ops.envconv._cpu_envelope_backward(grad, x, g, g, 1, 1, True)
+
+
+@pytest.mark.parametrize("impl", ["auto", "separable", "full", "cpp", "triton"])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_an_empty_batch_goes_forward_and_backward_through_every_op(impl, channels):
+    needs(impl)
+    x = torch.randn(0, channels, 9, 9, requires_grad=True)
+    raw = torch.zeros(channels, requires_grad=True)
+    y = Fn.gaussian_envelope(x, raw, 5, stride=2, impl=impl)
+    assert y.shape == (0, channels, 5, 5)
+    y.sum().backward()
+    assert x.grad.shape == x.shape and torch.equal(raw.grad, torch.zeros(channels))
+    w = torch.randn(4, channels, 3, 3, requires_grad=True)
+    for need_x in (True, False):  # without the input gradient: the stem's route
+        xi = torch.randn(0, channels, 9, 9, requires_grad=need_x)
+        r = torch.zeros(channels, requires_grad=True)
+        out = Fn.envelope_conv2d(xi, r, 5, w, padding=1, impl=impl)
+        assert out.shape == (0, 4, 9, 9)
+        out.sum().backward()
+        assert torch.equal(r.grad, torch.zeros(channels))
+
+
+# ---- refused arguments: each named -------------------------------------------------------------------------
+
+def test_the_full_kernel_for_2d_maps_refuses_other_dims_by_name():
+    with pytest.raises(ValueError, match="impl='full' .* is for 2-D maps, got 1 spatial dims"):
+        Fn.gaussian_envelope(torch.randn(1, 2, 9), torch.zeros(2), 5, impl="full", spatial_dims=1)
+
+
+@pytest.mark.parametrize("impl", ["cpp", "triton"])
+def test_kernels_refuse_padding_they_lack_by_name(impl):
+    with pytest.raises(ValueError, match="pads? with zeros, got padding_mode='reflect'"):
+        Fn.gaussian_envelope(torch.randn(1, 2, 4, 5, 9), torch.zeros(2, 3), 5, "reflect", impl=impl, spatial_dims=3)
+
+
+def test_wrong_shapes_strides_and_sizes_are_named():
+    with pytest.raises(ValueError, match=r"\(N, C, D, H, W\) or \(C, D, H, W\), got 3 dims"):
+        Fn.gaussian_envelope(torch.randn(2, 3, 8), torch.zeros(3), 5, spatial_dims=3)
+    with pytest.raises(ValueError, match="stride must be a positive int or 3 of them"):
+        Fn.gaussian_envelope(torch.randn(1, 3, 4, 4, 4), torch.zeros(3), 5, stride=(2, 2), spatial_dims=3)
+    with pytest.raises(ValueError, match="spatial_dims must be 1, 2 or 3"):
+        envconv.GaussianEnvelope(3, spatial_dims=4)
+    with pytest.raises(ValueError, match=r"per-axis raw_sigma must have shape \(3, 2\) or \(1, 2\)"):
+        Fn.gaussian_envelope(torch.randn(1, 3, 8, 8), torch.zeros(3, 3), 5)
+    with pytest.raises(ValueError, match=r"per-axis raw_sigma must have shape \(3, 3\) or \(1, 3\)"):
+        Fn.gaussian_envelope(torch.randn(1, 3, 4, 8, 8), torch.zeros(2, 3), 5, spatial_dims=3)
+    with pytest.raises(RuntimeError, match="axis_sizes must be 2 odd positive ints .* largest is size=5"):
+        torch.ops.envconv.envelope(torch.randn(2, 3, 6, 8), torch.zeros(3), 5, [1, 1], "zeros", "auto", [3, 7])
+
+
+def test_reflect_refuses_a_map_smaller_than_one_axis_radius():
+    x = torch.randn(1, 2, 4, 20)
+    Fn.gaussian_envelope(x, torch.zeros(2), (7, 9), "reflect")  # r = 3 < 4 and 4 < 20
+    with pytest.raises(ValueError, match=r"each spatial size > its r = \(4, 1\)"):
+        Fn.gaussian_envelope(x, torch.zeros(2), (9, 3), "reflect")
