@@ -135,15 +135,17 @@ class RunDir:
 
     @staticmethod
     def eval_file(checkpoint: Path, envelope_size: Union[int, str, Sequence[int], None] = None,
-                  object_scale: Optional[float] = None) -> Path:
-        """Where ``envconv eval`` of ``checkpoint`` writes: ``eval-<checkpoint>[-k<size>][-s<scale>].json`` beside it.
+                  object_scale: Optional[float] = None, recalibrate_bn: int = 0) -> Path:
+        """Where ``envconv eval`` of ``checkpoint`` writes: ``eval-<checkpoint>[-k<size>][-s<scale>][-bn<N>].json``.
 
-        A size per axis is written ``-k3x9x9``, an object scale ``-s0.595``.
+        Beside the checkpoint. A size per axis is written ``-k3x9x9``, an object scale ``-s0.595``,
+        BatchNorm statistics recomputed over N batches ``-bn<N>``.
         """
         if isinstance(envelope_size, (tuple, list)):
             envelope_size = "x".join(str(k) for k in envelope_size)
         suffix = "" if envelope_size is None else f"-k{envelope_size}"
         suffix += "" if object_scale is None else f"-s{object_scale:g}"
+        suffix += f"-bn{recalibrate_bn}" if recalibrate_bn else ""
         return Path(checkpoint).parent / f"eval-{Path(checkpoint).stem}{suffix}.json"
 
     @staticmethod

@@ -38,7 +38,9 @@ def test_a_bad_entry_fails_before_any_run_naming_it(tmp_path, entry, message):
     ({"baseline": "nobody"}, "baseline 'nobody'"),
     ({"claims": [{"better": "gaussian", "than": "nobody"}]}, "claim 1.*'nobody'"),
     ({"evaluations": [{"name": "k4", "of": "gaussian", "envelope_size": 4}]}, "odd integer"),
-    ({"evaluations": [{"name": "what", "of": "gaussian"}]}, "give envelope_size, object_scale or both"),
+    ({"evaluations": [{"name": "what", "of": "gaussian"}]}, "give envelope_size, object_scale, recalibrate_bn or"),
+    ({"evaluations": [{"name": "bn", "of": "gaussian", "recalibrate_bn": -1}]}, "recalibrate_bn must be a number of"),
+    ({"evaluations": [{"name": "bn", "of": "gaussian", "recalibrate_bn": True}]}, "recalibrate_bn must be a number of"),
     ({"evaluations": [{"name": "s0", "of": "gaussian", "object_scale": 0}]}, "object_scale must be a positive"),
 ])
 def test_bad_plan_keys(tmp_path, extra, message):

@@ -165,6 +165,8 @@ def test_object_scale_evaluations_test_each_checkpoint_at_other_scales(fashion_r
                         "data.dataset": "fashion_mnist", "data.root": str(fashion_root), "data.image_size": 40,
                         "data.augment": "none"}}]
     evaluations = [{"name": f"none-s{s}", "of": "none", "object_scale": s, "tables": ["scale"]} for s in (0.5, 1.4)]
+    evaluations += [{"name": f"none-bn-s{s}", "of": "none", "object_scale": s, "recalibrate_bn": 1, "tables": ["scale"]}
+                    for s in (0.5, 1.0)]  # BatchNorm statistics recomputed over one training batch first
     plan = load_plan(write_plan(tmp_path, seeds=(0,), entries=entries,
                                 extra={"evaluations": evaluations, "claims": []}))
     run_study(plan, tmp_path / "out", quiet=True, log=lambda _: None)
@@ -174,11 +176,16 @@ def test_object_scale_evaluations_test_each_checkpoint_at_other_scales(fashion_r
         assert result["object_scale"] == s and result["images"] == 64
     curves = errors_by_test_scale(plan, collect_results(plan, tmp_path / "out"))
     trained = _read(run_dir / "summary.json")["final_val"]["top1_err"]
-    assert curves == {"none": {0.5: [_read(run_dir / "eval-last-s0.5.json")["top1_err"]], 1.0: [trained],
-                               1.4: [_read(run_dir / "eval-last-s1.4.json")["top1_err"]]}}
+    recalibrated = {s: _read(run_dir / f"eval-last-s{s:g}-bn1.json") for s in (0.5, 1.0)}
+    assert all(r["recalibrate_bn"] == 1 and r["object_scale"] == s for s, r in recalibrated.items())
+    assert curves == {("none", 0): {0.5: [_read(run_dir / "eval-last-s0.5.json")["top1_err"]], 1.0: [trained],
+                                    1.4: [_read(run_dir / "eval-last-s1.4.json")["top1_err"]]},
+                      ("none", 1): {s: [r["top1_err"]] for s, r in recalibrated.items()}}
     assert main(["study", str(tmp_path / "plan.yaml"), "--out", str(tmp_path / "out"), "--report", "--docs",
                  str(tmp_path / "docs")]) == 0
     report = (tmp_path / "docs" / "reproduction.md").read_text()
     assert "| setting | 0.5x | 1x | 1.4x |" in report
-    assert f"| baseline | {curves['none'][0.5][0]:.2f} (n=1) | {trained:.2f} (n=1) |" in report
+    assert f"| baseline | {curves['none', 0][0.5][0]:.2f} (n=1) | {trained:.2f} (n=1) |" in report
+    assert (f"| baseline, BatchNorm statistics recomputed (1 batches) | {recalibrated[0.5]['top1_err']:.2f} (n=1) | "
+            f"{recalibrated[1.0]['top1_err']:.2f} (n=1) |  |") in report
     assert (tmp_path / "docs" / "reproduction" / "test-scale.png").stat().st_size > 1000

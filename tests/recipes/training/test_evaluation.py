@@ -129,3 +129,46 @@ def test_imagefolder_run_and_eval_on_another_folder(tmp_path):
     assert same["images"] == swapped["images"] == 12
     assert same["top1_err"] < 25  # red vs blue is learnt (chance: 50%)
     assert swapped["top1_err"] > 75  # and --data really evaluates the other folder, colours swapped
+
+
+def test_recalibrated_batchnorm_statistics_are_the_training_images_own(checkpoint, tmp_path):
+    """--recalibrate-bn N: each BN layer's running mean / variance become the plain mean and (unbiased) variance of
+    its inputs over the first N batches of the training images without augmentation; the error is then the
+    direct evaluation of that model."""
+    result = evaluate_checkpoint(checkpoint, recalibrate_bn=2, batch_size=16, workers=0)
+    model, ckpt = model_from_checkpoint(checkpoint)
+    config = ckpt["config"]
+    train_set = build_dataset(dict(config["data"], augment="none"), "train", 1, 4)
+    x = torch.stack([train_set[i][0] for i in range(32)])  # two batches of 16, in order
+    inputs = {}
+    bns = {name: m for name, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    for name, m in bns.items():
+        m.register_forward_hook(lambda m, inp, out, name=name: inputs.__setitem__(name, inp[0]))
+    model.train()  # batch statistics: every layer sees the inputs it sees during the recalibration
+    stats = {name: [] for name in bns}
+    for batch in (x[:16], x[16:]):
+        with torch.no_grad():
+            model(batch)
+        for name in bns:
+            a = inputs[name].double()
+            stats[name].append((a.mean((0, 2, 3)), a.var((0, 2, 3), unbiased=True)))
+    recalibrated, _ = model_from_checkpoint(checkpoint)
+    from envconv.recipes.training.evaluation import recalibrate_batchnorm
+
+    assert recalibrate_batchnorm(recalibrated, [(x[:16], None), (x[16:], None), (x, None)], batches=2) == 32
+    for name, m in dict(recalibrated.named_modules()).items():
+        if name in bns:
+            mean = sum(s[0] for s in stats[name]) / 2
+            var = sum(s[1] for s in stats[name]) / 2
+            torch.testing.assert_close(m.running_mean.double(), mean, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(m.running_var.double(), var, rtol=1e-5, atol=1e-6)
+    data = build_dataset(config["data"], "val", 1, 4)
+    xv = torch.stack([data[i][0] for i in range(len(data))])
+    yv = torch.tensor([data[i][1] for i in range(len(data))])
+    recalibrated.eval()
+    with torch.no_grad():
+        top1 = 100 * (recalibrated(xv).argmax(1) != yv).double().mean().item()
+    assert result["top1_err"] == pytest.approx(top1) and result["recalibrate_bn"] == 2
+    assert main(["eval", "--checkpoint", str(checkpoint), "--recalibrate-bn", "2", "--batch-size", "16",
+                 "--workers", "0"]) == 0
+    assert json.loads((checkpoint.parent / "eval-last-bn2.json").read_text())["top1_err"] == pytest.approx(top1)

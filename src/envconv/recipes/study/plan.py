@@ -20,6 +20,7 @@ Plan keys (``studies/fashion_mnist.yaml`` is the full example)::
     evaluations:
       - {name: gaussian-k3, of: gaussian, envelope_size: 3, tables: [1e], paper: 22.98}
       - {name: gaussian-at-2x, of: gaussian, object_scale: 2.0, tables: [scale]}   # Fashion-MNIST on a canvas
+      - {name: gaussian-bn, of: gaussian, recalibrate_bn: 20, tables: [bn]}  # BN statistics of 20 batches
     claims:
       - {table: 1a, text: envelopes lower the error, better: gaussian, than: none}
       - {table: 1e, text: 3 taps lose nothing, same: gaussian-k3, as: gaussian}
@@ -40,7 +41,7 @@ __all__ = ["Plan", "Entry", "Evaluation", "Claim", "Run", "load_plan", "bundled_
 
 PLAN_KEYS = ("base", "set", "seeds", "baseline", "probe", "margin", "entries", "evaluations", "claims", "name")
 _ENTRY_KEYS = ("name", "label", "tables", "paper", "probe_paper", "set", "seeds")
-_EVAL_KEYS = ("name", "of", "envelope_size", "object_scale", "label", "tables", "paper")
+_EVAL_KEYS = ("name", "of", "envelope_size", "object_scale", "recalibrate_bn", "label", "tables", "paper")
 _CLAIM_KEYS = ("table", "text", "better", "than", "same", "as", "metric")
 _PROBE_KEYS = ("dataset", "epochs", "lr", "batch_size", "weight_decay")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.+-]*$")
@@ -65,7 +66,8 @@ class Evaluation:
     """An entry's checkpoints evaluated again.
 
     With envelopes shrunk to ``envelope_size`` taps, or test objects at ``object_scale``
-    (Fashion-MNIST on a canvas), or both; ``None`` leaves that as trained.
+    (Fashion-MNIST on a canvas), or both; ``None`` leaves that as trained. ``recalibrate_bn``
+    > 0 first recomputes the BatchNorm statistics over that many training batches.
     """
 
     name: str
@@ -75,6 +77,7 @@ class Evaluation:
     tables: List[str]
     paper: Optional[float] = None
     object_scale: Optional[float] = None
+    recalibrate_bn: int = 0
 
 
 @dataclass
@@ -293,15 +296,17 @@ def load_plan(path: Union[str, Path]) -> Plan:
         name = _name(item, where, seen)
         if item.get("of") not in {e.name for e in entries}:
             raise ValueError(f"{where} ({name}): 'of' must name an entry, got {item.get('of')!r}")
-        size, scale = item.get("envelope_size"), item.get("object_scale")
-        if size is None and scale is None:
-            raise ValueError(f"{where} ({name}): give envelope_size, object_scale or both")
+        size, scale, batches = item.get("envelope_size"), item.get("object_scale"), item.get("recalibrate_bn", 0)
+        if size is None and scale is None and not batches:
+            raise ValueError(f"{where} ({name}): give envelope_size, object_scale, recalibrate_bn or several")
+        if isinstance(batches, bool) or not isinstance(batches, int) or batches < 0:
+            raise ValueError(f"{where} ({name}): recalibrate_bn must be a number of batches >= 0, got {batches!r}")
         if not (size is None or size == "auto" or (isinstance(size, int) and size >= 1 and size % 2 == 1)):
             raise ValueError(f"{where} ({name}): envelope_size must be an odd integer or 'auto', got {size!r}")
         if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float)) or scale <= 0):
             raise ValueError(f"{where} ({name}): object_scale must be a positive number, got {scale!r}")
         evaluations.append(Evaluation(name, item["of"], size, str(item.get("label", name)), _tables(item),
-                                      item.get("paper"), None if scale is None else float(scale)))
+                                      item.get("paper"), None if scale is None else float(scale), batches))
     baseline = str(data.get("baseline", entries[0].name))
     if baseline not in {e.name for e in entries}:
         raise ValueError(f"plan {path}: baseline {baseline!r} is not an entry")

@@ -15,7 +15,7 @@ import json
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -78,7 +78,8 @@ def collect_results(plan: Plan, out_dir: Path) -> List[Result]:
                               statistics.median(seconds) if seconds else None, summary["parameters"], summary, info,
                               run.config))
         for ev in plan.evaluations:
-            result = (run_dir.read_json(RunDir.eval_file(run_dir.last, ev.envelope_size, ev.object_scale))
+            result = (run_dir.read_json(RunDir.eval_file(run_dir.last, ev.envelope_size, ev.object_scale,
+                                                         ev.recalibrate_bn))
                       if ev.of == run.entry.name else None)
             if result is not None:
                 results.append(Result(run.name, ev.name, ev.tables, ev.label, run.seed, run.config["train"]["epochs"],
@@ -325,25 +326,30 @@ def _plot_trajectories(trajectories, labels: Dict[str, str], png: Path) -> bool:
     return True
 
 
-def errors_by_test_scale(plan: Plan, results: List[Result]) -> Dict[str, Dict[float, List[float]]]:
-    """Per entry with object-scale evaluations: test error by test object scale, one value per seed.
+def errors_by_test_scale(plan: Plan, results: List[Result]) -> Dict[Tuple[str, int], Dict[float, List[float]]]:
+    """Per entry and BatchNorm recalibration with object-scale evaluations: test error by test object scale.
 
-    The entry's own runs give the error at its training scale (``data.object_scale``), its
-    evaluations the other scales.
+    Keys are ``(entry, recalibrate_bn)``, values one error per seed at each scale. Without
+    recalibration the entry's own runs give the error at its training scale
+    (``data.object_scale``); the evaluations give the other scales.
     """
     scaled = [ev for ev in plan.evaluations if ev.object_scale is not None and ev.envelope_size is None]
-    out: Dict[str, Dict[float, List[float]]] = {}
-    for of in dict.fromkeys(ev.of for ev in scaled):
+    out: Dict[Tuple[str, int], Dict[float, List[float]]] = {}
+    for key in dict.fromkeys((ev.of, ev.recalibrate_bn) for ev in scaled):
         curve: Dict[float, List[float]] = {}
         for r in results:
-            if r.name == of and r.config:
+            if not key[1] and r.name == key[0] and r.config:
                 curve.setdefault(float(r.config["data"].get("object_scale", 1.0)), []).append(r.test_top1_err)
-        for ev in (ev for ev in scaled if ev.of == of):
+        for ev in (ev for ev in scaled if (ev.of, ev.recalibrate_bn) == key):
             errors = [r.test_top1_err for r in results if r.name == ev.name]
             if errors:
                 curve.setdefault(ev.object_scale, []).extend(errors)
-        out[of] = dict(sorted(curve.items()))
-    return {of: curve for of, curve in out.items() if curve}
+        out[key] = dict(sorted(curve.items()))
+    return {key: curve for key, curve in out.items() if curve}
+
+
+def _curve_label(labels: Dict[str, str], key: Tuple[str, int]) -> str:
+    return labels[key[0]] + (f", BatchNorm statistics recomputed ({key[1]} batches)" if key[1] else "")
 
 
 def _test_scale_section(plan: Plan, results: List[Result], asset_dir: Path, docs_dir: Path) -> List[str]:
@@ -356,9 +362,9 @@ def _test_scale_section(plan: Plan, results: List[Result], asset_dir: Path, docs
              "Each setting trained at one object scale, its checkpoints tested with the test garments "
              "resized to each scale on the same canvas: mean ± standard deviation over seeds (n).", "",
              "| setting | " + " | ".join(f"{s:g}x" for s in scales) + " |", "|---|" + "---|" * len(scales)]
-    for of, curve in curves.items():
+    for key, curve in curves.items():
         cells = [str(summarize(curve[s])) if s in curve else "" for s in scales]
-        lines.append(f"| {labels[of]} | " + " | ".join(cells) + " |")
+        lines.append(f"| {_curve_label(labels, key)} | " + " | ".join(cells) + " |")
     png = asset_dir / "test-scale.png"
     if _plot_test_scale(curves, labels, scales, png):
         lines += ["", f"![test error by test object scale]({png.relative_to(docs_dir).as_posix()})"]
@@ -371,11 +377,12 @@ def _plot_test_scale(curves, labels: Dict[str, str], scales: List[float], png: P
     if plt is None:
         return False
     fig, ax = plt.subplots(figsize=(5.5, 3.4))
-    for i, (of, curve) in enumerate(curves.items()):
+    for i, (key, curve) in enumerate(curves.items()):
         xs = list(curve)
         means = [float(np.mean(curve[s])) for s in xs]
         spread = [float(np.std(curve[s], ddof=1)) if len(curve[s]) > 1 else 0.0 for s in xs]
-        ax.errorbar(xs, means, yerr=spread, color=f"C{i}", marker="o", markersize=3, capsize=2, label=labels[of])
+        ax.errorbar(xs, means, yerr=spread, color=f"C{i % 10}", marker="o", markersize=3, capsize=2,
+                    linestyle="--" if key[1] else "-", label=_curve_label(labels, key))
     ax.set_xscale("log", base=2)
     ax.set_xticks(scales, [f"{s:g}" for s in scales], fontsize=7)
     ax.set_xlabel("test object scale", fontsize=8)

@@ -195,13 +195,15 @@ def _train(run: Run, quiet: bool, log) -> bool:
 def _evaluate(run: Run, plan: Plan, log) -> None:
     checkpoint = RunDir.of_config(run.config).last
     for ev in plan.evaluations:
-        output = RunDir.eval_file(checkpoint, ev.envelope_size, ev.object_scale)
+        output = RunDir.eval_file(checkpoint, ev.envelope_size, ev.object_scale, ev.recalibrate_bn)
         if ev.of != run.entry.name or output.exists():
             continue
-        result = evaluate_checkpoint(checkpoint, envelope_size=ev.envelope_size, object_scale=ev.object_scale)
+        result = evaluate_checkpoint(checkpoint, envelope_size=ev.envelope_size, object_scale=ev.object_scale,
+                                     recalibrate_bn=ev.recalibrate_bn)
         atomic_write_bytes(json.dumps(result, indent=1).encode(), output)
         how = [f"envelopes of size {ev.envelope_size}"] if ev.envelope_size is not None else []
         how += [f"objects at scale {ev.object_scale:g}"] if ev.object_scale is not None else []
+        how += [f"BatchNorm statistics of {ev.recalibrate_bn} batches"] if ev.recalibrate_bn else []
         log(f"  {ev.name}: top-1 error {result['top1_err']:.2f}% with {' and '.join(how)}")
 
 
