@@ -142,7 +142,8 @@ def recalibrate_batchnorm(model: nn.Module, loader, batches: int, device: Option
             seen.append(len(x))
             yield x
 
-    update_bn(images(), model, device)
+    with torch.no_grad():  # update_bn itself keeps autograd on
+        update_bn(images(), model, device)
     return sum(seen)
 
 
