@@ -167,6 +167,8 @@ def test_object_scale_evaluations_test_each_checkpoint_at_other_scales(fashion_r
     evaluations = [{"name": f"none-s{s}", "of": "none", "object_scale": s, "tables": ["scale"]} for s in (0.5, 1.4)]
     evaluations += [{"name": f"none-bn-s{s}", "of": "none", "object_scale": s, "recalibrate_bn": 1, "tables": ["scale"]}
                     for s in (0.5, 1.0)]  # BatchNorm statistics recomputed over one training batch first
+    evaluations += [{"name": "none-bn2", "of": "none", "object_scale": 1.4, "recalibrate_bn": 2, "tables": ["scale"]}]
+    # (a single scale: no curve of its own)
     plan = load_plan(write_plan(tmp_path, seeds=(0,), entries=entries,
                                 extra={"evaluations": evaluations, "claims": []}))
     run_study(plan, tmp_path / "out", quiet=True, log=lambda _: None)

@@ -329,7 +329,7 @@ def _plot_trajectories(trajectories, labels: Dict[str, str], png: Path) -> bool:
 def errors_by_test_scale(plan: Plan, results: List[Result]) -> Dict[Tuple[str, int], Dict[float, List[float]]]:
     """Per entry and BatchNorm recalibration with object-scale evaluations: test error by test object scale.
 
-    Keys are ``(entry, recalibrate_bn)``, values one error per seed at each scale. Without
+    Keys are ``(entry, recalibrate_bn)``, values one error per seed at each of two or more scales. Without
     recalibration the entry's own runs give the error at its training scale
     (``data.object_scale``); the evaluations give the other scales.
     """
@@ -345,7 +345,7 @@ def errors_by_test_scale(plan: Plan, results: List[Result]) -> Dict[Tuple[str, i
             if errors:
                 curve.setdefault(ev.object_scale, []).extend(errors)
         out[key] = dict(sorted(curve.items()))
-    return {key: curve for key, curve in out.items() if curve}
+    return {key: curve for key, curve in out.items() if len(curve) > 1}  # one scale is not a curve
 
 
 def _curve_label(labels: Dict[str, str], key: Tuple[str, int]) -> str:
