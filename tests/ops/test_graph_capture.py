@@ -148,3 +148,16 @@ def test_the_aten_only_form_for_exporters_equals_the_op(raw_shape):
     for mode, stride in (("reflect", [1, 2, 1]), ("zeros", [2, 1, 3])):
         want = torch.ops.envconv.envelope(x, raw, 5, stride, mode, "auto")
         torch.testing.assert_close(envelope_decomposed(x, raw, 5, stride, mode), want, rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("need_x", [True, False])
+def test_flop_count_of_a_backward_is_its_passes_by_hand(need_x):
+    # forward, 5 taps at stride 2 on 2 x 3 x 8 x 8: the width pass on 8 rows x 4 columns, the height pass on 4 x 4
+    forward = 2 * 5 * (2 * 3 * 8 * 4 + 2 * 3 * 4 * 4)
+    x, raw = torch.randn(2, 3, 8, 8, requires_grad=need_x), torch.zeros(3, requires_grad=True)
+    with FlopCounterMode(display=False) as counter:
+        functional.gaussian_envelope(x, raw, 5, stride=2).sum().backward()
+    # input gradient: the transposed passes (a forward's count); sigma gradient: two forwards' passes with the
+    # derivative kernels, then a multiply-add with the output gradient (2 x 3 x 4 x 4 values)
+    backward = (forward if need_x else 0) + 2 * forward + 2 * (2 * 3 * 4 * 4)
+    assert counter.get_total_flops() == forward + backward
