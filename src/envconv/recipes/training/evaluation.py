@@ -90,7 +90,9 @@ def evaluate_checkpoint(
         shrink(model, envelope_size, eps=eps)
     batch_size = batch_size or config["train"]["batch_size"]
     if recalibrate_bn:
-        train_cfg = dict(copy.deepcopy(config["data"]), augment="none")
+        # the checkpoint's training data (a Fashion-MNIST folder given by `data` holds both splits)
+        fashion = config["data"]["dataset"] == "fashion_mnist"
+        train_cfg = dict(data_config_for(config, data if fashion else None, "train"), augment="none")
         train_set = build_dataset(train_cfg, "train", config["model"]["in_chans"], config["model"]["num_classes"])
         recalibrate_batchnorm(model, build_loader(train_set, batch_size, train=False,
                                                   workers=train_cfg["workers"] if workers is None else workers),
