@@ -113,6 +113,7 @@ DEFAULTS: Dict[str, Dict[str, Any]] = {
         "channels_last": False,
         "compile": False,
         "eval_every": 1,             # evaluate every N epochs (and after the last)
+        "recalibrate_bn": 0,         # before each evaluation, BatchNorm statistics of N training batches (0: running)
         "log_every": 50,             # steps between checks of the loss (and progress updates)
     },
     "output": {
@@ -340,7 +341,7 @@ _RULES = {
     ("train", "gamma"): _number(0, low_open=True), ("train", "warmup_epochs"): _number(0),
     ("train", "label_smoothing"): _number(0, 1), ("train", "seed"): _integer(0), ("train", "device"): _text,
     ("train", "channels_last"): _boolean, ("train", "schedule_per_step"): _boolean, ("train", "compile"): _boolean,
-    ("train", "eval_every"): _integer(1),
+    ("train", "eval_every"): _integer(1), ("train", "recalibrate_bn"): _integer(0),
     ("train", "log_every"): _integer(1), ("output", "dir"): _text, ("output", "tensorboard"): _boolean,
 }
 

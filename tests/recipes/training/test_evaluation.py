@@ -153,9 +153,10 @@ def test_recalibrated_batchnorm_statistics_are_the_training_images_own(checkpoin
             a = inputs[name].double()
             stats[name].append((a.mean((0, 2, 3)), a.var((0, 2, 3), unbiased=True)))
     recalibrated, _ = model_from_checkpoint(checkpoint)
-    from envconv.recipes.training.evaluation import recalibrate_batchnorm
+    from envconv.recipes.training.engine import recalibrate_batchnorm
 
-    assert recalibrate_batchnorm(recalibrated, [(x[:16], None), (x[16:], None), (x, None)], batches=2) == 32
+    labels = torch.zeros(16, dtype=torch.long)
+    assert recalibrate_batchnorm(recalibrated, [(x[:16], labels), (x[16:], labels), (x, labels)], batches=2) == 32
     for name, m in dict(recalibrated.named_modules()).items():
         if name in bns:
             mean = sum(s[0] for s in stats[name]) / 2

@@ -338,3 +338,33 @@ def test_a_compiled_run_says_that_its_first_steps_are_slow(tmp_path, monkeypatch
     monkeypatch.setattr(torch, "compile", lambda model, **kwargs: model)  # the message, not the compile, is tested
     train(tiny_config(tmp_path / "run", train={"epochs": 1, "compile": True}))
     assert "torch.compile builds the model's kernels during the first steps" in capsys.readouterr().out
+
+
+def test_recalibrated_batchnorm_statistics_are_the_checkpoints_and_its_validation(tmp_path):
+    """train.recalibrate_bn: before each evaluation the BN statistics of the current weights over N batches of the
+    training images (no augmentation) replace the running averages, in the checkpoint too, and the validation error
+    is that model's; training itself (batch statistics) is the same as without."""
+    from envconv.recipes.data import build_dataset, build_loader
+    from envconv.recipes.training.engine import evaluate, recalibrate_batchnorm
+
+    runs = {n: tmp_path / f"bn{n}" for n in (0, 3)}
+    for n, run in runs.items():
+        train(tiny_config(run, train={"recalibrate_bn": n, "epochs": 1}), quiet=True)
+    saved, ckpt = model_from_checkpoint(runs[3] / "last.pt")
+    plain, _ = model_from_checkpoint(runs[0] / "last.pt")
+    for (name, a), b in zip(saved.state_dict().items(), plain.state_dict().values()):
+        if "running" not in name and "num_batches" not in name:
+            torch.testing.assert_close(a, b, msg=name)  # the same weights: recalibration does not touch training
+    config = ckpt["config"]
+    train_set = build_dataset(dict(config["data"], augment="none"), "train", 1, 4)
+    recalibrate_batchnorm(plain, build_loader(train_set, 32, train=False), 3)  # by hand on the plain run's weights
+    bn = [name for name in plain.state_dict() if name.endswith("running_mean")]
+    assert bn
+    for name in bn + [n.replace("mean", "var") for n in bn]:
+        torch.testing.assert_close(saved.state_dict()[name], plain.state_dict()[name], msg=name)
+    assert not torch.allclose(saved.state_dict()[bn[-1]],
+                              model_from_checkpoint(runs[0] / "last.pt")[0].state_dict()[bn[-1]])
+    val = evaluate(saved, build_loader(build_dataset(config["data"], "val", 1, 4), 32, train=False),
+                   device=torch.device("cpu"))
+    summary = json.loads((runs[3] / "summary.json").read_text())
+    assert summary["final_val"]["top1_err"] == pytest.approx(val.top1_err)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistributedContext", "pick_device", "setup", "barrier", "cleanup", "all_reduce_sum"]
+__all__ = ["DistributedContext", "pick_device", "setup", "barrier", "cleanup", "world_size", "all_reduce_sum"]
 
 
 @dataclass(frozen=True)
@@ -80,6 +80,16 @@ def cleanup() -> None:
     """Leave the process group (if one was joined)."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def world_size() -> int:
+    """The number of processes (1 without an initialised process group).
+
+    Example:
+        >>> world_size()
+        1
+    """
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:

@@ -7,6 +7,7 @@ step never waits for the host except at the ``log_every`` checks of the loss.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable, Iterable, Optional, Tuple
@@ -15,10 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .distributed import all_reduce_sum
+from .distributed import all_reduce_sum, world_size
 
-__all__ = ["EpochStats", "NonFiniteLossError", "topk_correct", "train_one_epoch", "evaluate", "autocast",
-           "parameter_clamp"]
+__all__ = ["EpochStats", "NonFiniteLossError", "topk_correct", "train_one_epoch", "evaluate", "recalibrate_batchnorm",
+           "autocast", "parameter_clamp"]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -211,3 +212,48 @@ def evaluate(
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return _stats(sums, time.perf_counter() - start)
+
+
+def recalibrate_batchnorm(model: nn.Module, loader: Iterable, batches: int, *, device: Optional[torch.device] = None,
+                          channels_last: bool = False, dtype: Optional[torch.dtype] = None) -> int:
+    """Recompute every BatchNorm layer's running mean and variance with the model's current weights.
+
+    The statistics become the plain average of the batch statistics over the first ``batches``
+    batches of ``loader`` (items ``(images, labels)``), as :func:`torch.optim.swa_utils.update_bn`
+    computes them, then the average over all processes; the model's train / eval mode is kept.
+    During training they are exponential averages over batches that earlier weights produced,
+    which lag the final weights.
+
+    Returns:
+        The number of images this process computed the statistics from.
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2)).eval()
+        >>> images = [(torch.full((4, 1, 5, 5), 2.0), torch.zeros(4))]
+        >>> recalibrate_batchnorm(net, images, batches=1)
+        4
+        >>> torch.allclose(net[1].running_mean, net[0](images[0][0]).mean((0, 2, 3)).detach())
+        True
+    """
+    if isinstance(batches, bool) or not isinstance(batches, int) or batches < 1:
+        raise ValueError(f"batches must be a positive int, got {batches!r}")
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    momenta, training = [m.momentum for m in norms], model.training
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average
+    model.train()
+    device = device or next(iter(model.parameters()), torch.zeros(0)).device
+    seen = 0
+    with torch.no_grad():
+        for images, targets in itertools.islice(loader, batches):
+            model(_to_device(images, targets, device, channels_last, dtype)[0])
+            seen += len(images)
+        world = world_size()
+        for m in norms:
+            m.running_mean.copy_(all_reduce_sum(m.running_mean) / world)
+            m.running_var.copy_(all_reduce_sum(m.running_var) / world)
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    model.train(training)
+    return seen

@@ -12,15 +12,10 @@ from __future__ import annotations
 
 import argparse
 import copy
-import itertools
 import json
 import sys
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
-
-import torch
-from torch import nn
-from torch.optim.swa_utils import update_bn
 
 from ...convert import shrink
 from ...listing import envelopes
@@ -29,10 +24,10 @@ from ..arguments import integer, non_negative_int, positive_float, positive_int
 from ..data import build_dataset, build_loader
 from ..rundir import RunDir, check_writable, model_from_checkpoint
 from .distributed import pick_device
-from .engine import evaluate
+from .engine import evaluate, recalibrate_batchnorm
 from .progress import progress_bar
 
-__all__ = ["evaluate_checkpoint", "recalibrate_batchnorm", "data_config_for", "add_arguments", "main"]
+__all__ = ["evaluate_checkpoint", "data_config_for", "add_arguments", "main"]
 
 
 def data_config_for(config: Dict[str, Any], data: Optional[str], split: str) -> Dict[str, Any]:
@@ -75,7 +70,8 @@ def evaluate_checkpoint(
         object_scale: Fashion-MNIST: the test garments at this scale on the training canvas
             (``data.object_scale``) instead of the trained one; None keeps it.
         recalibrate_bn: first recompute the BatchNorm statistics over this many training batches
-            (:func:`recalibrate_batchnorm`; the training data at the trained object scale); 0 keeps them.
+            (:func:`~envconv.recipes.training.engine.recalibrate_batchnorm`; the training data at
+            the trained object scale); 0 keeps them.
 
     Returns:
         A dict with the checkpoint, epoch, envelope sizes, images, loss, top-1 / top-5 error (%)
@@ -96,7 +92,7 @@ def evaluate_checkpoint(
         train_set = build_dataset(train_cfg, "train", config["model"]["in_chans"], config["model"]["num_classes"])
         recalibrate_batchnorm(model, build_loader(train_set, batch_size, train=False,
                                                   workers=train_cfg["workers"] if workers is None else workers),
-                              recalibrate_bn, torch_device)
+                              recalibrate_bn, device=torch_device)
     data_cfg = data_config_for(config, data, "val")
     if object_scale is not None:
         if data_cfg["dataset"] != "fashion_mnist":
@@ -114,39 +110,6 @@ def evaluate_checkpoint(
             "envelope_sizes": {row.name: row.size for row in envelopes(model)},
             "object_scale": data_cfg.get("object_scale", 1.0), "recalibrate_bn": recalibrate_bn,
             "device": str(torch_device), **stats.as_dict()}
-
-
-def recalibrate_batchnorm(model: nn.Module, loader, batches: int, device: Optional[torch.device] = None) -> int:
-    """Recompute every BatchNorm layer's running mean and variance with the model's current weights.
-
-    The statistics are the plain average over the first ``batches`` batches of ``loader`` (items
-    ``(images, labels)``), as :func:`torch.optim.swa_utils.update_bn` computes them; the model's
-    train / eval mode is kept. During training they are exponential averages over batches that
-    earlier weights produced, which lag the final weights.
-
-    Returns:
-        The number of images the statistics were computed from.
-
-    Example:
-        >>> net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2)).eval()
-        >>> images = [(torch.full((4, 1, 5, 5), 2.0), torch.zeros(4))]
-        >>> recalibrate_batchnorm(net, images, batches=1)
-        4
-        >>> torch.allclose(net[1].running_mean, net[0](images[0][0]).mean((0, 2, 3)).detach())
-        True
-    """
-    if batches < 1:
-        raise ValueError(f"batches must be >= 1, got {batches}")
-    seen = []
-
-    def images():
-        for x, _ in itertools.islice(loader, batches):
-            seen.append(len(x))
-            yield x
-
-    with torch.no_grad():  # update_bn itself keeps autograd on
-        update_bn(images(), model, device)
-    return sum(seen)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

@@ -32,11 +32,11 @@ from ...methods.cbs import set_curriculum_epoch
 from ...state_dict import atomic_save, atomic_write_bytes
 from ...version import __version__
 from ..config import create_model_from_config, dump_config, resolve_config, validate_config
-from ..data import build_datasets, build_loader, epoch_seed
+from ..data import build_dataset, build_datasets, build_loader, epoch_seed
 from ..rundir import RunDir, load_checkpoint
 from ..signals import Terminated, stop_on_signals
 from . import distributed
-from .engine import EpochStats, NonFiniteLossError, evaluate, train_one_epoch
+from .engine import EpochStats, NonFiniteLossError, evaluate, recalibrate_batchnorm, train_one_epoch
 from .optim import build_optimizer, build_scheduler
 from .progress import RunLog, progress_bar
 
@@ -64,9 +64,10 @@ def _set_rng_state(state: Dict[str, Any]) -> None:
 
 
 #: Keys a resumed run may change; anything else would silently differ from the checkpoint's state.
-RESUMABLE_CHANGES = {("train", "epochs"), ("train", "eval_every"), ("train", "log_every"), ("train", "device"),
-                     ("train", "compile"), ("data", "workers"), ("data", "root"), ("data", "train"), ("data", "val"),
-                     ("output", "dir"), ("output", "progress"), ("output", "tensorboard")}
+RESUMABLE_CHANGES = {("train", "epochs"), ("train", "eval_every"), ("train", "recalibrate_bn"), ("train", "log_every"),
+                     ("train", "device"), ("train", "compile"), ("data", "workers"), ("data", "root"),
+                     ("data", "train"), ("data", "val"), ("output", "dir"), ("output", "progress"),
+                     ("output", "tensorboard")}
 
 
 def _check_resume_changes(saved: Dict[str, Any], config: Dict[str, Any]) -> None:
@@ -191,6 +192,7 @@ class _State:
     train_loader: Any
     val_loader: Any
     log: RunLog
+    bn_loader: Any = None  # training images without augmentation, for train.recalibrate_bn
     start_epoch: int = 1
     best_err: float = float("inf")
 
@@ -218,6 +220,8 @@ def _build(config, run: RunDir, ctx, checkpoint: Optional[Dict[str, Any]]) -> _S
     for split, loader in (("training", train_loader), ("validation", val_loader)):
         if len(loader.dataset) == 0:
             raise ValueError(f"the {split} data set is empty (data: {config['data']['dataset']}); nothing to train on")
+    if train_cfg["recalibrate_bn"]:
+        state.bn_loader = _bn_loader(config, ctx)
     if ctx.is_main:  # after the data is found: a run that cannot start leaves nothing behind
         atomic_write_bytes(dump_config(config).encode(), run.config_file)
     state.net = _wrap(model, ctx, train_cfg["compile"])
@@ -249,6 +253,9 @@ def _run_epochs(config, run: RunDir, ctx, state: _State, quiet: bool) -> Optiona
                 state.scheduler.step()
             val = None
             if epoch % train_cfg["eval_every"] == 0 or epoch == train_cfg["epochs"]:
+                if state.bn_loader is not None:  # the statistics of the current weights, kept in the checkpoint
+                    recalibrate_batchnorm(state.model, state.bn_loader, train_cfg["recalibrate_bn"], device=ctx.device,
+                                          channels_last=train_cfg["channels_last"], dtype=dtype)
                 with progress_bar(len(state.val_loader), "  eval", progress_on, heartbeat=ctx.is_main and not quiet) \
                         as bar:
                     val = evaluate(state.net, state.val_loader, device=ctx.device, amp_dtype=amp_dtype,
@@ -321,6 +328,14 @@ def _loaders(config: Dict[str, Any], ctx: distributed.DistributedContext):
                   pin_memory=ctx.device.type == "cuda")
     return (build_loader(train_set, per_rank, train=True, seed=config["train"]["seed"], **common),
             build_loader(val_set, per_rank, train=False, **common))
+
+
+def _bn_loader(config: Dict[str, Any], ctx: distributed.DistributedContext):
+    """This process's share of the training images without augmentation, in a fixed order."""
+    data_cfg = dict(config["data"], augment="none")
+    train_set = build_dataset(data_cfg, "train", config["model"]["in_chans"], config["model"]["num_classes"])
+    return build_loader(train_set, config["train"]["batch_size"] // ctx.world, train=False, world=ctx.world,
+                        rank=ctx.rank, workers=data_cfg["workers"], pin_memory=ctx.device.type == "cuda")
 
 
 def _wrap(model: nn.Module, ctx: distributed.DistributedContext, compile_model: bool) -> nn.Module:
