@@ -60,3 +60,35 @@ def test_pick_device():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             pick_device("cuda")
+
+
+@pytest.mark.slow
+def test_two_processes_recalibrate_batchnorm_over_both_shards(tmp_path):
+    """train.recalibrate_bn under torchrun: each process averages its own shard's batches, then the processes
+    average theirs: the statistics of the four half-batches both processes saw, as one process computes them."""
+    from envconv.recipes.data import build_dataset
+    from envconv.recipes.rundir import model_from_checkpoint
+    from envconv.recipes.training.engine import recalibrate_batchnorm
+
+    config = tiny_config(tmp_path / "two", data={"augment": "none", "synthetic_size": [128, 40]},
+                         train={"epochs": 1, "batch_size": 32, "recalibrate_bn": 2})
+    config_file = tmp_path / "two.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "envconv", "train", "--config", str(config_file)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    saved, _ = model_from_checkpoint(tmp_path / "two" / "last.pt")
+    by_hand, _ = model_from_checkpoint(tmp_path / "two" / "last.pt")
+    images = build_dataset(config["data"], "train", 1, 4)
+    # rank r holds the images r, r + 2, ...: its two batches of 16 are r, r + 2, ..., r + 30 and r + 32, ..., r + 62
+    batches = [torch.stack([images[i][0] for i in range(r + 32 * b, r + 32 * b + 32, 2)])
+               for r in (0, 1) for b in (0, 1)]
+    assert recalibrate_batchnorm(by_hand, [(x, torch.zeros(16)) for x in batches], 4) == 64
+    compared = 0
+    for (name, a), b in zip(saved.state_dict().items(), by_hand.state_dict().values()):
+        if name.endswith(("running_mean", "running_var")):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+            compared += 1
+    assert compared > 10
