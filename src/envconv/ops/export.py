@@ -15,10 +15,11 @@ __all__ = ["envelope_decomposed"]
 
 
 def envelope_decomposed(x: Tensor, raw_sigma: Tensor, size, stride: List[int], padding_mode: str) -> Tensor:
-    """The envelope from differentiable ATen ops only (two 1-D passes, no batch folding).
+    """The envelope from differentiable ATen ops only (a 1-D pass per spatial axis, no batch folding).
 
     Used while ``torch.onnx.export`` traces a model (:func:`torch.onnx.is_in_onnx_export`): the
-    exported graph then holds two depth-wise ``Conv`` nodes per envelope, for any batch size.
+    exported graph then holds a depth-wise ``Conv`` node per spatial axis and envelope (two in
+    2-D), for any batch size.
     The dynamo exporter computes their kernel from the exported ``raw_sigma``; the TorchScript
     exporter, which needs kernels of known shape, gets it as a constant. ``size``: an int or one per axis.
     """
