@@ -73,7 +73,8 @@ class GaussianEnvelope(ArchitectureRecord, nn.Module):
     Shape:
         - Input: :math:`(N, C, H, W)` or :math:`(C, H, W)` (with ``spatial_dims`` 1 or 3:
           :math:`(N, C, L)` or :math:`(N, C, D, H, W)`, or without :math:`N`).
-        - Output: same shape as the input.
+        - Output: same shape as the input; with ``forward(x, stride=s)``, every ``s``-th position
+          of each spatial axis.
 
     Example:
         >>> GaussianEnvelope(4, size=5, spatial_dims=3)(torch.randn(2, 4, 6, 8, 8)).shape

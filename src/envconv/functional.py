@@ -103,6 +103,7 @@ def gaussian_envelope(
         (without :math:`N` for an unbatched input; in 1-D and 3-D likewise per axis).
 
     Raises:
+        TypeError: ``x`` is not a tensor, or a size is not an int.
         ValueError: a shape, size, padding mode, stride or ``impl`` it cannot take, naming it.
 
     Example:

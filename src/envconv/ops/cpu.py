@@ -139,7 +139,7 @@ def load() -> bool:
 
 
 def available() -> bool:
-    """Whether the C++ kernel is built (or can be)."""
+    """Whether the C++ kernel can be used; the first call loads it, or compiles it (about a minute) if it must."""
     return load()
 
 

@@ -13,7 +13,7 @@ One family of kernels for 1-D, 2-D and 3-D maps, one sigma per channel or per ch
 Inputs may be float16, bfloat16, float32 or float64; arithmetic is in float32 (float64 for
 float64 inputs). No ``tl.dot``: a 1-D filter has nothing for tensor cores, and TF32 never applies.
 
-This module imports triton; :mod:`envconv.ops.dispatch` imports it only when a Triton kernel runs.
+This module imports triton; :mod:`envconv.ops.library` imports it only when a Triton kernel runs.
 """
 
 from __future__ import annotations
