@@ -191,3 +191,30 @@ def test_object_scale_evaluations_test_each_checkpoint_at_other_scales(fashion_r
     assert (f"| baseline, BatchNorm statistics recomputed (1 batches) | {recalibrated[0.5]['top1_err']:.2f} (n=1) | "
             f"{recalibrated[1.0]['top1_err']:.2f} (n=1) |  |") in report
     assert (tmp_path / "docs" / "reproduction" / "test-scale.png").stat().st_size > 1000
+
+
+def test_learned_sigma_by_the_training_objects_scale(fashion_root, tmp_path, finished_study):
+    # ours trained on garments at 0.5x and 1x of a 40x40 canvas: each layer's last-epoch channel mean by scale
+    from envconv.recipes.study.report import collect_results, sigma_by_object_scale
+
+    common = {"model.method": "gaussian", "model.num_classes": 10, "data.dataset": "fashion_mnist",
+              "data.root": str(fashion_root), "data.image_size": 40, "data.augment": "none"}
+    entries = [{"name": f"ours-{s}x", "tables": ["sigma"], "set": {**common, "data.object_scale": s}}
+               for s in (0.5, 1.0)]
+    plan = load_plan(write_plan(tmp_path, seeds=(0,), entries=entries,
+                                extra={"baseline": "ours-1.0x", "evaluations": [], "claims": []}))
+    run_study(plan, tmp_path / "out", quiet=True, log=lambda _: None)
+    by_scale = sigma_by_object_scale(plan, collect_results(plan, tmp_path / "out"))
+    for s in (0.5, 1.0):
+        last = _read(tmp_path / "out" / f"ours-{s}x_seed0" / "sigma.json")[-1]["sigma"]
+        assert set(by_scale) == set(last)
+        for layer, sigmas in last.items():
+            assert by_scale[layer][s] == [pytest.approx(float(np.mean(sigmas)), rel=1e-12)]
+    assert main(["study", str(tmp_path / "plan.yaml"), "--out", str(tmp_path / "out"), "--report", "--docs",
+                 str(tmp_path / "docs")]) == 0
+    report = (tmp_path / "docs" / "reproduction.md").read_text()
+    assert "| layer | 0.5x | 1x |" in report
+    assert f"| conv1 | {by_scale['conv1'][0.5][0]:.3f} (n=1) | {by_scale['conv1'][1.0][0]:.3f} (n=1) |" in report
+    assert (tmp_path / "docs" / "reproduction" / "sigma-scale.png").stat().st_size > 1000
+    tmp, one_scale = finished_study  # ours at one scale only: no such table
+    assert sigma_by_object_scale(one_scale, collect_results(one_scale, tmp / "out")) == {}

@@ -326,6 +326,47 @@ def _plot_trajectories(trajectories, labels: Dict[str, str], png: Path) -> bool:
     return True
 
 
+def sigma_by_object_scale(plan: Plan, results: List[Result]) -> Dict[str, Dict[float, List[float]]]:
+    """Per layer: its channel mean of sigma after the last epoch, one value per seed, by the training objects' scale.
+
+    Read from the learned-sigma entries (:func:`sigma_trajectories`); empty unless they were trained at two or
+    more object scales (``data.object_scale``), one entry per scale.
+    """
+    names = _learned_sigma_entries(plan, results)
+    scale_of = {r.name: float(r.config["data"].get("object_scale", 1.0)) for r in results
+                if r.config and r.name in names}
+    scales: Dict[float, List[str]] = {}
+    for name, scale in scale_of.items():
+        scales.setdefault(scale, []).append(name)
+    if len(scales) < 2 or any(len(entries) > 1 for entries in scales.values()):
+        return {}
+    trajectories = sigma_trajectories(plan, results)
+    out: Dict[str, Dict[float, List[float]]] = {}
+    for scale, (name,) in sorted(scales.items()):
+        for layer, t in trajectories[name].items():
+            out.setdefault(layer, {})[scale] = [float(v) for v in t[:, -1, 0]]
+    return out
+
+
+def _sigma_scale_section(plan: Plan, results: List[Result], asset_dir: Path, docs_dir: Path) -> List[str]:
+    by_scale = sigma_by_object_scale(plan, results)
+    if not by_scale:
+        return []
+    scales = sorted({s for curve in by_scale.values() for s in curve})
+    lines = ["### Learned sigma by the training objects' scale", "",
+             "Each layer's channel mean of sigma after the last epoch, by the scale of the objects it was "
+             "trained on: mean ± standard deviation over seeds (n).", "",
+             "| layer | " + " | ".join(f"{s:g}x" for s in scales) + " |", "|---|" + "---|" * len(scales)]
+    for layer, curve in by_scale.items():
+        cells = [summarize(curve[s]).text(3) if s in curve else "" for s in scales]
+        lines.append(f"| {layer} | " + " | ".join(cells) + " |")
+    png = asset_dir / "sigma-scale.png"
+    if _plot_by_scale({(layer, 0): curve for layer, curve in by_scale.items()}, {layer: layer for layer in by_scale},
+                      scales, "learned sigma (channel mean)", "training object scale", png):
+        lines += ["", f"![learned sigma by object scale]({png.relative_to(docs_dir).as_posix()})"]
+    return lines + [""]
+
+
 def errors_by_test_scale(plan: Plan, results: List[Result]) -> Dict[Tuple[str, int], Dict[float, List[float]]]:
     """Per entry and BatchNorm recalibration with object-scale evaluations: test error by test object scale.
 
@@ -366,13 +407,13 @@ def _test_scale_section(plan: Plan, results: List[Result], asset_dir: Path, docs
         cells = [str(summarize(curve[s])) if s in curve else "" for s in scales]
         lines.append(f"| {_curve_label(labels, key)} | " + " | ".join(cells) + " |")
     png = asset_dir / "test-scale.png"
-    if _plot_test_scale(curves, labels, scales, png):
+    if _plot_by_scale(curves, labels, scales, "test top-1 error (%)", "test object scale", png):
         lines += ["", f"![test error by test object scale]({png.relative_to(docs_dir).as_posix()})"]
     return lines + [""]
 
 
-def _plot_test_scale(curves, labels: Dict[str, str], scales: List[float], png: Path) -> bool:
-    """Each setting's test error (mean ± std over seeds) against the test objects' scale, on a log axis."""
+def _plot_by_scale(curves, labels: Dict[str, str], scales: List[float], ylabel: str, xlabel: str, png: Path) -> bool:
+    """One line per curve (mean ± std over seeds at each scale) against the object scale, on a log axis."""
     plt = _pyplot()
     if plt is None:
         return False
@@ -385,8 +426,8 @@ def _plot_test_scale(curves, labels: Dict[str, str], scales: List[float], png: P
                     linestyle="--" if key[1] else "-", label=_curve_label(labels, key))
     ax.set_xscale("log", base=2)
     ax.set_xticks(scales, [f"{s:g}" for s in scales], fontsize=7)
-    ax.set_xlabel("test object scale", fontsize=8)
-    ax.set_ylabel("test top-1 error (%)", fontsize=8)
+    ax.set_xlabel(xlabel, fontsize=8)
+    ax.set_ylabel(ylabel, fontsize=8)
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(png, dpi=100)
@@ -563,6 +604,7 @@ def write_report(plan: Plan, out_dir: Path, docs_dir: Path) -> Dict[str, Any]:
         lines += _probe_section(plan, results, asset_dir, docs_dir)
     lines += _sigma_section(plan, results, asset_dir, docs_dir)
     lines += _sigma_movement_section(plan, results, asset_dir, docs_dir)
+    lines += _sigma_scale_section(plan, results, asset_dir, docs_dir)
     lines += _test_scale_section(plan, results, asset_dir, docs_dir)
     lines += _setup_section(plan, results, out_dir, n_runs)
     atomic_write_bytes("\n".join(lines).encode(), docs_dir / "reproduction.md")

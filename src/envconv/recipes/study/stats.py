@@ -33,7 +33,13 @@ class Summary:
     n: int
 
     def __str__(self) -> str:
-        return f"{self.mean:.2f} ± {self.std:.2f} (n={self.n})" if self.std is not None else f"{self.mean:.2f} (n=1)"
+        return self.text()
+
+    def text(self, digits: int = 2) -> str:
+        """``mean ± std (n=N)`` with ``digits`` decimals (``mean (n=1)`` for one value)."""
+        if self.std is None:
+            return f"{self.mean:.{digits}f} (n=1)"
+        return f"{self.mean:.{digits}f} ± {self.std:.{digits}f} (n={self.n})"
 
 
 def summarize(values: Sequence[float]) -> Optional[Summary]:
