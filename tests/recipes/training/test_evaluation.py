@@ -1,6 +1,7 @@
 """envconv eval: the numbers equal a direct evaluation; --envelope-size shrinks; JSON is written."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -72,12 +73,13 @@ def test_eval_command_prints_and_writes_json(checkpoint, capsys):
     assert main(["eval", "--checkpoint", str(checkpoint), "--envelope-size", "3", "--workers", "0"]) == 0
     out = capsys.readouterr().out
     written = json.loads((checkpoint.parent / "eval-last-k3.json").read_text())
-    assert f"top-1 error     {written['top1_err']:.2f}%" in out and "envelope sizes  3" in out
+    assert re.search(rf"top-1 error +{written['top1_err']:.2f}%", out) and re.search(r"envelope sizes +3\n", out)
+    assert re.search(r"BatchNorm statistics +as trained", out)
     assert written["top1_err"] == pytest.approx(_direct(checkpoint, 3)[1])
     # a size per axis: 3 taps along the height, 5 along the width
     assert main(["eval", "--checkpoint", str(checkpoint), "--envelope-size", "3x5", "--workers", "0"]) == 0
     written = json.loads((checkpoint.parent / "eval-last-k3x5.json").read_text())
-    assert "envelope sizes  (3, 5)" in capsys.readouterr().out
+    assert re.search(r"envelope sizes +\(3, 5\)", capsys.readouterr().out)
     assert set(map(tuple, written["envelope_sizes"].values())) == {(3, 5)}
 
 
@@ -131,7 +133,7 @@ def test_imagefolder_run_and_eval_on_another_folder(tmp_path):
     assert swapped["top1_err"] > 75  # and --data really evaluates the other folder, colours swapped
 
 
-def test_recalibrated_batchnorm_statistics_are_the_training_images_own(checkpoint, tmp_path):
+def test_recalibrated_batchnorm_statistics_are_the_training_images_own(checkpoint, tmp_path, capsys):
     """--recalibrate-bn N: each BN layer's running mean / variance become the plain mean and (unbiased) variance of
     its inputs over the first N batches of the training images without augmentation; the error is then the
     direct evaluation of that model."""
@@ -172,4 +174,5 @@ def test_recalibrated_batchnorm_statistics_are_the_training_images_own(checkpoin
     assert result["top1_err"] == pytest.approx(top1) and result["recalibrate_bn"] == 2
     assert main(["eval", "--checkpoint", str(checkpoint), "--recalibrate-bn", "2", "--batch-size", "16",
                  "--workers", "0"]) == 0
+    assert re.search(r"BatchNorm statistics +recomputed over 2 training batches", capsys.readouterr().out)
     assert json.loads((checkpoint.parent / "eval-last-bn2.json").read_text())["top1_err"] == pytest.approx(top1)

@@ -160,6 +160,8 @@ def main(args: argparse.Namespace) -> int:
             ("model", f"{result['model']} ({result['method']})"),
             ("envelope sizes", ", ".join(map(str, sizes)) if sizes else "no envelopes"),
             ("object scale", f"{result['object_scale']:g}"),
+            ("BatchNorm statistics", f"recomputed over {args.recalibrate_bn} training batches" if args.recalibrate_bn
+             else "as trained"),
             ("images", f"{result['images']:,}"), ("loss", f"{result['loss']:.4f}"),
             ("top-1 error", f"{result['top1_err']:.2f}%"), ("top-5 error", f"{result['top5_err']:.2f}%"),
             ("images/s", f"{result['images_per_s']:.0f} on {result['device']}")]
