@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, S
 
 __all__ = ["FASHION_MNIST_ROOT", "FASHION_MNIST_CLASSES", "read_idx", "FashionMNIST", "ScaledObjects",
            "SyntheticImages", "Digits", "CropFlip", "Normalize", "build_dataset", "build_datasets", "build_loader",
-           "ShardSampler", "epoch_seed", "load_image"]
+           "build_recalibration_loader", "ShardSampler", "epoch_seed", "load_image"]
 
 #: Where Debian's ``dataset-fashion-mnist`` package installs the files.
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
@@ -451,3 +451,23 @@ def build_loader(dataset: Dataset, batch_size: int, *, train: bool, world: int =
         sampler = ShardSampler(len(dataset), world, rank)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, pin_memory=pin_memory,
                       persistent_workers=False, generator=torch.Generator(), drop_last=False)
+
+
+def build_recalibration_loader(data_cfg: Dict[str, Any], in_chans: int, num_classes: int, batch_size: int, *,
+                               world: int = 1, rank: int = 0, workers: Optional[int] = None,
+                               pin_memory: bool = False) -> DataLoader:
+    """This process's share of the training images without augmentation, in a fixed order.
+
+    What BatchNorm statistics are recomputed from (``envconv eval --recalibrate-bn``,
+    ``train.recalibrate_bn``). ``workers``: default ``data_cfg["workers"]``.
+
+    Example:
+        >>> cfg = {"dataset": "synthetic", "synthetic_size": [8, 4], "image_size": 8, "mean": [0.0], "std": [1.0],
+        ...        "augment": "crop-flip", "crop_padding": 2, "train_subset": None, "workers": 0}
+        >>> images, labels = next(iter(build_recalibration_loader(cfg, 1, 2, batch_size=4)))
+        >>> images.shape
+        torch.Size([4, 1, 8, 8])
+    """
+    train_set = build_dataset(dict(data_cfg, augment="none"), "train", in_chans, num_classes)
+    return build_loader(train_set, batch_size, train=False, world=world, rank=rank,
+                        workers=data_cfg["workers"] if workers is None else workers, pin_memory=pin_memory)

@@ -21,7 +21,7 @@ from ...convert import shrink
 from ...listing import envelopes
 from ...state_dict import atomic_write_bytes
 from ..arguments import integer, non_negative_int, positive_float, positive_int
-from ..data import build_dataset, build_loader
+from ..data import build_dataset, build_loader, build_recalibration_loader
 from ..rundir import RunDir, check_writable, model_from_checkpoint
 from .distributed import pick_device
 from .engine import evaluate, recalibrate_batchnorm
@@ -88,11 +88,10 @@ def evaluate_checkpoint(
     if recalibrate_bn:
         # the checkpoint's training data (a Fashion-MNIST folder given by `data` holds both splits)
         fashion = config["data"]["dataset"] == "fashion_mnist"
-        train_cfg = dict(data_config_for(config, data if fashion else None, "train"), augment="none")
-        train_set = build_dataset(train_cfg, "train", config["model"]["in_chans"], config["model"]["num_classes"])
-        recalibrate_batchnorm(model, build_loader(train_set, batch_size, train=False,
-                                                  workers=train_cfg["workers"] if workers is None else workers),
-                              recalibrate_bn, device=torch_device)
+        loader = build_recalibration_loader(data_config_for(config, data if fashion else None, "train"),
+                                            config["model"]["in_chans"], config["model"]["num_classes"], batch_size,
+                                            workers=workers)
+        recalibrate_batchnorm(model, loader, recalibrate_bn, device=torch_device)
     data_cfg = data_config_for(config, data, "val")
     if object_scale is not None:
         if data_cfg["dataset"] != "fashion_mnist":

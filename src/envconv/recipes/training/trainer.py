@@ -32,7 +32,7 @@ from ...methods.cbs import set_curriculum_epoch
 from ...state_dict import atomic_save, atomic_write_bytes
 from ...version import __version__
 from ..config import create_model_from_config, dump_config, resolve_config, validate_config
-from ..data import build_dataset, build_datasets, build_loader, epoch_seed
+from ..data import build_datasets, build_loader, build_recalibration_loader, epoch_seed
 from ..rundir import RunDir, load_checkpoint
 from ..signals import Terminated, stop_on_signals
 from . import distributed
@@ -221,7 +221,9 @@ def _build(config, run: RunDir, ctx, checkpoint: Optional[Dict[str, Any]]) -> _S
         if len(loader.dataset) == 0:
             raise ValueError(f"the {split} data set is empty (data: {config['data']['dataset']}); nothing to train on")
     if train_cfg["recalibrate_bn"]:
-        state.bn_loader = _bn_loader(config, ctx)
+        state.bn_loader = build_recalibration_loader(
+            config["data"], config["model"]["in_chans"], config["model"]["num_classes"],
+            train_cfg["batch_size"] // ctx.world, world=ctx.world, rank=ctx.rank, pin_memory=ctx.device.type == "cuda")
     if ctx.is_main:  # after the data is found: a run that cannot start leaves nothing behind
         atomic_write_bytes(dump_config(config).encode(), run.config_file)
     state.net = _wrap(model, ctx, train_cfg["compile"])
@@ -328,14 +330,6 @@ def _loaders(config: Dict[str, Any], ctx: distributed.DistributedContext):
                   pin_memory=ctx.device.type == "cuda")
     return (build_loader(train_set, per_rank, train=True, seed=config["train"]["seed"], **common),
             build_loader(val_set, per_rank, train=False, **common))
-
-
-def _bn_loader(config: Dict[str, Any], ctx: distributed.DistributedContext):
-    """This process's share of the training images without augmentation, in a fixed order."""
-    data_cfg = dict(config["data"], augment="none")
-    train_set = build_dataset(data_cfg, "train", config["model"]["in_chans"], config["model"]["num_classes"])
-    return build_loader(train_set, config["train"]["batch_size"] // ctx.world, train=False, world=ctx.world,
-                        rank=ctx.rank, workers=data_cfg["workers"], pin_memory=ctx.device.type == "cuda")
 
 
 def _wrap(model: nn.Module, ctx: distributed.DistributedContext, compile_model: bool) -> nn.Module:
