@@ -349,21 +349,30 @@ def sigma_by_object_scale(plan: Plan, results: List[Result]) -> Dict[str, Dict[f
 
 
 def _sigma_scale_section(plan: Plan, results: List[Result], asset_dir: Path, docs_dir: Path) -> List[str]:
-    by_scale = sigma_by_object_scale(plan, results)
-    if not by_scale:
+    return _by_scale_section(
+        "Learned sigma by the training objects' scale",
+        "Each layer's channel mean of sigma after the last epoch, by the scale of the objects it was "
+        "trained on: mean ± standard deviation over seeds (n).", "layer", sigma_by_object_scale(plan, results), 3,
+        ("learned sigma (channel mean)", "training object scale", "learned sigma by object scale"),
+        asset_dir / "sigma-scale.png", docs_dir)
+
+
+def _by_scale_section(title: str, intro: str, column: str, curves: Dict[str, Dict[float, List[float]]], digits: int,
+                      plot: Tuple[str, str, str], png: Path, docs_dir: Path, dashed=frozenset()) -> List[str]:
+    """A table of ``curves`` (a row per label: mean ± std over seeds at each object scale) and their figure.
+
+    ``plot`` is the figure's y label, x label and alt text; the curves named in ``dashed`` are drawn dashed.
+    """
+    if not curves:
         return []
-    scales = sorted({s for curve in by_scale.values() for s in curve})
-    lines = ["### Learned sigma by the training objects' scale", "",
-             "Each layer's channel mean of sigma after the last epoch, by the scale of the objects it was "
-             "trained on: mean ± standard deviation over seeds (n).", "",
-             "| layer | " + " | ".join(f"{s:g}x" for s in scales) + " |", "|---|" + "---|" * len(scales)]
-    for layer, curve in by_scale.items():
-        cells = [summarize(curve[s]).text(3) if s in curve else "" for s in scales]
-        lines.append(f"| {layer} | " + " | ".join(cells) + " |")
-    png = asset_dir / "sigma-scale.png"
-    if _plot_by_scale({(layer, 0): curve for layer, curve in by_scale.items()}, {layer: layer for layer in by_scale},
-                      scales, "learned sigma (channel mean)", "training object scale", png):
-        lines += ["", f"![learned sigma by object scale]({png.relative_to(docs_dir).as_posix()})"]
+    scales = sorted({s for curve in curves.values() for s in curve})
+    lines = [f"### {title}", "", intro, "",
+             f"| {column} | " + " | ".join(f"{s:g}x" for s in scales) + " |", "|---|" + "---|" * len(scales)]
+    for label, curve in curves.items():
+        cells = [summarize(curve[s]).text(digits) if s in curve else "" for s in scales]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    if _plot_by_scale(curves, scales, *plot[:2], png, dashed):
+        lines += ["", f"![{plot[2]}]({png.relative_to(docs_dir).as_posix()})"]
     return lines + [""]
 
 
@@ -394,36 +403,31 @@ def _curve_label(labels: Dict[str, str], key: Tuple[str, int]) -> str:
 
 
 def _test_scale_section(plan: Plan, results: List[Result], asset_dir: Path, docs_dir: Path) -> List[str]:
-    curves = errors_by_test_scale(plan, results)
-    if not curves:
-        return []
     labels = _labels(plan)
-    scales = sorted({s for curve in curves.values() for s in curve})
-    lines = ["### Test error by the test objects' scale", "",
-             "Each setting trained at one object scale, its checkpoints tested with the test garments "
-             "resized to each scale on the same canvas: mean ± standard deviation over seeds (n).", "",
-             "| setting | " + " | ".join(f"{s:g}x" for s in scales) + " |", "|---|" + "---|" * len(scales)]
-    for key, curve in curves.items():
-        cells = [str(summarize(curve[s])) if s in curve else "" for s in scales]
-        lines.append(f"| {_curve_label(labels, key)} | " + " | ".join(cells) + " |")
-    png = asset_dir / "test-scale.png"
-    if _plot_by_scale(curves, labels, scales, "test top-1 error (%)", "test object scale", png):
-        lines += ["", f"![test error by test object scale]({png.relative_to(docs_dir).as_posix()})"]
-    return lines + [""]
+    by_key = errors_by_test_scale(plan, results)
+    curves = {_curve_label(labels, key): curve for key, curve in by_key.items()}
+    dashed = {_curve_label(labels, key) for key in by_key if key[1]}  # BatchNorm statistics recomputed
+    return _by_scale_section(
+        "Test error by the test objects' scale",
+        "Each setting trained at one object scale, its checkpoints tested with the test garments "
+        "resized to each scale on the same canvas: mean ± standard deviation over seeds (n).", "setting", curves, 2,
+        ("test top-1 error (%)", "test object scale", "test error by test object scale"),
+        asset_dir / "test-scale.png", docs_dir, dashed)
 
 
-def _plot_by_scale(curves, labels: Dict[str, str], scales: List[float], ylabel: str, xlabel: str, png: Path) -> bool:
-    """One line per curve (mean ± std over seeds at each scale) against the object scale, on a log axis."""
+def _plot_by_scale(curves: Dict[str, Dict[float, List[float]]], scales: List[float], ylabel: str, xlabel: str,
+                   png: Path, dashed=frozenset()) -> bool:
+    """One line per labelled curve (mean ± std over seeds at each scale) against the object scale, on a log axis."""
     plt = _pyplot()
     if plt is None:
         return False
     fig, ax = plt.subplots(figsize=(5.5, 3.4))
-    for i, (key, curve) in enumerate(curves.items()):
+    for i, (label, curve) in enumerate(curves.items()):
         xs = list(curve)
         means = [float(np.mean(curve[s])) for s in xs]
         spread = [float(np.std(curve[s], ddof=1)) if len(curve[s]) > 1 else 0.0 for s in xs]
         ax.errorbar(xs, means, yerr=spread, color=f"C{i % 10}", marker="o", markersize=3, capsize=2,
-                    linestyle="--" if key[1] else "-", label=_curve_label(labels, key))
+                    linestyle="--" if label in dashed else "-", label=label)
     ax.set_xscale("log", base=2)
     ax.set_xticks(scales, [f"{s:g}" for s in scales], fontsize=7)
     ax.set_xlabel(xlabel, fontsize=8)
