@@ -3,6 +3,8 @@
 import pytest
 import torch
 
+import reference
+from envconv import functional
 from envconv.ops import cpu, dispatch
 
 TOL = {torch.float64: dict(rtol=1e-10, atol=1e-10), torch.float32: dict(rtol=2e-5, atol=2e-5)}
@@ -52,3 +54,25 @@ def assert_per_sample_gradients_equal_a_loop(loss, raw, x):
         r = raw.clone().requires_grad_()
         loop.append(torch.autograd.grad(loss(r, xi), r)[0])
     torch.testing.assert_close(per_sample, torch.stack(loop), rtol=1e-12, atol=1e-12)
+
+
+def assert_envelope_matches_reference(x, raw, size, padding_mode, stride, impl, gen, tol=TOL, sigma_tol=SIGMA_TOL):
+    """The envelope of ``x`` (which requires grad) and both its gradients equal ``tests/reference.py``; returns it.
+
+    Compared in float64 with the tolerances of ``x``'s dtype; the upstream gradient is drawn from ``gen``.
+    """
+    dims, dtype = x.dim() - 2, x.dtype
+    y = functional.gaussian_envelope(x, raw, size, padding_mode, stride, impl, spatial_dims=dims)
+    assert tuple(y.shape) == (*x.shape[:2], *((n - 1) // s + 1 for n, s in zip(x.shape[2:], stride)))
+    assert y.dtype == dtype
+    gy = torch.randn(y.shape, dtype=dtype, generator=gen)
+    gx, graw = torch.autograd.grad(y, (x, raw), gy)
+    if x.numel() == 0:  # nothing to filter: empty output, zero gradients
+        assert gx.shape == x.shape and torch.equal(graw, torch.zeros_like(raw))
+        return y
+    want = reference.envelope(x.detach(), raw.detach(), size, padding_mode, stride)
+    torch.testing.assert_close(y.double(), torch.from_numpy(want), **tol[dtype])
+    want_gx, want_graw = reference.envelope_vjp(x.detach(), raw.detach(), size, gy, padding_mode, stride)
+    torch.testing.assert_close(gx.double(), torch.from_numpy(want_gx), **tol[dtype])
+    torch.testing.assert_close(graw.double(), torch.from_numpy(want_graw), **sigma_tol[dtype])
+    return y

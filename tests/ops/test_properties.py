@@ -21,10 +21,8 @@ import torch  # noqa: E402
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
-from op_cases import CHANNELS_LAST, SIGMAS, raw_sigma  # noqa: E402
+from op_cases import CHANNELS_LAST, SIGMAS, assert_envelope_matches_reference, raw_sigma  # noqa: E402
 
-import reference  # noqa: E402
-from envconv import functional  # noqa: E402
 from envconv.ops import cpu, dispatch  # noqa: E402
 
 settings.register_profile("ci", max_examples=120, deadline=None, derandomize=True,
@@ -68,19 +66,8 @@ def check(cfg):
         x = x.contiguous(memory_format=CHANNELS_LAST[x.dim()])
     x = x.requires_grad_()
     raw = raw_sigma(shape[1], dims, cfg["sigma"], dtype, gen, scale=1.5).requires_grad_()
-    stride = list(cfg["stride"])
-    y = functional.gaussian_envelope(x, raw, cfg["size"], cfg["padding_mode"], stride, cfg["impl"], spatial_dims=dims)
-    assert tuple(y.shape) == (*shape[:2], *((n - 1) // s + 1 for n, s in zip(shape[2:], stride))) and y.dtype == dtype
-    gy = torch.randn(y.shape, dtype=dtype, generator=gen)
-    gx, graw = torch.autograd.grad(y, (x, raw), gy)
-    if shape[0] == 0:  # nothing to filter: empty output, zero gradients
-        assert gx.shape == x.shape and torch.equal(graw, torch.zeros_like(raw))
-        return
-    want = reference.envelope(x.detach(), raw.detach(), cfg["size"], cfg["padding_mode"], stride)
-    torch.testing.assert_close(y.double(), torch.from_numpy(want), **TOL[dtype])
-    want_gx, want_graw = reference.envelope_vjp(x.detach(), raw.detach(), cfg["size"], gy, cfg["padding_mode"], stride)
-    torch.testing.assert_close(gx.double(), torch.from_numpy(want_gx), **TOL[dtype])
-    torch.testing.assert_close(graw.double(), torch.from_numpy(want_graw), **SIGMA_TOL[dtype])
+    assert_envelope_matches_reference(x, raw, cfg["size"], cfg["padding_mode"], list(cfg["stride"]), cfg["impl"], gen,
+                                      TOL, SIGMA_TOL)
 
 
 @given(configurations(CPU_IMPLS))
