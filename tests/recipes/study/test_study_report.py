@@ -119,7 +119,9 @@ def test_the_report_regenerates_identically_from_the_committed_files_alone(finis
     for name in ("reproduction/results.csv", "reproduction.md"):
         before = (tmp_path / "with-checkpoints" / name).read_text()
         after = (tmp_path / "fresh" / name).read_text()
-        assert after == before.replace(str(src / "out"), str(clone)), name
+        assert after == before.replace(str(src / "out"), str(clone)).replace("with-checkpoints", "fresh"), name
+    # the page's command writes it where it was written
+    assert f"--report --docs {tmp_path / 'fresh'}\n" in (tmp_path / "fresh" / "reproduction.md").read_text()
     assert (tmp_path / "fresh" / "reproduction" / "sigma.png").is_file()  # drawn from sigma.json
     # and the runner treats the committed runs as finished: nothing is trained, evaluated or probed again
     from envconv.recipes.study import runner

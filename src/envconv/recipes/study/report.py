@@ -546,7 +546,15 @@ def _hardware_lines(results: List[Result]) -> List[str]:
             *[f"  - {key}: {', '.join(runs)}" for key, runs in machines.items()]]
 
 
-def _setup_section(plan: Plan, results: List[Result], out_dir: Path, n_runs: int) -> List[str]:
+def _as_given(path: Path) -> str:
+    """``path`` as a command takes it from the repository root: relative to the working directory when inside it."""
+    try:
+        return path.resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def _setup_section(plan: Plan, results: List[Result], out_dir: Path, docs_dir: Path, n_runs: int) -> List[str]:
     total = sum(r.train_seconds or 0 for r in results)
     first = next((r.summary for r in results if r.summary), None)
     lines = ["## Setup", "",
@@ -566,7 +574,8 @@ def _setup_section(plan: Plan, results: List[Result], out_dir: Path, n_runs: int
               "# train what is missing; resumes",
               f"envconv study {plan.path.as_posix()} --out {out_dir.as_posix()}",
               "# this page",
-              f"envconv study {plan.path.as_posix()} --out {out_dir.as_posix()} \\\n    --report --docs docs",
+              f"envconv study {plan.path.as_posix()} --out {out_dir.as_posix()} \\\n"
+              f"    --report --docs {_as_given(docs_dir)}",
               "```", ""]
     return lines
 
@@ -610,6 +619,6 @@ def write_report(plan: Plan, out_dir: Path, docs_dir: Path) -> Dict[str, Any]:
     lines += _sigma_movement_section(plan, results, asset_dir, docs_dir)
     lines += _sigma_scale_section(plan, results, asset_dir, docs_dir)
     lines += _test_scale_section(plan, results, asset_dir, docs_dir)
-    lines += _setup_section(plan, results, out_dir, n_runs)
+    lines += _setup_section(plan, results, out_dir, docs_dir, n_runs)
     atomic_write_bytes("\n".join(lines).encode(), docs_dir / "reproduction.md")
     return {"results": results, "markdown": docs_dir / "reproduction.md", "csv": asset_dir / "results.csv"}
