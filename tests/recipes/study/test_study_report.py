@@ -1,13 +1,14 @@
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from envconv.recipes.cli import main
 from envconv.recipes.study import load_plan, run_study
-from envconv.recipes.study.plan import Claim
-from envconv.recipes.study.report import RESULT_COLUMNS, verdict
+from envconv.recipes.study.plan import STUDY_DIR, Claim
+from envconv.recipes.study.report import RESULT_COLUMNS, _as_given, _plan_as_given, verdict, write_report
 from envconv.recipes.study.stats import Difference
 from study_helpers import write_plan
 
@@ -220,3 +221,28 @@ def test_learned_sigma_by_the_training_objects_scale(fashion_root, tmp_path, fin
     assert (tmp_path / "docs" / "reproduction" / "sigma-scale.png").stat().st_size > 1000
     tmp, one_scale = finished_study  # ours at one scale only: no such table
     assert sigma_by_object_scale(one_scale, collect_results(one_scale, tmp / "out")) == {}
+
+
+def test_the_pages_commands_show_paths_from_the_working_directory(tmp_path, monkeypatch):
+    # a bundled plan found by its name is absolute: its commands name it as typed, its paths are the repository's
+    assert _plan_as_given(load_plan("fashion_mnist_scales")) == "fashion_mnist_scales"
+    assert _plan_as_given(load_plan(STUDY_DIR / "fashion_mnist_scales.yaml")) == "fashion_mnist_scales"
+    monkeypatch.chdir(tmp_path)
+    assert _as_given(tmp_path / "src" / "studies" / "scales.yaml") == "src/studies/scales.yaml"
+    assert _as_given(Path("docs/scales")) == "docs/scales"  # as typed
+    outside = tmp_path.parent / "elsewhere" / "plan.yaml"
+    assert _as_given(outside) == outside.as_posix()
+
+
+@pytest.mark.parametrize("plan, docs", [("studies/fashion_mnist.yaml", "docs"),
+                                        ("fashion_mnist_scales", "docs/scales")])
+def test_the_committed_study_pages_regenerate_from_the_committed_runs(plan, docs, tmp_path, monkeypatch):
+    # as a fresh clone holds them: each run's small files, no checkpoints
+    root = Path(__file__).parents[3]
+    monkeypatch.chdir(root)
+    plan = load_plan(plan)
+    write_report(plan, Path(f"results/study-{plan.name}"), tmp_path)
+    for name in ("reproduction.md", "reproduction/results.csv"):
+        page = (tmp_path / name).read_text().replace(tmp_path.as_posix(), docs)
+        assert page == (root / docs / name).read_text(), \
+            f"regenerate it: envconv study {plan.path.stem} --report --docs {docs}"
