@@ -246,3 +246,21 @@ def test_the_committed_study_pages_regenerate_from_the_committed_runs(plan, docs
         page = (tmp_path / name).read_text().replace(tmp_path.as_posix(), docs)
         assert page == (root / docs / name).read_text(), \
             f"regenerate it: envconv study {plan.path.stem} --report --docs {docs}"
+
+
+def test_a_study_without_the_papers_numbers_has_no_columns_for_them(finished_study, tmp_path):
+    import dataclasses
+
+    tmp, plan = finished_study
+    with_paper = write_report(plan, tmp / "out", tmp_path / "with")["markdown"].read_text()
+    assert "| table | claim of the paper | Δ [95% CI] |" in with_paper and "| paper Δ |" in with_paper
+    assert "| ours | 23.03 |" in with_paper and "ResNet-50 on ImageNet" in with_paper
+    own = dataclasses.replace(plan, entries=[dataclasses.replace(e, paper=None) for e in plan.entries],
+                              evaluations=[dataclasses.replace(e, paper=None) for e in plan.evaluations])
+    page = write_report(own, tmp / "out", tmp_path / "own")["markdown"].read_text()
+    assert page.startswith("# Study `tiny`") and "ResNet-50 on ImageNet" not in page
+    header = "| table | claim | Δ [95% CI] | verdict | comparison | metric | detectable |\n"
+    assert header + "|---|---|---|---|---|---|---|\n" in page
+    assert "| setting | ours top-1 err (%) | Δ to baseline [95% CI] | s/epoch (median) | extra params |" in page
+    # the same rows but for the paper's cells
+    assert page.count("\n| ") == with_paper.count("\n| ")

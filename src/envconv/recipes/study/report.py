@@ -137,6 +137,16 @@ def _papers(plan: Plan) -> Dict[str, Optional[float]]:
     return {**{e.name: e.paper for e in plan.entries}, **{e.name: e.paper for e in plan.evaluations}}
 
 
+def _has_paper_numbers(plan: Plan) -> bool:
+    """Whether any setting of the plan has a number of the paper (a study of its idea elsewhere has none)."""
+    return any(paper is not None for paper in _papers(plan).values())
+
+
+def _row(cells: List[str], drop=frozenset(), pad: str = " ") -> str:
+    """A markdown table row of ``cells`` but those at the indices ``drop`` (``pad=""``: the separator row)."""
+    return f"|{pad}" + f"{pad}|{pad}".join(str(c) for i, c in enumerate(cells) if i not in drop) + f"{pad}|"
+
+
 def _table_names(plan: Plan) -> List[str]:
     tables: List[str] = []
     for item in [*plan.entries, *plan.evaluations]:
@@ -191,10 +201,10 @@ def _table_section(plan: Plan, results: List[Result], table: str, asset_dir: Pat
     base_err = _by_seed(results, plan.baseline, "test")
     base_params = next((r.parameters for r in results if r.name == plan.baseline and r.parameters), None)
     trained_as = {ev.name: ev.of for ev in plan.evaluations}
-    lines = [f"### Table {table}", "",
-             "| setting | paper top-1 err (%) | ours top-1 err (%) | Δ to baseline [95% CI] | s/epoch (median) "
-             "| extra params |",
-             "|---|---|---|---|---|---|"]
+    drop = set() if _has_paper_numbers(plan) else {1}  # the paper's column
+    header = ["setting", "paper top-1 err (%)", "ours top-1 err (%)", "Δ to baseline [95% CI]", "s/epoch (median)",
+              "extra params"]
+    lines = [f"### Table {table}", "", _row(header, drop), _row(["---"] * len(header), drop, "")]
     for name in names:
         rows = [r for r in results if r.name == name]
         s = summarize([r.test_top1_err for r in rows])
@@ -203,9 +213,9 @@ def _table_section(plan: Plan, results: List[Result], table: str, asset_dir: Pat
         trained = trained_as.get(name, name)  # an evaluation has its trained entry's parameters
         params = next((r.parameters for r in results if r.name == trained and r.parameters), None)
         paper = papers[name]
-        lines.append(f"| {labels[name]} | {'' if paper is None else f'{paper:.2f}'} | {s if s else 'no finished run'} "
-                     f"| {diff if diff else '-'} | {f'{statistics.median(secs):.0f}' if secs else '-'} "
-                     f"| {'' if params is None or base_params is None else f'{params - base_params:+,}'} |")
+        lines.append(_row([labels[name], "" if paper is None else f"{paper:.2f}", s if s else "no finished run",
+                           diff if diff else "-", f"{statistics.median(secs):.0f}" if secs else "-",
+                           "" if params is None or base_params is None else f"{params - base_params:+,}"], drop))
     png = asset_dir / f"table-{table}.png"
     if _plot(plan, results, names, "test", f"Table {table}", png):
         lines += ["", f"![Table {table}]({png.relative_to(docs_dir).as_posix()})"]
@@ -474,19 +484,21 @@ def _paper_difference(plan: Plan, claim: Claim) -> Optional[float]:
 def _claims_section(plan: Plan, results: List[Result], asset_dir: Path, docs_dir: Path) -> List[str]:
     labels = _labels(plan)
     diffs = _claim_differences(plan, results)
+    drop = set() if _has_paper_numbers(plan) else {7}  # the paper's Δ
+    header = ["table", "claim of the paper" if not drop else "claim", "Δ [95% CI]", "verdict", "comparison", "metric",
+              "detectable", "paper Δ"]
     lines = ["## Verdicts", "",
              f"Each claim compares two settings seed by seed (Δ = error of the first minus the second, in points, "
              f"with the 95% t-interval of the mean paired difference). *better*: holds when the interval lies "
              f"below 0. *same*: holds when it lies inside ±{plan.margin} points. *Detectable*: the interval's "
              f"half-width, the smallest mean difference these seeds could have told from 0.", "",
-             "| table | claim of the paper | Δ [95% CI] | verdict | comparison | metric | detectable | paper Δ |",
-             "|---|---|---|---|---|---|---|---|"]
+             _row(header, drop), _row(["---"] * len(header), drop, "")]
     for c, diff in zip(plan.claims, diffs):
         relation = "better than" if c.kind == "better" else "same as"
         half, paper = detectable(diff), _paper_difference(plan, c)
-        lines.append(f"| {c.table} | {c.text} | {_unbroken(diff)} | {verdict(c, diff, plan.margin)} "
-                     f"| {labels[c.a]} {relation} {labels[c.b]} | {c.metric} "
-                     f"| {'-' if half is None else f'±{half:.2f}'} | {'' if paper is None else f'{paper:+.2f}'} |")
+        lines.append(_row([c.table, c.text, _unbroken(diff), verdict(c, diff, plan.margin),
+                           f"{labels[c.a]} {relation} {labels[c.b]}", c.metric, "-" if half is None else f"±{half:.2f}",
+                           "" if paper is None else f"{paper:+.2f}"], drop))
     png = asset_dir / "claims.png"
     if _forest_plot(plan, diffs, png):
         lines += ["", f"![paired differences of every claim]({png.relative_to(docs_dir).as_posix()})"]
@@ -623,12 +635,14 @@ def write_report(plan: Plan, out_dir: Path, docs_dir: Path) -> Dict[str, Any]:
     asset_dir.mkdir(parents=True, exist_ok=True)
     write_results_csv(results, asset_dir / "results.csv")
     n_runs = len(plan.runs(out_dir))
-    lines = [f"# Reproduction at small scale: study `{plan.name}`", "",
+    title = "Reproduction at small scale: study" if _has_paper_numbers(plan) else "Study"
+    lines = [f"# {title} `{plan.name}`", "",
              f"Generated by `envconv study --report` from the run directories in `{_as_given(out_dir)}`. "
              f"Every number below is read from those files; all rows are in "
-             f"[reproduction/results.csv](reproduction/results.csv). The paper's numbers are ResNet-50 on "
-             f"ImageNet (Kobayashi 2023, Table 1), so only the direction and size of differences compare. "
-             f"The verdicts come first; the setup (plan, seeds, machines, commands) is at the end.", ""]
+             f"[reproduction/results.csv](reproduction/results.csv). "
+             + ("The paper's numbers are ResNet-50 on ImageNet (Kobayashi 2023, Table 1), so only the direction "
+                "and size of differences compare. " if _has_paper_numbers(plan) else "")
+             + "The verdicts come first; the setup (plan, seeds, machines, commands) is at the end.", ""]
     lines += _claims_section(plan, results, asset_dir, docs_dir)
     lines += ["## Tables", ""]
     for table in _table_names(plan):
