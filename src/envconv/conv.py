@@ -228,8 +228,10 @@ class EnvelopeConvNd(OrderRecord):
     _dims: int
     tf_same: Optional[List[int]] = None
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
-                 groups: int = 1, bias: bool = True, padding_mode: str = "zeros", *, envelope: nn.Module,
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: Union[int, Sequence[int]],
+                 stride: Union[int, Sequence[int]] = 1, padding: Union[str, int, Sequence[int]] = 0,
+                 dilation: Union[int, Sequence[int]] = 1, groups: int = 1, bias: bool = True,
+                 padding_mode: str = "zeros", *, envelope: nn.Module,
                  order: str = "env-conv", device=None, dtype=None) -> None:
         self._check_arguments(order, envelope)
         dims = getattr(envelope, "spatial_dims", self._dims)
@@ -334,12 +336,13 @@ class DisentangledConvNd(EnvelopeConvNd):
         - Output: as the ``nn.ConvNd`` with the same arguments returns.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
-                 groups: int = 1, bias: bool = True, padding_mode: str = "zeros", *,
-                 envelope_size: Union[int, Sequence[int]] = 9, order: str = "env-conv", shared_sigma: bool = False,
-                 sigma_per_axis: bool = False, sigma_init: float = 0.0, learnable: bool = True,
-                 envelope_padding_mode: str = "zeros", impl: str = "auto", recompute_envelope: bool = True,
-                 device=None, dtype=None) -> None:
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: Union[int, Sequence[int]],
+                 stride: Union[int, Sequence[int]] = 1, padding: Union[str, int, Sequence[int]] = 0,
+                 dilation: Union[int, Sequence[int]] = 1, groups: int = 1, bias: bool = True,
+                 padding_mode: str = "zeros", *, envelope_size: Union[int, Sequence[int]] = 9,
+                 order: str = "env-conv", shared_sigma: bool = False, sigma_per_axis: bool = False,
+                 sigma_init: float = 0.0, learnable: bool = True, envelope_padding_mode: str = "zeros",
+                 impl: str = "auto", recompute_envelope: bool = True, device=None, dtype=None) -> None:
         self._check_arguments(order)
         envelope = GaussianEnvelope(in_channels if order == "env-conv" else out_channels, envelope_size,
                                     shared=shared_sigma, per_axis=sigma_per_axis, init=sigma_init, learnable=learnable,
