@@ -250,9 +250,9 @@ def recalibrate_batchnorm(model: nn.Module, loader: Iterable, batches: int, *, d
             model(_to_device(images, targets, device, channels_last, dtype)[0])
             seen += len(images)
         world = world_size()
-        for m in norms:
-            m.running_mean.copy_(all_reduce_sum(m.running_mean) / world)
-            m.running_var.copy_(all_reduce_sum(m.running_var) / world)
+        for m in norms:  # all_reduce_sum sums in place
+            all_reduce_sum(m.running_mean).div_(world)
+            all_reduce_sum(m.running_var).div_(world)
     for m, momentum in zip(norms, momenta):
         m.momentum = momentum
     model.train(training)
